@@ -1,0 +1,196 @@
+"""Residual U-Net autoencoder with a classifier head on the bottleneck (the seed report's model)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from aelab.errors import AelabError
+from aelab.models.blocks import ResidualBlock
+
+__all__ = ["AutoencoderOutput", "ModelConfig", "ResUNetAutoencoder", "PRESETS", "build_model", "preset_config"]
+
+HEADS = ("mlp", "linear", "none")
+
+
+class AutoencoderOutput(NamedTuple):
+    """What the network returns.
+
+    Attributes:
+        reconstruction: ``(B, C, H, W)`` in [0, 1] (sigmoid output).
+        logits: ``(B, num_classes)``, or ``None`` when the model has no head.
+        embedding: ``(B, D)`` flattened bottleneck map, ``D = bottleneck_channels * (H/2^depth)^2``.
+    """
+
+    reconstruction: torch.Tensor
+    logits: torch.Tensor | None
+    embedding: torch.Tensor
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a network; stored in every checkpoint.
+
+    Attributes:
+        in_channels: 1 (grayscale) or 3 (RGB).
+        width: channels of the first encoder block; block i has ``width * 2**i``.
+        depth: number of 2× poolings; the bottleneck has ``width * 2**depth`` channels.
+        image_size: square input side; must be divisible by ``2**depth``.
+        num_classes: classifier outputs (0 = no head).
+        skip_connections: U-Net skips (concatenation). Off for anomaly detection, where skips let
+            the decoder copy anomalies through.
+        head: ``"mlp"`` (Linear → ReLU → Dropout → Linear, the seed's), ``"linear"`` or ``"none"``.
+        head_hidden: hidden units of the mlp head (default: bottleneck channels, 1024 in the seed).
+        dropout: dropout of the mlp head.
+    """
+
+    in_channels: int = 3
+    width: int = 16
+    depth: int = 3
+    image_size: int = 32
+    num_classes: int = 10
+    skip_connections: bool = True
+    head: str = "mlp"
+    head_hidden: int | None = None
+    dropout: float = 0.5
+
+    def validate(self) -> None:
+        if self.in_channels not in (1, 3):
+            raise AelabError(f"in_channels must be 1 or 3, got {self.in_channels}")
+        if self.width < 1 or self.depth < 1:
+            raise AelabError(f"width and depth must be >= 1, got width={self.width}, depth={self.depth}")
+        if self.image_size % (2**self.depth) != 0:
+            raise AelabError(
+                f"image_size {self.image_size} is not divisible by 2**depth = {2**self.depth}; "
+                f"choose an image size that is a multiple of {2**self.depth} or a smaller depth"
+            )
+        if self.head not in HEADS:
+            raise AelabError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        if self.num_classes < 0:
+            raise AelabError(f"num_classes must be >= 0, got {self.num_classes}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise AelabError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# Presets. `seed` is exactly the report's network (64×64 RGB, widths 64→1024, 4 poolings);
+# `small` is the CPU default; `tiny` is for tests.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(width=8, depth=2, image_size=32),
+    "small": dict(width=16, depth=3, image_size=32),
+    "seed": dict(width=64, depth=4, image_size=64, in_channels=3, head="mlp", head_hidden=1024, dropout=0.5),
+}
+
+
+def preset_config(name: str, **overrides: Any) -> ModelConfig:
+    """A ``ModelConfig`` from a preset name with keyword overrides (``None`` values are ignored)."""
+    if name not in PRESETS:
+        raise AelabError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    values = dict(PRESETS[name])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    cfg = ModelConfig(**values)
+    cfg.validate()
+    return cfg
+
+
+class ResUNetAutoencoder(nn.Module):
+    """Residual U-Net autoencoder with an optional classifier head on the flattened bottleneck.
+
+    Encoder: ``depth`` residual blocks each followed by 2× max pooling, then a bottleneck block.
+    Decoder: per level a 2×2 ConvTranspose upsampling, concatenation with the encoder map of the
+    same level (when ``skip_connections``), and a residual block; then a 1×1 conv and a sigmoid so
+    the reconstruction is in [0, 1], the space of the reconstruction target.
+
+    Example:
+        >>> m = ResUNetAutoencoder(in_channels=3, width=8, depth=2, image_size=32, num_classes=10)
+        >>> out = m(torch.rand(2, 3, 32, 32))
+        >>> tuple(out.reconstruction.shape), tuple(out.logits.shape), tuple(out.embedding.shape)
+        ((2, 3, 32, 32), (2, 10), (2, 2048))
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        width: int = 16,
+        depth: int = 3,
+        image_size: int = 32,
+        num_classes: int = 10,
+        skip_connections: bool = True,
+        head: str = "mlp",
+        head_hidden: int | None = None,
+        dropout: float = 0.5,
+    ):
+        super().__init__()
+        self.config = ModelConfig(
+            in_channels, width, depth, image_size, num_classes, skip_connections, head, head_hidden, dropout
+        )
+        self.config.validate()
+        chans = [width * 2**i for i in range(depth)]
+        bottleneck_ch = width * 2**depth
+        self.encoders = nn.ModuleList(
+            ResidualBlock(cin, cout) for cin, cout in zip([in_channels] + chans[:-1], chans)
+        )
+        self.pool = nn.MaxPool2d(2, 2)
+        self.bottleneck = ResidualBlock(chans[-1], bottleneck_ch)
+        ups, decs = [], []
+        for level in reversed(range(depth)):
+            cin = bottleneck_ch if level == depth - 1 else chans[level + 1]
+            ups.append(nn.ConvTranspose2d(cin, chans[level], kernel_size=2, stride=2))
+            dec_in = 2 * chans[level] if skip_connections else chans[level]
+            decs.append(ResidualBlock(dec_in, chans[level]))
+        self.upconvs = nn.ModuleList(ups)
+        self.decoders = nn.ModuleList(decs)
+        self.final_conv = nn.Conv2d(chans[0], in_channels, kernel_size=1)
+        side = image_size // 2**depth
+        self.embedding_dim = bottleneck_ch * side * side
+        self.bottleneck_channels = bottleneck_ch
+        self.head = self._make_head(head, num_classes, head_hidden or bottleneck_ch, dropout)
+
+    def _make_head(self, head: str, num_classes: int, hidden: int, dropout: float) -> nn.Module | None:
+        if head == "none" or num_classes == 0:
+            return None
+        if head == "linear":
+            return nn.Linear(self.embedding_dim, num_classes)
+        return nn.Sequential(
+            nn.Linear(self.embedding_dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
+        )
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Bottleneck map ``(B, bottleneck_channels, H/2^depth, W/2^depth)`` and the skip maps."""
+        skips = []
+        for enc in self.encoders:
+            x = enc(x)
+            skips.append(x)
+            x = self.pool(x)
+        return self.bottleneck(x), skips
+
+    def decode(self, b: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        x = b
+        for up, dec, skip in zip(self.upconvs, self.decoders, reversed(skips)):
+            x = up(x)
+            if self.config.skip_connections:
+                x = torch.cat((x, skip), dim=1)
+            x = dec(x)
+        return torch.sigmoid(self.final_conv(x))
+
+    def forward(self, x: torch.Tensor) -> AutoencoderOutput:
+        b, skips = self.encode(x)
+        flat = b.flatten(1)
+        logits = self.head(flat) if self.head is not None else None
+        return AutoencoderOutput(self.decode(b, skips), logits, flat)
+
+
+def build_model(config: ModelConfig) -> ResUNetAutoencoder:
+    """Instantiate the network described by ``config``."""
+    return ResUNetAutoencoder(**config.to_dict())
