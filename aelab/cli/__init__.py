@@ -1,0 +1,1 @@
+"""The `aelab` command line: verb subcommands built from plain functions (jsonargparse)."""

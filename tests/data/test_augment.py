@@ -1,0 +1,76 @@
+"""Batch augmentation presets: shape and range kept, per-sample randomness, reproducibility."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aelab.data import AUGMENTATION_PRESETS, build_augmentation
+from aelab.errors import AelabError
+
+
+def _batch(channels: int, n: int = 8, size: int = 24) -> torch.Tensor:
+    torch.manual_seed(123)
+    # Smooth, asymmetric content so that flips, rotations and crops all change the pixels.
+    ramp = torch.linspace(0, 1, size)
+    base = (ramp.view(1, -1) * 0.7 + ramp.view(-1, 1) ** 2 * 0.3).clamp(0, 1)
+    return (base.expand(n, channels, size, size) * torch.rand(n, channels, 1, 1) * 0.5 + 0.25).contiguous()
+
+
+@pytest.mark.parametrize("preset", AUGMENTATION_PRESETS)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_shape_dtype_and_range_are_preserved(preset, channels):
+    x = _batch(channels)
+    y = build_augmentation(preset, image_size=24)(x)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert y.min() >= 0.0 and y.max() <= 1.0
+
+
+def test_none_is_identity():
+    x = _batch(3)
+    assert torch.equal(build_augmentation("none", 24)(x), x)
+
+
+@pytest.mark.parametrize("preset", ["light", "seed"])
+def test_each_sample_gets_its_own_transform(preset):
+    # The same image repeated across the batch must come out differently per sample.
+    x = _batch(3, n=1).expand(8, -1, -1, -1).contiguous()
+    torch.manual_seed(0)
+    y = build_augmentation(preset, 24)(x)
+    distinct = {tuple(y[i].flatten()[::37].round(decimals=4).tolist()) for i in range(8)}
+    assert len(distinct) >= 6
+    assert not torch.allclose(y, x)
+
+
+@pytest.mark.parametrize("preset", ["light", "seed"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_deterministic_under_manual_seed(preset, channels):
+    aug = build_augmentation(preset, 24)
+    x = _batch(channels)
+    torch.manual_seed(7)
+    a = aug(x)
+    torch.manual_seed(7)
+    b = aug(x)
+    torch.manual_seed(8)
+    c = aug(x)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_seed_preset_jitters_brightness_per_sample_for_gray_and_rgb():
+    # Colour jitter must run for 1 channel too (brightness/contrast only), not be dropped.
+    for channels in (1, 3):
+        torch.manual_seed(1)
+        y = build_augmentation("seed", 24)(torch.full((8, channels, 24, 24), 0.5))
+        centre = y[:, :, 8:16, 8:16].mean(dim=(1, 2, 3))  # away from rotation corners
+        assert centre.max() - centre.min() > 0.05
+
+
+def test_unknown_preset_lists_valid_ones():
+    with pytest.raises(AelabError, match="none, light, seed"):
+        build_augmentation("heavy", 32)
+
+
+def test_rejects_uint8_batches():
+    with pytest.raises(AelabError, match="float"):
+        build_augmentation("seed", 8)(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
