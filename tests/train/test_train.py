@@ -1,0 +1,167 @@
+"""Training, checkpoints, resume, prediction and embedding on small demo data (CPU)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from aelab.data import Preprocessing, make_demo_data
+from aelab.models import build_model, preset_config
+from aelab.train import (
+    EmbedConfig, FinetuneConfig, PredictConfig, PretrainConfig, embed, finetune, load_checkpoint,
+    load_model, predict, pretrain, save_checkpoint,
+)
+
+TINY = dict(preset="tiny", device="cpu", batch_size=32)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train") / "demo"
+    make_demo_data(root, seed=1, labelled_per_class=8, n_unlabelled=160, n_test=60, n_anomaly_normal=10, n_anomalous=10)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pretrained(data, tmp_path_factory):
+    return pretrain(PretrainConfig(data=str(data), epochs=2, out=str(tmp_path_factory.mktemp("pre")), **TINY))
+
+
+def test_pretrain_writes_run_folder_and_loadable_checkpoint(pretrained):
+    for name in ("config.yaml", "metrics.csv", "best.ckpt", "last.ckpt"):
+        assert (pretrained / name).is_file(), name
+    rows = list(csv.DictReader(open(pretrained / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert float(rows[-1]["val_mse"]) < float(rows[0]["train_loss"])  # it learned something
+    # A plain dict of tensors and plain values: loads without unpickling code.
+    ckpt = torch.load(pretrained / "best.ckpt", weights_only=True)
+    assert ckpt["format"] == "aelab-checkpoint-v1"
+    assert ckpt["preprocessing"]["image_size"] == 32 and ckpt["model_config"]["width"] == 8
+    assert ckpt["config"]["epochs"] == 2 and ckpt["config"]["preset"] == "tiny"
+
+
+def test_resume_reaches_the_same_weights(data, tmp_path, monkeypatch):
+    cfg = dict(data=str(data), epochs=3, patience=10, **TINY)
+    full = pretrain(PretrainConfig(out=str(tmp_path / "full"), **cfg))
+
+    # Interrupt the second run right after its second epoch is logged (before that epoch's checkpoint).
+    from aelab.runs import MetricsLogger
+
+    original = MetricsLogger.log
+    calls = {"n": 0}
+
+    def interrupting_log(self, row):
+        original(self, row)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(MetricsLogger, "log", interrupting_log)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(PretrainConfig(out=str(tmp_path / "cut"), **cfg))
+    monkeypatch.setattr(MetricsLogger, "log", original)
+    assert load_checkpoint(tmp_path / "cut", which="last")["epoch"] == 0
+
+    resumed = pretrain(PretrainConfig(resume=str(tmp_path / "cut")))
+    a = torch.load(full / "last.ckpt", weights_only=True)
+    b = torch.load(resumed / "last.ckpt", weights_only=True)
+    assert b["epoch"] == a["epoch"] == 2
+    for k, v in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][k], v, msg=k)
+    rows = list(csv.DictReader(open(resumed / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+
+
+def test_finetune_keeps_the_pretrained_preprocessing_and_encoder(pretrained, data, tmp_path):
+    run = finetune(FinetuneConfig(init_from=str(pretrained), data=str(data), epochs=1, augment="none", out=str(tmp_path / "ft"), **TINY))
+    pre, ft = load_checkpoint(pretrained), load_checkpoint(run)
+    assert ft["preprocessing"] == pre["preprocessing"]
+    assert ft["classes"] == [str(d) for d in range(10)]
+    assert ft["model_config"]["num_classes"] == 10
+    # Validation/prediction input equals the training input for the same image (no augmentation, no noise).
+    prep = Preprocessing.from_dict(ft["preprocessing"])
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    torch.testing.assert_close(prep.model_input(x), prep.normalize(prep.target(x)))
+    assert prep.target(x).max() <= 1.0
+
+
+def _checkpoint_with_classes(path, classes):
+    cfg = preset_config("tiny", num_classes=len(classes))
+    model = build_model(cfg)
+    save_checkpoint(path, model_config=cfg.to_dict(), preprocessing=Preprocessing(32, 3).to_dict(), classes=classes, state_dict=model.state_dict())
+    return path
+
+
+def test_predictions_csv_has_natural_order_and_integer_ids(tmp_path):
+    ckpt = _checkpoint_with_classes(tmp_path / "m.ckpt", ["cat", "dog"])
+    test = tmp_path / "test"
+    test.mkdir()
+    for name in ("10.png", "2.png", "1.png"):
+        Image.new("RGB", (20, 20), (int(name.split(".")[0]) * 20, 0, 0)).save(test / name)
+    (test / "3.png").write_bytes(b"")  # zero bytes: skipped, and the others keep their ids
+    with pytest.warns(UserWarning, match="skipped 1"):
+        run = predict(PredictConfig(model=str(ckpt), images=str(test), out=str(tmp_path / "p"), probabilities=True, device="cpu"))
+    rows = list(csv.reader(open(run / "predictions.csv")))
+    assert rows[0] == ["id", "label"]
+    assert [r[0] for r in rows[1:]] == ["1", "2", "10"]
+    assert {r[1] for r in rows[1:]} <= {"cat", "dog"}
+    probs = list(csv.reader(open(run / "probabilities.csv")))
+    assert probs[0] == ["id", "cat", "dog"]
+    assert all(abs(float(r[1]) + float(r[2]) - 1) < 1e-4 for r in probs[1:])
+
+
+def test_prediction_ids_are_file_names_when_stems_are_not_integers(tmp_path):
+    ckpt = _checkpoint_with_classes(tmp_path / "m.ckpt", ["a", "b"])
+    test = tmp_path / "t"
+    test.mkdir()
+    for name in ("img10.png", "img9.jpg", "7.png"):
+        Image.new("L", (8, 8), 99).save(test / name)
+    run = predict(PredictConfig(model=str(ckpt), images=str(test), out=str(tmp_path / "p"), device="cpu"))
+    ids = [r["id"] for r in csv.DictReader(open(run / "predictions.csv"))]
+    assert ids == ["7.png", "img9.jpg", "img10.png"]
+
+
+def test_embed_writes_npy_and_labelled_csv(pretrained, data, tmp_path):
+    run = embed(EmbedConfig(model=str(pretrained), data=str(data), out=str(tmp_path / "e"), pooling="mean", device="cpu"))
+    emb = np.load(run / "embeddings.npy")
+    rows = list(csv.DictReader(open(run / "embeddings.csv")))
+    assert list(rows[0]) == ["filename", "label"]
+    assert emb.shape == (len(rows), 32) and emb.dtype == np.float32  # tiny: 8 * 2**2 channels, mean-pooled
+    assert len(rows) == 80 + 60  # labelled + test
+    assert all(r["label"] in {str(d) for d in range(10)} for r in rows)
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from aelab.cli.main import main
+
+    (tmp_path / "flat").mkdir()
+    Image.new("L", (8, 8)).save(tmp_path / "flat" / "a.png")
+    assert main(["finetune", "--labelled", str(tmp_path / "flat"), "--preset", "tiny"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no class subfolders" in err[0] and str(tmp_path / "flat") in err[0]
+    assert main(["predict", "--model", str(tmp_path / "missing.ckpt"), "--images", str(tmp_path)]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert main(["pretrain", "--unlabelled", str(tmp_path / "nope")]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_end_to_end_cli_accuracy_well_above_chance(tmp_path):
+    """demo-data -> pretrain -> finetune -> predict through the CLI; 10 classes, chance is 0.1."""
+    from aelab.cli.main import main
+
+    root, runs = tmp_path / "demo", tmp_path / "runs"
+    assert main(["demo-data", str(root), "--labelled_per_class", "20", "--n_unlabelled", "400", "--n_test", "200"]) == 0
+    common = ["--preset", "small", "--device", "cpu", "--seed", "0"]
+    assert main(["pretrain", "--data", str(root), "--epochs", "2", "--out", str(runs / "pre"), *common]) == 0
+    assert main(["finetune", "--data", str(root), "--init-from", str(runs / "pre"), "--epochs", "15",
+                 "--augment", "light", "--out", str(runs / "ft"), *common]) == 0
+    assert main(["predict", "--data", str(root), "--model", str(runs / "ft"), "--out", str(runs / "pred")]) == 0
+    metrics = json.loads((runs / "pred" / "metrics.json").read_text())
+    assert metrics["n_labelled"] == 200
+    assert metrics["accuracy"] > 0.3, metrics
