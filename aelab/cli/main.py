@@ -22,7 +22,9 @@ COMMANDS: dict[str, tuple[str | None, str, str]] = {
     "finetune": ("aelab.train:FinetuneConfig", "aelab.train:finetune", "fine-tune a classifier head on labelled images"),
     "predict": ("aelab.train:PredictConfig", "aelab.train:predict", "label a test folder into predictions.csv"),
     "embed": ("aelab.train:EmbedConfig", "aelab.train:embed", "write bottleneck embeddings for clustering"),
-    # "cluster": (None, "aelab.cli.cluster_cmd:cluster", "cluster embeddings with Equilibrium K-Means"),
+    "cluster": (None, "aelab.cli.cluster_cmd:cluster", "cluster embeddings with Equilibrium K-Means"),
+    "run": ("aelab.pipeline:RunConfig", "aelab.cli.run_cmds:run", "the three studies end to end, then the report"),
+    "report": (None, "aelab.cli.run_cmds:report", "rebuild the report of a finished run"),
 }
 
 
@@ -75,20 +77,39 @@ def _dispatch(cfg) -> Any:
     return func(**values)
 
 
-def _underscore_flags(argv: list[str]) -> list[str]:
-    """Accept ``--init-from`` as well as ``--init_from`` (flags are the settings' field names)."""
+def _bool_flags() -> set[str]:
+    import inspect
+
+    names: set[str] = set()
+    for config_ref, func_ref, _ in COMMANDS.values():
+        if config_ref is not None:
+            names |= {f.name for f in dataclasses.fields(_load(config_ref)) if f.type in (bool, "bool")}
+        else:
+            sig = inspect.signature(_load(func_ref))
+            names |= {n for n, p in sig.parameters.items() if p.annotation in (bool, "bool")}
+    return names
+
+
+def _normalise_argv(argv: list[str]) -> list[str]:
+    """Accept ``--init-from`` as well as ``--init_from``, and a bare ``--force`` as ``--force true``."""
+    bools = _bool_flags()
     out = []
-    for arg in argv:
+    for i, arg in enumerate(argv):
         if arg.startswith("--") and len(arg) > 2:
             name, eq, value = arg[2:].partition("=")
-            arg = "--" + name.replace("-", "_") + eq + value
+            name = name.replace("-", "_")
+            arg = "--" + name + eq + value
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            if not eq and name in bools and (nxt is None or nxt.startswith("-") or nxt.lower() not in ("true", "false")):
+                out.extend([arg, "true"])
+                continue
         out.append(arg)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``aelab`` console script; returns the exit status."""
-    argv = _underscore_flags(sys.argv[1:] if argv is None else argv)
+    argv = _normalise_argv(sys.argv[1:] if argv is None else argv)
     try:
         cfg = build_parser().parse_args(argv)
         _dispatch(cfg)

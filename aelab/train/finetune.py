@@ -115,8 +115,8 @@ def finetune(cfg: FinetuneConfig) -> Path:
         raise AelabError(f"{src.labelled}: need at least 2 class subfolders, found {len(lab.classes)}")
     raw_model, model_cfg, prep = _initial_model(cfg, len(lab.classes))
     data = load_images(lab.paths, prep.image_size, prep.channels, strict=cfg.strict)
-    kept = set(data.paths)  # load_images returns absolute paths; a skipped file drops its label too
-    labels = lab.labels[[Path(p).absolute() in kept for p in lab.paths]]
+    kept = {Path(p).resolve() for p in data.paths}  # a skipped file drops its label too
+    labels = lab.labels[[Path(p).resolve() in kept for p in lab.paths]]
     if not resume:
         run_dir = new_run_dir(cfg.out, "finetune")
     save_config(run_dir, cfg)

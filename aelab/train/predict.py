@@ -137,9 +137,9 @@ def embed(cfg: EmbedConfig) -> Path:
     names, labels, chunks = [], [], []
     for paths, labs, base in groups:
         data = load_images(paths, prep.image_size, prep.channels, strict=cfg.strict)
-        lab_of = {Path(p).absolute(): lab for p, lab in zip(paths, labs)}
-        base = Path(base).absolute()
-        for p in data.paths:
+        lab_of = {Path(p).resolve(): lab for p, lab in zip(paths, labs)}
+        base = Path(base).resolve()
+        for p in map(lambda q: Path(q).resolve(), data.paths):
             names.append(p.relative_to(base).as_posix() if p.is_relative_to(base) else str(p))
             labels.append(lab_of[p])
         res = batched_forward(model, prep, data.images, device=cfg.device, batch_size=cfg.batch_size, want=("embedding",), pooling=cfg.pooling)
