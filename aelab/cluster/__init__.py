@@ -1,0 +1,49 @@
+"""Clustering study: Equilibrium K-Means (Y. He, arXiv:2402.14490), baselines, α tuning, figures.
+
+Public names::
+
+    EquilibriumKMeans, MiniBatchEquilibriumKMeans       # scikit-learn estimators
+    EKMStats, ekm_weights, ekm_sufficient_statistics, sum_stats
+    KMeans, FuzzyKMeans, MaxEntropyFuzzyKMeans, SeedSoftmaxKMeans, make_clusterer, METHODS
+    alpha_sweep, find_alpha, AlphaSearch, SweepPoint, write_sweep_csv, clustering_scores
+    plot_clusterings, plot_ratio_vs_alpha
+
+The torch backend is imported only when ``backend="torch"`` is asked for; the figures use
+``matplotlib.figure.Figure`` directly (no pyplot, no GUI backend).
+"""
+
+from aelab.cluster.alpha import AlphaSearch, SweepPoint, alpha_sweep, clustering_scores, find_alpha, write_sweep_csv
+from aelab.cluster.baselines import (
+    METHODS,
+    FuzzyKMeans,
+    KMeans,
+    MaxEntropyFuzzyKMeans,
+    SeedSoftmaxKMeans,
+    make_clusterer,
+)
+from aelab.cluster.ekm import EKMStats, EquilibriumKMeans, ekm_sufficient_statistics, ekm_weights, sum_stats
+from aelab.cluster.figures import plot_clusterings, plot_ratio_vs_alpha
+from aelab.cluster.minibatch import MiniBatchEquilibriumKMeans
+
+__all__ = [
+    "EquilibriumKMeans",
+    "MiniBatchEquilibriumKMeans",
+    "EKMStats",
+    "ekm_weights",
+    "ekm_sufficient_statistics",
+    "sum_stats",
+    "KMeans",
+    "FuzzyKMeans",
+    "MaxEntropyFuzzyKMeans",
+    "SeedSoftmaxKMeans",
+    "make_clusterer",
+    "METHODS",
+    "alpha_sweep",
+    "find_alpha",
+    "AlphaSearch",
+    "SweepPoint",
+    "write_sweep_csv",
+    "clustering_scores",
+    "plot_clusterings",
+    "plot_ratio_vs_alpha",
+]

@@ -1,0 +1,181 @@
+"""Mini-batch Equilibrium K-Means on sufficient statistics (Y. He, arXiv:2402.14490, batch learning).
+
+Per batch b at centroids C, the EKM step needs only ``S_k = Σ_{n∈b} w_kn x_n`` and
+``N_k = Σ_{n∈b} w_kn`` (:func:`~aelab.cluster.ekm_sufficient_statistics`). The estimator keeps
+an exponentially forgotten running sum ``S ← γ S + S_b``, ``N ← γ N + N_b`` and sets
+``c_k = S_k / N_k`` after every batch (with the same guard as the full-batch estimator where
+``N_k`` is not clearly positive). Because only sums are involved, several processes can each
+compute ``(S_b, N_b)`` on their shard and add them (:func:`~aelab.cluster.sum_stats`) before the
+update: the result is the same as one process seeing all the batches.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import validate_data
+
+from aelab.cluster.ekm import (
+    EKMStats,
+    _centroid_step,
+    _check_int,
+    _init_centers,
+    _resolve_alpha,
+    _SmoothKMeans,
+    _validate_common,
+    one_blas_thread,
+)
+from aelab.progress import info
+
+__all__ = ["MiniBatchEquilibriumKMeans"]
+
+_PARTIAL_FIT_DECAY = 0.9  # γ for partial_fit streams of unknown length (~10 batches of memory)
+
+
+class MiniBatchEquilibriumKMeans(_SmoothKMeans):
+    """Equilibrium K-Means on mini-batches; same α convention and attributes as ``EquilibriumKMeans``.
+
+    Args:
+        n_clusters: K.
+        alpha: the paper's α (half squared distance) or ``"dvariance"`` (``scale / mean d(x, x̄)``,
+            on all of X in ``fit``, on the first batch in ``partial_fit``). ``sklekmeans``' α is α / 2.
+        scale: factor of ``"dvariance"``.
+        init: ``"k-means++"``, ``"random"`` or an array (n_clusters, n_features).
+        n_init: independent runs, the lowest objective on X kept; ``"auto"``: 1 (10 for random).
+        batch_size: samples per batch (memory ``O(batch_size × K)``).
+        max_iter: maximum epochs (passes over X) in ``fit``.
+        tol: converged when an epoch moves the centroids by at most ``tol · feature std``.
+        max_no_improvement: also converged when the epoch's objective (sum of the batch
+            objectives) has not fallen by a relative ``1e-4`` for this many epochs (the batch
+            noise keeps the centroid shift from ever reaching a strict ``tol``).
+        decay: forgetting factor γ of the running ``(S, N)``; ``None``: ``1 − batch_size / n``
+            in ``fit`` (about one epoch of memory) and 0.9 in ``partial_fit``.
+        random_state, verbose, backend, device: as ``EquilibriumKMeans``.
+
+    Attributes:
+        cluster_centers_, labels_ (of the last batch after ``partial_fit``), weights_ (``fit``
+        only), objective_ (``fit`` only), alpha_,
+        n_iter_ (epochs), n_steps_ (batches), converged_, stats_ (the running :class:`EKMStats`).
+
+    Example:
+        >>> X = np.random.default_rng(0).normal(size=(1000, 2))
+        >>> mb = MiniBatchEquilibriumKMeans(3, batch_size=256, random_state=0).fit(X)
+        >>> mb.cluster_centers_.shape, mb.labels_.shape
+        ((3, 2), (1000,))
+    """
+
+    def __init__(self, n_clusters=8, *, alpha="dvariance", scale=2.0, init="k-means++", n_init="auto",
+                 batch_size=1024, max_iter=100, tol=1e-4, max_no_improvement=3, decay=None, random_state=None,
+                 verbose=0, backend="numpy", device="cpu"):
+        self.n_clusters = n_clusters
+        self.alpha = alpha
+        self.scale = scale
+        self.init = init
+        self.n_init = n_init
+        self.batch_size = batch_size
+        self.max_iter = max_iter
+        self.tol = tol
+        self.max_no_improvement = max_no_improvement
+        self.decay = decay
+        self.random_state = random_state
+        self.verbose = verbose
+        self.backend = backend
+        self.device = device
+
+    @property
+    def alpha_sklekmeans_(self) -> float:
+        """α in ``sklekmeans``' convention (full squared distance): the paper's α / 2."""
+        return self.alpha_ / 2.0
+
+    def _param(self) -> float:
+        return self.alpha_
+
+    def _check_decay(self, default: float) -> float:
+        if self.decay is None:
+            return default
+        if isinstance(self.decay, bool) or not (isinstance(self.decay, numbers.Real) and 0.0 <= self.decay < 1.0):
+            raise ValueError(f"decay must be in [0, 1), got {self.decay!r}.")
+        return float(self.decay)
+
+    def _step(self, be, rows, gamma: float) -> float:
+        """One batch: add its (S, N) to the forgotten running sums, then move the centroids."""
+        st = be.stats(self.cluster_centers_.astype(np.float64), self.alpha_, rows=rows)
+        run = self.stats_
+        self.stats_ = EKMStats(gamma * run.sum_wx + st.sum_wx, gamma * run.sum_w + st.sum_w,
+                               gamma * run.sum_abs_w + st.sum_abs_w, st.objective)
+        C = self.cluster_centers_.astype(np.float64)
+        self.cluster_centers_ = (C + _centroid_step(C, self.stats_)).astype(self.cluster_centers_.dtype)
+        self.n_steps_ += 1
+        return st.objective
+
+    def _reset(self, C0, dtype, d):
+        self.cluster_centers_ = np.asarray(C0, dtype=dtype)
+        K = self.n_clusters
+        self.stats_ = EKMStats(np.zeros((K, d)), np.zeros(K), np.zeros(K), 0.0)
+        self.n_steps_ = 0
+
+    @one_blas_thread
+    def fit(self, X, y=None):
+        """Fit by epochs of shuffled mini-batches; returns self."""
+        X = validate_data(self, X, dtype=[np.float64, np.float32], order="C")
+        init, n_init = _validate_common(self, X)
+        _check_int("batch_size", self.batch_size, 1)
+        _check_int("max_no_improvement", self.max_no_improvement, 1)
+        rs = check_random_state(self.random_state)
+        be = self._backend_for(X)
+        self.alpha_ = _resolve_alpha(self.alpha, self.scale, be.mean_half_sqdist)
+        n, d = X.shape
+        batch = min(self.batch_size, n)
+        gamma = self._check_decay(max(0.0, 1.0 - batch / n))
+        tol = max(self.tol, 100 * float(np.finfo(X.dtype).eps))
+        tol_abs = tol**2 * 2.0 * be.mean_half_sqdist / d
+        best = None
+        for _ in range(n_init):
+            self._reset(_init_centers(X, self.n_clusters, init, rs), X.dtype, d)
+            converged, epoch, best_j, stale = False, 0, np.inf, 0
+            for epoch in range(1, self.max_iter + 1):
+                start = self.cluster_centers_.astype(np.float64)
+                order = rs.permutation(n)
+                # sorted rows read faster; the epoch objective is measured at the moving centroids
+                j = sum(self._step(be, np.sort(order[s : s + batch]), gamma) for s in range(0, n, batch))
+                shift = float(np.sum((self.cluster_centers_ - start) ** 2))
+                stale = stale + 1 if j > best_j - 1e-4 * abs(best_j) else 0
+                best_j = min(best_j, j)
+                if self.verbose:
+                    info(f"MiniBatchEKM epoch {epoch}: objective {j:.6g}, centroid shift {shift:.3g}")
+                if shift <= tol_abs or stale >= self.max_no_improvement:
+                    converged = True
+                    break
+            objective = be.assign(self.cluster_centers_, self.alpha_)[1]
+            if best is None or objective < best[0]:
+                best = (objective, self.cluster_centers_, self.stats_, self.n_steps_, epoch, converged)
+        (_, self.cluster_centers_, self.stats_, self.n_steps_, self.n_iter_, self.converged_) = best
+        self._n_features_out = self.n_clusters
+        self.labels_, self.objective_, self.weights_ = be.assign(self.cluster_centers_, self.alpha_, weights=True)
+        if not self.converged_:
+            warnings.warn(f"MiniBatchEquilibriumKMeans did not converge in max_iter={self.max_iter} epochs.",
+                          ConvergenceWarning, stacklevel=2)
+        return self
+
+    @one_blas_thread
+    def partial_fit(self, X, y=None):
+        """Update with one batch X (n_samples, n_features); the first call initialises. Returns self."""
+        first = not hasattr(self, "cluster_centers_")
+        X = validate_data(self, X, dtype=[np.float64, np.float32], order="C", reset=first)
+        if first:
+            init, _ = _validate_common(self, X)
+            be = self._backend_for(X)
+            self.alpha_ = _resolve_alpha(self.alpha, self.scale, be.mean_half_sqdist)
+            rs = check_random_state(self.random_state)
+            self._reset(_init_centers(X, self.n_clusters, init, rs), X.dtype, X.shape[1])
+            self.n_iter_, self.converged_ = 0, False
+            self._n_features_out = self.n_clusters
+        else:
+            be = self._backend_for(X)
+        self._step(be, np.arange(X.shape[0]), self._check_decay(_PARTIAL_FIT_DECAY))
+        self.labels_ = be.assign(self.cluster_centers_, None)[0]
+        return self

@@ -1,0 +1,118 @@
+"""End-to-end test of the `aelab cluster` verb on small generated embeddings."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+from aelab.cli.cluster_cmd import cluster
+from aelab.errors import AelabError
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    with threadpool_limits(limits=1):  # shared 2-core CI: thread pools stall under load
+        yield
+
+
+def write_embed_run(folder, sizes=(300, 150, 150, 100), d=16, seed=0):
+    """A fake `aelab embed` run folder: embeddings.npy (float32) and embeddings.csv."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 1, (len(sizes), d)) * 4
+    X = np.vstack([rng.normal(c, 1.0, (n, d)) for c, n in zip(centres, sizes)]).astype(np.float32)
+    labels = [f"c{k}" for k, n in enumerate(sizes) for _ in range(n)]
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "embeddings.npy", X)
+    with open(folder / "embeddings.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["filename", "label"])
+        w.writerows([f"img_{i}.png", lab] for i, lab in enumerate(labels))
+    return X, labels
+
+
+def read_csv(path):
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    return rows[0], rows[1:]
+
+
+def test_cluster_run_folder_end_to_end(tmp_path):
+    write_embed_run(tmp_path / "embed")
+    run = cluster(str(tmp_path / "embed"), out=str(tmp_path / "run"), classes="c0,c1,c2", ratio="2:1:1", seed=0)
+    assert run == tmp_path / "run"
+    header, rows = read_csv(run / "clusters.csv")
+    assert header == ["filename", "label", "cluster"]
+    assert len(rows) == 300 + 150 + 150 and {r[1] for r in rows} == {"c0", "c1", "c2"}
+    header, sweep = read_csv(run / "alpha_sweep.csv")
+    assert header == ["alpha", "sizes", "ratio", "ratio_distance", "objective", "min_separation", "converged",
+                      "n_iter", "ari", "nmi", "acc"]
+    assert len(sweep) >= 11
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["method"] == "ekm" and m["n_clusters"] == 3 and m["classes"] == ["c0", "c1", "c2"]
+    assert m["ari"] >= 0.95 and m["acc"] >= 0.95 and m["nmi"] >= 0.9
+    assert m["sizes"] == [300, 150, 150] and m["ratio"] == [2.0, 1.0, 1.0]
+    assert m["search"]["separated"] and m["search"]["alpha"] == m["alpha"]
+    assert m["alpha_sklekmeans"] == pytest.approx(m["alpha"] / 2)
+    assert (run / "figures" / "clusterings.png").exists() and (run / "figures" / "ratio_vs_alpha.png").exists()
+    assert (run / "config.yaml").exists()
+
+
+def test_subsampling_to_a_ratio_is_deterministic(tmp_path):
+    write_embed_run(tmp_path / "embed", sizes=(100, 100, 100, 10))
+    a = cluster(str(tmp_path / "embed"), out=str(tmp_path / "a"), classes="c2,c0", ratio="1:2", alpha="1.0")
+    b = cluster(str(tmp_path / "embed"), out=str(tmp_path / "b"), classes="c2,c0", ratio="1:2", alpha="1.0")
+    ra, rb = read_csv(a / "clusters.csv")[1], read_csv(b / "clusters.csv")[1]
+    assert ra == rb
+    assert sum(r[1] == "c2" for r in ra) == 50 and sum(r[1] == "c0" for r in ra) == 100
+
+
+def test_csv_input_without_classes_and_a_baseline(tmp_path):
+    X, labels = write_embed_run(tmp_path / "embed", sizes=(80, 40, 40))
+    with open(tmp_path / "feat.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["label"] + [f"f{j}" for j in range(X.shape[1])])
+        w.writerows([lab] + row.tolist() for lab, row in zip(labels, X))
+    run = cluster(str(tmp_path / "feat.csv"), out=str(tmp_path / "run"), n_clusters=3, method="kmeans")
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["method"] == "kmeans" and m["alpha"] is None and m["ari"] >= 0.95
+    header, rows = read_csv(run / "clusters.csv")
+    assert header == ["filename", "label", "cluster"] and rows[0][0] == "0"
+
+
+def test_npy_without_labels(tmp_path):
+    X, _ = write_embed_run(tmp_path / "embed", sizes=(60, 30, 30))
+    np.save(tmp_path / "bare.npy", X)
+    run = cluster(str(tmp_path / "bare.npy"), out=str(tmp_path / "run"), n_clusters=3, alpha="0.5")
+    m = json.loads((run / "metrics.json").read_text())
+    assert "ari" not in m and m["alpha"] == 0.5 and sorted(m["sizes"]) == [30, 30, 60]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(input="missing_dir"), "input not found"),
+    (dict(classes="c0,c9"), "unknown class 'c9'"),
+    (dict(ratio="2:1"), "--ratio needs --classes"),
+    (dict(), "--n_clusters is required"),
+    (dict(classes="c0,c1", ratio="2:1:1"), "has 3 parts but --classes names 2"),
+    (dict(classes="c0,c1", alpha="big"), "--alpha must be"),
+    (dict(classes="c0,c1"), "--target_ratio 2:1:1 has 3 parts but n_clusters=2"),
+    (dict(classes="c0,c1", method="dbscan"), "--method must be one of"),
+])
+def test_bad_input_is_one_line_aelab_error(tmp_path, monkeypatch, kwargs, match):
+    write_embed_run(tmp_path / "embed", sizes=(20, 20, 20))
+    monkeypatch.chdir(tmp_path)
+    args = dict(input=str(tmp_path / "embed"), out=str(tmp_path / "run")) | kwargs
+    with pytest.raises(AelabError, match=match) as info:
+        cluster(**args)
+    assert "\n" not in str(info.value)
+
+
+def test_nan_embeddings_are_rejected(tmp_path):
+    X, _ = write_embed_run(tmp_path / "embed", sizes=(10, 10))
+    X[3, 2] = np.nan
+    np.save(tmp_path / "embed" / "embeddings.npy", X)
+    with pytest.raises(AelabError, match="NaN or inf"):
+        cluster(str(tmp_path / "embed"), out=str(tmp_path / "run"), classes="c0,c1", target_ratio="1:1")

@@ -1,0 +1,104 @@
+"""MiniBatchEquilibriumKMeans and the sufficient statistics (S, N) it is built on."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.datasets import make_blobs
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import adjusted_rand_score
+from sklearn.utils.estimator_checks import parametrize_with_checks
+from threadpoolctl import threadpool_limits
+
+from aelab.cluster import EquilibriumKMeans, MiniBatchEquilibriumKMeans, ekm_sufficient_statistics, sum_stats
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    with threadpool_limits(limits=1):  # shared 2-core CI: thread pools stall under load
+        yield
+
+
+def imbalanced_balls(sizes=(2000, 50, 200), seed=0):
+    """Balls at (0,0), (5,0), (0,5) with spreads 1, 0.5, 0.5, z-scored (see test_ekm.py)."""
+    rng = np.random.default_rng(seed)
+    X = np.vstack([rng.normal(c, s, (n, 2)) for n, c, s in zip(sizes, [(0, 0), (5, 0), (0, 5)], [1, 0.5, 0.5])])
+    return (X - X.mean(0)) / X.std(0), np.repeat(np.arange(3), sizes)
+
+
+def test_statistics_add_up_across_batches_and_workers():
+    X, _ = make_blobs(1000, n_features=5, centers=4, random_state=0)
+    C = X[[0, 250, 500, 750]]
+    whole = ekm_sufficient_statistics(X, C, alpha=0.3)
+    parts = sum_stats(ekm_sufficient_statistics(part, C, alpha=0.3) for part in np.array_split(X, 7))
+    np.testing.assert_allclose(parts.sum_wx, whole.sum_wx, rtol=1e-10, atol=1e-8)
+    np.testing.assert_allclose(parts.sum_w, whole.sum_w, rtol=1e-10)
+    assert parts.objective == pytest.approx(whole.objective)
+    assert whole.sum_w.sum() == pytest.approx(len(X))  # the weights of each sample sum to 1
+
+
+def test_minibatch_reaches_full_batch_ari_on_imbalanced_data():
+    X, y = imbalanced_balls()
+    full = EquilibriumKMeans(3, alpha=1.0, n_init=10, random_state=0).fit(X)
+    mb = MiniBatchEquilibriumKMeans(3, alpha=1.0, n_init=10, batch_size=128, random_state=0).fit(X)
+    assert adjusted_rand_score(y, mb.labels_) >= adjusted_rand_score(y, full.labels_) - 0.01
+    assert adjusted_rand_score(y, mb.labels_) >= 0.95
+    assert mb.converged_ and mb.weights_.shape == (len(X), 3)
+
+
+def test_minibatch_converges_to_the_full_batch_centroids():
+    X, _ = make_blobs(3000, n_features=4, centers=3, random_state=3)
+    full = EquilibriumKMeans(3, random_state=0).fit(X)
+    mb = MiniBatchEquilibriumKMeans(3, init=full.cluster_centers_, batch_size=256, random_state=0).fit(X)
+    np.testing.assert_allclose(mb.cluster_centers_, full.cluster_centers_, atol=0.05)
+    assert mb.alpha_ == pytest.approx(full.alpha_)
+
+
+def test_partial_fit_streams_to_a_good_clustering():
+    X, y = make_blobs(4000, n_features=3, centers=3, random_state=1)
+    rng = np.random.default_rng(0)
+    mb = MiniBatchEquilibriumKMeans(3, alpha=0.5, random_state=0)
+    for _ in range(3):
+        for rows in np.array_split(rng.permutation(len(X)), 20):
+            mb.partial_fit(X[rows])
+    assert mb.n_steps_ == 60
+    assert adjusted_rand_score(y, mb.predict(X)) >= 0.95
+    with pytest.raises(ValueError, match="features"):
+        mb.partial_fit(X[:10, :2])
+
+
+def test_torch_backend_gives_the_same_minibatch_run():
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small tensors on 2 shared cores: extra threads only stall
+    try:
+        X, _ = make_blobs(2000, n_features=4, centers=3, random_state=0)
+        a = MiniBatchEquilibriumKMeans(3, batch_size=256, random_state=0).fit(X)
+        b = MiniBatchEquilibriumKMeans(3, batch_size=256, random_state=0, backend="torch").fit(X)
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_allclose(b.cluster_centers_, a.cluster_centers_, rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(b.labels_, a.labels_)
+
+
+def test_float32_is_kept():
+    X, _ = make_blobs(500, n_features=3, centers=3, random_state=0)
+    mb = MiniBatchEquilibriumKMeans(3, batch_size=100, random_state=0).fit(X.astype(np.float32))
+    assert mb.cluster_centers_.dtype == mb.weights_.dtype == np.float32
+
+
+@pytest.mark.parametrize("params, match", [({"decay": 1.0}, "decay"), ({"batch_size": 0}, "batch_size"),
+                                           ({"alpha": -2.0}, "alpha must be a positive")])
+def test_bad_parameters(params, match):
+    X, _ = make_blobs(50, n_features=2, centers=2, random_state=0)
+    with pytest.raises(ValueError, match=match):
+        MiniBatchEquilibriumKMeans(2, **params).fit(X)
+
+
+@parametrize_with_checks([MiniBatchEquilibriumKMeans(random_state=0, batch_size=16)])
+def test_sklearn_estimator_checks(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check(estimator)
