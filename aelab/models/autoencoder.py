@@ -14,7 +14,7 @@ from aelab.models.blocks import ResidualBlock
 
 __all__ = ["AutoencoderOutput", "ModelConfig", "ResUNetAutoencoder", "PRESETS", "build_model", "preset_config"]
 
-HEADS = ("mlp", "linear", "none")
+HEADS = ("mlp", "bn-mlp", "linear", "none")
 
 
 class AutoencoderOutput(NamedTuple):
@@ -43,7 +43,8 @@ class ModelConfig:
         num_classes: classifier outputs (0 = no head).
         skip_connections: U-Net skips (concatenation). Off for anomaly detection, where skips let
             the decoder copy anomalies through.
-        head: ``"mlp"`` (Linear → ReLU → Dropout → Linear, the seed's), ``"linear"`` or ``"none"``.
+        head: ``"mlp"`` (Linear → ReLU → Dropout → Linear, the seed's), ``"bn-mlp"`` (the same after a
+            BatchNorm1d of the embedding), ``"linear"`` or ``"none"``.
         head_hidden: hidden units of the mlp head (default: bottleneck channels, 1024 in the seed).
         dropout: dropout of the mlp head.
     """
@@ -162,9 +163,13 @@ class ResUNetAutoencoder(nn.Module):
             return None
         if head == "linear":
             return nn.Linear(self.embedding_dim, num_classes)
-        return nn.Sequential(
-            nn.Linear(self.embedding_dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
-        )
+        layers: list[nn.Module] = []
+        if head == "bn-mlp":
+            # Standardise the flattened bottleneck first: after pretraining its scale is whatever
+            # reconstruction left it at, which makes the seed's plain MLP head slow to train.
+            layers.append(nn.BatchNorm1d(self.embedding_dim))
+        layers += [nn.Linear(self.embedding_dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, num_classes)]
+        return nn.Sequential(*layers)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Bottleneck map ``(B, bottleneck_channels, H/2^depth, W/2^depth)`` and the skip maps."""

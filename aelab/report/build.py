@@ -239,8 +239,13 @@ def _section_3(run_dir: Path, stages: dict) -> Section:
     if a and b:
         reading += (f" With skips the gap is {b['anomaly_loss'] / max(b['normal_loss'], 1e-12):.1f}× and AUROC {b['auroc']:.3f}: "
                     + ("skips let the decoder copy anomalies through." if b["auroc"] < a["auroc"] else "here the skips did not hurt ranking."))
+    captions = {"score_histogram": "Scores of held-out normal and anomalous images, threshold marked",
+                "roc_curve": "ROC curve (no skip connections)",
+                "cases_normal": "Normal images: best and worst cases (image | reconstruction | error map)",
+                "cases_anomalous": "Anomalous images: best and worst cases (image | reconstruction | error map)"}
     for rel in summary.get("figures", []):
-        figs.append(Figure(rel, caption=Path(rel).stem.replace("_", " ")))
+        cap = captions.get(Path(rel).stem, Path(rel).stem)
+        figs.append(Figure(rel, caption=cap + (" — with skip connections" if "/skip_eval/" in rel else "")))
     blocks = [Paragraph(f"Normal class: {summary.get('normal', '?')}; {summary.get('n_normal_test', '?')} held-out normal and "
                         f"{summary.get('n_anomalous', '?')} anomalous images, same preprocessing for both."),
               Table(["model", "normal loss", "anomaly loss", "AUROC", "AP", "threshold", "false alarms", "recall"], rows,

@@ -32,11 +32,11 @@ class FinetuneConfig(RunOptions):
         preset: network when starting from random weights: tiny, small or seed (ignored with --init-from).
         image_size: override the preset's input size (random weights only).
         channels: 1 or 3 (random weights only; with --init-from the checkpoint's preprocessing is used).
-        head: classifier head on the flattened bottleneck: mlp (the seed's), linear.
+        head: classifier head on the flattened bottleneck: bn-mlp (the seed's MLP after a BatchNorm of the embedding; trains far better from pretrained weights, see benchmarks/README.md), mlp (exactly the seed's), linear.
         dropout: dropout of the mlp head.
         freeze_encoder: train only the head and decoder; the pretrained encoder stays fixed.
         recon_weight: w in the loss w*MSE + (1-w)*cross-entropy (0.5 in the seed report).
-        augment: augmentation preset: none, light or seed (the report's list).
+        augment: augmentation preset: none, light or seed (the report's list; its vertical flips and rotations hurt on digits, see benchmarks/README.md).
         noise_factor: Gaussian input noise during fine-tuning (0 = none).
         epochs: maximum number of epochs.
         batch_size: images per step.
@@ -53,11 +53,11 @@ class FinetuneConfig(RunOptions):
     preset: str = "small"
     image_size: int | None = None
     channels: int = 3
-    head: str = "mlp"
+    head: str = "bn-mlp"
     dropout: float = 0.5
     freeze_encoder: bool = False
     recon_weight: float = 0.5
-    augment: str = "seed"
+    augment: str = "none"
     noise_factor: float = 0.0
     epochs: int = 30
     batch_size: int = 32

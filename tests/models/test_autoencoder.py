@@ -28,6 +28,12 @@ def test_forward_returns_typed_output_with_shapes():
     assert out.reconstruction.min() >= 0 and out.reconstruction.max() <= 1
 
 
+def test_bn_mlp_head_standardises_the_embedding():
+    model = ResUNetAutoencoder(in_channels=1, width=4, depth=2, image_size=16, num_classes=3, head="bn-mlp").train()
+    assert isinstance(model.head[0], torch.nn.BatchNorm1d)
+    assert model(torch.rand(4, 1, 16, 16)).logits.shape == (4, 3)
+
+
 def test_no_head_and_no_skips():
     with_skips = ResUNetAutoencoder(in_channels=1, width=8, depth=2, image_size=16, num_classes=0)
     no_skips = ResUNetAutoencoder(in_channels=1, width=8, depth=2, image_size=16, num_classes=0, skip_connections=False)

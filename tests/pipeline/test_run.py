@@ -1,0 +1,111 @@
+"""`aelab run` end to end on a tiny demo, resume after an interrupted stage, `aelab report`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+import aelab.pipeline as pipeline
+from aelab.cli.main import main
+from aelab.pipeline import RunConfig, run_all
+
+TINY = dict(preset="tiny", pretrain_epochs=1, finetune_epochs=2, anomaly_epochs=2, demo_unlabelled=150,
+            demo_labelled_per_class=6, demo_test=60, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "r"
+    cfg = RunConfig(out=str(out), **TINY)
+
+    def interrupted(ctx):
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        stages = [(n, interrupted if n == "cluster" else f) for n, f in pipeline.STAGES]
+        mp.setattr(pipeline, "STAGES", stages)
+        with pytest.raises(KeyboardInterrupt):
+            run_all(cfg)
+    done = json.loads((out / "stages.json").read_text())
+    assert done["pretrain"]["status"] == "done" and "cluster" not in done
+    pretrain_mtime = (out / "pretrain" / "best.ckpt").stat().st_mtime_ns
+    run_all(cfg)  # resumes: the finished stages are not run again
+    assert (out / "pretrain" / "best.ckpt").stat().st_mtime_ns == pretrain_mtime
+    return out
+
+
+def _report(run_dir):
+    return json.loads((run_dir / "report.json").read_text())
+
+
+def _section(report, sid):
+    return next(s for s in report["sections"] if s["id"] == sid)
+
+
+def _table(section):
+    return next(b for b in section["blocks"] if b["type"] == "table")
+
+
+def test_report_files_and_sections(run_dir):
+    from pypdf import PdfReader
+
+    for name in ("report.html", "report.pdf", "report.md", "report.json", "predictions.csv"):
+        assert (run_dir / name).is_file(), name
+    report = _report(run_dir)
+    assert [s["id"] for s in report["sections"]] == ["1a", "1b", "2a", "2b", "3"]
+    stages = json.loads((run_dir / "stages.json").read_text())
+    assert all(stages[s]["status"] == "done" for s in ("pretrain", "finetune_aug", "finetune_noaug", "cluster", "anomaly")), stages
+    assert all(s["skipped_reason"] is None for s in report["sections"])
+    pdf = PdfReader(run_dir / "report.pdf")
+    assert len(pdf.pages) >= 3
+    assert sum(len(p.images) for p in pdf.pages) >= 4
+    html = (run_dir / "report.html").read_text()
+    assert 'src="http' not in html and html.count("data:image/png;base64") >= 4
+    assert (run_dir / "predictions.csv").read_text().splitlines()[0] == "id,label"
+
+
+def test_report_numbers_equal_the_runs_files(run_dir):
+    report = _report(run_dir)
+    stages = json.loads((run_dir / "stages.json").read_text())
+    rows = _table(_section(report, "1b"))["rows"]
+    assert rows[0][1] == stages["finetune_aug"]["result"]["val_acc"]
+    assert rows[1][2] == stages["finetune_noaug"]["result"]["test"]["accuracy"]
+    ekm = json.loads((run_dir / "cluster_ekm" / "metrics.json").read_text())
+    km = json.loads((run_dir / "cluster_kmeans" / "metrics.json").read_text())
+    rows2 = _table(_section(report, "2b"))["rows"]
+    assert rows2[0][3] == ekm["panels"][0]["ari"] == ekm["ari"]
+    assert rows2[3][1] == ":".join(map(str, km["sizes"]))
+    summary = json.loads((run_dir / "anomaly" / "summary.json").read_text())
+    rows3 = _table(_section(report, "3"))["rows"]
+    assert rows3[0][1:4] == [summary["noskip"]["normal_loss"], summary["noskip"]["anomaly_loss"], summary["noskip"]["auroc"]]
+    # The params of the model table come from the checkpoint's network.
+    assert "parameters" in _section(report, "1a")["blocks"][0]["text"]
+
+
+def test_aelab_report_rebuilds_identical_content(run_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    before = (copy / "report.json").read_text()
+    (copy / "report.json").unlink()
+    assert main(["report", str(copy)]) == 0
+    assert (copy / "report.json").read_text() == before.replace(str(run_dir), str(copy))
+
+
+def test_missing_anomaly_folder_skips_that_section_with_a_reason(run_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(run_dir / "demo_data", data)
+    shutil.rmtree(data / "anomaly")
+    out = tmp_path / "r2"
+    assert main(["run", "--data", str(data), "--out", str(out), "--preset", "tiny", "--pretrain_epochs", "1",
+                 "--finetune_epochs", "1", "--device", "cpu"]) == 0
+    section = _section(_report(out), "3")
+    assert section["skipped_reason"] and "anomaly" in section["skipped_reason"]
+    assert "Skipped" in (out / "report.md").read_text()
+    assert _section(_report(out), "1b")["skipped_reason"] is None
+
+
+def test_changed_settings_on_an_existing_run_folder_are_refused(run_dir, capsys):
+    assert main(["run", "--out", str(run_dir), "--preset", "small"]) == 2
+    assert "other settings" in capsys.readouterr().err
