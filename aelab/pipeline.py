@@ -110,23 +110,28 @@ def _stage_pretrain(ctx: _Ctx) -> dict:
 
 
 def _finetune(ctx: _Ctx, name: str, init: bool, augment: str) -> dict:
+    from aelab.data import resolve_layout
     from aelab.train import FinetuneConfig, PredictConfig, finetune, load_checkpoint, predict
 
     run = finetune(FinetuneConfig(
         data=str(ctx.data), init_from=str(ctx.dir / "pretrain") if init else None, preset=ctx.cfg.preset,
         channels=ctx.cfg.channels, augment=augment, epochs=ctx.cfg.finetune_epochs, out=str(ctx.sub(name)), **ctx.engine))
-    pred = predict(PredictConfig(model=str(run), data=str(ctx.data), out=str(run / "predict"), device=ctx.cfg.device))
     best = load_checkpoint(run)
-    return {"run": str(run), "val_acc": best["metrics"]["val_acc"], "best_epoch": best["epoch"],
-            "test": json.loads((pred / "metrics.json").read_text())}
+    result = {"run": str(run), "val_acc": best["metrics"]["val_acc"], "best_epoch": best["epoch"], "test": {}}
+    if resolve_layout(ctx.data).test is not None:
+        pred = predict(PredictConfig(model=str(run), data=str(ctx.data), out=str(run / "predict"), device=ctx.cfg.device))
+        result["test"] = json.loads((pred / "metrics.json").read_text())
+    return result
 
 
 def _stage_predict(ctx: _Ctx) -> dict:
     """The submission: the fine-tune (with or without augmentation) with the higher validation accuracy."""
     stages = _load_stages(ctx.dir)
-    aug, noaug = stages["finetune_aug"]["result"], stages["finetune_noaug"]["result"]
-    chosen = "finetune_aug" if aug["val_acc"] >= noaug["val_acc"] else "finetune_noaug"
+    done = {n: stages[n]["result"] for n in ("finetune_aug", "finetune_noaug") if stages.get(n, {}).get("status") == "done"}
+    chosen = max(done, key=lambda n: done[n]["val_acc"])  # ties: the augmented one, listed first
     src = ctx.dir / chosen / "predict" / "predictions.csv"
+    if not src.is_file():
+        raise Skip("the data have no test folder (ROOT/test/) to predict")
     shutil.copyfile(src, ctx.dir / "predictions.csv")
     return {"model": chosen, "predictions": str(ctx.dir / "predictions.csv")}
 
@@ -139,7 +144,9 @@ def _stage_cluster(ctx: _Ctx) -> dict:
 
     emb = embed(EmbedConfig(model=str(ctx.dir / "finetune_aug"), data=str(ctx.data), out=str(ctx.sub("embed")), device=ctx.cfg.device))
     _, _, labels = load_embeddings(emb)
-    classes = sorted({lab for lab in labels if lab}, key=lambda c: (len(c), c))
+    from aelab.data import natural_key
+
+    classes = sorted({lab for lab in labels if lab}, key=natural_key)
     if ctx.cfg.cluster_classes == "auto":
         if len(classes) < 3:
             raise Skip(f"the clustering study needs at least three labelled classes, found {len(classes)}")
@@ -194,11 +201,18 @@ def _save_stages(run_dir: Path, stages: dict[str, Any]) -> None:
 def run_all(cfg: RunConfig) -> Path:
     """Run every stage not yet finished in ``cfg.out``, then build the report. Returns the run folder."""
     run_dir = Path(cfg.out)
+    if cfg.data is not None and Path(cfg.data).resolve().is_relative_to(run_dir.resolve()):
+        raise AelabError(f"the data folder {cfg.data} lies inside the run folder {run_dir}; choose another --out")
     if cfg.force and run_dir.exists():
+        if any(run_dir.iterdir()) and not (run_dir / "stages.json").is_file():
+            raise AelabError(f"--force would delete {run_dir}, which is not an aelab run folder (no stages.json)")
         shutil.rmtree(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()) and not (run_dir / "stages.json").is_file():
+        raise AelabError(f"{run_dir} exists and is not an aelab run folder; choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
     saved = run_dir / "config.yaml"
-    if saved.is_file():
+    finished = [k for k, v in _load_stages(run_dir).items() if not k.startswith("_") and v.get("status") == "done"]
+    if saved.is_file() and finished:
         from aelab.runs import load_config
 
         old = load_config(run_dir)
@@ -208,7 +222,11 @@ def run_all(cfg: RunConfig) -> Path:
                              "use another --out or --force to start over")
     save_config(run_dir, cfg)
     stages = _load_stages(run_dir)
-    stages.setdefault("_meta", {"aelab_version": __version__, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+    _save_stages(run_dir, stages)  # marks the folder as a run folder from the start
+    from aelab.train.inference import pick_device
+
+    stages.setdefault("_meta", {"aelab_version": __version__, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                "device": str(pick_device(cfg.device))})
     ctx = _Ctx(cfg, run_dir)
     for name, fn in STAGES:
         if name in stages and stages[name].get("status") in ("done", "skipped"):

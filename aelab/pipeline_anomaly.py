@@ -23,7 +23,9 @@ def _normal_folder(ctx, layout, skip_exc) -> tuple[Path, str]:
         return layout.anomaly_normal, "anomaly/normal"
     if layout.labelled is None:
         raise skip_exc("the data have anomalous images but no normal images (no anomaly/normal, no labelled folder)")
-    classes = sorted(p.name for p in layout.labelled.iterdir() if p.is_dir())
+    from aelab.data import scan_labelled
+
+    classes = scan_labelled(layout.labelled).classes
     name = classes[0] if ctx.cfg.normal_class == "auto" else ctx.cfg.normal_class
     folder = layout.labelled / name
     if not folder.is_dir():

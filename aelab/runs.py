@@ -42,6 +42,11 @@ def new_run_dir(out: str | os.PathLike | None, verb: str, root: str | os.PathLik
     """
     if out is not None:
         path = Path(out)
+        if (path / "config.yaml").is_file():
+            from aelab.errors import AelabError
+
+            # Never mix a new run's files with an old one's (a stale best.ckpt would survive).
+            raise AelabError(f"{path} already holds a run (config.yaml); choose another --out or remove it")
         path.mkdir(parents=True, exist_ok=True)
         return path
     base = Path(root) / verb

@@ -39,7 +39,7 @@ def _load(ref: str) -> Any:
 def build_parser():
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    parser = ArgumentParser(prog="aelab", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = ArgumentParser(prog="aelab", description="aelab: learn from images with few labels (autoencoder, Equilibrium K-Means, anomaly detection, report)")
     parser.add_argument("--version", action="version", version=f"aelab {__version__}")
     top = parser.add_subcommands(required=True, dest="verb")
     groups: dict[str, Any] = {}
@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aelab: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("aelab: interrupted; finished epochs and stages are saved (use --resume RUN to continue)", file=sys.stderr)
+        print("aelab: interrupted. aelab run: run the same command again to continue after the last finished stage; "
+              "pretrain/finetune: --resume RUN continues from the last finished epoch", file=sys.stderr)
         return 130
     return 0
 

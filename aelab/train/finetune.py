@@ -104,8 +104,12 @@ def finetune(cfg: FinetuneConfig) -> Path:
         run_dir = Path(cfg.resume)
         if not (run_dir / "last.ckpt").is_file():
             raise AelabError(f"cannot resume: {run_dir / 'last.ckpt'} does not exist")
+        engine = dict(device=cfg.device, devices=cfg.devices, precision=cfg.precision)
         cfg = _restore_config(FinetuneConfig, run_dir)
         cfg.resume = str(run_dir)
+        cfg.__dict__.update(engine)  # the machine may differ from the one that started the run
+    if not 0.0 < cfg.val_fraction < 1.0:
+        raise AelabError(f"val_fraction must be in (0, 1): fine-tuning picks its best epoch by validation accuracy; got {cfg.val_fraction}")
     if not 0.0 <= cfg.recon_weight <= 1.0:
         raise AelabError(f"recon_weight must be in [0, 1], got {cfg.recon_weight}")
     set_seed(cfg.seed)
@@ -137,7 +141,8 @@ def finetune(cfg: FinetuneConfig) -> Path:
     train_loader = fabric.setup_dataloaders(
         make_loader(data.images[train_idx], labels[train_idx], batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True)
     )
-    val_loader = fabric.setup_dataloaders(make_loader(data.images[val_idx], labels[val_idx], batch_size=256))
+    # Every process validates on all images so that the best epoch is the same everywhere.
+    val_loader = fabric.setup_dataloaders(make_loader(data.images[val_idx], labels[val_idx], batch_size=256), use_distributed_sampler=False)
     augment = build_augmentation(cfg.augment, prep.image_size).to(fabric.device)
     w = cfg.recon_weight
 
@@ -146,8 +151,12 @@ def finetune(cfg: FinetuneConfig) -> Path:
         ce = F.cross_entropy(out.logits.float(), y)
         return w * mse + (1 - w) * ce, mse, ce
 
+    frozen = (*raw_model.encoders, raw_model.bottleneck) if cfg.freeze_encoder else ()
+
     def train_step(batch):
         x, y = batch
+        for module in frozen:  # a frozen encoder keeps its BatchNorm statistics too
+            module.eval()
         clean = augment(prep.target(x))
         inp = clean if cfg.noise_factor == 0 else (clean + cfg.noise_factor * torch.randn_like(clean)).clamp(0, 1)
         loss, mse, ce = losses(model(prep.normalize(inp)), clean, y)

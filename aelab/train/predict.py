@@ -62,6 +62,8 @@ def predict(cfg: PredictConfig) -> Path:
         raise AelabError(f"{cfg.model} has no classifier head: predict needs a fine-tuned checkpoint")
     prep = Preprocessing.from_dict(ckpt["preprocessing"])
     src = resolve_sources(cfg.data, test=cfg.images, test_labels=cfg.labels)
+    if cfg.images is not None and cfg.labels is None:
+        src.test_labels = None  # --data's labels belong to --data's test folder, not to --images
     folder = require(src.test, "test", "--images")
     data = load_images(list_images(folder, recursive=cfg.recursive), prep.image_size, prep.channels, strict=cfg.strict)
     run_dir = new_run_dir(cfg.out, "predict")

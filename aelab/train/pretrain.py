@@ -95,8 +95,10 @@ def pretrain(cfg: PretrainConfig) -> Path:
         run_dir = Path(cfg.resume)
         if not (run_dir / "last.ckpt").is_file():
             raise AelabError(f"cannot resume: {run_dir / 'last.ckpt'} does not exist")
+        engine = dict(device=cfg.device, devices=cfg.devices, precision=cfg.precision)
         cfg = _restore_config(PretrainConfig, run_dir)
         cfg.resume = str(run_dir)
+        cfg.__dict__.update(engine)  # the machine may differ from the one that started the run
     set_seed(cfg.seed)
     src = resolve_sources(cfg.data, unlabelled=cfg.unlabelled, labelled=cfg.labelled)
     model_cfg = preset_config(
@@ -126,7 +128,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
         make_loader(images[train_idx], batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True)
     )
     val_images = images[val_idx] if len(val_idx) else images[train_idx]
-    val_loader = fabric.setup_dataloaders(make_loader(val_images, batch_size=max(cfg.batch_size, 256)))
+    # Every process validates on all images so that early stopping decides the same everywhere.
+    val_loader = fabric.setup_dataloaders(make_loader(val_images, batch_size=max(cfg.batch_size, 256)), use_distributed_sampler=False)
     augment = build_augmentation(cfg.augment, prep.image_size).to(fabric.device)
 
     def train_step(batch):

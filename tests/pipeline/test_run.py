@@ -63,14 +63,22 @@ def test_report_files_and_sections(run_dir):
     assert sum(len(p.images) for p in pdf.pages) >= 4
     html = (run_dir / "report.html").read_text()
     assert 'src="http' not in html and html.count("data:image/png;base64") >= 4
-    assert (run_dir / "predictions.csv").read_text().splitlines()[0] == "id,label"
+    pred = (run_dir / "predictions.csv").read_text()
+    chosen = stages["predict"]["result"]["model"]
+    other = "finetune_noaug" if chosen == "finetune_aug" else "finetune_aug"
+    assert stages[chosen]["result"]["val_acc"] >= stages[other]["result"]["val_acc"]
+    assert pred == (run_dir / chosen / "predict" / "predictions.csv").read_text()
+    assert pred.splitlines()[0] == "id,label" and len(pred.splitlines()) == 1 + TINY["demo_test"]
 
 
 def test_report_numbers_equal_the_runs_files(run_dir):
     report = _report(run_dir)
     stages = json.loads((run_dir / "stages.json").read_text())
     rows = _table(_section(report, "1b"))["rows"]
-    assert rows[0][1] == stages["finetune_aug"]["result"]["val_acc"]
+    import csv
+
+    accs = [float(r["val_acc"]) for r in csv.DictReader(open(run_dir / "finetune_aug" / "metrics.csv"))]
+    assert rows[0][1] == max(accs) == stages["finetune_aug"]["result"]["val_acc"]
     assert rows[1][2] == stages["finetune_noaug"]["result"]["test"]["accuracy"]
     ekm = json.loads((run_dir / "cluster_ekm" / "metrics.json").read_text())
     km = json.loads((run_dir / "cluster_kmeans" / "metrics.json").read_text())

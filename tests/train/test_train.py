@@ -78,9 +78,14 @@ def test_resume_reaches_the_same_weights(data, tmp_path, monkeypatch):
 
 
 def test_finetune_keeps_the_pretrained_preprocessing_and_encoder(pretrained, data, tmp_path):
-    run = finetune(FinetuneConfig(init_from=str(pretrained), data=str(data), epochs=1, augment="none", out=str(tmp_path / "ft"), **TINY))
+    run = finetune(FinetuneConfig(init_from=str(pretrained), data=str(data), epochs=1, augment="none",
+                                  freeze_encoder=True, out=str(tmp_path / "ft"), **TINY))
     pre, ft = load_checkpoint(pretrained), load_checkpoint(run)
     assert ft["preprocessing"] == pre["preprocessing"]
+    # The frozen encoder is exactly the pretrained one, BatchNorm statistics included.
+    for k, v in pre["state_dict"].items():
+        if k.startswith(("encoders.", "bottleneck.")):
+            torch.testing.assert_close(ft["state_dict"][k], v, msg=k)
     assert ft["classes"] == [str(d) for d in range(10)]
     assert ft["model_config"]["num_classes"] == 10
     # Validation/prediction input equals the training input for the same image (no augmentation, no noise).
@@ -88,6 +93,38 @@ def test_finetune_keeps_the_pretrained_preprocessing_and_encoder(pretrained, dat
     x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     torch.testing.assert_close(prep.model_input(x), prep.normalize(prep.target(x)))
     assert prep.target(x).max() <= 1.0
+
+
+def test_best_checkpoint_is_the_epoch_with_the_highest_validation_accuracy(pretrained, data, tmp_path):
+    run = finetune(FinetuneConfig(init_from=str(pretrained), data=str(data), epochs=4, patience=10, out=str(tmp_path / "ft"), **TINY))
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    accs = [float(r["val_acc"]) for r in rows]
+    best = load_checkpoint(run)
+    assert best["epoch"] == int(np.argmax(accs))  # the scored metric, first epoch on ties (seed defect 5)
+    assert best["metrics"]["val_acc"] == max(accs)
+
+
+def test_finetune_resume_reaches_the_same_weights(pretrained, data, tmp_path, monkeypatch):
+    from aelab.runs import MetricsLogger
+
+    cfg = dict(init_from=str(pretrained), data=str(data), epochs=3, patience=10, augment="seed", **TINY)
+    full = finetune(FinetuneConfig(out=str(tmp_path / "full"), **cfg))
+    original = MetricsLogger.log
+
+    def interrupting_log(self, row):
+        original(self, row)
+        if int(row["epoch"]) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(MetricsLogger, "log", interrupting_log)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(FinetuneConfig(out=str(tmp_path / "cut"), **cfg))
+    monkeypatch.setattr(MetricsLogger, "log", original)
+    resumed = finetune(FinetuneConfig(resume=str(tmp_path / "cut")))
+    a = torch.load(full / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(resumed / "last.ckpt", weights_only=True)["state_dict"]
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], msg=k)
 
 
 def _checkpoint_with_classes(path, classes):
@@ -109,7 +146,15 @@ def test_predictions_csv_has_natural_order_and_integer_ids(tmp_path):
     rows = list(csv.reader(open(run / "predictions.csv")))
     assert rows[0] == ["id", "label"]
     assert [r[0] for r in rows[1:]] == ["1", "2", "10"]
-    assert {r[1] for r in rows[1:]} <= {"cat", "dog"}
+    # Each row is that file's own prediction (not shifted by the skipped file or the sort).
+    from aelab.data import load_images
+    from aelab.train import batched_forward
+
+    model, ck = load_model(ckpt)
+    for image_id, label in rows[1:]:
+        x = load_images([test / f"{image_id}.png"], 32, 3).images
+        logits = batched_forward(model, Preprocessing.from_dict(ck["preprocessing"]), x, want=("logits",)).logits
+        assert label == ["cat", "dog"][int(logits.argmax())]
     probs = list(csv.reader(open(run / "probabilities.csv")))
     assert probs[0] == ["id", "cat", "dog"]
     assert all(abs(float(r[1]) + float(r[2]) - 1) < 1e-4 for r in probs[1:])
@@ -133,7 +178,13 @@ def test_embed_writes_npy_and_labelled_csv(pretrained, data, tmp_path):
     assert list(rows[0]) == ["filename", "label"]
     assert emb.shape == (len(rows), 32) and emb.dtype == np.float32  # tiny: 8 * 2**2 channels, mean-pooled
     assert len(rows) == 80 + 60  # labelled + test
-    assert all(r["label"] in {str(d) for d in range(10)} for r in rows)
+    truth = {r["id"]: r["label"] for r in csv.DictReader(open(data / "test_labels.csv"))}
+    for r in rows:
+        parts = r["filename"].split("/")
+        if parts[:2] == ["dev", "labelled"]:
+            assert r["label"] == parts[2]  # the class folder
+        else:
+            assert parts[0] == "test" and r["label"] == truth[parts[1].split(".")[0]]
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
