@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +29,7 @@ import numpy as np
 import PIL
 from PIL import Image, ImageOps
 
+from aelab.runs import atomic_write
 from aelab.data.folders import image_ids, list_images
 from aelab.errors import DataError
 from aelab.progress import info, progress
@@ -180,19 +180,7 @@ def _write_cache(base: Path, images: np.ndarray, kept: list[int], skipped: list[
         (".npy", lambda fh: np.save(fh, images, allow_pickle=False)),
         (".json", lambda fh: fh.write(json.dumps({"kept": kept, "skipped": skipped}).encode())),
     ):
-        target = base.with_suffix(suffix)
-        fd, tmp = tempfile.mkstemp(dir=base.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared cache should stay readable
-            with os.fdopen(fd, "wb") as fh:
-                write(fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(base.with_suffix(suffix), write)  # streamed: no second copy of a large array
 
 
 def _report_skipped(skipped: list[tuple[Path, str]], total: int, strict: bool) -> None:

@@ -9,9 +9,7 @@ from __future__ import annotations
 import csv
 import inspect
 import json
-import time
 from pathlib import Path
-from typing import Any
 
 from aelab import __version__
 from aelab.report.content import Code, Equation, Figure, Paragraph, Report, Section, Table

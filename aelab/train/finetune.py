@@ -15,8 +15,7 @@ from aelab.runs import new_run_dir, save_config, set_seed
 from aelab.train.checkpoint import load_checkpoint
 from aelab.train.engine import fit_loop, make_fabric
 from aelab.train.loaders import make_loader, split_indices
-from aelab.train.options import RunOptions, require, resolve_sources
-from aelab.train.pretrain import _restore_config
+from aelab.train.options import RunOptions, require, resolve_sources, restore_for_resume
 
 __all__ = ["FinetuneConfig", "finetune"]
 
@@ -99,15 +98,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
     """
     from aelab.data import build_augmentation, load_images, scan_labelled
 
-    resume = cfg.resume is not None
-    if resume:
-        run_dir = Path(cfg.resume)
-        if not (run_dir / "last.ckpt").is_file():
-            raise AelabError(f"cannot resume: {run_dir / 'last.ckpt'} does not exist")
-        engine = dict(device=cfg.device, devices=cfg.devices, precision=cfg.precision)
-        cfg = _restore_config(FinetuneConfig, run_dir)
-        cfg.resume = str(run_dir)
-        cfg.__dict__.update(engine)  # the machine may differ from the one that started the run
+    cfg, run_dir, resume = restore_for_resume(FinetuneConfig, cfg)
     if not 0.0 < cfg.val_fraction < 1.0:
         raise AelabError(f"val_fraction must be in (0, 1): fine-tuning picks its best epoch by validation accuracy; got {cfg.val_fraction}")
     if not 0.0 <= cfg.recon_weight <= 1.0:

@@ -61,6 +61,29 @@ def resolve_sources(
     return src
 
 
+def restore_for_resume(cls, cfg):
+    """For ``--resume RUN``: the run's saved settings, with this machine's engine flags.
+
+    Returns ``(cfg, run_dir, resume)``; without ``--resume`` the settings are returned as given.
+    """
+    from dataclasses import fields
+
+    from aelab.runs import load_config
+
+    if cfg.resume is None:
+        return cfg, None, False
+    run_dir = Path(cfg.resume)
+    if not (run_dir / "last.ckpt").is_file():
+        raise AelabError(f"cannot resume: {run_dir / 'last.ckpt'} does not exist")
+    saved = load_config(run_dir)
+    names = {f.name for f in fields(cls)}
+    restored = cls(**{k: v for k, v in saved.items() if k in names})
+    # The machine may differ from the one that started the run.
+    restored.device, restored.devices, restored.precision = cfg.device, cfg.devices, cfg.precision
+    restored.resume = str(run_dir)
+    return restored, run_dir, True
+
+
 def require(path: Path | None, what: str, flag: str) -> Path:
     if path is None:
         raise AelabError(f"no {what} folder: pass --data ROOT (seed layout) or {flag} DIR")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +12,12 @@ import torch.nn.functional as F
 from aelab.errors import AelabError
 from aelab.models import build_model, preset_config
 from aelab.progress import info
-from aelab.runs import load_config, new_run_dir, save_config, set_seed
+from aelab.runs import new_run_dir, save_config, set_seed
 from aelab.train.engine import fit_loop, make_fabric
 from aelab.train.loaders import make_loader, split_indices
-from aelab.train.options import RunOptions, require, resolve_sources
+from aelab.train.options import RunOptions, require, resolve_sources, restore_for_resume
 
-__all__ = ["PretrainConfig", "pretrain", "load_image_folder"]
+__all__ = ["PretrainConfig", "pretrain"]
 
 
 @dataclass
@@ -69,20 +69,6 @@ class PretrainConfig(RunOptions):
     resume: str | None = None
 
 
-def load_image_folder(folder: Path, prep, *, recursive: bool = False, strict: bool = False):
-    """Decode (or fetch from the cache) every image of a folder for ``prep``'s size and channels."""
-    from aelab.data import list_images, load_images
-
-    paths = list_images(folder, recursive=recursive)
-    return load_images(paths, prep.image_size, prep.channels, strict=strict)
-
-
-def _restore_config(cls, run_dir: Path):
-    saved = load_config(run_dir)
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in saved.items() if k in names})
-
-
 def pretrain(cfg: PretrainConfig) -> Path:
     """Train a denoising autoencoder: input ``x + noise``, target ``x`` in [0, 1], MSE loss.
 
@@ -90,15 +76,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     """
     from aelab.data import Preprocessing, build_augmentation, scan_labelled, load_images
 
-    resume = cfg.resume is not None
-    if resume:
-        run_dir = Path(cfg.resume)
-        if not (run_dir / "last.ckpt").is_file():
-            raise AelabError(f"cannot resume: {run_dir / 'last.ckpt'} does not exist")
-        engine = dict(device=cfg.device, devices=cfg.devices, precision=cfg.precision)
-        cfg = _restore_config(PretrainConfig, run_dir)
-        cfg.resume = str(run_dir)
-        cfg.__dict__.update(engine)  # the machine may differ from the one that started the run
+    cfg, run_dir, resume = restore_for_resume(PretrainConfig, cfg)
     set_seed(cfg.seed)
     src = resolve_sources(cfg.data, unlabelled=cfg.unlabelled, labelled=cfg.labelled)
     model_cfg = preset_config(
@@ -106,7 +84,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
         in_channels=cfg.channels, num_classes=0, head="none", skip_connections=cfg.skip_connections,
     )
     prep = Preprocessing(image_size=model_cfg.image_size, channels=model_cfg.in_channels)
-    data = load_image_folder(require(src.unlabelled, "unlabelled", "--unlabelled"), prep, recursive=cfg.recursive, strict=cfg.strict)
+    data = prep.load(require(src.unlabelled, "unlabelled", "--unlabelled"), recursive=cfg.recursive, strict=cfg.strict)
     images = data.images
     if cfg.include_labelled:
         lab = scan_labelled(require(src.labelled, "labelled", "--labelled"))
