@@ -169,9 +169,17 @@ def _pick(points, target, min_separation):
     ok = [p for p in points if p.min_separation >= min_separation and math.isfinite(p.ratio_distance)]
     pool = ok or points
     best = min(p.ratio_distance for p in pool)
-    # Several α often match equally well (a plateau); the middle one is the most robust choice.
+    # Several α often match equally well (a plateau up to the hard-k-means limit). Take the
+    # plateau's start, preferring one whose next-larger α also matches (not a lone fluke): the
+    # smallest α at which the centroids separate into the target sizes, so 0.1α shows them
+    # merging and 10α shows the hard limit, which is what the α study is meant to show.
     tied = sorted((p for p in pool if p.ratio_distance <= best + 1e-9), key=lambda p: p.alpha)
-    return tied[len(tied) // 2], bool(ok)
+    order = sorted(pool, key=lambda p: p.alpha)
+    for p in tied:
+        i = order.index(p)
+        if i + 1 < len(order) and order[i + 1] in tied:
+            return p, bool(ok)
+    return tied[0], bool(ok)
 
 
 def find_alpha(X, n_clusters: int, target_ratio=(2, 1, 1), labels=None, alphas=None, refine: int = 7,
@@ -206,8 +214,9 @@ def find_alpha(X, n_clusters: int, target_ratio=(2, 1, 1), labels=None, alphas=N
     best, _ = _pick(points, target, min_separation)
     if refine > 1:
         fine = best.alpha * 10.0 ** np.linspace(-0.5, 0.5, refine)
-        seen = {p.alpha for p in points}
-        points += alpha_sweep(X, [a for a in fine if a not in seen], n_clusters, **sweep_kw)
+        seen = [p.alpha for p in points]
+        new = [a for a in fine if not any(math.isclose(a, b, rel_tol=1e-9) for b in seen)]
+        points += alpha_sweep(X, new, n_clusters, **sweep_kw)
     best, separated = _pick(points, target, min_separation)
     points.sort(key=lambda p: p.alpha)
     return AlphaSearch(best.alpha, points, best, target, separated)
