@@ -14,7 +14,7 @@ from aelab.runs import write_json
 __all__ = ["run_anomaly_study"]
 
 KEYS = ("normal_loss", "anomaly_loss", "auroc", "average_precision", "f1", "precision", "recall",
-        "false_alarm_rate", "threshold", "n_normal", "n_anomalous")
+        "false_alarm_rate", "threshold", "n_normal", "n_anomalous", "score", "threshold_rule")
 
 
 def _normal_folder(ctx, layout, skip_exc) -> tuple[Path, str]:

@@ -196,7 +196,7 @@ def _section_2b(run_dir: Path, stages: dict) -> Section:
             name = {"kmeans": "k-means", "seed-softmax": f"seed's softmax variant α={m.get('alpha') or 0:.4g}"}[method]
             rows.append([name, ":".join(map(str, m["sizes"])), ":".join(f"{r:.2f}" for r in m["ratio"]), m.get("ari")])
     counts = ekm.get("class_counts", {})
-    target = ekm.get("search", {}).get("target_ratio")
+    target = [f"{t:g}" for t in ekm.get("search", {}).get("target_ratio") or []]
     km = _json(run_dir / "cluster_kmeans" / "metrics.json")
     reading = (f"Classes {', '.join(counts)} with {':'.join(map(str, counts.values()))} images. "
                f"EKM at the chosen α={ekm.get('alpha', 0):.4g} gives sizes {':'.join(map(str, ekm.get('sizes', [])))} "
@@ -206,7 +206,7 @@ def _section_2b(run_dir: Path, stages: dict) -> Section:
         better = "EKM" if ekm["ari"] > km["ari"] else "k-means" if km["ari"] > ekm["ari"] else "neither"
         reading += f" {better} agrees better with the classes." if better != "neither" else " Both agree equally with the classes."
     blocks = [
-        Table(["method", "cluster sizes", "size ratio", "ARI"], rows, caption=f"Target ratio {':'.join(map(str, target or []))}", reading=reading),
+        Table(["method", "cluster sizes", "size ratio", "ARI"], rows, caption=f"Target ratio {':'.join(target)}; α in the paper's convention", reading=reading),
         Figure("cluster_ekm/figures/clusterings.png", caption="EKM at α, 10α and 0.1α (PCA projection, centroids marked)"),
         Figure("cluster_ekm/figures/ratio_vs_alpha.png", caption="Cluster-size ratio versus α; the target is marked"),
     ]
@@ -243,7 +243,9 @@ def _section_3(run_dir: Path, stages: dict) -> Section:
     blocks = [Paragraph(f"Normal class: {summary.get('normal', '?')}; {summary.get('n_normal_test', '?')} held-out normal and "
                         f"{summary.get('n_anomalous', '?')} anomalous images, same preprocessing for both."),
               Table(["model", "normal loss", "anomaly loss", "AUROC", "AP", "threshold", "false alarms", "recall"], rows,
-                    caption="Per-image reconstruction MSE; threshold = 0.99 quantile of held-out normal scores", reading=reading),
+                    caption=(f"Losses: mean per-image reconstruction MSE. AUROC, AP and the threshold "
+                             f"({a.get('threshold_rule', '?')} rule) use the detector's {a.get('score', '?')} score"),
+                    reading=reading),
               *figs]
     return Section("3", "Anomaly detection", blocks)
 
