@@ -130,6 +130,7 @@ def fit_loop(
             count += n
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
+        lr = getattr(optimizer, "optimizer", optimizer).param_groups[0]["lr"]  # the rate this epoch used
         if scheduler is not None:
             scheduler.step()
         model.eval()
@@ -138,7 +139,7 @@ def fit_loop(
         row: dict[str, Any] = {"epoch": epoch}
         row.update({f"train_{k}": v / max(count, 1) for k, v in sums.items()})
         row.update(val)
-        row["lr"] = optimizer.param_groups[0]["lr"]
+        row["lr"] = lr
         row["seconds"] = round(time.perf_counter() - t0, 3)
         value = float(val[monitor])
         improved = _better(value, state.best, mode, min_delta)
