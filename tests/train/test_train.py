@@ -216,3 +216,17 @@ def test_end_to_end_cli_accuracy_well_above_chance(tmp_path):
     metrics = json.loads((runs / "pred" / "metrics.json").read_text())
     assert metrics["n_labelled"] == 200
     assert metrics["accuracy"] > 0.3, metrics
+
+
+def test_config_file_then_flags_override_it(data, tmp_path):
+    """`--config FILE.yaml` sets values; flags after it win; the resolved config is saved in the run."""
+    import yaml
+
+    from aelab.cli.main import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochs: 1\npreset: tiny\ndevice: cpu\nbatch_size: 16\nnoise_factor: 0.3\n")
+    assert main(["pretrain", "--config", str(cfg), "--data", str(data), "--batch-size", "64", "--out", str(tmp_path / "r")]) == 0
+    saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert (saved["epochs"], saved["preset"], saved["batch_size"], saved["noise_factor"]) == (1, "tiny", 64, 0.3)
+    assert torch.load(tmp_path / "r" / "best.ckpt", weights_only=True)["config"]["noise_factor"] == 0.3
