@@ -34,6 +34,7 @@ class RunConfig:
         out: run folder; re-running with the same folder resumes after the last finished stage.
         force: redo every stage even if the run folder has it.
         preset: network size: tiny, small (CPU) or seed (the report's full-size network, for GPUs).
+        image_size: square size every image is resized to; none = the preset's (32 for tiny/small, 64 for seed).
         channels: 1 or 3 image channels.
         pretrain_epochs: maximum pretraining epochs.
         finetune_epochs: maximum fine-tuning epochs (each of the three fine-tunes).
@@ -54,6 +55,7 @@ class RunConfig:
     out: str = "runs/aelab"
     force: bool = False
     preset: str = "small"
+    image_size: int | None = None
     channels: int = 3
     pretrain_epochs: int = 15
     finetune_epochs: int = 40
@@ -104,7 +106,7 @@ def _stage_data(ctx: _Ctx) -> dict:
 def _stage_pretrain(ctx: _Ctx) -> dict:
     from aelab.train import PretrainConfig, pretrain
 
-    run = pretrain(PretrainConfig(data=str(ctx.data), preset=ctx.cfg.preset, channels=ctx.cfg.channels,
+    run = pretrain(PretrainConfig(data=str(ctx.data), preset=ctx.cfg.preset, channels=ctx.cfg.channels, image_size=ctx.cfg.image_size,
                                   epochs=ctx.cfg.pretrain_epochs, out=str(ctx.sub("pretrain")), **ctx.engine))
     return {"run": str(run)}
 
@@ -115,7 +117,8 @@ def _finetune(ctx: _Ctx, name: str, init: bool, augment: str) -> dict:
 
     run = finetune(FinetuneConfig(
         data=str(ctx.data), init_from=str(ctx.dir / "pretrain") if init else None, preset=ctx.cfg.preset,
-        channels=ctx.cfg.channels, augment=augment, epochs=ctx.cfg.finetune_epochs, out=str(ctx.sub(name)), **ctx.engine))
+        channels=ctx.cfg.channels, image_size=ctx.cfg.image_size, augment=augment, epochs=ctx.cfg.finetune_epochs,
+        out=str(ctx.sub(name)), **ctx.engine))
     best = load_checkpoint(run)
     result = {"run": str(run), "val_acc": best["metrics"]["val_acc"], "best_epoch": best["epoch"], "test": {}}
     if resolve_layout(ctx.data).test is not None:

@@ -47,7 +47,8 @@ def run_anomaly_study(ctx, skip_exc) -> dict:
     summary: dict = {"normal": normal_desc, "normal_dir": str(normal), "anomalous_dir": str(layout.anomaly_anomalous)}
     for variant, skips in (("noskip", False), ("skip", True)):
         fit = anomaly_fit(AnomalyFitConfig(
-            normal=str(normal), preset=ctx.cfg.preset, channels=ctx.cfg.channels, skip_connections=skips,
+            normal=str(normal), preset=ctx.cfg.preset, channels=ctx.cfg.channels, image_size=ctx.cfg.image_size,
+            skip_connections=skips,
             epochs=ctx.cfg.anomaly_epochs, out=str(base / variant), **ctx.engine))
         ev = anomaly_evaluate(AnomalyEvaluateConfig(
             model=str(fit), normal=str(normal), anomalous=str(layout.anomaly_anomalous), out=str(base / f"{variant}_eval"),
