@@ -1,6 +1,6 @@
 """PyTorch backend for :class:`~aelab.cluster.EquilibriumKMeans` (CPU and CUDA).
 
-Implements the same passes as the numpy backend in :mod:`aelab.cluster.ekm` (half squared
+Implements the same passes as the numpy backend in :mod:`aelab.cluster.core` (half squared
 distances by one matrix product about the data mean, the row-minimum shift before ``exp``,
 weights ``w = u (1 − α (d − h))``, statistics ``S = W X`` and ``N = Σ w``) on a torch device.
 X is moved to the device once; only the small ``(K, d)`` statistics come back each iteration,
@@ -21,7 +21,7 @@ import warnings
 import numpy as np
 import torch
 
-from aelab.cluster.ekm import EKMStats, _default_chunk
+from aelab.cluster.core import EKMStats, _default_chunk
 
 __all__ = ["TorchBackend", "resolve_device"]
 

@@ -178,7 +178,8 @@ def _section_2a() -> Section:
     for name in ("ekm_weights", "_centroid_step"):
         fn = getattr(ekm, name, None)
         if fn is not None:
-            blocks.append(Code(inspect.getsource(fn), caption=f"aelab/cluster/ekm.py: {name}"))
+            where = Path(inspect.getsourcefile(fn)).relative_to(Path(ekm.__file__).parents[2]).as_posix()
+            blocks.append(Code(inspect.getsource(fn), caption=f"{where}: {name}"))
     return Section("2a", "Equilibrium K-Means: weights and centroid update", blocks)
 
 
