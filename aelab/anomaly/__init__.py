@@ -1,6 +1,7 @@
 """Anomaly detection by reconstruction: an autoencoder fitted on normal images, scores, thresholds, metrics."""
 
-from aelab.anomaly.detector import DETECTOR_FILE, ImageBatch, Reconstruction, ReconstructionDetector, ScoreResult
+from aelab.anomaly.detector import DETECTOR_FILE, ReconstructionDetector
+from aelab.anomaly.inputs import ImageBatch, Reconstruction, ScoreResult
 from aelab.anomaly.metrics import METRIC_KEYS, anomaly_metrics
 from aelab.anomaly.scores import BASE_KINDS, SCORE_KINDS, base_scores, combine_scores, normal_medians, pixel_errors
 from aelab.anomaly.thresholds import (
