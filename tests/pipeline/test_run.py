@@ -30,9 +30,12 @@ def run_dir(tmp_path_factory):
             run_all(cfg)
     done = json.loads((out / "stages.json").read_text())
     assert done["pretrain"]["status"] == "done" and "cluster" not in done
-    pretrain_mtime = (out / "pretrain" / "best.ckpt").stat().st_mtime_ns
+    kept = [out / "pretrain" / "best.ckpt", out / "finetune_aug" / "best.ckpt", out / "finetune_noaug" / "best.ckpt",
+            out / "predictions.csv"]
+    mtimes = [p.stat().st_mtime_ns for p in kept]
     run_all(cfg)  # resumes: the finished stages are not run again
-    assert (out / "pretrain" / "best.ckpt").stat().st_mtime_ns == pretrain_mtime
+    assert [p.stat().st_mtime_ns for p in kept] == mtimes
+    assert json.loads((out / "stages.json").read_text())["cluster"]["status"] == "done"
     return out
 
 
