@@ -40,7 +40,7 @@ figcaption { font-size: .9rem; color: #444; margin-top: .3rem; }
 pre { background: #f6f6f6; border: 1px solid #e2e2e2; padding: .6rem .8rem; overflow-x: auto;
   font-size: .82rem; line-height: 1.35; white-space: pre-wrap; word-break: break-word; }
 .code-caption { font-size: .9rem; font-weight: 600; margin-bottom: -.4rem; }
-.equation { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; margin: .8rem 1.5rem; }
+.equation { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; margin: .8rem 1.5rem; white-space: pre-wrap; }
 .skipped { background: #fff4e0; border-left: 4px solid #e69500; padding: .5rem .8rem; font-weight: 600; }
 .missing { color: #a00; }
 p.text { white-space: pre-line; }

@@ -197,3 +197,13 @@ def test_fit_widths_keeps_narrow_columns_and_fills_total():
     assert widths[:2] == [10, 10] and widths[2] == pytest.approx(80)
     widths = fit_widths([10, 20], total=100, minimum=5)
     assert sum(widths) == pytest.approx(100) and widths[1] > widths[0]
+
+
+def test_multi_line_equations_keep_their_line_breaks_in_html():
+    from aelab.report import render_html
+
+    report = Report("r", {}, [Section("2a", "EKM", [Equation("u = softmax(−α d)\nw = u [1 − α (d − h)]")])])
+    html = render_html(report)
+    assert "u = softmax(−α d)\nw = u" in html
+    css = html[html.index("<style>"):html.index("</style>")]
+    assert ".equation" in css and "pre-wrap" in css.split(".equation", 1)[1].split("}", 1)[0]
