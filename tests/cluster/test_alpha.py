@@ -8,16 +8,9 @@ import math
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
-from threadpoolctl import threadpool_limits
 
 from aelab.cluster import AlphaSearch, EquilibriumKMeans, alpha_sweep, find_alpha, plot_clusterings, plot_ratio_vs_alpha
 from aelab.cluster.alpha import SWEEP_COLUMNS, hungarian_accuracy, parse_ratio, ratio_distance, write_sweep_csv
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    with threadpool_limits(limits=1):  # shared 2-core CI: thread pools stall under load
-        yield
 
 
 def three_classes(sizes=(200, 100, 100), seed=0, d=6):

@@ -7,16 +7,9 @@ import json
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
 from aelab.cli.cluster_cmd import cluster
 from aelab.errors import AelabError
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    with threadpool_limits(limits=1):  # shared 2-core CI: thread pools stall under load
-        yield
 
 
 def write_embed_run(folder, sizes=(300, 150, 150, 100), d=16, seed=0):

@@ -10,22 +10,10 @@ from sklearn.datasets import make_blobs
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import adjusted_rand_score
 from sklearn.utils.estimator_checks import parametrize_with_checks
-from threadpoolctl import threadpool_limits
+
+from cluster_data import imbalanced_balls
 
 from aelab.cluster import EquilibriumKMeans, MiniBatchEquilibriumKMeans, ekm_sufficient_statistics, sum_stats
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    with threadpool_limits(limits=1):  # shared 2-core CI: thread pools stall under load
-        yield
-
-
-def imbalanced_balls(sizes=(2000, 50, 200), seed=0):
-    """Balls at (0,0), (5,0), (0,5) with spreads 1, 0.5, 0.5, z-scored (see test_ekm.py)."""
-    rng = np.random.default_rng(seed)
-    X = np.vstack([rng.normal(c, s, (n, 2)) for n, c, s in zip(sizes, [(0, 0), (5, 0), (0, 5)], [1, 0.5, 0.5])])
-    return (X - X.mean(0)) / X.std(0), np.repeat(np.arange(3), sizes)
 
 
 def test_statistics_add_up_across_batches_and_workers():
