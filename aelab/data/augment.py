@@ -4,7 +4,7 @@ Augmenting the whole batch at once (with different random parameters per sample)
 seed's per-image PIL transforms inside a DataLoader, which dominated its epoch time on CPU.
 
 Example:
-    >>> aug = build_augmentation("seed", image_size=32)
+    >>> aug = build_augmentation("course", image_size=32)
     >>> x = torch.rand(8, 3, 32, 32)
     >>> aug(x).shape
     torch.Size([8, 3, 32, 32])
@@ -20,7 +20,10 @@ from aelab.errors import AelabError
 __all__ = ["AUGMENTATION_PRESETS", "build_augmentation", "BatchAugmentation"]
 
 #: Preset names accepted by `build_augmentation`.
-AUGMENTATION_PRESETS: tuple[str, ...] = ("none", "light", "seed")
+AUGMENTATION_PRESETS: tuple[str, ...] = ("none", "weak", "strong", "light", "course")
+
+#: Old spellings still accepted for one release (with a warning).
+DEPRECATED_PRESETS = {"seed": "course"}
 
 
 class BatchAugmentation(nn.Module):
@@ -61,8 +64,11 @@ def build_augmentation(preset: str, image_size: int) -> nn.Module:
 
     Presets:
         ``none``: identity.
+        ``weak``: translation by up to 12.5 % of the side, no flips (the default: keeps a 6 a 6).
+        ``strong``: rotation, shear, zoom, shift, brightness/contrast and Cutout, no flips (the
+        strong policy of the semi-supervised method; see `aelab.data.policies`).
         ``light``: horizontal flip, random resized crop with scale (0.8, 1).
-        ``seed``: the seed report's list: horizontal and vertical flips, rotation up to 15
+        ``course``: the course report's list (formerly ``seed``): horizontal and vertical flips, rotation up to 15
         degrees, random resized crop with scale (0.8, 1), colour jitter 0.2/0.2/0.2/0.1
         (brightness/contrast only for 1 channel), Gaussian blur (kernel 3, sigma 0.1-2) with p=0.5.
 
@@ -77,6 +83,12 @@ def build_augmentation(preset: str, image_size: int) -> nn.Module:
     Raises:
         AelabError: Unknown preset.
     """
+    if preset in DEPRECATED_PRESETS:
+        import warnings
+
+        new = DEPRECATED_PRESETS[preset]
+        warnings.warn(f"augmentation preset {preset!r} is now called {new!r}; the old name goes in the next release", FutureWarning, stacklevel=2)
+        preset = new
     if preset not in AUGMENTATION_PRESETS:
         raise AelabError(f"unknown augmentation preset {preset!r}; choose one of: {', '.join(AUGMENTATION_PRESETS)}")
     if preset == "none":
@@ -84,12 +96,17 @@ def build_augmentation(preset: str, image_size: int) -> nn.Module:
 
     import kornia.augmentation as K
 
+    if preset in ("weak", "strong"):
+        from aelab.data.policies import strong_policy, weak_policy
+
+        policy = weak_policy() if preset == "weak" else strong_policy()
+        return BatchAugmentation(policy, policy)
     size = (int(image_size), int(image_size))
     if preset == "light":
         geometric = [K.RandomHorizontalFlip(p=0.5), K.RandomResizedCrop(size, scale=(0.8, 1.0))]
         return BatchAugmentation(_pipeline(*geometric), _pipeline(*geometric))
 
-    # "seed": one fused pass (aelab/data/fused.py) instead of six chained kornia modules,
+    # "course": one fused pass (aelab/data/fused.py) instead of six chained kornia modules,
     # about 4x faster per batch on a CPU thread; the same list and ranges.
     from aelab.data.fused import FusedSeedAugmentation
 

@@ -21,12 +21,13 @@ class AutoencoderOutput(NamedTuple):
     """What the network returns.
 
     Attributes:
-        reconstruction: ``(B, C, H, W)`` in [0, 1] (sigmoid output).
+        reconstruction: ``(B, C, H, W)`` in [0, 1] (sigmoid output), or ``None`` when the forward
+            pass was asked not to decode (classification only, about half the cost).
         logits: ``(B, num_classes)``, or ``None`` when the model has no head.
         embedding: ``(B, D)`` flattened bottleneck map, ``D = bottleneck_channels * (H/2^depth)^2``.
     """
 
-    reconstruction: torch.Tensor
+    reconstruction: torch.Tensor | None
     logits: torch.Tensor | None
     embedding: torch.Tensor
 
@@ -189,11 +190,12 @@ class ResUNetAutoencoder(nn.Module):
             x = dec(x)
         return torch.sigmoid(self.final_conv(x))
 
-    def forward(self, x: torch.Tensor) -> AutoencoderOutput:
+    def forward(self, x: torch.Tensor, decode: bool = True) -> AutoencoderOutput:
+        """Encode, classify and (unless ``decode`` is False) reconstruct ``x``."""
         b, skips = self.encode(x)
         flat = b.flatten(1)
         logits = self.head(flat) if self.head is not None else None
-        return AutoencoderOutput(self.decode(b, skips), logits, flat)
+        return AutoencoderOutput(self.decode(b, skips) if decode else None, logits, flat)
 
 
 def build_model(config: ModelConfig) -> ResUNetAutoencoder:

@@ -68,6 +68,7 @@ def load_model(path: str | os.PathLike, which: str = "best") -> tuple[ResUNetAut
     """Rebuild the network of a checkpoint with its weights, in eval mode, on the CPU."""
     ckpt = load_checkpoint(path, which)
     model = build_model(ModelConfig.from_dict(ckpt["model_config"]))
-    model.load_state_dict(ckpt["state_dict"])
+    # A VICReg-pretrained checkpoint carries its projector, which is not part of the network.
+    model.load_state_dict({k: v for k, v in ckpt["state_dict"].items() if not k.startswith("projector.")})
     model.eval()
     return model, ckpt

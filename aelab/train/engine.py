@@ -1,13 +1,20 @@
-"""The training engine: Lightning Fabric for devices, precision and DDP; one epoch loop for all stages.
+"""The training engine: Lightning Fabric for devices, precision and DDP; one training stage for all.
 
-Fabric owns device placement, mixed precision and distributed launch; this module only adds the
-loop that pretraining, fine-tuning and the anomaly detector share: per-epoch validation,
-``metrics.csv``, ``last``/``best`` checkpoints, early stopping and exact resume.
+Fabric owns device placement, mixed precision and distributed launch; this module adds the one loop
+that pretraining, fine-tuning (supervised, the course report's method, FixMatch) and the anomaly
+detector share: per-epoch validation, ``metrics.csv`` (through Lightning's logger interface),
+``last``/``best`` checkpoints, early stopping, an optional weight average (EMA) and exact resume.
+
+Under ``--devices N`` every process runs the loop; only rank 0 writes files, and the decisions
+(best epoch, early stop) come from a validation every process computes on the same images, so they
+agree without communication.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +24,11 @@ import torch
 
 from aelab.errors import AelabError
 from aelab.progress import info, progress
-from aelab.runs import MetricsLogger
 from aelab.train.checkpoint import load_checkpoint, save_checkpoint
 
-__all__ = ["make_fabric", "FitState", "fit_loop", "resolve_precision"]
+__all__ = ["make_fabric", "FitState", "fit_loop", "resolve_precision", "open_run_dir", "start_run"]
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
@@ -32,23 +40,68 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "32-true"
 
 
-def make_fabric(device: str = "auto", devices: int | str = 1, precision: str = "auto", strategy: str = "auto"):
-    """A launched ``lightning.Fabric``; ``device`` is auto, cpu, cuda or mps."""
+def make_fabric(device: str = "auto", devices: int | str = 1, precision: str = "auto", strategy: str = "auto",
+                num_nodes: int = 1, loggers: list | None = None):
+    """A launched ``lightning.Fabric``; ``device`` is auto, cpu, cuda or mps.
+
+    With ``devices > 1`` on one machine Fabric starts the other processes by re-running the command
+    (each with its ``LOCAL_RANK``); under torchrun or SLURM it joins the processes those started.
+    """
     import lightning as L
 
+    if device not in DEVICES:
+        raise AelabError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
     accelerator = device
     if device == "auto":
         accelerator = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
     if accelerator == "cuda" and not torch.cuda.is_available():
         raise AelabError("device 'cuda' was asked for but no CUDA GPU is available; use --device auto or cpu")
+    if int(devices) > 1 and strategy == "auto" and accelerator == "cpu":
+        strategy = "ddp"  # Fabric's default for several CPU processes; gloo backend
     try:
-        fabric = L.Fabric(
-            accelerator=accelerator, devices=devices, precision=resolve_precision(precision, accelerator), strategy=strategy
-        )
+        fabric = L.Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
+                          precision=resolve_precision(precision, accelerator), loggers=loggers)
     except (ValueError, RuntimeError) as exc:
         raise AelabError(f"cannot set up the engine: {exc}") from None
     fabric.launch()
     return fabric
+
+
+def open_run_dir(fabric, make: Callable[[], Path]) -> Path:
+    """Create the run folder once (rank 0, with ``make()``) and give every process its path."""
+    path = str(make()) if fabric.is_global_zero else None
+    if fabric.world_size > 1:
+        path = fabric.broadcast(path, src=0)
+    return Path(path)
+
+
+def start_run(fabric, cfg, verb: str, run_dir: Path | None) -> Path:
+    """The run folder of a training verb: created once (or the resumed one), its config saved, loggers added.
+
+    ``cfg`` is the verb's settings (a `RunOptions`); ``run_dir`` is the folder of ``--resume`` or None.
+    """
+    from aelab.runs import new_run_dir, save_config
+    from aelab.train.loggers import extra_loggers
+
+    if run_dir is None:
+        run_dir = open_run_dir(fabric, lambda: new_run_dir(cfg.out, verb))
+    if fabric.is_global_zero:
+        save_config(run_dir, cfg)
+        fabric.loggers.extend(extra_loggers(cfg.logger, run_dir))
+    return Path(run_dir)
+
+
+def write_model_summary(fabric, model, run_dir: Path) -> None:
+    """``model.json``: the architecture as data (blocks, parameter counts), so the report never loads a model."""
+    if not fabric.is_global_zero:
+        return
+    try:
+        from aelab.models.summary import describe_model
+    except ImportError:  # the summary module lands with the report work
+        return
+    from aelab.runs import write_json
+
+    write_json(Path(run_dir) / "model.json", describe_model(model))
 
 
 @dataclass
@@ -58,7 +111,9 @@ class FitState:
     epoch: int = 0  # number of finished epochs
     best: float | None = None
     best_epoch: int = -1
+    best_tiebreak: float | None = None  # the secondary metric at the best epoch
     bad_epochs: int = 0
+    step: int = 0  # optimiser steps so far
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -68,108 +123,161 @@ def _better(value: float, best: float | None, mode: str, min_delta: float) -> bo
     return value > best + min_delta if mode == "max" else value < best - min_delta
 
 
-def fit_loop(
-    *,
-    fabric,
-    model: torch.nn.Module,
-    raw_model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    train_loader,
-    train_step: Callable[[Any], dict[str, torch.Tensor]],
-    validate: Callable[[], dict[str, float]],
-    epochs: int,
-    run_dir: Path,
-    monitor: str,
-    mode: str,
-    patience: int,
-    payload: dict[str, Any],
-    resume: bool = False,
-    min_delta: float = 0.0,
-    desc: str = "train",
-) -> FitState:
-    """Train for up to ``epochs`` epochs; save ``last.ckpt`` every epoch and ``best.ckpt`` on improvement.
+@dataclass
+class _Loop:
+    """The pieces of one training stage (see `fit_loop` for their meaning)."""
 
-    ``train_step(batch)`` returns a dict of scalar losses whose ``"loss"`` is optimised;
-    ``validate()`` returns a dict holding ``monitor``. ``payload`` (model config, preprocessing,
-    classes, resolved config) goes into every checkpoint. With ``resume``, model, optimizer,
-    scheduler, RNG and early-stopping state come from ``run_dir/last.ckpt`` and the loop continues
-    where it stopped, so it ends with the same weights as an uninterrupted run.
-    """
-    state = FitState()
-    if resume:
-        ckpt = load_checkpoint(run_dir, which="last")
-        raw_model.load_state_dict(ckpt["state_dict"])
+    fabric: Any
+    model: torch.nn.Module
+    raw_model: torch.nn.Module
+    optimizer: Any
+    scheduler: Any
+    train_loader: Any
+    train_step: Callable
+    validate: Callable[[], dict[str, float]]
+    epochs: int
+    run_dir: Path
+    monitor: str
+    mode: str
+    patience: int
+    payload: dict[str, Any]
+    min_delta: float
+    desc: str
+    ema: Any = None
+    tiebreak: str | None = None  # a "min" metric that decides between epochs equal on ``monitor``
+    state: FitState = field(default_factory=FitState)
+    metrics_file: Any = None  # RunMetricsLogger of metrics.csv, attached after a resume is restored
+
+    def __post_init__(self) -> None:
+        self._step_takes_index = len(inspect.signature(self.train_step).parameters) >= 2
+
+    # --- resume and checkpoints -------------------------------------------------------------
+    def restore(self) -> None:
+        ckpt = load_checkpoint(self.run_dir, which="last")
+        self.raw_model.load_state_dict(ckpt.get("train_state_dict") or ckpt["state_dict"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(ckpt["state_dict"])
+            self.ema.updates.fill_(int(ckpt.get("ema_updates", 0)))
         # Fabric's optimizer wrapper keeps a copy of the state dict attributes: load into the real one.
-        getattr(optimizer, "optimizer", optimizer).load_state_dict(ckpt["optimizer"])
-        if scheduler is not None and ckpt.get("scheduler") is not None:
-            scheduler.load_state_dict(ckpt["scheduler"])
+        getattr(self.optimizer, "optimizer", self.optimizer).load_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None and ckpt.get("scheduler") is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
         torch.set_rng_state(ckpt["rng_state"])
         if ckpt.get("cuda_rng_state") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["cuda_rng_state"])
-        state = FitState(**ckpt["fit_state"])
-        info(f"[{desc}] resuming {run_dir} after epoch {state.epoch}")
-    logger = MetricsLogger(run_dir / "metrics.csv", start_epoch=state.epoch)
-    sampler = getattr(train_loader, "sampler", None)
-    stopped = state.bad_epochs >= patience
-    for epoch in range(state.epoch, epochs):
-        if stopped:
-            break
-        t0 = time.perf_counter()
+        self.state = FitState(**ckpt["fit_state"])
+        info(f"[{self.desc}] resuming {self.run_dir} after epoch {self.state.epoch}")
+
+    def save(self, epoch: int, row: dict[str, Any], improved: bool) -> None:
+        weights = self.raw_model.state_dict() if self.ema is None else self.ema.module.state_dict()
+        ckpt = dict(
+            self.payload,
+            state_dict=weights,  # what predict/embed load: the averaged weights when there is an EMA
+            train_state_dict=None if self.ema is None else self.raw_model.state_dict(),
+            ema_updates=None if self.ema is None else int(self.ema.updates),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=None if self.scheduler is None else self.scheduler.state_dict(),
+            rng_state=torch.get_rng_state(),
+            cuda_rng_state=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            fit_state=self.state.__dict__, epoch=epoch,
+            metrics={k: v for k, v in row.items() if isinstance(v, (int, float))},
+        )
+        if improved:
+            save_checkpoint(self.run_dir / "best.ckpt", **ckpt)
+        save_checkpoint(self.run_dir / "last.ckpt", **ckpt)
+
+    # --- one epoch ------------------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        sampler = getattr(self.train_loader, "sampler", None)
         if hasattr(sampler, "shuffle_epoch"):
             sampler.shuffle_epoch = epoch
-        model.train()
+        self.model.train()
         sums: dict[str, float] = {}
         count = 0
-        for batch in progress(train_loader, desc=f"{desc} epoch {epoch + 1}/{epochs}"):
-            losses = train_step(batch)
-            optimizer.zero_grad(set_to_none=True)
-            fabric.backward(losses["loss"])
-            optimizer.step()
+        for batch in progress(self.train_loader, desc=f"{self.desc} epoch {epoch + 1}/{self.epochs}"):
+            losses = self.train_step(batch, self.state.step) if self._step_takes_index else self.train_step(batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.fabric.backward(losses["loss"])
+            self.optimizer.step()
+            self.state.step += 1
+            if self.ema is not None:
+                self.ema.update(self.raw_model)
             n = len(batch[0])
             count += n
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
-        lr = getattr(optimizer, "optimizer", optimizer).param_groups[0]["lr"]  # the rate this epoch used
-        if scheduler is not None:
-            scheduler.step()
-        model.eval()
+        return {f"train_{k}": v / max(count, 1) for k, v in sums.items()}
+
+    def epoch(self, epoch: int) -> bool:
+        """Train and validate one epoch, log it, save checkpoints; True when training should stop."""
+        t0 = time.perf_counter()
+        row: dict[str, Any] = {"epoch": epoch, **self.train_epoch(epoch)}
+        lr = getattr(self.optimizer, "optimizer", self.optimizer).param_groups[0]["lr"]  # the rate this epoch used
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.model.eval()
         with torch.no_grad():
-            val = validate()
-        row: dict[str, Any] = {"epoch": epoch}
-        row.update({f"train_{k}": v / max(count, 1) for k, v in sums.items()})
-        row.update(val)
-        row["lr"] = lr
-        row["seconds"] = round(time.perf_counter() - t0, 3)
-        value = float(val[monitor])
-        improved = _better(value, state.best, mode, min_delta)
+            row.update(self.validate())
+        row["lr"], row["seconds"] = lr, round(time.perf_counter() - t0, 3)
+        st = self.state
+        value = float(row[self.monitor])
+        second = float(row[self.tiebreak]) if self.tiebreak else None
+        improved = _better(value, st.best, self.mode, self.min_delta) or (
+            second is not None and value == st.best and st.best_tiebreak is not None and second < st.best_tiebreak)
         if improved:
-            state.best, state.best_epoch, state.bad_epochs = value, epoch, 0
+            st.best, st.best_epoch, st.best_tiebreak, st.bad_epochs = value, epoch, second, 0
         else:
-            state.bad_epochs += 1
-        state.epoch = epoch + 1
-        state.history.append({k: v for k, v in row.items()})
-        logger.log(row)
-        ckpt = dict(
-            payload,
-            state_dict=raw_model.state_dict(),
-            optimizer=optimizer.state_dict(),
-            scheduler=None if scheduler is None else scheduler.state_dict(),
-            rng_state=torch.get_rng_state(),
-            cuda_rng_state=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            fit_state=state.__dict__,
-            epoch=epoch,
-            metrics={k: v for k, v in row.items() if isinstance(v, (int, float))},
-        )
-        if fabric.is_global_zero:
-            if improved:
-                save_checkpoint(run_dir / "best.ckpt", **ckpt)
-            save_checkpoint(run_dir / "last.ckpt", **ckpt)
+            st.bad_epochs += 1
+        st.epoch = epoch + 1
+        st.history.append(dict(row))
+        numbers = {k: v for k, v in row.items() if isinstance(v, (int, float))}
+        self.metrics_file.log_metrics(numbers, step=epoch)
+        self.fabric.log_dict(numbers, step=epoch)  # --logger tensorboard/mlflow, when asked for
+        if self.fabric.is_global_zero:
+            self.save(epoch, row, improved)
         shown = "  ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float) and k != "seconds")
-        info(f"[{desc}] epoch {epoch + 1}/{epochs}  {shown}  ({row['seconds']:.1f} s){'  *best' if improved else ''}")
-        if state.bad_epochs >= patience:
-            info(f"[{desc}] early stop: no {monitor} improvement for {state.bad_epochs} epochs")
-            stopped = True
-    if state.best is None:
+        info(f"[{self.desc}] epoch {epoch + 1}/{self.epochs}  {shown}  ({row['seconds']:.1f} s){'  *best' if improved else ''}")
+        if st.bad_epochs >= self.patience:
+            info(f"[{self.desc}] early stop: no {self.monitor} improvement for {st.bad_epochs} epochs")
+            return True
+        return False
+
+
+def fit_loop(*, fabric, model, raw_model, optimizer, scheduler, train_loader, train_step, validate, epochs: int,
+             run_dir: Path, monitor: str, mode: str, patience: int, payload: dict[str, Any], resume: bool = False,
+             min_delta: float = 0.0, desc: str = "train", ema=None, tiebreak: str | None = None) -> FitState:
+    """Train for up to ``epochs`` epochs; save ``last.ckpt`` every epoch and ``best.ckpt`` on improvement.
+
+    ``train_step(batch)`` or ``train_step(batch, step)`` (``step`` = optimiser steps so far) returns a
+    dict of scalar losses whose ``"loss"`` is optimised; ``validate()`` returns a dict holding
+    ``monitor`` (``mode`` "max" or "min"). ``payload`` (model config, preprocessing, classes, resolved
+    config) goes into every checkpoint; ``tiebreak`` names a lower-is-better metric that decides
+    between epochs with the same ``monitor`` value (with 40 validation images accuracy ties often). ``ema`` (a `aelab.train.semi.ModelEMA`) is updated after
+    every step and its weights are the checkpoint's ``state_dict``. Metrics go to every logger of
+    ``fabric`` (``metrics.csv`` always). With ``resume``, model, EMA, optimizer, scheduler, RNG and
+    early-stopping state come from ``run_dir/last.ckpt``, so the run ends with the same weights as
+    an uninterrupted one.
+    """
+    loop = _Loop(fabric, model, raw_model, optimizer, scheduler, train_loader, train_step, validate, epochs,
+                 Path(run_dir), monitor, mode, patience, payload, min_delta, desc, ema, tiebreak)
+    if resume:
+        loop.restore()
+    from aelab.train.loggers import RunMetricsLogger
+
+    loop.metrics_file = RunMetricsLogger(loop.run_dir, start_epoch=loop.state.epoch, rank=fabric.global_rank)
+    stopped = loop.state.epoch > 0 and loop.state.bad_epochs >= patience
+    for epoch in range(loop.state.epoch, epochs):
+        if stopped:
+            break
+        stopped = loop.epoch(epoch)
+    if fabric.is_global_zero:
+        for logger in fabric.loggers:
+            logger.finalize("success")
+    if loop.state.best is None:
         raise AelabError(f"[{desc}] {monitor} was NaN in every epoch (training diverged?); try a lower --lr")
-    return state
+    return loop.state
+
+
+def is_child_process() -> bool:
+    """True in a process that Fabric's launcher started for rank > 0 on this machine."""
+    return int(os.environ.get("LOCAL_RANK", "0") or 0) > 0

@@ -1,23 +1,33 @@
-"""Stage 2: fine-tune the autoencoder with a classifier head on the labelled images."""
+"""Stage 2: train the classifier on the labelled images, optionally with the unlabelled ones.
+
+Methods (``--method``):
+
+- ``supervised``: cross-entropy on the labelled images only (the classification path; the
+  decoder is not run). From random weights it is the "supervised only" baseline.
+- ``course``: the course report's method: ``w·MSE + (1−w)·CE`` on the labelled images, usually
+  from a denoising-pretrained network (``--init-from``).
+- ``fixmatch``: FixMatch-style consistency on labelled + unlabelled images (Sohn et al. 2020, see
+  `aelab.train.semi`), evaluated with an exponential moving average of the weights.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+import numpy as np
 
 from aelab.errors import AelabError
 from aelab.models import ModelConfig, build_model, preset_config
 from aelab.progress import info
-from aelab.runs import new_run_dir, save_config, set_seed
+from aelab.runs import set_seed
 from aelab.train.checkpoint import load_checkpoint
-from aelab.train.engine import fit_loop, make_fabric
-from aelab.train.loaders import make_loader, split_indices
+from aelab.train.engine import fit_loop, make_fabric, start_run, write_model_summary
 from aelab.train.options import RunOptions, require, resolve_sources, restore_for_resume
 
-__all__ = ["FinetuneConfig", "finetune"]
+__all__ = ["FinetuneConfig", "finetune", "METHODS"]
+
+METHODS = ("supervised", "course", "fixmatch")
 
 
 @dataclass
@@ -25,20 +35,27 @@ class FinetuneConfig(RunOptions):
     """Fine-tuning settings.
 
     Attributes:
+        method: supervised (cross-entropy on the labelled images), course (the course report's w*MSE + (1-w)*CE) or fixmatch (semi-supervised: also learns from the unlabelled images).
         init_from: pretrained checkpoint or pretrain run folder to start from; none = random weights.
-        data: root folder in the seed layout (uses ROOT/dev/labelled).
+        data: root folder in the folder layout (uses ROOT/dev/labelled, and ROOT/dev/unlabelled for fixmatch).
         labelled: folder with one subfolder of images per class (overrides --data).
-        preset: network when starting from random weights: tiny, small or seed (ignored with --init-from).
+        unlabelled: folder of unlabelled images for fixmatch (overrides --data).
+        preset: network when starting from random weights: tiny, small or course (the report's 49M-parameter net, for GPUs); ignored with --init-from.
         image_size: override the preset's input size (random weights only).
         channels: 1 or 3 (random weights only; with --init-from the checkpoint's preprocessing is used).
-        head: classifier head on the flattened bottleneck: bn-mlp (the seed's MLP after a BatchNorm of the embedding; trains far better from pretrained weights, see benchmarks/README.md), mlp (exactly the seed's), linear.
+        head: classifier head on the flattened bottleneck: bn-mlp (an MLP after a BatchNorm of the embedding; trains far better from pretrained weights), mlp (exactly the course report's), linear.
         dropout: dropout of the mlp head.
         freeze_encoder: train only the head and decoder; the pretrained encoder stays fixed.
-        recon_weight: w in the loss w*MSE + (1-w)*cross-entropy (0.5 in the seed report).
-        augment: augmentation preset: none, light or seed (the report's list; its vertical flips and rotations hurt on digits, see benchmarks/README.md).
+        recon_weight: w in (1-w)*classification + w*MSE; none = 0.5 for course, 0 for supervised and fixmatch.
+        augment: augmentation of the labelled images: weak (small shifts, the default), none, strong, light or course (the report's list: its vertical flips and rotations turn 6s into 9s).
         noise_factor: Gaussian input noise during fine-tuning (0 = none).
-        epochs: maximum number of epochs.
-        batch_size: images per step.
+        threshold: fixmatch: confidence a prediction on a weakly augmented unlabelled image needs to become its pseudo-label (tau).
+        unlabelled_ratio: fixmatch: unlabelled images per labelled image in a step (mu).
+        unlabelled_weight: fixmatch: weight of the unlabelled loss (lambda_u).
+        strong_augment: fixmatch: augmentation of the strong views.
+        ema_decay: fixmatch: decay of the weight average used for validation and prediction (0 = no average).
+        epochs: maximum number of epochs (fixmatch: passes over the unlabelled images).
+        batch_size: labelled images per step.
         lr: AdamW learning rate (cosine-annealed).
         weight_decay: AdamW weight decay.
         val_fraction: share of each class held out for validation; the best checkpoint has the highest validation accuracy.
@@ -46,18 +63,25 @@ class FinetuneConfig(RunOptions):
         resume: continue an interrupted run from RUN/last.ckpt.
     """
 
+    method: str = "supervised"
     init_from: str | None = None
     data: str | None = None
     labelled: str | None = None
+    unlabelled: str | None = None
     preset: str = "small"
     image_size: int | None = None
     channels: int = 3
     head: str = "bn-mlp"
     dropout: float = 0.5
     freeze_encoder: bool = False
-    recon_weight: float = 0.5
-    augment: str = "none"
+    recon_weight: float | None = None
+    augment: str = "weak"
     noise_factor: float = 0.0
+    threshold: float = 0.95
+    unlabelled_ratio: int = 3
+    unlabelled_weight: float = 1.0
+    strong_augment: str = "strong"
+    ema_decay: float = 0.99
     epochs: int = 30
     batch_size: int = 32
     lr: float = 1e-3
@@ -65,6 +89,26 @@ class FinetuneConfig(RunOptions):
     val_fraction: float = 0.2
     patience: int = 10
     resume: str | None = None
+
+    def resolved_recon_weight(self) -> float:
+        if self.recon_weight is not None:
+            return float(self.recon_weight)
+        return 0.5 if self.method == "course" else 0.0
+
+
+def _check(cfg: FinetuneConfig) -> None:
+    if cfg.method not in METHODS:
+        raise AelabError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+    if not 0.0 < cfg.val_fraction < 1.0:
+        raise AelabError(f"val_fraction must be in (0, 1): fine-tuning picks its best epoch by validation accuracy; got {cfg.val_fraction}")
+    if not 0.0 <= cfg.resolved_recon_weight() <= 1.0:
+        raise AelabError(f"recon_weight must be in [0, 1], got {cfg.recon_weight}")
+    if not 0.0 < cfg.threshold <= 1.0:
+        raise AelabError(f"threshold must be in (0, 1], got {cfg.threshold}")
+    if cfg.unlabelled_ratio < 1:
+        raise AelabError(f"unlabelled_ratio must be >= 1, got {cfg.unlabelled_ratio}")
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise AelabError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
 
 
 def _initial_model(cfg: FinetuneConfig, num_classes: int):
@@ -90,90 +134,64 @@ def _initial_model(cfg: FinetuneConfig, num_classes: int):
     return model, model_cfg, Preprocessing.from_dict(ckpt["preprocessing"])
 
 
-def finetune(cfg: FinetuneConfig) -> Path:
-    """Train the classifier (and keep reconstructing) with ``w·MSE + (1−w)·CE``.
+@dataclass
+class _Data:
+    images: np.ndarray  # labelled, uint8 (N, C, H, W)
+    labels: np.ndarray
+    classes: list[str]
+    unlabelled: np.ndarray | None  # fixmatch only
 
-    The best checkpoint is the epoch with the highest validation accuracy (the scored metric),
-    ties broken by the earlier epoch. Returns the run folder.
-    """
-    from aelab.data import build_augmentation, load_images, scan_labelled
 
-    cfg, run_dir, resume = restore_for_resume(FinetuneConfig, cfg)
-    if not 0.0 < cfg.val_fraction < 1.0:
-        raise AelabError(f"val_fraction must be in (0, 1): fine-tuning picks its best epoch by validation accuracy; got {cfg.val_fraction}")
-    if not 0.0 <= cfg.recon_weight <= 1.0:
-        raise AelabError(f"recon_weight must be in [0, 1], got {cfg.recon_weight}")
-    set_seed(cfg.seed)
-    src = resolve_sources(cfg.data, labelled=cfg.labelled)
+def _load_data(cfg: FinetuneConfig, prep) -> _Data:
+    from aelab.data import load_images, scan_labelled
+
+    src = resolve_sources(cfg.data, labelled=cfg.labelled, unlabelled=cfg.unlabelled)
     lab = scan_labelled(require(src.labelled, "labelled", "--labelled"))
     if len(lab.classes) < 2:
         raise AelabError(f"{src.labelled}: need at least 2 class subfolders, found {len(lab.classes)}")
-    raw_model, model_cfg, prep = _initial_model(cfg, len(lab.classes))
     data = load_images(lab.paths, prep.image_size, prep.channels, strict=cfg.strict)
     kept = {Path(p).resolve() for p in data.paths}  # a skipped file drops its label too
     labels = lab.labels[[Path(p).resolve() in kept for p in lab.paths]]
-    if not resume:
-        run_dir = new_run_dir(cfg.out, "finetune")
-    save_config(run_dir, cfg)
-    info(f"[finetune] {len(labels)} labelled images, {len(lab.classes)} classes, "
-         f"{'from ' + str(cfg.init_from) if cfg.init_from else 'random weights'} -> {run_dir}")
+    unlabelled = None
+    if cfg.method == "fixmatch":
+        if src.unlabelled is None:
+            raise AelabError("method fixmatch learns from unlabelled images: pass --data ROOT with ROOT/dev/unlabelled or --unlabelled DIR")
+        unlabelled = prep.load(src.unlabelled, strict=cfg.strict).images
+    return _Data(data.images, labels, list(lab.classes), unlabelled)
 
-    fabric = make_fabric(cfg.device, cfg.devices, cfg.precision)
-    train_idx, val_idx = split_indices(len(labels), cfg.val_fraction, cfg.seed, labels)
-    if len(val_idx) == 0:
-        raise AelabError("no validation images: each class needs at least 2 labelled images")
-    if cfg.freeze_encoder:
-        for module in (*raw_model.encoders, raw_model.bottleneck):
-            module.requires_grad_(False)
-    params = [p for p in raw_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
-    model, optimizer = fabric.setup(raw_model, optimizer)
-    train_loader = fabric.setup_dataloaders(
-        make_loader(data.images[train_idx], labels[train_idx], batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True)
-    )
-    # Every process validates on all images so that the best epoch is the same everywhere.
-    val_loader = fabric.setup_dataloaders(make_loader(data.images[val_idx], labels[val_idx], batch_size=256), use_distributed_sampler=False)
-    augment = build_augmentation(cfg.augment, prep.image_size).to(fabric.device)
-    w = cfg.recon_weight
 
-    def losses(out, target, y):
-        mse = F.mse_loss(out.reconstruction.float(), target)
-        ce = F.cross_entropy(out.logits.float(), y)
-        return w * mse + (1 - w) * ce, mse, ce
+def _classes_for(cfg: FinetuneConfig) -> list[str]:
+    from aelab.data import scan_labelled
 
-    frozen = (*raw_model.encoders, raw_model.bottleneck) if cfg.freeze_encoder else ()
+    src = resolve_sources(cfg.data, labelled=cfg.labelled)
+    return list(scan_labelled(require(src.labelled, "labelled", "--labelled")).classes)
 
-    def train_step(batch):
-        x, y = batch
-        for module in frozen:  # a frozen encoder keeps its BatchNorm statistics too
-            module.eval()
-        clean = augment(prep.target(x))
-        inp = clean if cfg.noise_factor == 0 else (clean + cfg.noise_factor * torch.randn_like(clean)).clamp(0, 1)
-        loss, mse, ce = losses(model(prep.normalize(inp)), clean, y)
-        return {"loss": loss, "mse": mse, "ce": ce}
 
-    def validate():
-        sums = {"val_loss": 0.0, "val_mse": 0.0, "val_ce": 0.0}
-        correct = n = 0
-        for x, y in val_loader:
-            out = model(prep.model_input(x))
-            loss, mse, ce = losses(out, prep.target(x), y)
-            for k, v in zip(sums, (loss, mse, ce)):
-                sums[k] += float(v) * len(x)
-            correct += int((out.logits.argmax(1) == y).sum())
-            n += len(x)
-        return {**{k: v / n for k, v in sums.items()}, "val_acc": correct / n}
+def finetune(cfg: FinetuneConfig) -> Path:
+    """Train the classifier with ``cfg.method``; the best checkpoint has the highest validation accuracy.
 
-    payload = dict(
-        model_config=model_cfg.to_dict(), preprocessing=prep.to_dict(), classes=list(lab.classes),
-        stage="finetune", config=asdict(cfg),
-    )
-    state = fit_loop(
-        fabric=fabric, model=model, raw_model=raw_model, optimizer=optimizer, scheduler=scheduler,
-        train_loader=train_loader, train_step=train_step, validate=validate, epochs=cfg.epochs,
-        run_dir=run_dir, monitor="val_acc", mode="max", patience=cfg.patience, payload=payload,
-        resume=resume, desc="finetune",
-    )
-    info(f"[finetune] best val_acc {state.best:.4f} at epoch {state.best_epoch + 1}; checkpoint {run_dir / 'best.ckpt'}")
+    Ties are broken by the earlier epoch. Returns the run folder (``config.yaml``, ``metrics.csv``,
+    ``best.ckpt``, ``last.ckpt``, ``model.json``).
+    """
+    cfg, run_dir, resume = restore_for_resume(FinetuneConfig, cfg)
+    _check(cfg)
+    set_seed(cfg.seed)
+    raw_model, model_cfg, prep = _initial_model(cfg, len(_classes_for(cfg)))
+    data = _load_data(cfg, prep)
+    fabric = make_fabric(cfg.device, cfg.devices, cfg.precision, num_nodes=cfg.num_nodes)
+    run_dir = start_run(fabric, cfg, "finetune", run_dir if resume else None)
+    info(f"[finetune] {cfg.method}: {len(data.labels)} labelled images, {len(data.classes)} classes"
+         + (f", {len(data.unlabelled)} unlabelled" if data.unlabelled is not None else "")
+         + f", {'from ' + str(cfg.init_from) if cfg.init_from else 'random weights'} -> {run_dir}")
+    from aelab.train.classify import build_classifier_stage
+
+    stage = build_classifier_stage(cfg, fabric, raw_model, prep, data)
+    payload = dict(model_config=model_cfg.to_dict(), preprocessing=prep.to_dict(), classes=data.classes,
+                   stage="finetune", method=cfg.method, n_val=stage.pop("n_val"), config=asdict(cfg))
+    write_model_summary(fabric, raw_model, run_dir)
+    state = fit_loop(fabric=fabric, run_dir=run_dir, monitor="val_acc", mode="max", tiebreak="val_ce", patience=cfg.patience,
+                     payload=payload, resume=resume, desc="finetune", epochs=cfg.epochs, **stage)
+    info(f"[finetune] best val_acc {state.best:.4f} at epoch {state.best_epoch + 1} "
+         f"({payload['n_val']} validation images); checkpoint {run_dir / 'best.ckpt'}")
     return run_dir
+

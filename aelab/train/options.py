@@ -17,18 +17,22 @@ class RunOptions:
     Attributes:
         seed: one seed for splits, initialisation, noise and augmentation (repeatable on CPU).
         device: auto, cpu, cuda or mps.
-        devices: number of devices (processes) for Lightning Fabric; >1 uses DDP.
+        devices: number of devices (processes) per machine for Lightning Fabric; >1 uses DDP.
+        num_nodes: number of machines (Fabric's multi-node launch: torchrun or SLURM start the processes).
         precision: auto (bf16-mixed on a GPU that has it, else 32-true), 32-true, bf16-mixed, 16-mixed.
         out: run folder to write; default the next free runs/<verb>/<N>.
         strict: treat unreadable image files as an error instead of skipping and listing them.
+        logger: where training metrics go besides metrics.csv: csv (only metrics.csv), tensorboard or mlflow (needs that package).
     """
 
     seed: int = 0
     device: str = "auto"
     devices: int = 1
+    num_nodes: int = 1
     precision: str = "auto"
     out: str | None = None
     strict: bool = False
+    logger: str = "csv"
 
 
 @dataclass
@@ -80,6 +84,7 @@ def restore_for_resume(cls, cfg):
     restored = cls(**{k: v for k, v in saved.items() if k in names})
     # The machine may differ from the one that started the run.
     restored.device, restored.devices, restored.precision = cfg.device, cfg.devices, cfg.precision
+    restored.num_nodes = cfg.num_nodes
     restored.resume = str(run_dir)
     return restored, run_dir, True
 

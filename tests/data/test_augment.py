@@ -31,7 +31,7 @@ def test_none_is_identity():
     assert torch.equal(build_augmentation("none", 24)(x), x)
 
 
-@pytest.mark.parametrize("preset", ["light", "seed"])
+@pytest.mark.parametrize("preset", ["light", "course", "weak", "strong"])
 def test_each_sample_gets_its_own_transform(preset):
     # The same image repeated across the batch must come out differently per sample.
     x = _batch(3, n=1).expand(8, -1, -1, -1).contiguous()
@@ -42,7 +42,7 @@ def test_each_sample_gets_its_own_transform(preset):
     assert not torch.allclose(y, x)
 
 
-@pytest.mark.parametrize("preset", ["light", "seed"])
+@pytest.mark.parametrize("preset", ["light", "course", "weak", "strong"])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_deterministic_under_manual_seed(preset, channels):
     aug = build_augmentation(preset, 24)
@@ -57,20 +57,61 @@ def test_deterministic_under_manual_seed(preset, channels):
     assert not torch.equal(a, c)
 
 
-def test_seed_preset_jitters_brightness_per_sample_for_gray_and_rgb():
+def test_course_preset_jitters_brightness_per_sample_for_gray_and_rgb():
     # Colour jitter must run for 1 channel too (brightness/contrast only), not be dropped.
     for channels in (1, 3):
         torch.manual_seed(1)
-        y = build_augmentation("seed", 24)(torch.full((8, channels, 24, 24), 0.5))
+        y = build_augmentation("course", 24)(torch.full((8, channels, 24, 24), 0.5))
         centre = y[:, :, 8:16, 8:16].mean(dim=(1, 2, 3))  # away from rotation corners
         assert centre.max() - centre.min() > 0.05
 
 
 def test_unknown_preset_lists_valid_ones():
-    with pytest.raises(AelabError, match="none, light, seed"):
+    with pytest.raises(AelabError, match="none, weak, strong, light, course"):
         build_augmentation("heavy", 32)
 
 
 def test_rejects_uint8_batches():
     with pytest.raises(AelabError, match="float"):
-        build_augmentation("seed", 8)(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
+        build_augmentation("course", 8)(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
+
+
+def test_old_preset_name_still_works_with_a_warning():
+    x = _batch(3)
+    with pytest.warns(FutureWarning, match="course"):
+        old = build_augmentation("seed", 24)
+    torch.manual_seed(3)
+    a = old(x)
+    torch.manual_seed(3)
+    assert torch.equal(a, build_augmentation("course", 24)(x))
+
+
+def _rotation_probe() -> torch.Tensor:
+    """A bright bar in the top half only: a vertical flip or a half turn moves it to the bottom."""
+    x = torch.zeros(64, 1, 32, 32)
+    x[:, :, 6:12, 10:22] = 1.0
+    return x
+
+
+@pytest.mark.parametrize("preset", ["weak", "strong"])
+def test_few_label_policies_never_flip_a_digit_upside_down(preset):
+    # A 6 must stay a 6: the default policies only shift, shear and turn a little.
+    torch.manual_seed(0)
+    y = build_augmentation(preset, 32)(_rotation_probe())
+    top, bottom = y[:, :, :16].sum((1, 2, 3)), y[:, :, 16:].sum((1, 2, 3))
+    assert bool((top > bottom).all())
+
+
+def test_course_preset_does_flip_some_images_upside_down():
+    torch.manual_seed(0)
+    y = build_augmentation("course", 32)(_rotation_probe())
+    top, bottom = y[:, :, :16].sum((1, 2, 3)), y[:, :, 16:].sum((1, 2, 3))
+    assert int((bottom > top).sum()) >= 10  # vertical flips with p = 0.5
+
+
+def test_weak_policy_is_a_pure_shift():
+    # The weak view keeps every pixel value (up to interpolation) and only moves the content.
+    torch.manual_seed(0)
+    x = _rotation_probe()[:8]
+    y = build_augmentation("weak", 32)(x)
+    assert torch.allclose(y.sum((1, 2, 3)), x.sum((1, 2, 3)), rtol=0.2)
