@@ -20,46 +20,36 @@ from typing import Any, Callable
 from aelab import __version__
 from aelab.errors import AelabError
 from aelab.progress import info
+from aelab.layout import RunLayout
 from aelab.runs import atomic_write_text, save_config, set_seed
+from aelab.train.study import ClassificationStudyConfig, MethodResult
 
-__all__ = ["RunConfig", "run_all", "STAGES"]
+__all__ = ["RunConfig", "run_all", "stages_for"]
 
 
 @dataclass
-class RunConfig:
-    """Settings of the whole job (defaults: the demo data, finishing in minutes on a laptop CPU).
+class RunConfig(ClassificationStudyConfig):
+    """Settings of the whole job (defaults: the demo data, finishing in under 10 minutes on a laptop CPU).
+
+    Study 1's settings (methods, epochs, preset ...) and the engine options (seed, device, devices,
+    precision, strict, logger) are declared once, in `ClassificationStudyConfig` and `RunOptions`.
 
     Attributes:
-        data: root folder in the seed layout; none = build the demo data (MNIST digits) in the run folder.
+        data: root folder in the folder layout; none = build the demo data (MNIST digits) in the run folder.
         out: run folder; re-running with the same folder resumes after the last finished stage.
         force: redo every stage even if the run folder has it.
-        preset: network size: tiny, small (CPU) or seed (the report's full-size network, for GPUs).
-        image_size: square size every image is resized to; none = the preset's (32 for tiny/small, 64 for seed).
-        channels: 1 or 3 image channels.
-        pretrain_epochs: maximum pretraining epochs.
-        finetune_epochs: maximum fine-tuning epochs (each of the three fine-tunes).
-        augment: augmentation preset compared against none in study 1b.
-        cluster_classes: three (or more) class names for study 2b, comma-separated; auto = the first three classes.
+        cluster_classes: three (or more) class names for study 2b, comma-separated; auto = the course report's 2,5,8 when those classes exist, else the first three.
         cluster_ratio: subsample the chosen classes to this size ratio (study 2b uses 2:1:1).
-        normal_class: the normal class of study 3 when the data have no anomaly/normal folder; auto = the first class.
+        normal_class: the normal class (a class name) of study 3 when the data have no anomaly/normal folder; auto = the first class.
         anomaly_epochs: maximum epochs of the anomaly detectors.
         demo_unlabelled: demo data: number of unlabelled images.
         demo_labelled_per_class: demo data: labelled images per class.
         demo_test: demo data: number of test images.
-        seed: one seed for everything.
-        device: auto, cpu, cuda or mps.
-        precision: auto, 32-true, bf16-mixed or 16-mixed.
     """
 
     data: str | None = None
     out: str = "runs/aelab"
     force: bool = False
-    preset: str = "small"
-    image_size: int | None = None
-    channels: int = 3
-    pretrain_epochs: int = 15
-    finetune_epochs: int = 40
-    augment: str = "seed"
     cluster_classes: str = "auto"
     cluster_ratio: str = "2:1:1"
     normal_class: str = "auto"
@@ -67,9 +57,6 @@ class RunConfig:
     demo_unlabelled: int = 3000
     demo_labelled_per_class: int = 20
     demo_test: int = 500
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
 
 
 class Skip(Exception):
@@ -77,16 +64,19 @@ class Skip(Exception):
 
 
 class _Ctx:
-    def __init__(self, cfg: RunConfig, run_dir: Path):
-        self.cfg, self.dir = cfg, run_dir
-        self.engine = dict(seed=cfg.seed, device=cfg.device, precision=cfg.precision)
+    """What the stages share: the settings, the run folder's layout and the results of finished stages."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, results: dict[str, dict]):
+        self.cfg, self.dir, self.layout, self.results = cfg, run_dir, RunLayout(run_dir), results
+        self.engine = dict(seed=cfg.seed, device=cfg.device, devices=cfg.devices, num_nodes=cfg.num_nodes,
+                           precision=cfg.precision, strict=cfg.strict, logger=cfg.logger)
 
     @property
     def data(self) -> Path:
-        return Path(self.cfg.data) if self.cfg.data else self.dir / "demo_data"
+        return Path(self.cfg.data) if self.cfg.data else self.layout.demo_data
 
     def sub(self, name: str, fresh: bool = True) -> Path:
-        path = self.dir / name
+        path = self.layout.stage(name)
         if fresh and path.exists():
             shutil.rmtree(path)  # a stage interrupted half-way starts over
         return path
@@ -104,39 +94,51 @@ def _stage_data(ctx: _Ctx) -> dict:
 
 
 def _stage_pretrain(ctx: _Ctx) -> dict:
-    from aelab.train import PretrainConfig, pretrain
+    from aelab.train.study import pretrain_denoise
 
-    run = pretrain(PretrainConfig(data=str(ctx.data), preset=ctx.cfg.preset, channels=ctx.cfg.channels, image_size=ctx.cfg.image_size,
-                                  epochs=ctx.cfg.pretrain_epochs, out=str(ctx.sub("pretrain")), **ctx.engine))
-    return {"run": str(run)}
+    return {"run": str(pretrain_denoise(ctx.cfg, ctx.data, ctx.sub("pretrain")))}
 
 
-def _finetune(ctx: _Ctx, name: str, init: bool, augment: str) -> dict:
-    from aelab.data import resolve_layout
-    from aelab.train import FinetuneConfig, PredictConfig, finetune, load_checkpoint, predict
+def _method_stage(method: str) -> Callable[[_Ctx], dict]:
+    def stage(ctx: _Ctx) -> dict:
+        from aelab.train.study import as_row, run_method
 
-    run = finetune(FinetuneConfig(
-        data=str(ctx.data), init_from=str(ctx.dir / "pretrain") if init else None, preset=ctx.cfg.preset,
-        channels=ctx.cfg.channels, image_size=ctx.cfg.image_size, augment=augment, epochs=ctx.cfg.finetune_epochs,
-        out=str(ctx.sub(name)), **ctx.engine))
-    best = load_checkpoint(run)
-    result = {"run": str(run), "val_acc": best["metrics"]["val_acc"], "best_epoch": best["epoch"], "test": {}}
-    if resolve_layout(ctx.data).test is not None:
-        pred = predict(PredictConfig(model=str(run), data=str(ctx.data), out=str(run / "predict"), device=ctx.cfg.device))
-        result["test"] = json.loads((pred / "metrics.json").read_text())
-    return result
+        pre = ctx.results.get("pretrain", {}).get("run")
+        ctx.sub(method)
+        try:
+            return as_row(run_method(method, ctx.cfg, ctx.data, ctx.layout, Path(pre) if pre else None))
+        except AelabError as exc:
+            if "unlabelled" in str(exc):
+                raise Skip(str(exc)) from None
+            raise
+
+    stage.__name__ = f"_stage_{method}"
+    return stage
 
 
 def _stage_predict(ctx: _Ctx) -> dict:
-    """The submission: the fine-tune (with or without augmentation) with the higher validation accuracy."""
-    stages = _load_stages(ctx.dir)
-    done = {n: stages[n]["result"] for n in ("finetune_aug", "finetune_noaug") if stages.get(n, {}).get("status") == "done"}
-    chosen = max(done, key=lambda n: done[n]["val_acc"])  # ties: the augmented one, listed first
-    src = ctx.dir / chosen / "predict" / "predictions.csv"
-    if not src.is_file():
-        raise Skip("the data have no test folder (ROOT/test/) to predict")
-    shutil.copyfile(src, ctx.dir / "predictions.csv")
-    return {"model": chosen, "predictions": str(ctx.dir / "predictions.csv")}
+    """Table 1b and the submission: the method with the best validation accuracy."""
+    from aelab.train.study import summarize
+
+    rows = [MethodResult(**ctx.results[m]) for m in ctx.cfg.method_list() if ctx.results.get(m)]
+    result = summarize(rows, ctx.layout)
+    best_run = max((r for r in rows if r.run), key=lambda r: r.val_acc, default=None)
+    out = {"chosen": result.chosen, "reason": result.reason,
+           "model": best_run.run if result.chosen is None and best_run else
+           next((r.run for r in rows if r.method == result.chosen), None),
+           "methods": str(ctx.layout.methods_csv)}
+    if result.predictions is None:
+        raise Skip(result.reason) if out["model"] is None else _SkipWith(result.reason, out)
+    out["predictions"] = str(result.predictions)
+    return out
+
+
+class _SkipWith(Skip):
+    """Skipped, but with a result later stages still use (the model to embed)."""
+
+    def __init__(self, reason: str, result: dict):
+        super().__init__(reason)
+        self.result = result
 
 
 def _stage_cluster(ctx: _Ctx) -> dict:
@@ -145,7 +147,10 @@ def _stage_cluster(ctx: _Ctx) -> dict:
     from aelab.cli.cluster_cmd import cluster, load_embeddings
     from aelab.train import EmbedConfig, embed
 
-    emb = embed(EmbedConfig(model=str(ctx.dir / "finetune_aug"), data=str(ctx.data), out=str(ctx.sub("embed")), device=ctx.cfg.device))
+    model = ctx.results.get("predict", {}).get("model")
+    if model is None:
+        raise Skip("no fine-tuned model to embed the images with (every study-1 method failed)")
+    emb = embed(EmbedConfig(model=model, data=str(ctx.data), out=str(ctx.sub("embed")), device=ctx.cfg.device))
     _, _, labels = load_embeddings(emb)
     from aelab.data import natural_key
 
@@ -180,84 +185,99 @@ def _stage_report(ctx: _Ctx) -> dict:
     return {k: str(v) for k, v in files.items()}
 
 
-STAGES: list[tuple[str, Callable[[_Ctx], dict]]] = [
-    ("data", _stage_data),
-    ("pretrain", _stage_pretrain),
-    ("finetune_aug", lambda ctx: _finetune(ctx, "finetune_aug", True, ctx.cfg.augment)),
-    ("finetune_noaug", lambda ctx: _finetune(ctx, "finetune_noaug", True, "none")),
-    ("finetune_random", lambda ctx: _finetune(ctx, "finetune_random", False, ctx.cfg.augment)),
-    ("predict", _stage_predict),
-    ("cluster", _stage_cluster),
-    ("anomaly", _stage_anomaly),
-]
+def stages_for(cfg: RunConfig) -> list[tuple[str, Callable[[_Ctx], dict]]]:
+    """The stages of a run, in order: data, study 1 (one stage per method), its summary, studies 2 and 3."""
+    methods = cfg.method_list()
+    pre = [("pretrain", _stage_pretrain)] if {"course", "course-noaug"} & set(methods) else []
+    return [("data", _stage_data), *pre, *[(m, _method_stage(m)) for m in methods],
+            ("predict", _stage_predict), ("cluster", _stage_cluster), ("anomaly", _stage_anomaly)]
+
+
+#: Stages whose failure stops the run (later stages need them).
+CRITICAL = ("data",)
 
 
 def _load_stages(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "stages.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    from aelab.runs import read_json_file
+
+    return read_json_file(RunLayout(run_dir).stages)
 
 
 def _save_stages(run_dir: Path, stages: dict[str, Any]) -> None:
-    atomic_write_text(run_dir / "stages.json", json.dumps(stages, indent=2) + "\n")
+    atomic_write_text(RunLayout(run_dir).stages, json.dumps(stages, indent=2) + "\n")
 
 
-def run_all(cfg: RunConfig) -> Path:
-    """Run every stage not yet finished in ``cfg.out``, then build the report. Returns the run folder."""
+def _prepare(cfg: RunConfig) -> Path:
+    """Check ``cfg.out`` (a new folder, or a run folder of the same settings) and save the settings."""
     run_dir = Path(cfg.out)
     if cfg.data is not None and Path(cfg.data).resolve().is_relative_to(run_dir.resolve()):
         raise AelabError(f"the data folder {cfg.data} lies inside the run folder {run_dir}; choose another --out")
+    cfg.method_list()  # unknown methods fail before anything is written
     if cfg.force and run_dir.exists():
-        if any(run_dir.iterdir()) and not (run_dir / "stages.json").is_file():
+        if any(run_dir.iterdir()) and not RunLayout(run_dir).stages.is_file():
             raise AelabError(f"--force would delete {run_dir}, which is not an aelab run folder (no stages.json)")
         shutil.rmtree(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()) and not (run_dir / "stages.json").is_file():
+    if run_dir.exists() and any(run_dir.iterdir()) and not RunLayout(run_dir).stages.is_file():
         raise AelabError(f"{run_dir} exists and is not an aelab run folder; choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
-    saved = run_dir / "config.yaml"
     finished = [k for k, v in _load_stages(run_dir).items() if not k.startswith("_") and v.get("status") == "done"]
-    if saved.is_file() and finished:
+    if RunLayout(run_dir).config.is_file() and finished:
         from aelab.runs import load_config
 
         old = load_config(run_dir)
-        changed = [k for k, v in asdict(cfg).items() if k not in ("force", "out") and old.get(k) != v]
+        ignore = ("force", "out", "device", "devices", "num_nodes", "precision", "logger")  # the machine may change
+        changed = [k for k, v in asdict(cfg).items() if k not in ignore and old.get(k) != v]
         if changed:
             raise AelabError(f"{run_dir} was run with other settings ({', '.join(changed)}); "
                              "use another --out or --force to start over")
     save_config(run_dir, cfg)
+    return run_dir
+
+
+def _run_stage(ctx: _Ctx, name: str, fn: Callable[[_Ctx], dict]) -> dict:
+    """Run one stage; a failure of a non-critical stage is recorded, not raised."""
+    set_seed(ctx.cfg.seed)
+    info(f"[run] {name} ...")
+    t0 = time.perf_counter()
+    try:
+        result, status, reason = fn(ctx), "done", None
+    except Skip as exc:
+        result, status, reason = getattr(exc, "result", {}), "skipped", str(exc)
+        info(f"[run] {name}: skipped: {reason}")
+    except AelabError as exc:
+        if name in CRITICAL:
+            raise  # later stages depend on these
+        result, status, reason = {}, "failed", f"failed: {exc}"
+        info(f"[run] {name}: {reason}")
+    except Exception as exc:  # a bug in one study must not lose the others; keep the trace on disk
+        if name in CRITICAL:
+            raise
+        ctx.layout.error_file(name).write_text(traceback.format_exc())
+        result, status, reason = {}, "failed", f"failed with {exc.__class__.__name__}: {exc} (see {name}.error.txt)"
+        info(f"[run] {name}: {reason}")
+    elapsed = time.perf_counter() - t0
+    info(f"[run] {name}: {status} in {elapsed:.1f} s")
+    return {"status": status, "reason": reason, "seconds": round(elapsed, 2), "result": result}
+
+
+def run_all(cfg: RunConfig) -> Path:
+    """Run every stage not yet finished in ``cfg.out``, then build the report. Returns the run folder."""
+    run_dir = _prepare(cfg)
     stages = _load_stages(run_dir)
     _save_stages(run_dir, stages)  # marks the folder as a run folder from the start
     from aelab.train.inference import pick_device
 
     stages.setdefault("_meta", {"aelab_version": __version__, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                                 "device": str(pick_device(cfg.device))})
-    ctx = _Ctx(cfg, run_dir)
-    for name, fn in STAGES:
+    results = {k: v.get("result") or {} for k, v in stages.items() if not k.startswith("_")}
+    ctx = _Ctx(cfg, run_dir, results)
+    for name, fn in stages_for(cfg):
         if name in stages and stages[name].get("status") in ("done", "skipped"):
             info(f"[run] {name}: already done, skipping (use --force to redo)")
             continue
-        set_seed(cfg.seed)
-        info(f"[run] {name} ...")
-        t0 = time.perf_counter()
-        try:
-            result, status, reason = fn(ctx), "done", None
-        except Skip as exc:
-            result, status, reason = {}, "skipped", str(exc)
-            info(f"[run] {name}: skipped: {reason}")
-        except AelabError as exc:
-            if name in ("data", "pretrain", "finetune_aug"):
-                raise  # later stages depend on these
-            result, status, reason = {}, "failed", f"failed: {exc}"
-            info(f"[run] {name}: {reason}")
-        except Exception as exc:  # a bug in one study must not lose the others; keep the trace on disk
-            if name in ("data", "pretrain", "finetune_aug"):
-                raise
-            (run_dir / f"{name}.error.txt").write_text(traceback.format_exc())
-            result, status, reason = {}, "failed", f"failed with {exc.__class__.__name__}: {exc} (see {name}.error.txt)"
-            info(f"[run] {name}: {reason}")
-        elapsed = time.perf_counter() - t0
-        stages[name] = {"status": status, "reason": reason, "seconds": round(elapsed, 2), "result": result}
+        stages[name] = _run_stage(ctx, name, fn)
+        results[name] = stages[name]["result"]
         _save_stages(run_dir, stages)
-        info(f"[run] {name}: {status} in {elapsed:.1f} s")
     t0 = time.perf_counter()
     files = _stage_report(ctx)
     info(f"[run] report written in {time.perf_counter() - t0:.1f} s: {files.get('html')}, {files.get('pdf')}")

@@ -28,6 +28,7 @@ __all__ = [
     "atomic_write_text",
     "atomic_torch_save",
     "write_json",
+    "read_json_file",
     "set_seed",
     "to_plain",
     "read_csv_rows",
@@ -126,6 +127,24 @@ def load_config(run_dir: str | os.PathLike, name: str = "config.yaml") -> dict:
     path = Path(run_dir) / name
     with open(path, encoding="utf-8") as fh:
         return yaml.safe_load(fh) or {}
+
+
+def read_json_file(path: str | os.PathLike) -> dict:
+    """A JSON object from ``path`` ({} when the file does not exist); one-line error when it is not valid JSON."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        from aelab.errors import AelabError
+
+        raise AelabError(f"{path} is not valid JSON ({exc}); restore it or start over with --force") from None
+    if not isinstance(value, dict):
+        from aelab.errors import AelabError
+
+        raise AelabError(f"{path} does not hold a JSON object; restore it or start over with --force")
+    return value
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -1,0 +1,281 @@
+"""Study 1: representation and classification from few labels, as a table of methods.
+
+Every method sees the same labelled images, the same stratified validation split (which picks each
+method's checkpoint and the method whose predictions are submitted), the same seed and the same
+test folder. Methods:
+
+==================  ==========================================================================
+``supervised``      supervised only: random weights, cross-entropy, weak augmentation
+``course``          the course report's method: denoising-autoencoder pretraining on the
+                    unlabelled images, then ``0.5·MSE + 0.5·CE`` with the report's augmentation
+``course-noaug``    the same without augmentation (what augmentation adds)
+``fixmatch``        semi-supervised FixMatch-style consistency (Sohn et al. 2020)
+``vicreg``          self-supervised VICReg pretraining (Bardes et al. 2022), then supervised fine-tuning
+``label-spreading`` classical reference: LabelSpreading on a PCA of the pixels (scikit-learn)
+==================  ==========================================================================
+
+``aelab run`` runs one method per stage (so an interrupted run resumes per method);
+`classification_study` runs them all in one call for Python users.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from aelab.errors import AelabError
+from aelab.layout import RunLayout
+from aelab.progress import info
+from aelab.runs import write_csv, write_json
+from aelab.train.options import RunOptions
+
+__all__ = ["METHODS", "ClassificationStudyConfig", "MethodResult", "StudyResult", "classification_study",
+           "run_method", "summarize"]
+
+METHODS: dict[str, tuple[str, bool]] = {  # name -> (description, uses the unlabelled images)
+    "supervised": ("supervised only: random weights, cross-entropy, weak augmentation (shifts)", False),
+    "course": ("the course report's method: denoising pretraining, then 0.5·MSE + 0.5·CE with its augmentation", True),
+    "course-noaug": ("the course report's method without augmentation", True),
+    "fixmatch": ("semi-supervised: FixMatch-style consistency on the unlabelled images (Sohn et al. 2020)", True),
+    "vicreg": ("self-supervised VICReg pretraining (Bardes et al. 2022), then supervised fine-tuning", True),
+    "label-spreading": ("classical reference: LabelSpreading on a 50-component PCA of the pixels", True),
+}
+COLUMNS = ["method", "description", "uses_unlabelled", "labels_per_class", "val_acc", "n_val", "test_acc", "seconds", "run"]
+
+
+@dataclass
+class ClassificationStudyConfig(RunOptions):
+    """Settings of study 1 (defaults: the whole table in about 6 minutes on a 2-core CPU with the demo data).
+
+    Attributes:
+        methods: comma-separated methods to compare: supervised, course, course-noaug, fixmatch, vicreg, label-spreading.
+        preset: network size: tiny, small (CPU) or course (the course report's network, for GPUs).
+        image_size: square size every image is resized to; none = the preset's.
+        channels: 1 or 3 image channels.
+        pretrain_epochs: epochs of the course report's denoising pretraining.
+        finetune_epochs: maximum epochs of each supervised fine-tune.
+        fixmatch_epochs: passes over the unlabelled images of the semi-supervised method.
+        vicreg_epochs: epochs of self-supervised pretraining.
+        course_augment: augmentation of the course report's method (its own list by default).
+        val_fraction: share of each class held out to pick checkpoints and the submitted method.
+    """
+
+    methods: str = "supervised,course,course-noaug,fixmatch,vicreg,label-spreading"
+    preset: str = "small"
+    image_size: int | None = None
+    channels: int = 3
+    pretrain_epochs: int = 15
+    finetune_epochs: int = 40
+    fixmatch_epochs: int = 12
+    vicreg_epochs: int = 8
+    course_augment: str = "course"
+    val_fraction: float = 0.2
+
+    def method_list(self) -> list[str]:
+        names = [m.strip() for m in self.methods.split(",") if m.strip()]
+        unknown = [m for m in names if m not in METHODS]
+        if unknown or not names:
+            raise AelabError(f"unknown method(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(METHODS)}")
+        return names
+
+
+@dataclass
+class MethodResult:
+    """One row of table 1b."""
+
+    method: str
+    val_acc: float
+    n_val: int
+    labels_per_class: str
+    test_acc: float | None = None
+    seconds: float = 0.0
+    run: str | None = None  # the fine-tune run folder (None for label spreading)
+    predictions: str | None = None  # its predictions.csv, when the data have a test folder
+
+    @property
+    def description(self) -> str:
+        return METHODS[self.method][0]
+
+    @property
+    def uses_unlabelled(self) -> bool:
+        return METHODS[self.method][1]
+
+
+@dataclass
+class StudyResult:
+    """Table 1b, the method whose predictions are submitted, and why."""
+
+    rows: list[MethodResult]
+    chosen: str | None
+    reason: str
+    predictions: Path | None
+    skipped: dict[str, str] = field(default_factory=dict)  # method -> reason it did not run
+
+
+def _engine(cfg: ClassificationStudyConfig) -> dict:
+    return dict(seed=cfg.seed, device=cfg.device, devices=cfg.devices, num_nodes=cfg.num_nodes,
+                precision=cfg.precision, strict=cfg.strict, logger=cfg.logger)
+
+
+def _labels_per_class(data: Path) -> str:
+    from aelab.data import resolve_layout, scan_labelled
+
+    lab = scan_labelled(resolve_layout(data).require("labelled"))
+    counts = np.bincount(lab.labels, minlength=len(lab.classes))
+    return str(int(counts[0])) if counts.min() == counts.max() else f"{int(counts.min())}-{int(counts.max())}"
+
+
+def pretrain_denoise(cfg: ClassificationStudyConfig, data: Path, out: Path) -> Path:
+    """The course report's denoising pretraining on the unlabelled images (shared by ``course`` and ``course-noaug``)."""
+    from aelab.train.pretrain import PretrainConfig, pretrain
+
+    return pretrain(PretrainConfig(data=str(data), preset=cfg.preset, channels=cfg.channels, image_size=cfg.image_size,
+                                   epochs=cfg.pretrain_epochs, out=str(out), **_engine(cfg)))
+
+
+def _finetune_and_predict(name: str, cfg: ClassificationStudyConfig, data: Path, out: Path, **settings) -> MethodResult:
+    import json
+
+    from aelab.data import resolve_layout
+    from aelab.train import FinetuneConfig, PredictConfig, finetune, load_checkpoint, predict
+
+    t0 = time.perf_counter()
+    ft = FinetuneConfig(data=str(data), preset=cfg.preset, channels=cfg.channels, image_size=cfg.image_size,
+                        val_fraction=cfg.val_fraction, out=str(out), **settings, **_engine(cfg))
+    run = finetune(ft)
+    best = load_checkpoint(run)
+    result = MethodResult(name, float(best["metrics"]["val_acc"]), int(best.get("n_val") or 0),
+                          _labels_per_class(data), run=str(run))
+    if resolve_layout(data).test is not None:
+        pred = predict(PredictConfig(model=str(run), data=str(data), out=str(run / "predict"), device=cfg.device,
+                                     seed=cfg.seed, strict=cfg.strict))
+        result.test_acc = json.loads((pred / "metrics.json").read_text()).get("accuracy")
+        result.predictions = str(pred / "predictions.csv")
+    result.seconds = round(time.perf_counter() - t0, 2)
+    return result
+
+
+def _label_spreading(cfg: ClassificationStudyConfig, data: Path, layout: RunLayout) -> MethodResult:
+    from aelab.data import Preprocessing, image_ids, list_images, load_images, read_labels_csv, resolve_layout, scan_labelled
+    from aelab.models import preset_config
+    from aelab.train.baselines import label_spreading_baseline
+    from aelab.train.loaders import split_indices
+
+    t0 = time.perf_counter()
+    mc = preset_config(cfg.preset, image_size=cfg.image_size, in_channels=cfg.channels)
+    prep = Preprocessing(image_size=mc.image_size, channels=mc.in_channels)
+    lay = resolve_layout(data)
+    lab = scan_labelled(lay.require("labelled"))
+    images = load_images(lab.paths, prep.image_size, prep.channels, strict=cfg.strict)
+    kept = {Path(p).resolve() for p in images.paths}
+    labels = lab.labels[[Path(p).resolve() in kept for p in lab.paths]]
+    unl = prep.load(lay.unlabelled, strict=cfg.strict).images if lay.unlabelled is not None else None
+    test = prep.load(lay.test, strict=cfg.strict) if lay.test is not None else None
+    train_idx, val_idx = split_indices(len(labels), cfg.val_fraction, cfg.seed, labels)
+    res = label_spreading_baseline(images.images, labels, train_idx, val_idx, unl, None if test is None else test.images,
+                                   seed=cfg.seed)
+    out = MethodResult("label-spreading", float(np.mean(res.val_pred == labels[val_idx])), int(len(val_idx)),
+                       _labels_per_class(data))
+    if test is not None:
+        folder = layout.stage("label-spreading")
+        names = [lab.classes[p] for p in res.query_pred]
+        write_csv(folder / "predictions.csv", ["id", "label"], zip(image_ids(test.paths), names))
+        out.predictions = str(folder / "predictions.csv")
+    if test is not None and lay.test_labels is not None:
+        truth = read_labels_csv(lay.test_labels)
+        pairs = [(truth[i], lab.classes[p]) for i, p in zip(image_ids(test.paths), res.query_pred) if i in truth]
+        out.test_acc = float(np.mean([t == p for t, p in pairs])) if pairs else None
+    out.seconds = round(time.perf_counter() - t0, 2)
+    return out
+
+
+def run_method(method: str, cfg: ClassificationStudyConfig, data: Path, layout: RunLayout,
+               pretrained: Path | None = None) -> MethodResult:
+    """Run one method of the table; ``pretrained`` is the denoising pretraining the course methods start from."""
+    stage = layout.stage(method)
+    if method == "label-spreading":
+        return _label_spreading(cfg, data, layout)
+    if method in ("course", "course-noaug"):
+        if pretrained is None:
+            pretrained = pretrain_denoise(cfg, data, layout.stage("pretrain"))
+        aug = cfg.course_augment if method == "course" else "none"
+        return _finetune_and_predict(method, cfg, data, stage, method="course", init_from=str(pretrained),
+                                     augment=aug, epochs=cfg.finetune_epochs)
+    if method == "supervised":
+        return _finetune_and_predict(method, cfg, data, stage, method="supervised", epochs=cfg.finetune_epochs)
+    if method == "fixmatch":
+        _require_unlabelled(data, method)
+        return _finetune_and_predict(method, cfg, data, stage, method="fixmatch", epochs=cfg.fixmatch_epochs,
+                                     patience=cfg.fixmatch_epochs)
+    if method == "vicreg":
+        _require_unlabelled(data, method)
+        from aelab.train.pretrain import PretrainConfig, pretrain
+
+        t0 = time.perf_counter()
+        pre = pretrain(PretrainConfig(data=str(data), objective="vicreg", preset=cfg.preset, channels=cfg.channels,
+                                      image_size=cfg.image_size, epochs=cfg.vicreg_epochs, batch_size=128,
+                                      patience=cfg.vicreg_epochs, out=str(layout.stage("vicreg_pretrain")), **_engine(cfg)))
+        res = _finetune_and_predict(method, cfg, data, stage, method="supervised", init_from=str(pre), epochs=cfg.finetune_epochs)
+        res.seconds = round(time.perf_counter() - t0, 2)
+        return res
+    raise AelabError(f"unknown method {method!r}")
+
+
+def _require_unlabelled(data: Path, method: str) -> None:
+    from aelab.data import resolve_layout
+
+    if resolve_layout(data).unlabelled is None:
+        raise AelabError(f"method {method} learns from unlabelled images, but {data} has no dev/unlabelled folder")
+
+
+# Between methods with equal validation accuracy, the one that uses the unlabelled images best wins.
+_PREFERENCE = ("fixmatch", "vicreg", "supervised", "course", "course-noaug", "label-spreading")
+
+
+def summarize(rows: list[MethodResult], layout: RunLayout, skipped: dict[str, str] | None = None) -> StudyResult:
+    """Write table 1b (``study1/methods.csv``), pick the submitted method and copy its ``predictions.csv``."""
+    import shutil
+
+    write_csv(layout.methods_csv, COLUMNS, (
+        [r.method, r.description, r.uses_unlabelled, r.labels_per_class, r.val_acc, r.n_val,
+         "" if r.test_acc is None else r.test_acc, r.seconds, r.run or ""] for r in rows))
+    candidates = [r for r in rows if r.predictions]
+    if not candidates:
+        reason = "no method wrote predictions (the data have no test folder)" if rows else "no method ran"
+        write_json(layout.chosen_json, {"method": None, "reason": reason})
+        return StudyResult(rows, None, reason, None, dict(skipped or {}))
+    rank = {m: i for i, m in enumerate(_PREFERENCE)}
+    best = max(candidates, key=lambda r: (r.val_acc, -rank.get(r.method, len(rank))))
+    reason = (f"highest validation accuracy ({best.val_acc:.3f} on {best.n_val} held-out labelled images; "
+              "ties go to the method that uses the unlabelled images)")
+    shutil.copyfile(best.predictions, layout.predictions)
+    write_json(layout.chosen_json, {"method": best.method, "reason": reason, "val_acc": best.val_acc, "n_val": best.n_val})
+    info(f"[study 1] predictions.csv from {best.method}: {reason}")
+    return StudyResult(rows, best.method, reason, layout.predictions, dict(skipped or {}))
+
+
+def classification_study(cfg: ClassificationStudyConfig, data: str | Path, out: str | Path) -> StudyResult:
+    """Run every method of ``cfg.methods`` on ``data`` into the run folder ``out`` and write table 1b.
+
+    A method that cannot run on these data (e.g. no unlabelled folder for fixmatch) is skipped with
+    its reason; the others still run.
+    """
+    layout = RunLayout(out)
+    rows, skipped, pretrained = [], {}, None
+    for method in cfg.method_list():
+        if method in ("course", "course-noaug") and pretrained is None:
+            pretrained = pretrain_denoise(cfg, Path(data), layout.stage("pretrain"))
+        try:
+            rows.append(run_method(method, cfg, Path(data), layout, pretrained))
+        except AelabError as exc:
+            skipped[method] = str(exc)
+            info(f"[study 1] {method} skipped: {exc}")
+    return summarize(rows, layout, skipped)
+
+
+def as_row(result: MethodResult) -> dict:
+    """A plain dict of a `MethodResult` (what ``stages.json`` keeps for a resumed run)."""
+    return asdict(result)
