@@ -20,7 +20,8 @@ from typing import Any, Callable
 from aelab import __version__
 from aelab.errors import AelabError
 from aelab.progress import info
-from aelab.runs import atomic_write_text, save_config, set_seed
+from aelab.train.options import validate_options
+from aelab.runs import atomic_write_text, clear_run_dir, lock_run_dir, read_json, run_dir_entries, save_config, set_seed
 
 __all__ = ["RunConfig", "run_all", "STAGES"]
 
@@ -70,6 +71,9 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        validate_options(self)  # the same checks as every verb's, before the run folder is touched
 
 
 class Skip(Exception):
@@ -194,7 +198,7 @@ STAGES: list[tuple[str, Callable[[_Ctx], dict]]] = [
 
 def _load_stages(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "stages.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_json(path) if path.is_file() else {}
 
 
 def _save_stages(run_dir: Path, stages: dict[str, Any]) -> None:
@@ -206,13 +210,12 @@ def run_all(cfg: RunConfig) -> Path:
     run_dir = Path(cfg.out)
     if cfg.data is not None and Path(cfg.data).resolve().is_relative_to(run_dir.resolve()):
         raise AelabError(f"the data folder {cfg.data} lies inside the run folder {run_dir}; choose another --out")
-    if cfg.force and run_dir.exists():
-        if any(run_dir.iterdir()) and not (run_dir / "stages.json").is_file():
-            raise AelabError(f"--force would delete {run_dir}, which is not an aelab run folder (no stages.json)")
-        shutil.rmtree(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()) and not (run_dir / "stages.json").is_file():
-        raise AelabError(f"{run_dir} exists and is not an aelab run folder; choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if run_dir.exists() and run_dir_entries(run_dir) and not (run_dir / "stages.json").is_file():
+        raise AelabError(f"--force would delete {run_dir}, which is not an aelab run folder (no stages.json)" if cfg.force
+                         else f"{run_dir} exists and is not an aelab run folder; choose another --out")
+    lock_run_dir(run_dir)  # one process per run folder; a second one is told which holds it
+    if cfg.force:
+        clear_run_dir(run_dir)
     saved = run_dir / "config.yaml"
     finished = [k for k, v in _load_stages(run_dir).items() if not k.startswith("_") and v.get("status") == "done"]
     if saved.is_file() and finished:
