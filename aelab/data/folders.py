@@ -1,4 +1,4 @@
-"""Finding images on disk: folder listings, class folders, ids and the seed data layout.
+"""Finding images on disk: folder listings, class folders, ids and the course data layout.
 
 Everything here works on paths only (no decoding), so it is fast and its errors are about the
 folder structure. Listings use a natural sort (``2.png`` before ``10.png``) of the path relative
@@ -201,7 +201,7 @@ def image_ids(paths: Sequence[str | os.PathLike]) -> list[str]:
 
 @dataclass(frozen=True)
 class DataLayout:
-    """Where each part of the seed layout lives under ``root``; a part that is absent is ``None``.
+    """Where each part of the course layout lives under ``root``; a part that is absent is ``None``.
 
     Attributes:
         root: The data folder.
@@ -252,7 +252,7 @@ class DataLayout:
 
 
 def resolve_layout(root: str | os.PathLike) -> DataLayout:
-    """Find the parts of the seed layout under ``root``.
+    """Find the parts of the course layout under ``root``.
 
     ``ROOT/dev/labelled/<class>/*``, ``ROOT/dev/unlabelled/*``, ``ROOT/test/*``, optional
     ``ROOT/test_labels.csv`` and ``ROOT/anomaly/``. Parts may be missing (each command asks for

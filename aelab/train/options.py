@@ -124,7 +124,7 @@ def resolve_sources(
     test: str | None = None,
     test_labels: str | None = None,
 ) -> Sources:
-    """Folders from a root in the seed layout (``--data``) with explicit folders overriding it."""
+    """Folders from a root in the course layout (``--data``) with explicit folders overriding it."""
     src = Sources()
     if data is not None:
         from aelab.data import resolve_layout
@@ -166,5 +166,5 @@ def restore_for_resume(cls, cfg):
 
 def require(path: Path | None, what: str, flag: str) -> Path:
     if path is None:
-        raise AelabError(f"no {what} folder: pass --data ROOT (seed layout) or {flag} DIR")
+        raise AelabError(f"no {what} folder: pass --data ROOT (course layout: dev/labelled, dev/unlabelled, test) or {flag} DIR")
     return path

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
+from aelab.data.folders import labels_for, match_labels
 from aelab.errors import AelabError
 from aelab.progress import info
 from aelab.runs import new_run_dir, save_config, write_csv, write_json
 from aelab.train.checkpoint import load_model
 from aelab.train.inference import batched_forward
-from aelab.data.folders import labels_for, match_labels
 from aelab.train.options import RunOptions, require, resolve_sources
 
 __all__ = ["PredictConfig", "predict", "EmbedConfig", "embed"]
@@ -117,7 +117,7 @@ class EmbedConfig(RunOptions):
 
 def embed(cfg: EmbedConfig) -> Path:
     """Write ``embeddings.npy`` ``(N, D)`` float32 and ``embeddings.csv`` (``filename,label``)."""
-    from aelab.data import Preprocessing, image_ids, list_images, load_images, scan_labelled
+    from aelab.data import Preprocessing, list_images, load_images, scan_labelled
 
     if cfg.model is None:
         raise AelabError("no model: pass --model RUN or a checkpoint file")

@@ -1,4 +1,4 @@
-"""Folder listings, class folders, ids and the seed layout (paths only, no decoding)."""
+"""Folder listings, class folders, ids and the course layout (paths only, no decoding)."""
 
 from __future__ import annotations
 
