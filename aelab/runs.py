@@ -145,7 +145,7 @@ def _mkdir(path: Path) -> None:
 #: Name of the lock file inside a run folder.
 LOCK_NAME = ".aelab.lock"
 
-_HELD: dict[str, tuple[int, int]] = {}  # resolved folder -> (fd, inode of its lock file)
+_HELD: dict[str, tuple[int, int, int]] = {}  # resolved folder -> (fd, inode of its lock file, pid of the holder)
 
 
 def lock_run_dir(path: str | os.PathLike) -> Path:
@@ -163,7 +163,7 @@ def lock_run_dir(path: str | os.PathLike) -> Path:
     key = str(path.resolve())
     lock = path / LOCK_NAME
     if key in _HELD:
-        if _inode(lock) == _HELD[key][1]:
+        if _inode(lock) == _HELD[key][1] and _HELD[key][2] == os.getpid():
             return path
         _forget(key)  # the folder was emptied under us (aelab run --force): lock afresh
     for _ in range(5):
@@ -179,7 +179,7 @@ def lock_run_dir(path: str | os.PathLike) -> Path:
             os.close(fd)
             continue
         _write_holder(fd)
-        _HELD[key] = (fd, _inode_fd(fd))
+        _HELD[key] = (fd, _inode_fd(fd), os.getpid())
         return path
     raise AelabError(f"cannot lock {path}: its lock file keeps changing")
 
@@ -188,9 +188,9 @@ def release_run_dir(path: str | os.PathLike) -> None:
     """Release this process's lock of a run folder (nothing happens if it holds none)."""
     key = str(Path(path).resolve())
     if key in _HELD:
-        fd, ino = _HELD[key]
+        _, ino, pid = _HELD[key]
         lock = Path(key) / LOCK_NAME
-        if _inode(lock) == ino:
+        if _inode(lock) == ino and pid == os.getpid():  # a forked child never removes its parent's lock
             try:
                 lock.unlink()
             except OSError:
@@ -208,7 +208,7 @@ atexit.register(release_run_dirs)
 
 
 def _forget(key: str) -> None:
-    fd, _ = _HELD.pop(key)
+    fd, _, _ = _HELD.pop(key)
     try:
         os.close(fd)  # closing the descriptor drops the flock
     except OSError:
