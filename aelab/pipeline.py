@@ -20,8 +20,8 @@ from typing import Any, Callable
 from aelab import __version__
 from aelab.errors import AelabError
 from aelab.progress import info
-from aelab.train.options import validate_options
 from aelab.runs import atomic_write_text, clear_run_dir, lock_run_dir, read_json, run_dir_entries, save_config, set_seed
+from aelab.train.options import validate_options
 
 __all__ = ["RunConfig", "run_all", "STAGES"]
 
