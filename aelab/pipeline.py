@@ -15,13 +15,13 @@ import time
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 from aelab import __version__
 from aelab.errors import AelabError
 from aelab.progress import info
 from aelab.layout import RunLayout
-from aelab.runs import atomic_write_text, save_config, set_seed
+from aelab.runs import atomic_write_text, clear_run_dir, lock_run_dir, read_json, run_dir_entries, save_config, set_seed
 from aelab.train.study import ClassificationStudyConfig, MethodResult
 
 __all__ = ["RunConfig", "run_all", "stages_for"]
@@ -57,6 +57,8 @@ class RunConfig(ClassificationStudyConfig):
     demo_unlabelled: int = 3000
     demo_labelled_per_class: int = 20
     demo_test: int = 500
+
+    OUT_MAY_HOLD_A_RUN: ClassVar[bool] = True
 
 
 class Skip(Exception):
@@ -198,9 +200,8 @@ CRITICAL = ("data",)
 
 
 def _load_stages(run_dir: Path) -> dict[str, Any]:
-    from aelab.runs import read_json_file
-
-    return read_json_file(RunLayout(run_dir).stages)
+    path = RunLayout(run_dir).stages
+    return read_json(path) if path.is_file() else {}
 
 
 def _save_stages(run_dir: Path, stages: dict[str, Any]) -> None:
@@ -213,13 +214,17 @@ def _prepare(cfg: RunConfig) -> Path:
     if cfg.data is not None and Path(cfg.data).resolve().is_relative_to(run_dir.resolve()):
         raise AelabError(f"the data folder {cfg.data} lies inside the run folder {run_dir}; choose another --out")
     cfg.method_list()  # unknown methods fail before anything is written
-    if cfg.force and run_dir.exists():
-        if any(run_dir.iterdir()) and not RunLayout(run_dir).stages.is_file():
-            raise AelabError(f"--force would delete {run_dir}, which is not an aelab run folder (no stages.json)")
-        shutil.rmtree(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()) and not RunLayout(run_dir).stages.is_file():
-        raise AelabError(f"{run_dir} exists and is not an aelab run folder; choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.devices != 1 or cfg.num_nodes != 1:
+        # Fabric's launcher re-runs the command in each extra process, which suits one training verb,
+        # not a pipeline of stages with outputs in between.
+        raise AelabError("aelab run trains on one device per stage; for several processes run the verbs "
+                         "(aelab pretrain/finetune/predict ... --devices N), see README 'Several processes'")
+    if run_dir.exists() and run_dir_entries(run_dir) and not RunLayout(run_dir).stages.is_file():
+        raise AelabError(f"--force would delete {run_dir}, which is not an aelab run folder (no stages.json)" if cfg.force
+                         else f"{run_dir} exists and is not an aelab run folder; choose another --out")
+    lock_run_dir(run_dir)  # one process per run folder; a second one is told which holds it
+    if cfg.force:
+        clear_run_dir(run_dir)
     finished = [k for k, v in _load_stages(run_dir).items() if not k.startswith("_") and v.get("status") == "done"]
     if RunLayout(run_dir).config.is_file() and finished:
         from aelab.runs import load_config

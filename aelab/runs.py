@@ -6,11 +6,13 @@ inspected, resumed and reported on later. Helpers here are shared by all studies
 
 from __future__ import annotations
 
+import atexit
 import csv
 import dataclasses
 import json
 import os
 import random
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Mapping
@@ -18,8 +20,19 @@ from typing import Any, BinaryIO, Callable, Iterable, Mapping
 import numpy as np
 import yaml
 
+from aelab.csvsafe import printable, safe_cell
+from aelab.errors import AelabError
+
 __all__ = [
     "new_run_dir",
+    "check_out_folder",
+    "run_dir_entries",
+    "clear_run_dir",
+    "lock_run_dir",
+    "release_run_dir",
+    "release_run_dirs",
+    "LOCK_NAME",
+    "read_json",
     "save_config",
     "load_config",
     "MetricsLogger",
@@ -28,7 +41,6 @@ __all__ = [
     "atomic_write_text",
     "atomic_torch_save",
     "write_json",
-    "read_json_file",
     "set_seed",
     "to_plain",
     "read_csv_rows",
@@ -37,29 +49,251 @@ __all__ = [
 
 
 def new_run_dir(out: str | os.PathLike | None, verb: str, root: str | os.PathLike = "runs") -> Path:
-    """Return a fresh run folder.
+    """Return a fresh run folder, locked for this process (see `lock_run_dir`).
 
-    With ``out`` given, that folder is used (created if missing). Without it, the next free
-    ``root/verb/N`` (N = 0, 1, ...) is created, so earlier runs are never overwritten.
+    With ``out`` given, that folder is used: created if missing, or taken if it exists and is
+    empty; a non-empty folder (or a file) is refused, so nothing of the user's is ever
+    overwritten. Without it, the next free ``root/verb/N`` (N = 0, 1, ...) is created, so earlier
+    runs are never overwritten.
+
+    Raises:
+        AelabError: ``out`` is a file, a non-empty folder, cannot be created, or is in use.
     """
     if out is not None:
         path = Path(out)
-        if (path / "config.yaml").is_file():
-            from aelab.errors import AelabError
-
-            # Never mix a new run's files with an old one's (a stale best.ckpt would survive).
-            raise AelabError(f"{path} already holds a run (config.yaml); choose another --out or remove it")
-        path.mkdir(parents=True, exist_ok=True)
+        check_out_folder(path)
+        lock_run_dir(path)
+        try:
+            check_out_folder(path)  # again under the lock: another process may have written meanwhile
+        except AelabError:
+            release_run_dir(path)
+            raise
         return path
     base = Path(root) / verb
-    base.mkdir(parents=True, exist_ok=True)
-    taken = {int(p.name) for p in base.iterdir() if p.name.isdigit()}
-    n = 0
-    while n in taken:
-        n += 1
-    path = base / str(n)
-    path.mkdir()
-    return path
+    _mkdir(base)
+    while True:
+        taken = {int(p.name) for p in base.iterdir() if p.name.isdigit()}
+        path = base / str(min(set(range(len(taken) + 1)) - taken))
+        try:
+            path.mkdir()
+        except FileExistsError:  # another process took that number first
+            continue
+        except OSError as exc:
+            raise AelabError(f"cannot create run folder {path}: {exc.strerror or exc}") from None
+        return lock_run_dir(path)
+
+
+def run_dir_entries(path: str | os.PathLike) -> list[str]:
+    """Names in a folder, ignoring aelab's own lock file."""
+    try:
+        return [name for name in os.listdir(path) if name != LOCK_NAME]
+    except OSError as exc:
+        raise AelabError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def check_out_folder(path: str | os.PathLike) -> None:
+    """Refuse an ``--out`` that is a file or a folder that already holds something."""
+    path = Path(path)
+    if not path.exists():
+        if path.is_symlink():
+            raise AelabError(f"--out {path} is a broken symbolic link; choose another --out")
+        return
+    if not path.is_dir():
+        raise AelabError(f"--out {path} is a file, not a folder; choose another --out")
+    names = run_dir_entries(path)
+    if "config.yaml" in names:
+        raise AelabError(f"{path} already holds a run (config.yaml); aelab never overwrites: choose another --out or remove it")
+    if names:
+        raise AelabError(f"{path} is not empty ({len(names)} entries, e.g. {sorted(names)[0]!r}); aelab only writes into a new "
+                         "or empty folder: choose another --out")
+
+
+def clear_run_dir(path: str | os.PathLike) -> None:
+    """Delete everything in a run folder this process has locked, keeping the lock (``--force``)."""
+    import shutil
+
+    path = Path(path)
+    if str(path.resolve()) not in _HELD:
+        raise RuntimeError(f"clear_run_dir({path}): lock it first (lock_run_dir)")
+    for name in run_dir_entries(path):
+        entry = path / name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def _mkdir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise AelabError(f"cannot create folder {path}: a file of that name is in the way") from None
+    except OSError as exc:
+        raise AelabError(f"cannot create folder {path}: {exc.strerror or exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# One process per run folder: an exclusive lock on RUN/.aelab.lock.
+#
+# The lock is an flock(2) on the lock file, so the kernel drops it when the process ends in any
+# way (crash, SIGKILL): a lock left by a dead process is never in the way. The file holds the
+# holder's pid, host, start time and command so that a second process can say who holds it.
+# Where flock is unavailable (some network file systems, Windows) the pid in the file decides:
+# a holder on this host whose pid no longer runs is stale and the lock is taken over.
+# ---------------------------------------------------------------------------------------------
+
+#: Name of the lock file inside a run folder.
+LOCK_NAME = ".aelab.lock"
+
+_HELD: dict[str, tuple[int, int, int]] = {}  # resolved folder -> (fd, inode of its lock file, pid of the holder)
+
+
+def lock_run_dir(path: str | os.PathLike) -> Path:
+    """Take the exclusive lock of a run folder (created if missing) for this process.
+
+    Taking a lock this process already holds is a no-op. Locks are released by
+    `release_run_dir`, by `release_run_dirs` (the CLI does so after each command) or when the
+    process exits.
+
+    Raises:
+        AelabError: Another running process holds the lock; the message names it.
+    """
+    path = Path(path)
+    _mkdir(path)
+    key = str(path.resolve())
+    lock = path / LOCK_NAME
+    if key in _HELD:
+        if _inode(lock) == _HELD[key][1] and _HELD[key][2] == os.getpid():
+            return path
+        _forget(key)  # the folder was emptied under us (aelab run --force): lock afresh
+    for _ in range(5):
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise AelabError(f"cannot create the lock file {lock}: {exc.strerror or exc}") from None
+        if not _try_lock(fd):
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise AelabError(f"{path} is in use by {holder}; wait for it to finish (or stop it) and try again")
+        if _inode_fd(fd) != _inode(lock):  # its holder removed the file as we opened it: retry
+            os.close(fd)
+            continue
+        _write_holder(fd)
+        _HELD[key] = (fd, _inode_fd(fd), os.getpid())
+        return path
+    raise AelabError(f"cannot lock {path}: its lock file keeps changing")
+
+
+def release_run_dir(path: str | os.PathLike) -> None:
+    """Release this process's lock of a run folder (nothing happens if it holds none)."""
+    key = str(Path(path).resolve())
+    if key in _HELD:
+        _, ino, pid = _HELD[key]
+        lock = Path(key) / LOCK_NAME
+        if _inode(lock) == ino and pid == os.getpid():  # a forked child never removes its parent's lock
+            try:
+                lock.unlink()
+            except OSError:
+                pass
+        _forget(key)
+
+
+def release_run_dirs() -> None:
+    """Release every run-folder lock this process holds."""
+    for key in list(_HELD):
+        release_run_dir(key)
+
+
+atexit.register(release_run_dirs)
+
+
+def _forget(key: str) -> None:
+    fd, _, _ = _HELD.pop(key)
+    try:
+        os.close(fd)  # closing the descriptor drops the flock
+    except OSError:
+        pass
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def _inode_fd(fd: int) -> int:
+    return os.fstat(fd).st_ino
+
+
+def _try_lock(fd: int) -> bool:
+    """flock the file; fall back to the recorded pid where flock is not supported."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return _holder_is_gone(fd)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError:  # e.g. ENOLCK on a network file system
+        return _holder_is_gone(fd)
+
+
+def _holder_is_gone(fd: int) -> bool:
+    info = _parse_holder(_read_text(fd))
+    if not info or info.get("host") != socket.gethostname():
+        return not info  # an empty file is free; a holder on another host cannot be checked
+    try:
+        pid = int(info.get("pid", ""))
+    except ValueError:
+        return True
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True  # stale: that process is gone
+    except OSError:
+        return False  # it exists (owned by another user)
+    return False
+
+
+def _read_text(fd: int) -> str:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return os.read(fd, 4096).decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _parse_holder(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def _read_holder(fd: int) -> str:
+    info = _parse_holder(_read_text(fd))
+    if not info:
+        return "another process"
+    return (f"pid {info.get('pid', '?')} on host {info.get('host', '?')} "
+            f"(since {info.get('since', '?')}: {info.get('command', '?')})")
+
+
+def _write_holder(fd: int) -> None:
+    import shlex
+    import sys
+    import time
+
+    command = " ".join(shlex.quote(printable(a)) for a in sys.argv)[:300] or "python"
+    text = (f"pid={os.getpid()}\nhost={socket.gethostname()}\n"
+            f"since={time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}\ncommand={command[:300]}\n")
+    try:
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, text.encode("utf-8", "backslashreplace"))
+    except OSError:
+        pass  # the lock holds even if its description cannot be written (a full disk)
 
 
 def to_plain(obj: Any) -> Any:
@@ -85,8 +319,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any], mode
     Readers never see half a file, and an interrupted write leaves the old file intact.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _mkdir(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise AelabError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         os.chmod(tmp, mode)  # mkstemp makes 0600; outputs and caches should stay readable
         with os.fdopen(fd, "wb") as fh:
@@ -94,9 +331,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any], mode
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):  # a full disk, a read-only folder: one line naming the file
+            raise AelabError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
 
 
@@ -106,7 +345,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    """Write ``text`` as UTF-8 atomically; undecodable file-name bytes become ``\\xNN`` escapes."""
+    atomic_write_bytes(path, printable(text).encode("utf-8"))
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -124,27 +364,43 @@ def save_config(run_dir: str | os.PathLike, config: Any, name: str = "config.yam
 
 
 def load_config(run_dir: str | os.PathLike, name: str = "config.yaml") -> dict:
+    """Read a run's saved settings; a missing, edited or invalid file is a one-line `AelabError`."""
     path = Path(run_dir) / name
-    with open(path, encoding="utf-8") as fh:
-        return yaml.safe_load(fh) or {}
-
-
-def read_json_file(path: str | os.PathLike) -> dict:
-    """A JSON object from ``path`` ({} when the file does not exist); one-line error when it is not valid JSON."""
-    path = Path(path)
-    if not path.is_file():
-        return {}
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        from aelab.errors import AelabError
+        with open(path, encoding="utf-8") as fh:
+            config = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise AelabError(f"{path} not found (is {run_dir} an aelab run folder?)") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise AelabError(f"cannot read {path}: {_first_line(exc)}") from None
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise AelabError(f"{path} is not a mapping of settings (found {type(config).__name__}); was it edited?")
+    return config
 
-        raise AelabError(f"{path} is not valid JSON ({exc}); restore it or start over with --force") from None
-    if not isinstance(value, dict):
-        from aelab.errors import AelabError
 
-        raise AelabError(f"{path} does not hold a JSON object; restore it or start over with --force")
-    return value
+def read_json(path: str | os.PathLike, default: Any = None) -> Any:
+    """Read a JSON file the run wrote; an edited or truncated file is a one-line `AelabError`.
+
+    A missing file gives ``default`` when one is given, else an error.
+    """
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        if default is not None:
+            return default
+        raise AelabError(f"{path} not found") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise AelabError(f"cannot read {path}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's message as one line (YAML and JSON errors span several), at most 200 characters."""
+    text = " ".join(str(getattr(exc, "strerror", None) or exc).split())
+    return (text[:197] + "...") if len(text) > 200 else (text or exc.__class__.__name__)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -162,8 +418,11 @@ class MetricsLogger:
         self.path = Path(path)
         self.rows: list[dict] = []
         if start_epoch > 0 and self.path.exists():
-            with open(self.path, newline="", encoding="utf-8") as fh:
-                self.rows = [r for r in csv.DictReader(fh) if int(r.get("epoch", 0)) < start_epoch]
+            try:
+                with open(self.path, newline="", encoding="utf-8") as fh:
+                    self.rows = [r for r in csv.DictReader(fh) if int(r.get("epoch") or 0) < start_epoch]
+            except (OSError, UnicodeDecodeError, ValueError, csv.Error) as exc:
+                raise AelabError(f"cannot resume: {self.path} is not a metrics file aelab wrote ({_first_line(exc)})") from None
         elif self.path.exists():
             self.path.unlink()
         self._flush()
@@ -181,9 +440,9 @@ class MetricsLogger:
             import io
 
             buf = io.StringIO()
-            writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(self.rows)
+            writer = csv.writer(buf, lineterminator="\n")
+            writer.writerow([safe_cell(k) for k in keys])
+            writer.writerows([safe_cell(row.get(k, "")) for k in keys] for row in self.rows)
             lines.append(buf.getvalue())
         atomic_write_text(self.path, "".join(lines))
 
@@ -203,12 +462,17 @@ def read_csv_rows(path: str | os.PathLike) -> list[dict]:
 
 
 def write_csv(path: str | os.PathLike, header: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
-    """Write a plain CSV atomically (a spreadsheet opens it as is)."""
+    """Write a plain CSV atomically, safe to open in a spreadsheet.
+
+    Every cell goes through `aelab.csvsafe.safe_cell`: text that a spreadsheet would run as a
+    formula (``=``, ``+``, ``-``, ``@``, tab, CR first) gets a leading ``'`` and undecodable
+    file-name bytes are written as ``\\xNN``. This is the one CSV writer of aelab.
+    """
     import io
 
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(list(header))
+    writer.writerow([safe_cell(h) for h in header])
     for row in rows:
-        writer.writerow([to_plain(v) for v in row])
+        writer.writerow([safe_cell(to_plain(v)) for v in row])
     atomic_write_text(path, buf.getvalue())

@@ -19,9 +19,11 @@ __all__ = ["score_histogram", "roc_figure", "reconstruction_panels"]
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
+    from aelab.plotting import literal_text
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    literal_text(fig).savefig(path, dpi=110, bbox_inches="tight")
     return path
 
 

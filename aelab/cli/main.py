@@ -113,17 +113,29 @@ def _normalise_argv(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``aelab`` console script; returns the exit status."""
     argv = _normalise_argv(sys.argv[1:] if argv is None else argv)
+    from aelab.runs import release_run_dirs
+
     try:
         cfg = build_parser().parse_args(argv)
         _dispatch(cfg)
     except AelabError as exc:
-        print(f"aelab: error: {exc}", file=sys.stderr)
+        print(f"aelab: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the machine, not aelab: a full disk, a read-only folder, a vanished file
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"aelab: error: {where}{exc.strerror or _one_line(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("aelab: interrupted. aelab run: run the same command again to continue after the last finished stage; "
               "pretrain/finetune: --resume RUN continues from the last finished epoch", file=sys.stderr)
         return 130
+    finally:
+        release_run_dirs()  # the run folders this command locked
     return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or exc.__class__.__name__
 
 
 if __name__ == "__main__":

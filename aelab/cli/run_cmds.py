@@ -20,9 +20,18 @@ def report(run_dir: str) -> Path:
     Args:
         run_dir: the run folder (the --out of aelab run).
     """
+    from aelab.errors import AelabError
     from aelab.progress import info
     from aelab.report.build import build_report
+    from aelab.runs import load_config, lock_run_dir, read_json
 
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise AelabError(f"run folder not found: {run}")
+    read_json(run / "stages.json", default={})  # an edited or truncated file: one line, before any work
+    if (run / "config.yaml").is_file():
+        load_config(run)
+    lock_run_dir(run)  # not while an `aelab run` writes it
     files = build_report(run_dir)
     info(f"[report] {files['html']}, {files['pdf']}, {files['md']}")
     return Path(run_dir)

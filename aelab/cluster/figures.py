@@ -23,6 +23,8 @@ from typing import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from aelab.plotting import literal_text
+
 __all__ = ["plot_clusterings", "plot_ratio_vs_alpha", "project_2d"]
 
 
@@ -105,6 +107,7 @@ def plot_clusterings(X, results: Sequence | Mapping, *, projection: str = "pca",
         ax.set_ylabel(f"{projection.upper()} 2")
     if suptitle:
         fig.suptitle(suptitle)
+    literal_text(fig)  # file and class names are shown as written, never as $math$
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120)
@@ -151,6 +154,7 @@ def plot_ratio_vs_alpha(sweep, target_ratio, *, chosen_alpha: float | None = Non
     ax.set_title(f"target {':'.join(f'{t:g}' for t in target)} (dashed); hollow: centroids not separated",
                  fontsize=9)
     ax.legend(fontsize=8)
+    literal_text(fig)  # file and class names are shown as written, never as $math$
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120)

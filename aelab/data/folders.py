@@ -1,4 +1,4 @@
-"""Finding images on disk: folder listings, class folders, ids and the seed data layout.
+"""Finding images on disk: folder listings, class folders, ids and the course data layout.
 
 Everything here works on paths only (no decoding), so it is fast and its errors are about the
 folder structure. Listings use a natural sort (``2.png`` before ``10.png``) of the path relative
@@ -23,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
+from aelab.csvsafe import printable
 from aelab.errors import DataError
 
 __all__ = [
@@ -35,6 +36,8 @@ __all__ = [
     "DataLayout",
     "resolve_layout",
     "read_labels_csv",
+    "match_labels",
+    "labels_for",
 ]
 
 #: File extensions (lower case) treated as images; matching is case-insensitive.
@@ -61,6 +64,11 @@ def _is_image_name(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+def _names(names: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(repr(printable(n)) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def _require_dir(folder: Path, what: str, note: str = "") -> None:
     if not folder.exists():
         raise DataError(f"{what} not found: {folder}{note}")
@@ -85,9 +93,11 @@ def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path
     _require_dir(folder, "image folder", f" (looking for {_extensions_text()})")
     found: list[tuple[str, Path]] = []
     if recursive:
+        linked: list[str] = []
         for dirpath, dirnames, filenames in os.walk(folder):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             rel_dir = Path(dirpath).relative_to(folder)
+            linked += [(rel_dir / d).as_posix() for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
             for name in filenames:
                 if _is_image_name(name):
                     rel = (rel_dir / name).as_posix()
@@ -96,6 +106,9 @@ def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path
         for entry in os.scandir(folder):
             if _is_image_name(entry.name) and entry.is_file():
                 found.append((entry.name, folder / entry.name))
+    if recursive and linked:
+        warnings.warn(f"--recursive does not follow symbolic links: skipped linked folder(s) {_names(linked)} in {folder} "
+                      "(pass a linked folder itself to read it)", stacklevel=2)
     if not found:
         where = "in or below" if recursive else "in"
         raise DataError(f"no images {where} {folder} (looked for {_extensions_text()})")
@@ -134,9 +147,12 @@ def scan_labelled(folder: str | os.PathLike) -> LabelledFiles:
     """
     folder = Path(folder)
     _require_dir(folder, "labelled folder")
-    classes = sorted(
-        (e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")), key=natural_key
-    )
+    folders = [e.name for e in os.scandir(folder) if e.is_dir()]
+    hidden = sorted(name for name in folders if name.startswith("."))
+    if hidden:
+        warnings.warn(f"ignored hidden folder(s) {_names(hidden)} in labelled folder {folder}: names starting with '.' "
+                      "are not classes (rename them to use them)", stacklevel=2)
+    classes = sorted((name for name in folders if not name.startswith(".")), key=natural_key)
     if not classes:
         raise DataError(f"no class subfolders in labelled folder {folder} (expected one subfolder per class)")
     paths: list[Path] = []
@@ -185,7 +201,7 @@ def image_ids(paths: Sequence[str | os.PathLike]) -> list[str]:
 
 @dataclass(frozen=True)
 class DataLayout:
-    """Where each part of the seed layout lives under ``root``; a part that is absent is ``None``.
+    """Where each part of the course layout lives under ``root``; a part that is absent is ``None``.
 
     Attributes:
         root: The data folder.
@@ -236,7 +252,7 @@ class DataLayout:
 
 
 def resolve_layout(root: str | os.PathLike) -> DataLayout:
-    """Find the parts of the seed layout under ``root``.
+    """Find the parts of the course layout under ``root``.
 
     ``ROOT/dev/labelled/<class>/*``, ``ROOT/dev/unlabelled/*``, ``ROOT/test/*``, optional
     ``ROOT/test_labels.csv`` and ``ROOT/anomaly/``. Parts may be missing (each command asks for
@@ -268,26 +284,93 @@ def resolve_layout(root: str | os.PathLike) -> DataLayout:
 
 
 def read_labels_csv(path: str | os.PathLike) -> dict[str, str]:
-    """Read an ``id,label`` CSV (header required) into ``{id: label}``, both as strings.
+    """Read an ``id,label`` CSV (header required, UTF-8) into ``{id: label}``, both as strings.
 
     Raises:
-        DataError: Missing file, missing ``id``/``label`` columns, or a repeated id.
+        DataError: Missing or unreadable file, not UTF-8, not a CSV, missing ``id``/``label``
+            columns, an empty or repeated id. The message names the file (and line).
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"labels file not found: {path}")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            return _parse_labels(csv.DictReader(fh), path)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                        "save it as UTF-8") from None
+    except csv.Error as exc:
+        raise DataError(f"{path} is not a readable CSV file: {exc}") from None
+    except OSError as exc:
+        raise DataError(f"cannot read labels file {path}: {exc.strerror or exc}") from None
+
+
+def _parse_labels(reader: csv.DictReader, path: Path) -> dict[str, str]:
     labels: dict[str, str] = {}
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        fields = [f.strip() for f in (reader.fieldnames or [])]
-        if "id" not in fields or "label" not in fields:
-            raise DataError(f"{path} needs a header with columns id,label (found: {','.join(fields) or 'nothing'})")
-        reader.fieldnames = fields
-        for line, row in enumerate(reader, start=2):
-            key, label = (row.get("id") or "").strip(), (row.get("label") or "").strip()
-            if not key:
-                raise DataError(f"{path}:{line}: empty id")
-            if key in labels:
-                raise DataError(f"{path}:{line}: id {key!r} appears twice")
-            labels[key] = label
+    fields = [f.strip() for f in (reader.fieldnames or [])]
+    if "id" not in fields or "label" not in fields:
+        shown = ",".join(fields)[:80] or "nothing"
+        raise DataError(f"{path} needs a header with columns id,label (found: {shown})")
+    reader.fieldnames = fields
+    for row in reader:
+        key, label = (row.get("id") or "").strip(), (row.get("label") or "").strip()
+        if not key:
+            raise DataError(f"{path}:{reader.line_num}: empty id")
+        if key in labels:
+            raise DataError(f"{path}:{reader.line_num}: id {key!r} appears twice")
+        labels[key] = label
     return labels
+
+
+def _stem(key: str) -> str:
+    root, ext = os.path.splitext(key)
+    return root if ext.lower() in IMAGE_EXTENSIONS else key
+
+
+def match_labels(paths: Sequence[str | os.PathLike], labels: dict[str, str], ids: Sequence[str] | None = None) -> list[str | None]:
+    """The label of each image from an ``{id: label}`` mapping, or ``None`` where it has none.
+
+    An image matches a key equal to its id (`image_ids`), its file name or its stem, and a key
+    with an image extension matches by its stem too: ``7``, ``7.png`` and ``7.jpg`` all label
+    ``test/7.png``. So one non-numeric file name (which turns every id from ``7`` into
+    ``7.png``) does not make a labels file stop matching.
+
+    Example:
+        >>> match_labels(["t/7.png", "t/cat.png"], {"7": "seven", "cat.jpg": "cat"})
+        ['seven', 'cat']
+    """
+    paths = [Path(p) for p in paths]
+    ids = image_ids(paths) if ids is None else list(ids)
+    by_stem: dict[str, str | None] = {}
+    for key, label in labels.items():
+        stem = _stem(key)
+        by_stem[stem] = label if by_stem.get(stem, label) == label else None  # two keys, two labels: ambiguous
+    out: list[str | None] = []
+    for path, id_ in zip(paths, ids):
+        for key in (str(id_), path.name):
+            if key in labels:
+                out.append(labels[key])
+                break
+        else:
+            out.append(by_stem.get(path.stem))
+    return out
+
+
+def labels_for(paths: Sequence[str | os.PathLike], labels_csv: str | os.PathLike, ids: Sequence[str] | None = None) -> list[str | None]:
+    """Read an ``id,label`` CSV and match it to images (`match_labels`); warn when it matches few.
+
+    Raises:
+        DataError: The file is missing or unreadable (see `read_labels_csv`).
+    """
+    truth = read_labels_csv(labels_csv)
+    matched = match_labels(paths, truth, ids)
+    n = sum(t is not None for t in matched)
+    if n == 0:
+        some = ", ".join(repr(k) for k in list(truth)[:3]) or "none"
+        example = Path(paths[0]).name if len(paths) else "-"
+        warnings.warn(f"no image matches an id of {labels_csv} (its ids: {some}; an image: {example!r}): "
+                      "no accuracy can be computed", stacklevel=2)
+    elif n < len(matched):
+        warnings.warn(f"{len(matched) - n} of {len(matched)} images have no label in {labels_csv}; "
+                      f"accuracy is computed on the other {n}", stacklevel=2)
+    return matched

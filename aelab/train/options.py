@@ -2,12 +2,82 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import numbers
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any, Callable, ClassVar
 
 from aelab.errors import AelabError
 
-__all__ = ["RunOptions", "Sources", "resolve_sources"]
+__all__ = ["RunOptions", "Sources", "resolve_sources", "validate_options", "DEVICES", "PRECISIONS"]
+
+#: Values of ``--device`` (``cuda:N`` picks one GPU).
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
+#: Values of ``--precision`` (Lightning Fabric's names).
+PRECISIONS: tuple[str, ...] = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)  # numpy integers too
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _device(v: Any) -> bool:
+    return isinstance(v, str) and (v in DEVICES or (v.startswith("cuda:") and v[5:].isdigit()))
+
+
+# Every option name any verb uses, with its rule: (test, what it must be). One table, so the
+# CLI and the Python API check the same things, and before any folder is created.
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "epochs": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "batch_size": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "patience": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
+    "devices": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "seed": (lambda v: _int(v), "an integer"),
+    "lr": (lambda v: _num(v) and v > 0, "a number > 0"),
+    "weight_decay": (lambda v: _num(v) and v >= 0, "a number >= 0"),
+    "noise_factor": (lambda v: _num(v) and v >= 0, "a number >= 0"),
+    "val_fraction": (lambda v: _num(v) and 0 < v < 1, "a number between 0 and 1 (exclusive)"),
+    "dropout": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "recon_weight": (lambda v: _num(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "contamination": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "threshold": (lambda v: _num(v), "a finite number"),
+    "channels": (lambda v: v in (1, 3) and _int(v), "1 or 3"),
+    "image_size": (lambda v: _int(v) and v >= 4, "an integer >= 4"),
+    "width": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "depth": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "ssim_window": (lambda v: _int(v) and v >= 3 and v % 2 == 1, "an odd integer >= 3"),
+    "top": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
+    "cases": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "device": (_device, "one of " + ", ".join(DEVICES) + " (or cuda:N)"),
+    "precision": (lambda v: v in PRECISIONS, "one of " + ", ".join(PRECISIONS)),
+    "pretrain_epochs": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "finetune_epochs": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "anomaly_epochs": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "demo_unlabelled": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
+    "demo_labelled_per_class": (lambda v: _int(v) and v >= 2, "an integer >= 2"),
+    "demo_test": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
+}
+
+
+def validate_options(options: Any) -> None:
+    """Check every known option of a settings dataclass; raise one `AelabError` naming the first bad one.
+
+    A field whose default is ``None`` may be ``None``. Called by `RunOptions.__post_init__` (and
+    ``aelab run``'s settings), so every verb checks its settings when they are made, before any
+    folder is created.
+    """
+    for f in fields(options):
+        value = getattr(options, f.name)
+        if value is None and f.default is None:
+            continue
+        rule = _RULES.get(f.name)
+        if rule is not None and not rule[0](value):
+            raise AelabError(f"--{f.name} must be {rule[1]}, got {value!r}")
 
 
 @dataclass
@@ -34,6 +104,16 @@ class RunOptions:
     strict: bool = False
     logger: str = "csv"
 
+    #: ``aelab run`` re-uses its own run folder to resume; every other verb writes a new one.
+    OUT_MAY_HOLD_A_RUN: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        validate_options(self)
+        if self.out is not None and getattr(self, "resume", None) is None and not self.OUT_MAY_HOLD_A_RUN:
+            from aelab.runs import check_out_folder
+
+            check_out_folder(self.out)  # a file or a non-empty folder: refused before any work
+
 
 @dataclass
 class Sources:
@@ -52,7 +132,7 @@ def resolve_sources(
     test: str | None = None,
     test_labels: str | None = None,
 ) -> Sources:
-    """Folders from a root in the seed layout (``--data``) with explicit folders overriding it."""
+    """Folders from a root in the course layout (``--data``) with explicit folders overriding it."""
     src = Sources()
     if data is not None:
         from aelab.data import resolve_layout
@@ -70,18 +150,22 @@ def restore_for_resume(cls, cfg):
 
     Returns ``(cfg, run_dir, resume)``; without ``--resume`` the settings are returned as given.
     """
-    from dataclasses import fields
-
-    from aelab.runs import load_config
+    from aelab.runs import load_config, lock_run_dir
 
     if cfg.resume is None:
         return cfg, None, False
     run_dir = Path(cfg.resume)
     if not (run_dir / "last.ckpt").is_file():
         raise AelabError(f"cannot resume: {run_dir / 'last.ckpt'} does not exist")
+    lock_run_dir(run_dir)  # one process per run folder
     saved = load_config(run_dir)
     names = {f.name for f in fields(cls)}
-    restored = cls(**{k: v for k, v in saved.items() if k in names})
+    values = {k: v for k, v in saved.items() if k in names}
+    values["resume"] = str(run_dir)
+    try:
+        restored = cls(**values)
+    except AelabError as exc:  # the saved settings were edited
+        raise AelabError(f"{run_dir / 'config.yaml'}: {exc}") from None
     # The machine may differ from the one that started the run.
     restored.device, restored.devices, restored.precision = cfg.device, cfg.devices, cfg.precision
     restored.num_nodes = cfg.num_nodes
@@ -91,5 +175,5 @@ def restore_for_resume(cls, cfg):
 
 def require(path: Path | None, what: str, flag: str) -> Path:
     if path is None:
-        raise AelabError(f"no {what} folder: pass --data ROOT (seed layout) or {flag} DIR")
+        raise AelabError(f"no {what} folder: pass --data ROOT (course layout: dev/labelled, dev/unlabelled, test) or {flag} DIR")
     return path

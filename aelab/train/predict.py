@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aelab.data.folders import labels_for, match_labels
 from aelab.errors import AelabError
 from aelab.progress import info
 from aelab.runs import new_run_dir, save_config, write_csv, write_json
@@ -66,12 +67,13 @@ def predict(cfg: PredictConfig) -> Path:
         src.test_labels = None  # --data's labels belong to --data's test folder, not to --images
     folder = require(src.test, "test", "--images")
     data = load_images(list_images(folder, recursive=cfg.recursive), prep.image_size, prep.channels, strict=cfg.strict)
+    ids = image_ids(data.paths)
+    truth = labels_for(data.paths, src.test_labels, ids) if src.test_labels is not None else None  # --labels must exist
     run_dir = new_run_dir(cfg.out, "predict")
     save_config(run_dir, cfg)
     result = batched_forward(model, prep, data.images, device=cfg.device, batch_size=cfg.batch_size, want=("logits",))
     logits = result.logits
     pred = logits.argmax(1)
-    ids = image_ids(data.paths)
     labels = [classes[i] for i in pred]
     write_csv(run_dir / "predictions.csv", ["id", "label"], zip(ids, labels))
     if cfg.probabilities:
@@ -79,9 +81,8 @@ def predict(cfg: PredictConfig) -> Path:
         prob = np.exp(z) / np.exp(z).sum(1, keepdims=True)
         write_csv(run_dir / "probabilities.csv", ["id", *classes], ([i, *map(lambda v: round(float(v), 6), p)] for i, p in zip(ids, prob)))
     metrics: dict = {"n_images": len(ids), "n_skipped": len(data.skipped), "model": str(cfg.model)}
-    if src.test_labels is not None and Path(src.test_labels).is_file():
-        truth = _read_labels(Path(src.test_labels))
-        known = [(t, p) for i, p in zip(ids, labels) if (t := truth.get(str(i))) is not None]
+    if truth is not None:
+        known = [(t, p) for t, p in zip(truth, labels) if t is not None]
         if known:
             acc = float(np.mean([t == p for t, p in known]))
             metrics.update(accuracy=acc, n_labelled=len(known))
@@ -116,7 +117,7 @@ class EmbedConfig(RunOptions):
 
 def embed(cfg: EmbedConfig) -> Path:
     """Write ``embeddings.npy`` ``(N, D)`` float32 and ``embeddings.csv`` (``filename,label``)."""
-    from aelab.data import Preprocessing, image_ids, list_images, load_images, scan_labelled
+    from aelab.data import Preprocessing, list_images, load_images, scan_labelled
 
     if cfg.model is None:
         raise AelabError("no model: pass --model RUN or a checkpoint file")
@@ -135,7 +136,7 @@ def embed(cfg: EmbedConfig) -> Path:
         if cfg.labelled is None and src.test is not None:
             paths = list_images(src.test)
             truth = _read_labels(src.test_labels) if src.test_labels and Path(src.test_labels).is_file() else {}
-            groups.append((paths, [truth.get(i, "") for i in image_ids(paths)], src.root))
+            groups.append((paths, [t or "" for t in match_labels(paths, truth)], src.root))
     names, labels, chunks = [], [], []
     for paths, labs, base in groups:
         data = load_images(paths, prep.image_size, prep.channels, strict=cfg.strict)

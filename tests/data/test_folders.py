@@ -1,4 +1,4 @@
-"""Folder listings, class folders, ids and the seed layout (paths only, no decoding)."""
+"""Folder listings, class folders, ids and the course layout (paths only, no decoding)."""
 
 from __future__ import annotations
 
@@ -166,3 +166,57 @@ def test_read_labels_csv(tmp_path):
     path.write_text("id,label\n2,cat\n2,dog\n")
     with pytest.raises(DataError, match=r"labels.csv:3.*twice"):
         read_labels_csv(path)
+
+
+# --- hostile folders and labels files (issue 12) -------------------------------------------------
+
+
+def _png(path):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("L", (4, 4)).save(path)
+
+
+def test_hidden_class_folders_are_ignored_with_a_warning(tmp_path):
+    from aelab.data import scan_labelled
+
+    for cls in ("a", "b", ".c"):
+        _png(tmp_path / cls / "1.png")
+    with pytest.warns(UserWarning, match=r"ignored hidden folder\(s\) '\.c'"):
+        files = scan_labelled(tmp_path)
+    assert files.classes == ["a", "b"]
+
+
+def test_recursive_listing_says_it_skipped_a_symlinked_folder(tmp_path):
+    from aelab.data import list_images
+
+    _png(tmp_path / "root" / "1.png")
+    _png(tmp_path / "elsewhere" / "2.png")
+    (tmp_path / "root" / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with pytest.warns(UserWarning, match="skipped linked folder.*'linked'"):
+        paths = list_images(tmp_path / "root", recursive=True)
+    assert [p.name for p in paths] == ["1.png"]
+
+
+def test_labels_match_by_id_name_or_stem():
+    from aelab.data.folders import match_labels
+
+    paths = ["t/7.png", "t/cat.png", "t/dog.jpg", "t/x.png"]
+    assert match_labels(paths, {"7": "seven", "cat.jpg": "c", "dog.jpg": "d"}) == ["seven", "c", "d", None]
+    # Two keys with one stem but different labels are ambiguous: no label rather than a guess.
+    assert match_labels(["t/a.png"], {"a.jpg": "1", "a.bmp": "2"}) == [None]
+
+
+def test_labels_file_errors_name_the_file(tmp_path):
+    import csv
+
+    from aelab.data import read_labels_csv
+    from aelab.errors import DataError
+
+    (tmp_path / "latin.csv").write_bytes("id,label\n1,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin\.csv is not UTF-8"):
+        read_labels_csv(tmp_path / "latin.csv")
+    (tmp_path / "huge.csv").write_text("id,label\n1," + "x" * (csv.field_size_limit() + 10) + "\n")
+    with pytest.raises(DataError, match=r"huge\.csv is not a readable CSV"):
+        read_labels_csv(tmp_path / "huge.csv")
