@@ -1,0 +1,75 @@
+"""FixMatch's unlabelled loss, its confidence mask, the weight average and the labelled stream."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from aelab.train.semi import LabelledStream, ModelEMA, fixmatch_unlabelled_loss
+
+
+def _reference(weak: np.ndarray, strong: np.ndarray, tau: float) -> float:
+    """Eq. (2) of Sohn et al. (2020) in plain numpy: 1/(muB) sum 1(max q >= tau) H(argmax q, p(strong))."""
+    q = np.exp(weak - weak.max(1, keepdims=True))
+    q /= q.sum(1, keepdims=True)
+    pseudo = q.argmax(1)
+    logp = strong - strong.max(1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(1, keepdims=True))
+    h = -logp[np.arange(len(pseudo)), pseudo]
+    return float(np.mean((q.max(1) >= tau) * h))
+
+
+def test_unlabelled_loss_equals_the_papers_equation():
+    rng = np.random.default_rng(0)
+    weak = rng.normal(size=(64, 5)) * 3
+    strong = rng.normal(size=(64, 5))
+    for tau in (0.0, 0.5, 0.8, 0.95):
+        loss, mask = fixmatch_unlabelled_loss(torch.tensor(weak), torch.tensor(strong), tau)
+        assert abs(float(loss) - _reference(weak, strong, tau)) < 1e-6
+        q = np.exp(weak) / np.exp(weak).sum(1, keepdims=True)
+        assert mask.numpy().tolist() == (q.max(1) >= tau).astype(float).tolist()
+
+
+def test_only_confident_images_become_pseudo_labels():
+    weak = torch.tensor([[8.0, 0.0, 0.0], [0.2, 0.1, 0.0], [0.0, 0.0, 9.0]])
+    strong = torch.zeros(3, 3, requires_grad=True)
+    loss, mask = fixmatch_unlabelled_loss(weak, strong, threshold=0.95)
+    assert mask.tolist() == [1.0, 0.0, 1.0]
+    loss.backward()
+    # No gradient from the unconfident image; the confident ones are pushed toward their pseudo-label.
+    assert torch.all(strong.grad[1] == 0)
+    assert strong.grad[0, 0] < 0 and strong.grad[2, 2] < 0
+    # Above every confidence, nothing is learned from the unlabelled images.
+    assert float(fixmatch_unlabelled_loss(weak, strong, threshold=1.0)[0]) == 0.0
+
+
+def test_weak_view_gets_no_gradient():
+    weak = torch.randn(4, 3, requires_grad=True)
+    loss, _ = fixmatch_unlabelled_loss(weak, torch.randn(4, 3, requires_grad=True), 0.0)
+    loss.backward()
+    assert weak.grad is None
+
+
+def test_ema_follows_the_weights_and_the_batchnorm_statistics():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema = ModelEMA(model, decay=0.9)
+    before = ema.module[0].weight.clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+        model[1].running_mean.fill_(3.0)
+    for _ in range(200):
+        ema.update(model)
+    assert torch.allclose(ema.module[0].weight, before + 1.0, atol=1e-6)
+    assert torch.allclose(ema.module[1].running_mean, model[1].running_mean, atol=1e-6)
+    assert torch.equal(ema.module[1].num_batches_tracked, model[1].num_batches_tracked)
+    assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_labelled_stream_depends_only_on_seed_rank_and_step():
+    images, labels = torch.arange(40).view(40, 1), torch.arange(40) % 4
+    a = LabelledStream(images, labels, 8, seed=1)
+    b = LabelledStream(images, labels, 8, seed=1)
+    assert torch.equal(a.batch(5)[0], b.batch(5)[0]) and not torch.equal(a.batch(5)[0], a.batch(6)[0])
+    assert not torch.equal(a.batch(5)[0], LabelledStream(images, labels, 8, seed=1, rank=1).batch(5)[0])
+    x, y = a.batch(0)
+    assert torch.equal(y, x.view(-1) % 4)  # images keep their labels
