@@ -44,8 +44,8 @@ pre { background: #f6f6f6; border: 1px solid #e2e2e2; padding: .6rem .8rem; over
 .skipped { background: #fff4e0; border-left: 4px solid #e69500; padding: .5rem .8rem; font-weight: 600; }
 .missing { color: #a00; }
 p.text { white-space: pre-line; }
-nav.toc ol { padding-left: 1.4rem; }
-.highlights { display: grid; grid-template-columns: repeat(auto-fit, minmax(15rem, 1fr)); gap: .7rem; margin: 1rem 0 1.4rem; }
+nav.toc ul { padding-left: 1.2rem; list-style: none; }
+.highlights { display: grid; grid-template-columns: repeat(auto-fit, minmax(18rem, 1fr)); gap: .7rem; margin: 1rem 0 1.4rem; }
 .card { display: block; border: 1px solid #ccc; border-left: 4px solid #2a6fb0; border-radius: 4px;
   padding: .6rem .8rem; color: inherit; text-decoration: none; background: #fafcff; }
 a.card:hover { background: #eef4fb; }
@@ -93,13 +93,13 @@ def render_html(report: Report, base_dir: str | os.PathLike = ".") -> str:
             parts.append(f"<tr><th>{escape(str(key))}</th><td>{escape(str(value))}</td></tr>")
         parts.append("</table>")
     if report.sections:
-        parts.append('<nav class="toc"><h2>Contents</h2><ol>')
+        parts.append('<nav class="toc"><h2>Contents</h2><ul>')
         for section in report.sections:
             note = " (skipped)" if section.skipped_reason else ""
             parts.append(
                 f'<li><a href="#{anchor(section)}">{escape(section_label(section))}</a>{note}</li>'
             )
-        parts.append("</ol></nav>")
+        parts.append("</ul></nav>")
     for section in report.sections:
         parts.extend(_section(section, Path(base_dir)))
     parts += ["</body>", "</html>", ""]

@@ -26,7 +26,7 @@ __all__ = ["render_markdown"]
 _INLINE = re.compile(r"([\\`*_\[\]<>!~&|{}])")
 # Markup that only counts at the start of a line: headings, lists, rules, setext lines
 # (a quote's ">" is escaped everywhere already).
-_LINE_START = re.compile(r"^(\s*)(\d*)([#+=-]|[.)](?=\s|$))", re.M)
+_LINE_START = re.compile(r"^(\s*)(\d*)([.)](?=\s|$)|(?<![\d])[#+=-](?=[\s#=-]|$))", re.M)
 # What GitHub turns into a link without any markup ("https://host", "www.host").
 _AUTOLINK = re.compile(r"(?i):(?=//)|(?<=\bwww)\.")
 
