@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from fpdf import FPDF, FontFace, XPos, YPos
+from fpdf.enums import TextEmphasis
 
 from aelab.report.content import Code, Equation, Figure, Highlights, Paragraph, Report, Section, Table, resolve_path
 from aelab.report.tables import fit_widths, numeric_columns, section_label, table_cells
@@ -184,17 +185,17 @@ def _highlights(pdf: _ReportPDF, block: Highlights) -> None:
     """One row per headline result: label and value (linked to its section), then the detail."""
     pdf.set_draw_color(170)
     with pdf.table(
-        width=pdf.epw, col_widths=(28, 22, 50), align="LEFT", text_align="LEFT", line_height=4.6,
+        width=pdf.epw, col_widths=(26, 27, 47), align="LEFT", text_align="LEFT", line_height=4.6,
         first_row_as_headings=False, padding=(1.2, 1.8), borders_layout="HORIZONTAL_LINES",
     ) as table:
         for item in block.items:
             link = pdf.link_to(item["section"]) if item.get("section") else None
             row = table.row()
             pdf.set_font(pdf.sans, size=9.5)
-            row.cell(pdf.text_of(item.get("label", "")), link=link)
+            row.cell(pdf.text_of(item.get("label", "")), style=FontFace(emphasis=TextEmphasis.NONE), link=link)
             row.cell(pdf.text_of(item.get("value", "")), style=FontFace(emphasis="BOLD", size_pt=12), link=link)
             detail = item.get("detail", "") + (f" (section {item['section']})" if item.get("section") else "")
-            row.cell(pdf.text_of(detail), style=FontFace(size_pt=9))
+            row.cell(pdf.text_of(detail), style=FontFace(emphasis=TextEmphasis.NONE, size_pt=9))
     pdf.set_draw_color(0)
     pdf.ln(_GAP + 1)
 

@@ -114,6 +114,6 @@ def test_pdf_pages_as_images(report, tmp_path):
         assert 0.003 < ink < 0.6, (page.name, ink)  # neither blank nor a black page
     # The first page opens with the headline results, whose rows link into the document.
     first = PdfReader(paths["pdf"]).pages[0]
-    assert "What the unlabelled images add" in " ".join(first.extract_text().split())
+    assert "Whattheunlabelledimagesadd" in "".join(first.extract_text().split())  # wrapped in a cell
     links = [a.get_object() for a in first.get("/Annots", []) if a.get_object().get("/Subtype") == "/Link"]
     assert len(links) >= 4
