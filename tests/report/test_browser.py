@@ -33,7 +33,7 @@ def _require(ok: bool, what: str) -> None:
         return
     if os.environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
         pytest.fail(f"{what} is missing and CI is set: the browser and PDF checks must run in CI")
-    pytest.skip(f"{what} is missing (apt-get install chromium poppler-utils; pip install playwright)")
+    pytest.skip(f"{what} is missing (apt-get install chromium poppler-utils; pip install -e '.[test]')")
 
 
 @pytest.fixture(scope="module")
@@ -75,13 +75,13 @@ def _open(html: Path, shots: Path) -> dict:
     return seen
 
 
-def test_html_report_in_chromium(report):
+def test_html_report_in_chromium(request):
     try:
         import playwright  # noqa: F401
     except ImportError:
         _require(False, "the playwright package")
     _require(Path(CHROMIUM).is_file(), f"chromium ({CHROMIUM})")
-    paths, shots = report
+    paths, shots = request.getfixturevalue("report")
     seen = _open(paths["html"], shots)
     assert seen["errors"] == []
     # Self-contained: nothing is fetched but the file itself and its data: figures.
@@ -98,9 +98,9 @@ def test_html_report_in_chromium(report):
             assert img.size == (VIEWPORT["width"], VIEWPORT["height"])
 
 
-def test_pdf_pages_as_images(report, tmp_path):
+def test_pdf_pages_as_images(request):
     _require(shutil.which("pdftoppm") is not None, "pdftoppm (poppler-utils)")
-    paths, shots = report
+    paths, shots = request.getfixturevalue("report")
     n_pages = len(PdfReader(paths["pdf"]).pages)
     subprocess.run(["pdftoppm", "-r", "40", "-png", str(paths["pdf"]), str(shots / "page")], check=True,
                    capture_output=True, timeout=120)
