@@ -39,7 +39,10 @@ def _stage_times(stages: dict) -> Table:
     rows = [[name, st.get("status"), st.get("seconds"), st.get("reason")]
             for name, st in stages.items() if not name.startswith("_")]
     total = sum(st.get("seconds") or 0 for name, st in stages.items() if not name.startswith("_"))
-    return Table(["stage", "status", "seconds", "note"], rows, caption="Wall time per stage",
+    columns = ["stage", "status", "seconds", "note"]
+    if not any(r[3] for r in rows):  # a note column of dashes says nothing
+        columns, rows = columns[:3], [r[:3] for r in rows]
+    return Table(columns, rows, caption="Wall time per stage",
                  reading=f"{total:.1f} s in all ({total / 60:.1f} min).", float_format="{:.1f}")
 
 

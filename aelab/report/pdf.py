@@ -184,6 +184,7 @@ def _block(pdf: _ReportPDF, block, base_dir: Path) -> None:
 def _highlights(pdf: _ReportPDF, block: Highlights) -> None:
     """One row per headline result: label and value (linked to its section), then the detail."""
     pdf.set_draw_color(170)
+    pdf.set_font(pdf.sans, size=9.5)  # the table takes the font active when it is opened
     with pdf.table(
         width=pdf.epw, col_widths=(26, 27, 47), align="LEFT", text_align="LEFT", line_height=4.6,
         first_row_as_headings=False, padding=(1.2, 1.8), borders_layout="HORIZONTAL_LINES",
@@ -191,8 +192,8 @@ def _highlights(pdf: _ReportPDF, block: Highlights) -> None:
         for item in block.items:
             link = pdf.link_to(item["section"]) if item.get("section") else None
             row = table.row()
-            pdf.set_font(pdf.sans, size=9.5)
-            row.cell(pdf.text_of(item.get("label", "")), style=FontFace(emphasis=TextEmphasis.NONE), link=link)
+            row.cell(pdf.text_of(item.get("label", "")), style=FontFace(emphasis=TextEmphasis.NONE, size_pt=9.5),
+                     link=link)
             row.cell(pdf.text_of(item.get("value", "")), style=FontFace(emphasis="BOLD", size_pt=12), link=link)
             detail = item.get("detail", "") + (f" (section {item['section']})" if item.get("section") else "")
             row.cell(pdf.text_of(detail), style=FontFace(emphasis=TextEmphasis.NONE, size_pt=9))

@@ -28,6 +28,7 @@ def model_stage_dirs(run_dir: Path, stages: dict) -> list[str]:
     """Where to look for model.json: the chosen method's folder, the fine-tunes, then every stage."""
     chosen = read_json(run_dir / "study1" / "chosen.json").get("method")
     runs = [m["run"] for m in read_methods(run_dir) or [] if m["method"] == chosen]
+    runs.append(stages.get("predict", {}).get("result", {}).get("model") or "")  # older runs: the variant used
     return runs + ["finetune_aug", "finetune_noaug", "finetune_random"] + [s for s in stages if not s.startswith("_")]
 
 
