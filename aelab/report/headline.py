@@ -10,7 +10,7 @@ from pathlib import Path
 
 from aelab.report.content import Highlights
 from aelab.report.runfiles import read_json, read_methods, skipped
-from aelab.report.study1 import LEGACY_LABELS, legacy_results, pct, points, unlabelled_gain
+from aelab.report.study1 import LEGACY_LABELS, legacy_results, pct, points, score_key, unlabelled_gain
 
 __all__ = ["headline"]
 
@@ -24,7 +24,7 @@ def _not_run(label: str, reason: str, section: str) -> dict[str, str]:
 
 
 def _study1_methods(methods: list[dict]) -> list[dict[str, str]]:
-    metric = "test_acc" if all(m["test_acc"] is not None for m in methods) else "val_acc"
+    metric = score_key(methods)
     on = "test" if metric == "test_acc" else "validation (no test labels)"
     scored = [m for m in methods if m[metric] is not None]
     items = []

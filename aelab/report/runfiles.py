@@ -60,7 +60,8 @@ def read_methods(run_dir: Path) -> list[dict] | None:
     """Study 1b's ``study1/methods.csv`` with typed values, or ``None`` when there is none.
 
     Columns: ``method,description,uses_unlabelled,labels_per_class,val_acc,n_val,test_acc,
-    seconds,run``; empty cells (``test_acc`` without test labels) become ``None``.
+    seconds,run`` and optionally ``note`` (e.g. why a method did not run); empty cells
+    (``test_acc`` without test labels) become ``None``.
     """
     rows = read_rows(run_dir / "study1" / "methods.csv")
     if not rows:
@@ -76,6 +77,7 @@ def read_methods(run_dir: Path) -> list[dict] | None:
             "test_acc": _float(r.get("test_acc")),
             "seconds": _float(r.get("seconds")),
             "run": r.get("run") or "",
+            "note": r.get("note") or "",
         }
         for r in rows
     ]

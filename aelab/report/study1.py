@@ -8,7 +8,7 @@ from pathlib import Path
 from aelab.report.content import Figure, Paragraph, Section, Table
 from aelab.report.runfiles import find_model_json, read_json, read_methods, read_rows, skipped
 
-__all__ = ["section_1a", "section_1b", "unlabelled_gain", "legacy_results", "LEGACY_LABELS", "pct", "points"]
+__all__ = ["section_1a", "section_1b", "unlabelled_gain", "score_key", "legacy_results", "LEGACY_LABELS", "pct", "points"]
 
 LEGACY_LABELS = {"finetune_aug": "pretrained + augmentation", "finetune_noaug": "pretrained, no augmentation",
                  "finetune_random": "random weights + augmentation"}
@@ -91,14 +91,20 @@ def curves(run_dir: Path, series: list[tuple[str, str]], out: Path) -> Path:
     return out
 
 
+def score_key(methods: list[dict]) -> str:
+    """``"test_acc"`` when every method that ran (has a validation accuracy) has a test accuracy."""
+    ran = [m for m in methods if m["val_acc"] is not None or m["test_acc"] is not None]
+    return "test_acc" if ran and all(m["test_acc"] is not None for m in ran) else "val_acc"
+
+
 def unlabelled_gain(methods: list[dict]) -> dict | None:
     """What the unlabelled images add: the best method that uses them minus supervised-only.
 
-    "Best" is by test accuracy when every method has one, else by validation accuracy. The
+    "Best" is by test accuracy when every method that ran has one, else by validation accuracy. The
     supervised-only row is the one that does not use the unlabelled images (preferring a method
     named "supervised..."). Returns ``None`` when either side is missing.
     """
-    metric = "test_acc" if all(m["test_acc"] is not None for m in methods) else "val_acc"
+    metric = score_key(methods)
     base = [m for m in methods if not m["uses_unlabelled"] and m[metric] is not None]
     base.sort(key=lambda m: not m["method"].lower().startswith("supervised"))
     users = [m for m in methods if m["uses_unlabelled"] and m[metric] is not None]
@@ -138,8 +144,12 @@ def _section_1b_methods(run_dir: Path, methods: list[dict]) -> Section:
                    f"{pct(gain['best'][gain['metric']])}; {base} reaches {pct(gain['base'][gain['metric']])} "
                    f"({points(gain[gain['metric'].split('_')[0]])}).")
     chosen = read_json(run_dir / "study1" / "chosen.json")
-    blocks = [Table(["method", "description", "uses unlabelled", "labels per class", "validation accuracy",
-                     "n_val", "test accuracy", "seconds"], rows,
+    columns = ["method", "description", "uses unlabelled", "labels per class", "validation accuracy", "n_val",
+               "test accuracy", "seconds"]
+    if any(m["note"] for m in methods):  # e.g. why a method did not run (no unlabelled folder)
+        columns.append("note")
+        rows = [row + [m["note"] or None] for row, m in zip(rows, methods)] + [r + [None] for r in rows[len(methods):]]
+    blocks = [Table(columns, rows,
                     caption="Methods on the same data, seed and budget (study1/methods.csv)", reading=reading),
               Paragraph(_validation_sentence(methods, chosen))]
     if chosen.get("method"):

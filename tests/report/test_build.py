@@ -170,3 +170,23 @@ def test_not_a_run_folder_is_a_one_line_error(tmp_path):
 
     with pytest.raises(AelabError, match="not an aelab run folder"):
         build_report(tmp_path)
+
+
+def test_a_method_that_did_not_run_shows_its_note(tmp_path, make_run_folder):
+    run = make_run_folder(tmp_path / "run")
+    rows = list(csv.reader(open(run / "study1" / "methods.csv", encoding="utf-8")))
+    rows[0].append("note")
+    for r in rows[1:]:
+        r.append("")
+    fixmatch = next(r for r in rows if r[0] == "fixmatch")
+    fixmatch[4] = fixmatch[6] = ""
+    fixmatch[-1] = "not run: it needs a folder of unlabelled images"
+    with open(run / "study1" / "methods.csv", "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows(rows)
+    report = make_report(run)
+    table = _blocks(_section(report, "1b"), "table")[0]
+    assert table.columns[-1] == "note" and table.rows[2][-1] == fixmatch[-1]
+    # The best method that ran and uses the unlabelled images is now the course method (0.866).
+    assert table.rows[-1][6] == f"{100 * (0.866 - 0.951):+.1f} points"
+    items = report.headline[0].items
+    assert items[0]["value"] == "95.1%" and items[1]["value"] == "-8.5 points"
