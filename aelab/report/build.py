@@ -57,12 +57,13 @@ def _section_2b(run_dir: Path, stages: dict) -> Section:
     rows = []
     for p in ekm.get("panels", []):
         rows.append([f"EKM α={p['alpha']:.4g}", ":".join(map(str, p["sizes"])), ":".join(f"{r:.2f}" for r in p["ratio"]), p.get("ari")])
-    for method in ("kmeans", "course-softmax"):
+    for method in ("ssekm", "kmeans", "course-softmax", "seed-softmax"):  # seed-softmax: runs before the rename
         m = _json(run_dir / f"cluster_{method}" / "metrics.json")
-        if not m and method == "course-softmax":  # runs made before the rename
-            m = _json(run_dir / "cluster_seed-softmax" / "metrics.json")
         if m:
-            name = {"kmeans": "k-means", "course-softmax": f"course report's softmax variant α={m.get('alpha') or 0:.4g}"}[method]
+            name = {"kmeans": "k-means",
+                    "ssekm": f"semi-supervised EKM α={m.get('alpha') or 0:.4g}, {m.get('n_labels_used', '?')} labels",
+                    "course-softmax": f"course report's softmax variant α={m.get('alpha') or 0:.4g}",
+                    "seed-softmax": f"course report's softmax variant α={m.get('alpha') or 0:.4g}"}[method]
             rows.append([name, ":".join(map(str, m["sizes"])), ":".join(f"{r:.2f}" for r in m["ratio"]), m.get("ari")])
     counts = ekm.get("class_counts", {})
     target = [f"{t:g}" for t in ekm.get("search", {}).get("target_ratio") or []]
