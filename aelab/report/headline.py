@@ -32,6 +32,8 @@ def _study1_methods(methods: list[dict]) -> list[dict[str, str]]:
         best = max(scored, key=lambda m: m[metric])
         per_class = f", {best['labels_per_class']} labels per class" if best["labels_per_class"] else ""
         items.append(_item(f"Best {on} accuracy", pct(best[metric]), f"{best['method']}{per_class}.", "1b"))
+    else:
+        items.append(_not_run(f"Best {on} accuracy", "no method in study1/methods.csv has a score", "1b"))
     gain = unlabelled_gain(methods)
     if gain:
         key = metric.split("_")[0]
