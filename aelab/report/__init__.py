@@ -13,17 +13,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from aelab.report.content import Block, Code, Equation, Figure, Paragraph, Report, Section, Table
+from aelab.report.content import Block, Code, Equation, Figure, Highlights, Paragraph, Report, Section, Table
 from aelab.report.html import render_html
 from aelab.report.markdown import render_markdown
 from aelab.report.pdf import render_pdf
-from aelab.report.tables import format_cell
+from aelab.report.tables import format_cell, printable_report
 
 __all__ = [
     "Block",
     "Code",
     "Equation",
     "Figure",
+    "Highlights",
     "Paragraph",
     "Report",
     "Section",
@@ -42,7 +43,8 @@ def render_all(
     """Write ``report.html``, ``report.md``, ``report.pdf`` and ``report.json`` into ``out_dir``.
 
     Each file is written atomically, so a failed render never leaves a half-written report
-    beside a good one from an earlier build.
+    beside a good one from an earlier build. Text that is not valid Unicode (a file name read
+    from undecodable bytes) is written with ``\\xNN`` escapes instead of failing.
 
     Args:
         report: The content to render.
@@ -54,6 +56,7 @@ def render_all(
     """
     from aelab.runs import atomic_write_bytes, atomic_write_text
 
+    report = printable_report(report)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     base = Path(base_dir) if base_dir is not None else out

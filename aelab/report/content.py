@@ -38,6 +38,7 @@ __all__ = [
     "Figure",
     "Code",
     "Equation",
+    "Highlights",
     "Block",
     "Section",
     "Report",
@@ -112,8 +113,22 @@ class Equation:
     kind: ClassVar[str] = "equation"
 
 
-Block = Union[Paragraph, Table, Figure, Code, Equation]
-_BLOCK_TYPES: dict[str, type] = {cls.kind: cls for cls in (Paragraph, Table, Figure, Code, Equation)}
+@dataclass
+class Highlights:
+    """Headline results, each linking to the section that explains it.
+
+    Attributes:
+        items: One dict per result with keys ``label`` (what was measured), ``value`` (the
+            number, formatted), ``detail`` (one sentence of context) and ``section`` (the id of
+            the section it links to, e.g. ``"1b"``; empty for no link).
+    """
+
+    items: list[dict[str, str]]
+    kind: ClassVar[str] = "highlights"
+
+
+Block = Union[Paragraph, Table, Figure, Code, Equation, Highlights]
+_BLOCK_TYPES: dict[str, type] = {cls.kind: cls for cls in (Paragraph, Table, Figure, Code, Equation, Highlights)}
 
 
 @dataclass
@@ -136,24 +151,31 @@ class Section:
 
 @dataclass
 class Report:
-    """A whole report: a title, an ordered key/value header and the sections.
+    """A whole report: a title, headline results, an ordered key/value header and the sections.
+
+    Renderers show, in this order: the title, the ``headline`` blocks (the first screen), the
+    header, a table of contents and the sections.
 
     Attributes:
         title: Document title.
         header: Ordered facts about the run (data set, date, aelab version, seed, device,
             wall time per stage, ...). Values are shown as given.
         sections: Sections in reading order.
+        headline: Blocks shown right under the title, before the header (usually one
+            :class:`Highlights`).
     """
 
     title: str
     header: dict[str, str] = field(default_factory=dict)
     sections: list[Section] = field(default_factory=list)
+    headline: list[Block] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Return plain, JSON-safe values; each block carries a ``"type"`` tag."""
         return {
             "title": self.title,
             "header": {str(k): str(v) for k, v in self.header.items()},
+            "headline": [_block_to_dict(b) for b in self.headline],
             "sections": [
                 {
                     "id": s.id,
@@ -177,7 +199,8 @@ class Report:
             )
             for s in data.get("sections", [])
         ]
-        return cls(title=data["title"], header=dict(data.get("header", {})), sections=sections)
+        headline = [_block_from_dict(b) for b in data.get("headline", [])]
+        return cls(title=data["title"], header=dict(data.get("header", {})), sections=sections, headline=headline)
 
     def save_json(self, path: str | os.PathLike) -> Path:
         """Write the report as indented JSON (stable key order, UTF-8) and return the path."""

@@ -13,7 +13,7 @@ import os
 from html import escape
 from pathlib import Path
 
-from aelab.report.content import Code, Equation, Figure, Paragraph, Report, Section, Table, resolve_path
+from aelab.report.content import Code, Equation, Figure, Highlights, Paragraph, Report, Section, Table, resolve_path
 from aelab.report.tables import anchor, numeric_columns, section_label, table_cells
 
 __all__ = ["render_html"]
@@ -44,7 +44,15 @@ pre { background: #f6f6f6; border: 1px solid #e2e2e2; padding: .6rem .8rem; over
 .skipped { background: #fff4e0; border-left: 4px solid #e69500; padding: .5rem .8rem; font-weight: 600; }
 .missing { color: #a00; }
 p.text { white-space: pre-line; }
-nav.toc ol { padding-left: 1.4rem; }
+nav.toc ul { padding-left: 1.2rem; list-style: none; }
+.highlights { display: grid; grid-template-columns: repeat(auto-fit, minmax(18rem, 1fr)); gap: .7rem; margin: 1rem 0 1.4rem; }
+.card { display: block; border: 1px solid #ccc; border-left: 4px solid #2a6fb0; border-radius: 4px;
+  padding: .6rem .8rem; color: inherit; text-decoration: none; background: #fafcff; }
+a.card:hover { background: #eef4fb; }
+.card .label { font-size: .85rem; color: #555; }
+.card .value { font-size: 1.35rem; font-weight: 600; margin: .1rem 0; }
+.card .detail { font-size: .85rem; color: #333; }
+.card .more { font-size: .8rem; color: #2a6fb0; margin-top: .3rem; }
 @media print {
   body { max-width: none; margin: 0; font-size: 11pt; }
   a { color: inherit; text-decoration: none; }
@@ -77,19 +85,21 @@ def render_html(report: Report, base_dir: str | os.PathLike = ".") -> str:
         "<body>",
         f"<h1>{escape(report.title)}</h1>",
     ]
+    for block in report.headline:
+        parts.append(_block(block, Path(base_dir)))
     if report.header:
         parts.append('<table class="header">')
         for key, value in report.header.items():
             parts.append(f"<tr><th>{escape(str(key))}</th><td>{escape(str(value))}</td></tr>")
         parts.append("</table>")
     if report.sections:
-        parts.append('<nav class="toc"><h2>Contents</h2><ol>')
+        parts.append('<nav class="toc"><h2>Contents</h2><ul>')
         for section in report.sections:
             note = " (skipped)" if section.skipped_reason else ""
             parts.append(
                 f'<li><a href="#{anchor(section)}">{escape(section_label(section))}</a>{note}</li>'
             )
-        parts.append("</ol></nav>")
+        parts.append("</ul></nav>")
     for section in report.sections:
         parts.extend(_section(section, Path(base_dir)))
     parts += ["</body>", "</html>", ""]
@@ -101,24 +111,43 @@ def _section(section: Section, base_dir: Path) -> list[str]:
     out = [f'<section id="{anchor(section)}">', f"<h2>{sid}{escape(section.title)}</h2>"]
     if section.skipped_reason:
         out.append(f'<p class="skipped">Skipped: {escape(section.skipped_reason)}</p>')
-    for block in section.blocks:
-        if isinstance(block, Paragraph):
-            out.append(f'<p class="text">{escape(block.text)}</p>')
-        elif isinstance(block, Table):
-            out.append(_table(block))
-        elif isinstance(block, Figure):
-            out.append(_figure(block, base_dir))
-        elif isinstance(block, Code):
-            if block.caption:
-                out.append(f'<p class="code-caption">{escape(block.caption)}</p>')
-            lang = escape(block.language, quote=True)
-            out.append(f'<pre><code class="language-{lang}">{escape(block.text)}</code></pre>')
-        elif isinstance(block, Equation):
-            out.append(f'<div class="equation">{escape(block.text)}</div>')
-        else:
-            raise TypeError(f"unknown report block {type(block).__name__}")
+    out += [_block(block, base_dir) for block in section.blocks]
     out.append("</section>")
     return out
+
+
+def _block(block, base_dir: Path) -> str:
+    if isinstance(block, Paragraph):
+        return f'<p class="text">{escape(block.text)}</p>'
+    if isinstance(block, Table):
+        return _table(block)
+    if isinstance(block, Figure):
+        return _figure(block, base_dir)
+    if isinstance(block, Highlights):
+        return _highlights(block)
+    if isinstance(block, Code):
+        lang = escape(block.language, quote=True)
+        caption = f'<p class="code-caption">{escape(block.caption)}</p>\n' if block.caption else ""
+        return f'{caption}<pre><code class="language-{lang}">{escape(block.text)}</code></pre>'
+    if isinstance(block, Equation):
+        return f'<div class="equation">{escape(block.text)}</div>'
+    raise TypeError(f"unknown report block {type(block).__name__}")
+
+
+def _highlights(block: Highlights) -> str:
+    out = ['<div class="highlights">']
+    for item in block.items:
+        sid = item.get("section", "")
+        inner = (f'<div class="label">{escape(item.get("label", ""))}</div>'
+                 f'<div class="value">{escape(item.get("value", ""))}</div>'
+                 f'<div class="detail">{escape(item.get("detail", ""))}</div>')
+        if sid:
+            more = f'<div class="more">Section {escape(sid)} &rarr;</div>'
+            out.append(f'<a class="card" href="#{anchor(sid)}">{inner}{more}</a>')
+        else:
+            out.append(f'<div class="card">{inner}</div>')
+    out.append("</div>")
+    return "\n".join(out)
 
 
 def _table(table: Table) -> str:

@@ -2,6 +2,11 @@
 
 Figures are linked by path relative to the folder the ``.md`` file is written into, so the
 report displays in a repository browser or an editor preview next to its ``figures/``.
+
+Every piece of report text (which holds user-provided class names, file names and paths) is
+Markdown-escaped: a class named ``![x](http://host/x.png)`` or ``[a](javascript:...)`` shows as
+those characters, never as a remote image, a live link or raw HTML. The only markup in the file
+is the renderer's own (headings, tables, the figures' relative links, the contents links).
 """
 
 from __future__ import annotations
@@ -9,23 +14,32 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from urllib.parse import quote
 
-from aelab.report.content import Code, Equation, Figure, Paragraph, Report, Section, Table, resolve_path
+from aelab.report.content import Code, Equation, Figure, Highlights, Paragraph, Report, Section, Table, resolve_path
 from aelab.report.tables import anchor, numeric_columns, section_label, table_cells
 
 __all__ = ["render_markdown"]
 
-# Only what would start a raw HTML tag is escaped: Markdown viewers render raw HTML, but
-# escaping every * and _ would make the plain .md file hard to read.
-_TAG_START = re.compile(r"<(?=[A-Za-z/!?])")
+# CommonMark's backslash-escapable characters that can start inline markup: links and images
+# ([ ] !), raw HTML and autolinks (< >), code spans, emphasis, strikethrough, entities, tables.
+_INLINE = re.compile(r"([\\`*_\[\]<>!~&|{}])")
+# Markup that only counts at the start of a line: headings, lists, rules, setext lines
+# (a quote's ">" is escaped everywhere already).
+_LINE_START = re.compile(r"^(\s*)(\d*)([.)](?=\s|$)|(?<![\d])[#+=-](?=[\s#=-]|$))", re.M)
+# What GitHub turns into a link without any markup ("https://host", "www.host").
+_AUTOLINK = re.compile(r"(?i):(?=//)|(?<=\bwww)\.")
 
 
 def _text(text: str) -> str:
-    return _TAG_START.sub("&lt;", text)
+    """``text`` as literal Markdown: every character that could start markup is escaped."""
+    text = _INLINE.sub(r"\\\1", str(text))
+    text = _AUTOLINK.sub(lambda m: "\\" + m.group(0), text)
+    return _LINE_START.sub(lambda m: m.group(1) + m.group(2) + "\\" + m.group(3), text)
 
 
 def _cell(text: str) -> str:
-    return _text(text).replace("\\", "\\\\").replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
+    return _text(text).replace("\r", "").replace("\n", "<br>")
 
 
 def render_markdown(
@@ -44,6 +58,8 @@ def render_markdown(
     out_dir = Path(out_dir)
     base_dir = Path(base_dir) if base_dir is not None else out_dir
     lines = [f"# {_text(report.title)}", ""]
+    for block in report.headline:
+        lines += _block(block, out_dir, base_dir)
     for key, value in report.header.items():
         lines.append(f"- **{_text(str(key))}:** {_text(str(value))}")
     if report.header:
@@ -67,21 +83,35 @@ def _section(section: Section, out_dir: Path, base_dir: Path) -> list[str]:
     if section.skipped_reason:
         out += [f"> **Skipped:** {_text(section.skipped_reason)}", ""]
     for block in section.blocks:
-        if isinstance(block, Paragraph):
-            out += [_text(block.text), ""]
-        elif isinstance(block, Table):
-            out += _table(block)
-        elif isinstance(block, Figure):
-            out += _figure(block, out_dir, base_dir)
-        elif isinstance(block, Code):
-            if block.caption:
-                out += [f"*{_text(block.caption)}*", ""]
-            out += _fenced(block.text, block.language)
-        elif isinstance(block, Equation):
-            out += _fenced(block.text, "text")
-        else:
-            raise TypeError(f"unknown report block {type(block).__name__}")
+        out += _block(block, out_dir, base_dir)
     return out
+
+
+def _block(block, out_dir: Path, base_dir: Path) -> list[str]:
+    if isinstance(block, Paragraph):
+        return [_text(block.text), ""]
+    if isinstance(block, Table):
+        return _table(block)
+    if isinstance(block, Figure):
+        return _figure(block, out_dir, base_dir)
+    if isinstance(block, Highlights):
+        return _highlights(block)
+    if isinstance(block, Code):
+        caption = [f"*{_text(block.caption)}*", ""] if block.caption else []
+        return caption + _fenced(block.text, re.sub(r"[^A-Za-z0-9_+-]", "", block.language))
+    if isinstance(block, Equation):
+        return _fenced(block.text, "text")
+    raise TypeError(f"unknown report block {type(block).__name__}")
+
+
+def _highlights(block: Highlights) -> list[str]:
+    out = ["| result | value | details |", "|---|---|---|"]
+    for item in block.items:
+        label = _cell(item.get("label", ""))
+        if item.get("section"):
+            label = f"[{label}](#{anchor(item['section'])})"
+        out.append(f"| {label} | **{_cell(item.get('value', ''))}** | {_cell(item.get('detail', ''))} |")
+    return out + [""]
 
 
 def _fenced(text: str, language: str) -> list[str]:
@@ -112,10 +142,10 @@ def _figure(figure: Figure, out_dir: Path, base_dir: Path) -> list[str]:
         link = Path(os.path.relpath(path.resolve(), out_dir.resolve())).as_posix()
     except ValueError:  # another drive on Windows: no relative path exists
         link = path.resolve().as_posix()
-    # Angle brackets allow spaces and parentheses in the link target.
-    target = f"<{link}>" if re.search(r"[\s()]", link) else link
-    alt = figure.caption or path.name
-    alt = alt.replace("[", "\\[").replace("]", "\\]").replace("\n", " ")
+    # Percent-encoded: spaces, brackets and a ":" (which could read as a URL scheme) cannot
+    # change what the link points to; the target is always a file beside the report.
+    target = quote(link, safe="/._-~")
+    alt = (figure.caption or path.name).replace("\n", " ")
     out = [f"![{_text(alt)}]({target})", ""]
     if figure.caption:
         out += [f"*{_text(figure.caption)}*", ""]

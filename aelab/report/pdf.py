@@ -13,8 +13,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from fpdf import FPDF, FontFace, XPos, YPos
+from fpdf.enums import TextEmphasis
 
-from aelab.report.content import Code, Equation, Figure, Paragraph, Report, Section, Table, resolve_path
+from aelab.report.content import Code, Equation, Figure, Highlights, Paragraph, Report, Section, Table, resolve_path
 from aelab.report.tables import fit_widths, numeric_columns, section_label, table_cells
 
 __all__ = ["render_pdf"]
@@ -33,6 +34,13 @@ class _ReportPDF(FPDF):
         self.set_margins(18, 16, 18)
         self.set_auto_page_break(True, margin=16)
         self.sans, self.mono, self.unicode = _add_fonts(self)
+        self.section_links: dict[str, int] = {}  # section id -> internal link, set at its heading
+
+    def link_to(self, section_id: str) -> int:
+        """An internal link to the heading of section ``section_id`` (placed when it is drawn)."""
+        if section_id not in self.section_links:
+            self.section_links[section_id] = self.add_link()
+        return self.section_links[section_id]
 
     def text_of(self, text: str) -> str:
         """Make ``text`` printable with the active fonts (Latin-1 only for core fonts)."""
@@ -97,6 +105,8 @@ def render_pdf(report: Report, base_dir: str | os.PathLike = ".") -> bytes:
     pdf.set_font(pdf.sans, "B", 18)
     pdf.multi_cell(0, 9, pdf.text_of(report.title), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     pdf.ln(2)
+    for block in report.headline:
+        _block(pdf, block, Path(base_dir))
     if report.header:
         _header(pdf, report.header)
     for section in report.sections:
@@ -132,6 +142,8 @@ def _section(pdf: _ReportPDF, section: Section, base_dir: Path) -> None:
         pdf.add_page()
     pdf.ln(4)
     pdf.start_section(label)
+    if section.id:
+        pdf.set_link(pdf.link_to(section.id), y=pdf.y, page=pdf.page)
     pdf.set_font(pdf.sans, "B", 14)
     pdf.multi_cell(0, 7, label, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     pdf.set_draw_color(190)
@@ -145,22 +157,48 @@ def _section(pdf: _ReportPDF, section: Section, base_dir: Path) -> None:
                        padding=(1.5, 2.5), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
         pdf.ln(_GAP)
     for block in section.blocks:
-        if isinstance(block, Paragraph):
-            _body(pdf, block.text)
-        elif isinstance(block, Table):
-            _table(pdf, block)
-        elif isinstance(block, Figure):
-            _figure(pdf, block, base_dir)
-        elif isinstance(block, Code):
-            _code(pdf, block)
-        elif isinstance(block, Equation):
-            pdf.set_font(pdf.mono, size=10)
-            pdf.set_x(pdf.l_margin + 10)
-            pdf.multi_cell(pdf.epw - 10, _LINE + 0.5, pdf.text_of(block.text), align="L",
-                           new_x=XPos.LMARGIN, new_y=YPos.NEXT)
-            pdf.ln(_GAP)
-        else:
-            raise TypeError(f"unknown report block {type(block).__name__}")
+        _block(pdf, block, base_dir)
+
+
+def _block(pdf: _ReportPDF, block, base_dir: Path) -> None:
+    if isinstance(block, Paragraph):
+        _body(pdf, block.text)
+    elif isinstance(block, Table):
+        _table(pdf, block)
+    elif isinstance(block, Figure):
+        _figure(pdf, block, base_dir)
+    elif isinstance(block, Highlights):
+        _highlights(pdf, block)
+    elif isinstance(block, Code):
+        _code(pdf, block)
+    elif isinstance(block, Equation):
+        pdf.set_font(pdf.mono, size=10)
+        pdf.set_x(pdf.l_margin + 10)
+        pdf.multi_cell(pdf.epw - 10, _LINE + 0.5, pdf.text_of(block.text), align="L",
+                       new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+        pdf.ln(_GAP)
+    else:
+        raise TypeError(f"unknown report block {type(block).__name__}")
+
+
+def _highlights(pdf: _ReportPDF, block: Highlights) -> None:
+    """One row per headline result: label and value (linked to its section), then the detail."""
+    pdf.set_draw_color(170)
+    pdf.set_font(pdf.sans, size=9.5)  # the table takes the font active when it is opened
+    with pdf.table(
+        width=pdf.epw, col_widths=(26, 27, 47), align="LEFT", text_align="LEFT", line_height=4.6,
+        first_row_as_headings=False, padding=(1.2, 1.8), borders_layout="HORIZONTAL_LINES",
+    ) as table:
+        for item in block.items:
+            link = pdf.link_to(item["section"]) if item.get("section") else None
+            row = table.row()
+            row.cell(pdf.text_of(item.get("label", "")), style=FontFace(emphasis=TextEmphasis.NONE, size_pt=9.5),
+                     link=link)
+            row.cell(pdf.text_of(item.get("value", "")), style=FontFace(emphasis="BOLD", size_pt=12), link=link)
+            detail = item.get("detail", "") + (f" (section {item['section']})" if item.get("section") else "")
+            row.cell(pdf.text_of(detail), style=FontFace(emphasis=TextEmphasis.NONE, size_pt=9))
+    pdf.set_draw_color(0)
+    pdf.ln(_GAP + 1)
 
 
 def _body(pdf: _ReportPDF, text: str, size: float = 10, style: str = "", align: str = "L") -> None:

@@ -7,9 +7,12 @@ import numbers
 import re
 from typing import Sequence
 
-from aelab.report.content import Section, Table
+from aelab.report.content import Report, Section, Table
 
-__all__ = ["MISSING", "format_cell", "is_number", "table_cells", "numeric_columns", "anchor", "section_label", "fit_widths"]
+__all__ = [
+    "MISSING", "format_cell", "is_number", "table_cells", "numeric_columns", "anchor", "section_label", "fit_widths",
+    "printable", "printable_report",
+]
 
 # An em dash reads as "no value" in every output format, unlike "None" or an empty cell.
 MISSING = "\u2014"
@@ -63,9 +66,46 @@ def numeric_columns(table: Table) -> list[bool]:
     return flags
 
 
-def anchor(section: Section) -> str:
-    """A stable, URL-safe fragment id for a section (``"sec-1a"``)."""
-    return "sec-" + (re.sub(r"[^A-Za-z0-9_-]+", "-", section.id).strip("-") or "x")
+def anchor(section: Section | str) -> str:
+    """A stable, URL-safe fragment id for a section or a section id (``"sec-1a"``)."""
+    sid = section.id if isinstance(section, Section) else str(section)
+    return "sec-" + (re.sub(r"[^A-Za-z0-9_-]+", "-", sid).strip("-") or "x")
+
+
+def printable(text: str) -> str:
+    r"""``text`` with lone surrogates written as escapes, so it can be encoded as UTF-8.
+
+    A file or class name that is not valid UTF-8 reaches Python as lone surrogates
+    (``os.fsdecode``); it is shown as ``caf\xe9`` rather than crashing the writer.
+
+    Example:
+        >>> printable("caf\udce9.png"), printable("café")
+        ('caf\\xe9.png', 'café')
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that did not come from a byte (\ud800..\udc7f)
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _printable_values(value):
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {printable(str(k)): _printable_values(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_printable_values(v) for v in value]
+    return value
+
+
+def printable_report(report: Report) -> Report:
+    """A copy of ``report`` in which every string passed through :func:`printable`."""
+    return Report.from_dict(_printable_values(report.to_dict()))
 
 
 def section_label(section: Section) -> str:

@@ -207,3 +207,22 @@ def test_multi_line_equations_keep_their_line_breaks_in_html():
     assert "u = softmax(−α d)\nw = u" in html
     css = html[html.index("<style>"):html.index("</style>")]
     assert ".equation" in css and "pre-wrap" in css.split(".equation", 1)[1].split("}", 1)[0]
+
+
+def test_headline_round_trips_and_links_in_every_format(tmp_path):
+    from aelab.report import Highlights
+
+    items = [{"label": "Best test accuracy", "value": "97.9%", "detail": "fixmatch [x](javascript:y)", "section": "1b"},
+             {"label": "Unlinked", "value": "1", "detail": "", "section": ""}]
+    report = Report("r", {"k": "v"}, [Section("1b", "Few labels", [Paragraph("p")])], headline=[Highlights(items)])
+    assert Report.from_dict(json.loads(json.dumps(report.to_dict()))) == report
+    paths = render_all(report, tmp_path)
+    html = paths["html"].read_text(encoding="utf-8")
+    assert html.index('class="highlights"') < html.index('class="header"')  # the headline comes first
+    assert '<a class="card" href="#sec-1b">' in html and html.count('class="card"') == 2
+    md = paths["md"].read_text(encoding="utf-8")
+    assert "| [Best test accuracy](#sec-1b) | **97.9%** | fixmatch \\[x\\](javascript:y) |" in md
+    assert "| Unlinked | **1** |  |" in md
+    first = PdfReader(paths["pdf"]).pages[0]
+    links = [a.get_object() for a in first.get("/Annots", []) if a.get_object().get("/Subtype") == "/Link"]
+    assert len(links) == 2  # label and value of the linked row point at section 1b

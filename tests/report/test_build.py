@@ -1,0 +1,192 @@
+"""Tests for aelab/report/build.py (and the study1/headline/appendix parts): the report of a run
+folder, built from fixture run folders written by the test (conftest.py)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+
+import pytest
+from pypdf import PdfReader
+
+from aelab.report.build import build_report, make_report
+
+METHOD_HEADER = ["method", "description", "uses unlabelled", "labels per class", "validation accuracy", "n_val",
+                 "test accuracy", "seconds"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, make_run_folder):
+    """A fixture run folder with methods.csv and model.json; treat it as read-only."""
+    return make_run_folder(tmp_path_factory.mktemp("build") / "run")
+
+
+def _section(report, sid):
+    return next(s for s in report.sections if s.id == sid)
+
+
+def _blocks(section, kind):
+    return [b for b in section.blocks if b.kind == kind]
+
+
+def test_sections_and_headline_links(run):
+    report = make_report(run)
+    assert [s.id for s in report.sections] == ["1a", "1b", "2a", "2b", "3", "A"]
+    (highlights,) = report.headline
+    assert [i["section"] for i in highlights.items] == ["1b", "1b", "2b", "3"]
+    assert {i["section"] for i in highlights.items} <= {s.id for s in report.sections}
+    assert not any(k.startswith("time") for k in report.header)  # stage times moved to the appendix
+    times = _blocks(_section(report, "A"), "table")[0]
+    stages = json.loads((run / "stages.json").read_text())
+    assert [r[0] for r in times.rows] == [k for k in stages if not k.startswith("_")]
+
+
+def test_1b_table_equals_methods_csv(run):
+    methods = list(csv.DictReader(open(run / "study1" / "methods.csv", encoding="utf-8")))
+    section = _section(make_report(run), "1b")
+    table = _blocks(section, "table")[0]
+    assert table.columns == METHOD_HEADER
+    for row, m in zip(table.rows, methods):
+        assert row[0] == m["method"] and row[3] == int(m["labels_per_class"]) and row[5] == int(m["n_val"])
+        assert row[4] == float(m["val_acc"]) and row[6] == float(m["test_acc"])
+    # What the unlabelled images add: best method that uses them minus supervised-only, in points.
+    users = [m for m in methods if m["uses_unlabelled"] == "true"]
+    best = max(users, key=lambda m: float(m["test_acc"]))
+    base = next(m for m in methods if m["method"] == "supervised-only")
+    gain_test = 100 * (float(best["test_acc"]) - float(base["test_acc"]))
+    gain_val = 100 * (float(best["val_acc"]) - float(base["val_acc"]))
+    assert table.rows[-1][0] == "what the unlabelled images add"
+    assert table.rows[-1][6] == f"{gain_test:+.1f} points" and table.rows[-1][4] == f"{gain_val:+.1f} points"
+    text = " ".join(p.text for p in _blocks(section, "paragraph"))
+    assert "stratified hold-out" in text and "50 images (n_val)" in text
+    assert "predictions.csv was written with fixmatch" in text
+    items = make_report(run).headline[0].items
+    assert items[0]["value"] == f"{100 * float(best['test_acc']):.1f}%"
+    assert items[1]["value"] == f"{gain_test:+.1f} points"
+
+
+def test_without_test_labels_the_headline_says_validation(tmp_path, make_run_folder):
+    run = make_run_folder(tmp_path / "run")
+    rows = list(csv.reader(open(run / "study1" / "methods.csv", encoding="utf-8")))
+    for r in rows[1:]:
+        r[6] = ""
+    with open(run / "study1" / "methods.csv", "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows(rows)
+    report = make_report(run)
+    assert report.headline[0].items[0]["label"] == "Best validation (no test labels) accuracy"
+    assert report.headline[0].items[0]["value"] == "98.0%"
+    assert _blocks(_section(report, "1b"), "table")[0].rows[0][6] is None
+
+
+def test_older_runs_keep_the_variant_table_and_say_architecture_not_recorded(tmp_path, make_run_folder):
+    run = make_run_folder(tmp_path / "run", methods=False, model_json=False)
+    report = make_report(run)
+    table = _blocks(_section(report, "1b"), "table")[0]
+    assert [r[0] for r in table.rows] == ["pretrained + augmentation", "pretrained, no augmentation",
+                                          "random weights + augmentation"]
+    (para,) = _section(report, "1a").blocks
+    assert para.text.startswith("Architecture not recorded")
+    items = report.headline[0].items
+    assert items[0]["value"] == "88.0%"  # the best test accuracy among the variants
+    assert items[1]["value"] == "+7.0 points"  # pretrained (0.88) minus random weights (0.81)
+
+
+def test_1a_comes_from_model_json(run):
+    info = json.loads((run / "finetune_aug" / "model.json").read_text())
+    section = _section(make_report(run), "1a")
+    assert f"It has {info['parameters']:,} parameters" in section.blocks[0].text
+    table = _blocks(section, "table")[0]
+    assert [r[0] for r in table.rows] == [b["name"] for b in info["blocks"]]
+    assert [r[3] for r in table.rows] == [b["parameters"] for b in info["blocks"]]
+
+
+def test_report_reads_files_only(tmp_path, make_run_folder, monkeypatch):
+    """No checkpoint exists in the fixture, and loading one or importing training code would fail."""
+    import torch
+
+    run = make_run_folder(tmp_path / "run")
+    for name in ("aelab.train", "aelab.pipeline", "aelab.cli"):
+        monkeypatch.setitem(sys.modules, name, None)  # "import aelab.train" now raises ImportError
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the report loaded a file with torch.load")
+
+    monkeypatch.setattr(torch, "load", no_load)
+    paths = build_report(run)
+    assert paths["pdf"].stat().st_size > 0
+    assert not list(run.rglob("*.ckpt"))
+
+
+def test_code_listings_only_from_public_names(run, monkeypatch):
+    import aelab.cluster
+    from aelab.cluster import ekm_weights
+
+    appendix = _section(make_report(run), "A")
+    captions = [c.caption for c in _blocks(appendix, "code")]
+    assert any(c.endswith("aelab.cluster.ekm_weights") for c in captions)
+    assert any(c.endswith("aelab.models.ResUNetAutoencoder") for c in captions)
+    assert not any("._" in c for c in captions)
+    assert not _blocks(_section(make_report(run), "2a"), "code")  # code is in the appendix only
+
+    def centroid_step(C, st):  # the public name the clustering study is giving the update
+        return C
+
+    monkeypatch.setattr(aelab.cluster, "centroid_step", centroid_step, raising=False)
+    captions = [c.caption for c in _blocks(_section(make_report(run), "A"), "code")]
+    assert captions[-2:] == [c for c in captions if "cluster" in c]
+    assert captions[-1].endswith("aelab.cluster.centroid_step") and ekm_weights is aelab.cluster.ekm_weights
+
+
+HOSTILE = ("![x](http://evil.example/x.png)", "[c](javascript:alert(1))", "<img src=x onerror=alert(1)>",
+           "caf\udce9")
+
+
+def test_hostile_class_names_stay_text(tmp_path, make_run_folder):
+    from markdown_it import MarkdownIt
+
+    run = make_run_folder(tmp_path / "run", classes=HOSTILE[:3])
+    (run / "anomaly" / "summary.json").write_text(json.dumps(
+        {**json.loads((run / "anomaly" / "summary.json").read_text()), "normal": HOSTILE[3]}, ensure_ascii=True))
+    paths = build_report(run)
+    md = paths["md"].read_text(encoding="utf-8")
+    html = MarkdownIt("commonmark").enable("table").render(md)
+    images = re.findall(r"<img [^>]*src=\"([^\"]*)\"", html)
+    assert images and all(not re.match(r"[a-z]+:", s) and (run / s).is_file() for s in images)
+    assert all(h.startswith("#") for h in re.findall(r"<a [^>]*href=\"([^\"]*)\"", html))
+    assert "onerror" not in re.sub(r"&lt;img src=x onerror=alert\(1\)&gt;", "", html)
+    assert "caf\\\\xe9" in md  # undecodable bytes written as an escape (Markdown-escaped), not a crash
+    # The names themselves still read as written (HTML-escaped in report.html, literal in the PDF).
+    page_html = paths["html"].read_text(encoding="utf-8")
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page_html and "<img src=x" not in page_html
+    assert "caf\\xe9" in page_html
+    pdf_text = " ".join(" ".join(p.extract_text() for p in PdfReader(paths["pdf"]).pages).split())
+    assert HOSTILE[0] in pdf_text and HOSTILE[1] in pdf_text
+
+
+def test_not_a_run_folder_is_a_one_line_error(tmp_path):
+    from aelab.errors import AelabError
+
+    with pytest.raises(AelabError, match="not an aelab run folder"):
+        build_report(tmp_path)
+
+
+def test_a_method_that_did_not_run_shows_its_note(tmp_path, make_run_folder):
+    run = make_run_folder(tmp_path / "run")
+    rows = list(csv.reader(open(run / "study1" / "methods.csv", encoding="utf-8")))
+    rows[0].append("note")
+    for r in rows[1:]:
+        r.append("")
+    fixmatch = next(r for r in rows if r[0] == "fixmatch")
+    fixmatch[4] = fixmatch[6] = ""
+    fixmatch[-1] = "not run: it needs a folder of unlabelled images"
+    with open(run / "study1" / "methods.csv", "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows(rows)
+    report = make_report(run)
+    table = _blocks(_section(report, "1b"), "table")[0]
+    assert table.columns[-1] == "note" and table.rows[2][-1] == fixmatch[-1]
+    # The best method that ran and uses the unlabelled images is now the course method (0.866).
+    assert table.rows[-1][6] == f"{100 * (0.866 - 0.951):+.1f} points"
+    items = report.headline[0].items
+    assert items[0]["value"] == "95.1%" and items[1]["value"] == "-8.5 points"
