@@ -123,12 +123,14 @@ def _stage_predict(ctx: _Ctx) -> dict:
     from aelab.train.study import summarize
 
     rows = [MethodResult(**ctx.results[m]) for m in ctx.cfg.method_list() if ctx.results.get(m)]
-    result = summarize(rows, ctx.layout)
+    stages = _load_stages(ctx.dir)
+    skipped = {m: stages.get(m, {}).get("reason") or "did not run" for m in ctx.cfg.method_list() if not ctx.results.get(m)}
+    result = summarize(rows, ctx.layout, skipped)
+    chosen_run = next((r.run for r in rows if r.method == result.chosen and r.run), None)
     best_run = max((r for r in rows if r.run), key=lambda r: r.val_acc, default=None)
+    # Study 2 embeds with the submitted network, or the best network when label spreading won.
     out = {"chosen": result.chosen, "reason": result.reason,
-           "model": best_run.run if result.chosen is None and best_run else
-           next((r.run for r in rows if r.method == result.chosen), None),
-           "methods": str(ctx.layout.methods_csv)}
+           "model": chosen_run or (best_run.run if best_run else None), "methods": str(ctx.layout.methods_csv)}
     if result.predictions is None:
         raise Skip(result.reason) if out["model"] is None else _SkipWith(result.reason, out)
     out["predictions"] = str(result.predictions)

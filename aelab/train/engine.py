@@ -95,10 +95,7 @@ def write_model_summary(fabric, model, run_dir: Path) -> None:
     """``model.json``: the architecture as data (blocks, parameter counts), so the report never loads a model."""
     if not fabric.is_global_zero:
         return
-    try:
-        from aelab.models.summary import describe_model
-    except ImportError:  # the summary module lands with the report work
-        return
+    from aelab.models.summary import describe_model
     from aelab.runs import write_json
 
     write_json(Path(run_dir) / "model.json", describe_model(model))

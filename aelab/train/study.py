@@ -43,7 +43,9 @@ METHODS: dict[str, tuple[str, bool]] = {  # name -> (description, uses the unlab
     "vicreg": ("self-supervised VICReg pretraining (Bardes et al. 2022), then supervised fine-tuning", True),
     "label-spreading": ("classical reference: LabelSpreading on a 50-component PCA of the pixels", True),
 }
-COLUMNS = ["method", "description", "uses_unlabelled", "labels_per_class", "val_acc", "n_val", "test_acc", "seconds", "run"]
+COLUMNS = ["method", "description", "uses_unlabelled", "labels_per_class", "val_acc", "n_val", "test_acc", "seconds", "run",
+           "note"]
+VALIDATION = "a stratified hold-out of the labelled images (the same for every method)"
 
 
 @dataclass
@@ -239,20 +241,29 @@ def summarize(rows: list[MethodResult], layout: RunLayout, skipped: dict[str, st
     """Write table 1b (``study1/methods.csv``), pick the submitted method and copy its ``predictions.csv``."""
     import shutil
 
-    write_csv(layout.methods_csv, COLUMNS, (
-        [r.method, r.description, r.uses_unlabelled, r.labels_per_class, r.val_acc, r.n_val,
-         "" if r.test_acc is None else r.test_acc, r.seconds, r.run or ""] for r in rows))
+    def rel(path: str | None) -> str:
+        if not path:
+            return ""
+        p = Path(path)
+        return p.relative_to(layout.root).as_posix() if p.is_relative_to(layout.root) else str(p)
+
+    table = [[r.method, r.description, r.uses_unlabelled, r.labels_per_class, r.val_acc, r.n_val,
+              "" if r.test_acc is None else r.test_acc, r.seconds, rel(r.run), ""] for r in rows]
+    table += [[m, METHODS[m][0], METHODS[m][1], "", "", "", "", "", "", f"not run: {why}"]
+              for m, why in (skipped or {}).items() if m in METHODS]
+    write_csv(layout.methods_csv, COLUMNS, table)
     candidates = [r for r in rows if r.predictions]
     if not candidates:
         reason = "no method wrote predictions (the data have no test folder)" if rows else "no method ran"
-        write_json(layout.chosen_json, {"method": None, "reason": reason})
+        write_json(layout.chosen_json, {"method": None, "reason": reason, "validation": VALIDATION})
         return StudyResult(rows, None, reason, None, dict(skipped or {}))
     rank = {m: i for i, m in enumerate(_PREFERENCE)}
     best = max(candidates, key=lambda r: (r.val_acc, -rank.get(r.method, len(rank))))
     reason = (f"highest validation accuracy ({best.val_acc:.3f} on {best.n_val} held-out labelled images; "
               "ties go to the method that uses the unlabelled images)")
     shutil.copyfile(best.predictions, layout.predictions)
-    write_json(layout.chosen_json, {"method": best.method, "reason": reason, "val_acc": best.val_acc, "n_val": best.n_val})
+    write_json(layout.chosen_json, {"method": best.method, "reason": reason, "val_acc": best.val_acc,
+                                    "n_val": best.n_val, "validation": VALIDATION})
     info(f"[study 1] predictions.csv from {best.method}: {reason}")
     return StudyResult(rows, best.method, reason, layout.predictions, dict(skipped or {}))
 
