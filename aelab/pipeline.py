@@ -129,11 +129,12 @@ def _stage_predict(ctx: _Ctx) -> dict:
     chosen_run = next((r.run for r in rows if r.method == result.chosen and r.run), None)
     best_run = max((r for r in rows if r.run), key=lambda r: r.val_acc, default=None)
     # Study 2 embeds with the submitted network, or the best network when label spreading won.
-    out = {"chosen": result.chosen, "reason": result.reason,
-           "model": chosen_run or (best_run.run if best_run else None), "methods": str(ctx.layout.methods_csv)}
+    model = chosen_run or (best_run.run if best_run else None)
+    out = {"chosen": result.chosen, "reason": result.reason, "methods": "study1/methods.csv",
+           "model": None if model is None else Path(model).relative_to(ctx.dir).as_posix()}  # relative: the folder may move
     if result.predictions is None:
         raise Skip(result.reason) if out["model"] is None else _SkipWith(result.reason, out)
-    out["predictions"] = str(result.predictions)
+    out["predictions"] = ctx.layout.predictions.name
     return out
 
 
@@ -154,7 +155,7 @@ def _stage_cluster(ctx: _Ctx) -> dict:
     model = ctx.results.get("predict", {}).get("model")
     if model is None:
         raise Skip("no fine-tuned model to embed the images with (every study-1 method failed)")
-    emb = embed(EmbedConfig(model=model, data=str(ctx.data), out=str(ctx.sub("embed")), device=ctx.cfg.device))
+    emb = embed(EmbedConfig(model=str(ctx.dir / model), data=str(ctx.data), out=str(ctx.sub("embed")), device=ctx.cfg.device))
     _, _, labels = load_embeddings(emb)
     from aelab.data import natural_key
 

@@ -11,8 +11,9 @@ import aelab.pipeline as pipeline
 from aelab.cli.main import main
 from aelab.pipeline import RunConfig, run_all
 
-TINY = dict(preset="tiny", pretrain_epochs=1, finetune_epochs=2, anomaly_epochs=2, demo_unlabelled=150,
-            demo_labelled_per_class=6, demo_test=60, device="cpu")
+TINY = dict(preset="tiny", pretrain_epochs=1, finetune_epochs=2, fixmatch_epochs=1, vicreg_epochs=1, anomaly_epochs=2,
+            demo_unlabelled=150, demo_labelled_per_class=6, demo_test=60, device="cpu")
+METHODS = ["supervised", "course", "course-noaug", "fixmatch", "vicreg", "label-spreading"]
 
 
 @pytest.fixture(scope="module")
@@ -23,14 +24,14 @@ def run_dir(tmp_path_factory):
     def interrupted(ctx):
         raise KeyboardInterrupt
 
+    real = pipeline.stages_for
     with pytest.MonkeyPatch.context() as mp:
-        stages = [(n, interrupted if n == "cluster" else f) for n, f in pipeline.STAGES]
-        mp.setattr(pipeline, "STAGES", stages)
+        mp.setattr(pipeline, "stages_for", lambda c: [(n, interrupted if n == "cluster" else f) for n, f in real(c)])
         with pytest.raises(KeyboardInterrupt):
             run_all(cfg)
     done = json.loads((out / "stages.json").read_text())
     assert done["pretrain"]["status"] == "done" and "cluster" not in done
-    kept = [out / "pretrain" / "best.ckpt", out / "finetune_aug" / "best.ckpt", out / "finetune_noaug" / "best.ckpt",
+    kept = [out / "pretrain" / "best.ckpt", out / "course" / "best.ckpt", out / "fixmatch" / "best.ckpt",
             out / "predictions.csv"]
     mtimes = [p.stat().st_mtime_ns for p in kept]
     run_all(cfg)  # resumes: the finished stages are not run again
@@ -60,30 +61,41 @@ def test_report_files_and_sections(run_dir):
     assert [s["id"] for s in report["sections"]] == ["1a", "1b", "2a", "2b", "3", "A"]
     assert [i["section"] for i in report["headline"][0]["items"]][-2:] == ["2b", "3"]
     stages = json.loads((run_dir / "stages.json").read_text())
-    assert all(stages[s]["status"] == "done" for s in ("pretrain", "finetune_aug", "finetune_noaug", "cluster", "anomaly")), stages
+    assert all(stages[s]["status"] == "done" for s in ("pretrain", *METHODS, "predict", "cluster", "anomaly")), stages
     assert all(s["skipped_reason"] is None for s in report["sections"])
     pdf = PdfReader(run_dir / "report.pdf")
     assert len(pdf.pages) >= 3
     assert sum(len(p.images) for p in pdf.pages) >= 4
     html = (run_dir / "report.html").read_text()
     assert 'src="http' not in html and html.count("data:image/png;base64") >= 4
+    # predictions.csv is the file of the method with the best validation accuracy.
     pred = (run_dir / "predictions.csv").read_text()
-    chosen = stages["predict"]["result"]["model"]
-    other = "finetune_noaug" if chosen == "finetune_aug" else "finetune_aug"
-    assert stages[chosen]["result"]["val_acc"] >= stages[other]["result"]["val_acc"]
-    assert pred == (run_dir / chosen / "predict" / "predictions.csv").read_text()
+    chosen = stages["predict"]["result"]["chosen"]
+    assert stages[chosen]["result"]["val_acc"] == max(stages[m]["result"]["val_acc"] for m in METHODS)
+    assert pred == (run_dir / chosen / ("" if chosen == "label-spreading" else "predict") / "predictions.csv").read_text()
     assert pred.splitlines()[0] == "id,label" and len(pred.splitlines()) == 1 + TINY["demo_test"]
 
 
 def test_report_numbers_equal_the_runs_files(run_dir):
     report = _report(run_dir)
     stages = json.loads((run_dir / "stages.json").read_text())
-    rows = _table(_section(report, "1b"))["rows"]
     import csv
 
-    accs = [float(r["val_acc"]) for r in csv.DictReader(open(run_dir / "finetune_aug" / "metrics.csv"))]
-    assert rows[0][1] == max(accs) == stages["finetune_aug"]["result"]["val_acc"]
-    assert rows[1][2] == stages["finetune_noaug"]["result"]["test"]["accuracy"]
+    # Table 1b: one row per method, the numbers of the run's own files.
+    with open(run_dir / "study1" / "methods.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert list(table[0]) == ["method", "description", "uses_unlabelled", "labels_per_class", "val_acc", "n_val",
+                              "test_acc", "seconds", "run", "note"]
+    assert [r["method"] for r in table] == METHODS
+    for r in table:
+        result = stages[r["method"]]["result"]
+        assert float(r["val_acc"]) == result["val_acc"] and float(r["test_acc"]) == result["test_acc"]
+        if r["run"]:  # the best checkpoint's validation accuracy is the row's
+            accs = [float(m["val_acc"]) for m in csv.DictReader(open(run_dir / r["run"] / "metrics.csv"))]
+            assert max(accs) == result["val_acc"]
+    rows = _table(_section(report, "1b"))["rows"]
+    shown = {row[0]: row for row in rows}
+    assert all(shown[m][6] == stages[m]["result"]["test_acc"] for m in METHODS)
     ekm = json.loads((run_dir / "cluster_ekm" / "metrics.json").read_text())
     km = json.loads((run_dir / "cluster_kmeans" / "metrics.json").read_text())
     rows2 = _table(_section(report, "2b"))["rows"]
@@ -93,7 +105,7 @@ def test_report_numbers_equal_the_runs_files(run_dir):
     rows3 = _table(_section(report, "3"))["rows"]
     assert rows3[0][1:4] == [summary["noskip"]["normal_loss"], summary["noskip"]["anomaly_loss"], summary["noskip"]["auroc"]]
     # The model table comes from the model.json a training stage wrote (older runs: not recorded).
-    model_json = run_dir / "finetune_aug" / "model.json"
+    model_json = run_dir / stages["predict"]["result"]["model"] / "model.json"
     text = _section(report, "1a")["blocks"][0]["text"]
     if model_json.is_file():
         assert f"{json.loads(model_json.read_text())['parameters']:,} parameters" in text
@@ -115,7 +127,7 @@ def test_missing_anomaly_folder_skips_that_section_with_a_reason(run_dir, tmp_pa
     shutil.copytree(run_dir / "demo_data", data)
     shutil.rmtree(data / "anomaly")
     out = tmp_path / "r2"
-    assert main(["run", "--data", str(data), "--out", str(out), "--preset", "tiny", "--pretrain_epochs", "1",
+    assert main(["run", "--data", str(data), "--out", str(out), "--preset", "tiny", "--methods", "supervised,label-spreading",
                  "--finetune_epochs", "1", "--device", "cpu"]) == 0
     section = _section(_report(out), "3")
     assert section["skipped_reason"] and "anomaly" in section["skipped_reason"]
