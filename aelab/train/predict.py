@@ -9,9 +9,9 @@ import numpy as np
 
 from aelab.errors import AelabError
 from aelab.progress import info
-from aelab.runs import new_run_dir, save_config, write_csv, write_json
+from aelab.runs import save_config, write_csv, write_json
 from aelab.train.checkpoint import load_model
-from aelab.train.inference import batched_forward
+from aelab.train.inference import launch_inference, load_images_once, shared_run_dir, sharded_forward
 from aelab.train.options import RunOptions, require, resolve_sources
 
 __all__ = ["PredictConfig", "predict", "EmbedConfig", "embed"]
@@ -52,7 +52,7 @@ def predict(cfg: PredictConfig) -> Path:
     ``id`` is the file stem when every stem is an integer, else the file name; ``label`` is the
     class name from the checkpoint. Returns the run folder.
     """
-    from aelab.data import Preprocessing, image_ids, list_images, load_images
+    from aelab.data import Preprocessing, image_ids, list_images
 
     if cfg.model is None:
         raise AelabError("no model: pass --model FINETUNE_RUN or a checkpoint file")
@@ -65,10 +65,14 @@ def predict(cfg: PredictConfig) -> Path:
     if cfg.images is not None and cfg.labels is None:
         src.test_labels = None  # --data's labels belong to --data's test folder, not to --images
     folder = require(src.test, "test", "--images")
-    data = load_images(list_images(folder, recursive=cfg.recursive), prep.image_size, prep.channels, strict=cfg.strict)
-    run_dir = new_run_dir(cfg.out, "predict")
+    paths = list_images(folder, recursive=cfg.recursive)
+    fabric = launch_inference(cfg.device, cfg.devices)  # under --devices N, the N processes start here
+    run_dir = shared_run_dir(fabric, cfg.out, "predict")
+    data = load_images_once(fabric, paths, prep.image_size, prep.channels, strict=cfg.strict)
+    result = sharded_forward(fabric, model, prep, data.images, batch_size=cfg.batch_size, want=("logits",))
+    if fabric.global_rank != 0:
+        return run_dir  # only rank 0 writes
     save_config(run_dir, cfg)
-    result = batched_forward(model, prep, data.images, device=cfg.device, batch_size=cfg.batch_size, want=("logits",))
     logits = result.logits
     pred = logits.argmax(1)
     ids = image_ids(data.paths)
@@ -114,9 +118,27 @@ class EmbedConfig(RunOptions):
     batch_size: int = 256
 
 
+def _embed_groups(cfg: EmbedConfig) -> list[tuple[list[Path], list[str], Path]]:
+    """The image groups to embed: ``(paths, labels, base folder)`` (labelled images, then test)."""
+    from aelab.data import image_ids, list_images, scan_labelled
+
+    if cfg.images is not None:
+        paths = list_images(Path(cfg.images), recursive=cfg.recursive)
+        return [(paths, [""] * len(paths), Path(cfg.images))]
+    groups = []
+    src = resolve_sources(cfg.data, labelled=cfg.labelled)
+    lab = scan_labelled(require(src.labelled, "labelled", "--labelled"))
+    groups.append((lab.paths, [lab.classes[i] for i in lab.labels], src.root or Path(src.labelled)))
+    if cfg.labelled is None and src.test is not None:
+        paths = list_images(src.test)
+        truth = _read_labels(src.test_labels) if src.test_labels and Path(src.test_labels).is_file() else {}
+        groups.append((paths, [truth.get(i, "") for i in image_ids(paths)], src.root))
+    return groups
+
+
 def embed(cfg: EmbedConfig) -> Path:
     """Write ``embeddings.npy`` ``(N, D)`` float32 and ``embeddings.csv`` (``filename,label``)."""
-    from aelab.data import Preprocessing, image_ids, list_images, load_images, scan_labelled
+    from aelab.data import Preprocessing
 
     if cfg.model is None:
         raise AelabError("no model: pass --model RUN or a checkpoint file")
@@ -124,30 +146,22 @@ def embed(cfg: EmbedConfig) -> Path:
         raise AelabError(f"pooling must be flatten or mean, got {cfg.pooling!r}")
     model, ckpt = load_model(cfg.model)
     prep = Preprocessing.from_dict(ckpt["preprocessing"])
-    groups: list[tuple[list[Path], list[str], Path]] = []  # (paths, labels, base folder)
-    if cfg.images is not None:
-        paths = list_images(Path(cfg.images), recursive=cfg.recursive)
-        groups.append((paths, [""] * len(paths), Path(cfg.images)))
-    else:
-        src = resolve_sources(cfg.data, labelled=cfg.labelled)
-        lab = scan_labelled(require(src.labelled, "labelled", "--labelled"))
-        groups.append((lab.paths, [lab.classes[i] for i in lab.labels], src.root or Path(src.labelled)))
-        if cfg.labelled is None and src.test is not None:
-            paths = list_images(src.test)
-            truth = _read_labels(src.test_labels) if src.test_labels and Path(src.test_labels).is_file() else {}
-            groups.append((paths, [truth.get(i, "") for i in image_ids(paths)], src.root))
+    groups = _embed_groups(cfg)
+    fabric = launch_inference(cfg.device, cfg.devices)  # under --devices N, the N processes start here
+    run_dir = shared_run_dir(fabric, cfg.out, "embed")
     names, labels, chunks = [], [], []
     for paths, labs, base in groups:
-        data = load_images(paths, prep.image_size, prep.channels, strict=cfg.strict)
+        data = load_images_once(fabric, paths, prep.image_size, prep.channels, strict=cfg.strict)
         lab_of = {Path(p).resolve(): lab for p, lab in zip(paths, labs)}
         base = Path(base).resolve()
         for p in map(lambda q: Path(q).resolve(), data.paths):
             names.append(p.relative_to(base).as_posix() if p.is_relative_to(base) else str(p))
             labels.append(lab_of[p])
-        res = batched_forward(model, prep, data.images, device=cfg.device, batch_size=cfg.batch_size, want=("embedding",), pooling=cfg.pooling)
+        res = sharded_forward(fabric, model, prep, data.images, batch_size=cfg.batch_size, want=("embedding",), pooling=cfg.pooling)
         chunks.append(res.embedding)
+    if fabric.global_rank != 0:
+        return run_dir  # only rank 0 writes
     emb = np.concatenate(chunks).astype(np.float32)
-    run_dir = new_run_dir(cfg.out, "embed")
     save_config(run_dir, cfg)
     np.save(run_dir / "embeddings.npy", emb)
     write_csv(run_dir / "embeddings.csv", ["filename", "label"], zip(names, labels))
