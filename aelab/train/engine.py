@@ -32,8 +32,8 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "32-true"
 
 
-def make_fabric(device: str = "auto", devices: int | str = 1, precision: str = "auto", strategy: str = "auto"):
-    """A launched ``lightning.Fabric``; ``device`` is auto, cpu, cuda or mps."""
+def make_fabric(device: str = "auto", devices: int | str = 1, precision: str = "auto", strategy: str = "auto", num_nodes: int = 1):
+    """A launched ``lightning.Fabric``; ``device`` is auto, cpu, cuda or mps; ``devices`` per node."""
     import lightning as L
 
     accelerator = device
@@ -43,7 +43,8 @@ def make_fabric(device: str = "auto", devices: int | str = 1, precision: str = "
         raise AelabError("device 'cuda' was asked for but no CUDA GPU is available; use --device auto or cpu")
     try:
         fabric = L.Fabric(
-            accelerator=accelerator, devices=devices, precision=resolve_precision(precision, accelerator), strategy=strategy
+            accelerator=accelerator, devices=devices, precision=resolve_precision(precision, accelerator), strategy=strategy,
+            num_nodes=num_nodes,
         )
     except (ValueError, RuntimeError) as exc:
         raise AelabError(f"cannot set up the engine: {exc}") from None

@@ -80,15 +80,17 @@ def batched_forward(
 # blocks are gathered in file order, and only rank 0 writes files.
 
 
-def launch_inference(device: str = "auto", devices: int = 1):
+def launch_inference(device: str = "auto", devices: int = 1, num_nodes: int = 1):
     """A launched Fabric for inference (full float32: the outputs do not depend on ``--precision``).
 
     With ``devices > 1`` on a CPU, Fabric re-runs the command in child processes; everything a verb
     does before this call runs in each of them, so it must only read (load the model, list files).
+    Under torchrun or SLURM the processes already exist and Fabric joins them
+    (``devices`` per node, ``num_nodes`` nodes).
     """
     from aelab.train.engine import make_fabric
 
-    return make_fabric(device=device, devices=devices, precision="32-true")
+    return make_fabric(device=device, devices=devices, precision="32-true", num_nodes=num_nodes)
 
 
 def shard_range(n: int, batch_size: int, rank: int, world: int) -> tuple[int, int, int]:

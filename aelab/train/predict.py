@@ -66,7 +66,7 @@ def predict(cfg: PredictConfig) -> Path:
         src.test_labels = None  # --data's labels belong to --data's test folder, not to --images
     folder = require(src.test, "test", "--images")
     paths = list_images(folder, recursive=cfg.recursive)
-    fabric = launch_inference(cfg.device, cfg.devices)  # under --devices N, the N processes start here
+    fabric = launch_inference(cfg.device, cfg.devices, getattr(cfg, "num_nodes", 1))  # under --devices N, the N processes start here
     run_dir = shared_run_dir(fabric, cfg.out, "predict")
     data = load_images_once(fabric, paths, prep.image_size, prep.channels, strict=cfg.strict)
     result = sharded_forward(fabric, model, prep, data.images, batch_size=cfg.batch_size, want=("logits",))
@@ -147,7 +147,7 @@ def embed(cfg: EmbedConfig) -> Path:
     model, ckpt = load_model(cfg.model)
     prep = Preprocessing.from_dict(ckpt["preprocessing"])
     groups = _embed_groups(cfg)
-    fabric = launch_inference(cfg.device, cfg.devices)  # under --devices N, the N processes start here
+    fabric = launch_inference(cfg.device, cfg.devices, getattr(cfg, "num_nodes", 1))  # under --devices N, the N processes start here
     run_dir = shared_run_dir(fabric, cfg.out, "embed")
     names, labels, chunks = [], [], []
     for paths, labs, base in groups:
