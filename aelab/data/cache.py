@@ -65,16 +65,21 @@ def max_cache_bytes() -> int:
 
 
 def cache_key(paths: Sequence[Path], spec: dict) -> str:
-    """A hex key from ``spec`` (size, channels, decoder version) and each file's identity."""
-    entries = []
+    """A hex key from ``spec`` (size, channels, decoder version) and each file's identity.
+
+    Hashed file by file (no list of all files' metadata is built: a key over 10^6 files costs
+    no memory beyond the paths themselves).
+    """
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
     for p in paths:
+        name = str(p)
         try:
             st = os.stat(p)
-            entries.append([str(p), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev])
+            ident = f"{st.st_size},{st.st_mtime_ns},{st.st_ctime_ns},{st.st_ino},{st.st_dev}"
         except OSError:
-            entries.append([str(p), None])  # missing now; its reappearance changes the key
-    payload = json.dumps({**spec, "files": entries}, separators=(",", ":"))
-    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+            ident = "missing"  # its reappearance changes the key
+        digest.update(f"{len(name)}:{name}|{ident}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()[:32]
 
 
 def _npy_header(shape: tuple[int, ...]) -> bytes:

@@ -264,3 +264,13 @@ def test_decoding_and_iterating_a_folder_larger_than_a_memory_cap(tmp_path):
     assert res["data_mib"] > 1.5 * cap_mib  # the decoded folder (40 MiB) does not fit the cap...
     assert res["peak_mib"] < cap_mib  # ... and private memory stayed under it while decoding and iterating
     assert res["total"] == res["expected"]  # every row was read
+
+
+def test_a_file_name_that_is_not_utf8_gets_a_cache_entry(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    name = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes: a lone surrogate in Python's str
+    Image.new("RGB", (8, 8), (40, 40, 40)).save(folder / name, format="PNG")
+    first = load_images([folder / name], 8, 3)
+    again = load_images([folder / name], 8, 3)
+    assert again.from_cache and not first.from_cache and again.images[0, 0, 0, 0] == 40
