@@ -15,7 +15,8 @@ from PIL import Image
 from aelab.data import Preprocessing
 from aelab.models import build_model, preset_config
 from aelab.train import EmbedConfig, PredictConfig, embed, predict, save_checkpoint
-from aelab.train.inference import shard_range
+from aelab.errors import AelabError
+from aelab.train.inference import shard_range, shared_run_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,7 +75,25 @@ def test_predict_and_embed_with_two_processes_equal_one_process_byte_for_byte(mo
     for name in ("embeddings.npy", "embeddings.csv"):
         assert (tmp_path / "e2" / name).read_bytes() == (one / name).read_bytes(), name
 
-    # Rank 0 refuses a folder that already holds a run; every process stops with one line, none waits forever.
-    res = _cli("predict", *common, "--devices", "2", "--out", str(two), cwd=tmp_path, cache=aelab_cache_dir)
-    assert res.returncode == 2
-    assert "aelab: error:" in res.stderr and str(two) in res.stderr and "Traceback" not in res.stderr
+
+class _StubFabric:
+    """Rank ``rank`` of ``world``; ``broadcast`` returns what rank 0 sent (``sent``, or the caller's own on rank 0)."""
+
+    def __init__(self, rank, world, sent=None):
+        self.global_rank, self.world_size, self.sent = rank, world, sent
+
+    def broadcast(self, obj, src=0):
+        return obj if self.global_rank == src else self.sent
+
+
+def test_rank_0_alone_creates_the_run_folder_and_a_refusal_stops_every_rank(tmp_path):
+    made = shared_run_dir(_StubFabric(0, 2), tmp_path / "run", "predict")
+    assert made == tmp_path / "run" and made.is_dir()
+    # Rank 1 creates nothing: it takes rank 0's path.
+    assert shared_run_dir(_StubFabric(1, 2, ("ok", str(tmp_path / "elsewhere"))), None, "predict") == tmp_path / "elsewhere"
+    assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "runs").exists()
+    (made / "config.yaml").write_text("seed: 0\n")  # a finished run: rank 0 refuses it ...
+    with pytest.raises(AelabError, match="run"):
+        shared_run_dir(_StubFabric(0, 2), made, "predict")
+    with pytest.raises(AelabError, match="already holds"):  # ... and the other ranks raise rank 0's message
+        shared_run_dir(_StubFabric(1, 2, ("error", f"{made} already holds a run")), made, "predict")
