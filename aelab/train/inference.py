@@ -51,7 +51,7 @@ def batched_forward(
 ) -> ForwardResult:
     """Run ``model`` on uint8 images ``(N, C, H, W)`` with the checkpoint's own preprocessing.
 
-    ``pooling`` shapes the embedding: ``flatten`` (the seed's flattened bottleneck, what the head
+    ``pooling`` shapes the embedding: ``flatten`` (the course report's flattened bottleneck, what the head
     sees) or ``mean`` (global average over the bottleneck's spatial grid: one value per channel).
     """
     device = pick_device(device) if isinstance(device, str) else device
