@@ -23,7 +23,7 @@ class PredictConfig(RunOptions):
 
     Attributes:
         model: fine-tuned checkpoint, or a finetune run folder (its best.ckpt).
-        data: root folder in the course layout (dev/labelled, dev/unlabelled, test) (uses ROOT/test and ROOT/test_labels.csv if present).
+        data: root folder in the course layout (uses ROOT/test and ROOT/test_labels.csv if present).
         images: folder of images to label (overrides --data).
         labels: CSV with columns id,label for those images; when given, accuracy is printed and saved.
         recursive: look for images in subfolders too.
@@ -101,7 +101,7 @@ class EmbedConfig(RunOptions):
 
     Attributes:
         model: checkpoint or run folder (pretrain or finetune).
-        data: root folder in the course layout (dev/labelled, dev/unlabelled, test): embeds the labelled images and the test images (labels from ROOT/test_labels.csv when present).
+        data: root folder in the course layout: embeds the labelled images and the test images (labels from ROOT/test_labels.csv when present).
         images: a folder of images to embed instead (no labels).
         labelled: a folder of class subfolders to embed instead (labels from the folder names).
         recursive: look for images in subfolders of --images too.
