@@ -177,6 +177,23 @@ def _reduce_in_strips(im: Image.Image, factor: int, strip_bytes: int = 4 * 2**20
     return out
 
 
+def _load_and_shrink(src: Image.Image, image_size: int, channels: int) -> np.ndarray:
+    """Load, box-reduce a large image first, orient, convert and resize: uint8 ``(H, W[, 3])``."""
+    src.load()  # decode fully here so truncated files fail now, not later
+    orientation = src.getexif().get(_ORIENTATION, 1)  # read before reduce() drops format tags
+    im = src
+    factor = _reduce_factor(src.size, image_size)
+    if factor > 1 and src.mode in _REDUCIBLE:
+        im = _reduce_in_strips(src, factor)
+        src.close()  # frees the full-size pixels now, not at the end of the `with` block
+    if orientation in _TRANSPOSE:
+        im = im.transpose(_TRANSPOSE[orientation])
+    im = _convert(im, channels)
+    if im.size != (image_size, image_size):
+        im = im.resize((image_size, image_size), RESAMPLE, reducing_gap=REDUCING_GAP)
+    return np.asarray(im, dtype=np.uint8)
+
+
 def decode_image(path: str | os.PathLike, image_size: int, channels: int, memory: MemoryGate | None = None) -> np.ndarray:
     """Decode one file to uint8 ``(channels, image_size, image_size)``.
 
@@ -200,22 +217,10 @@ def decode_image(path: str | os.PathLike, image_size: int, channels: int, memory
         if memory is not None:
             memory.acquire(need)
         try:
-            src.load()  # decode fully here so truncated files fail now, not later
-            orientation = src.getexif().get(_ORIENTATION, 1)  # read before reduce() drops format tags
-            im = src
-            factor = _reduce_factor(src.size, image_size)
-            if factor > 1 and src.mode in _REDUCIBLE:
-                im = _reduce_in_strips(src, factor)
-                src.close()  # frees the full-size pixels now, not at the end of the block
+            arr = _load_and_shrink(src, image_size, channels)
         finally:
             if memory is not None:
                 memory.release(need)
-        if orientation in _TRANSPOSE:
-            im = im.transpose(_TRANSPOSE[orientation])
-        im = _convert(im, channels)
-        if im.size != (image_size, image_size):
-            im = im.resize((image_size, image_size), RESAMPLE, reducing_gap=REDUCING_GAP)
-        arr = np.asarray(im, dtype=np.uint8)
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
