@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str | None, str, str]] = {
     "anomaly evaluate": ("aelab.cli.anomaly_cmds:AnomalyEvaluateConfig", "aelab.cli.anomaly_cmds:anomaly_evaluate", "AUROC, AP, F1, mean losses and figures"),
     "run": ("aelab.pipeline:RunConfig", "aelab.cli.run_cmds:run", "the three studies end to end, then the report"),
     "report": (None, "aelab.cli.run_cmds:report", "rebuild the report of a finished run"),
+    "cache clear": (None, "aelab.data.cache:cache_clear", "delete the decoded-image cache ($AELAB_CACHE_DIR, else ~/.cache/aelab)"),
 }
 
 

@@ -1,10 +1,11 @@
-"""Decode image files once, in parallel, into a uint8 array cached on disk.
+"""Decode image files once, in parallel and in bounded memory, into a memory-mapped uint8 cache.
 
 Every later epoch, command or run over the same files reads one ``.npy`` instead of decoding
-thousands of files again. The cache key covers the absolute paths, sizes and mtimes (ns) of the
-files, the target size and channels, and the decoder version, so a changed file or setting gives
-a new entry. Entries are written atomically (temp file + rename), so a crash never leaves a
-half-written cache that a later run would trust.
+thousands of files again; the array is memory-mapped, so a folder larger than memory is read
+row by row on demand (`aelab.data.cache` describes the entries, the key, the size cap and
+eviction). Decoding goes chunk by chunk: each finished chunk is written to disk, so memory stays
+bounded by a chunk (`CHUNK_BYTES`) plus the images being decoded (`decode_memory_bytes`), and
+an interrupted decode of a large folder resumes where it stopped.
 
 Example:
     >>> from aelab.data import list_images, load_images
@@ -15,29 +16,35 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import PIL
-from PIL import Image, ImageOps
+from PIL import Image
 
-from aelab.runs import atomic_write
+from aelab.data.cache import PartialEntry, cache_key, default_cache_dir, entry_lock, evict, max_cache_bytes, read_entry
 from aelab.data.folders import image_ids, list_images
 from aelab.errors import DataError
 from aelab.progress import info, progress
 
-__all__ = ["ImageSet", "decode_image", "load_images", "default_cache_dir", "RESAMPLE"]
+__all__ = ["ImageSet", "decode_image", "load_images", "default_cache_dir", "MemoryGate", "decode_memory_bytes", "RESAMPLE"]
 
 #: Bump when decoding changes, so old cache entries are not reused.
-DECODER_VERSION = 1
+DECODER_VERSION = 2
+
+#: Most bytes of decoded rows held in memory before they are written to the cache (one chunk).
+CHUNK_BYTES = 64 * 2**20
+#: Most files per chunk (also how often progress is saved for a resume).
+CHUNK_FILES = 4096
+#: Default memory for images being decoded at once (``$AELAB_DECODE_MEMORY_MB`` overrides it).
+DEFAULT_DECODE_MEMORY_MB = 1024
 
 #: Resize filter. LANCZOS is antialiased when shrinking (no aliasing of fine detail) and sharp
 #: when enlarging; ``reducing_gap`` first box-reduces very large images, which is much faster
@@ -74,12 +81,6 @@ class ImageSet:
         return image_ids(self.paths)
 
 
-def default_cache_dir() -> Path:
-    """``$AELAB_CACHE_DIR`` when set, else ``~/.cache/aelab``."""
-    env = os.environ.get("AELAB_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "aelab"
-
-
 def _to_uint8_gray(im: Image.Image) -> Image.Image:
     """Scale high bit-depth single-channel images to 8 bits (Pillow's convert("L") clips them)."""
     arr = np.asarray(im)
@@ -111,76 +112,126 @@ def _convert(im: Image.Image, channels: int) -> Image.Image:
     return im.convert("L" if channels == 1 else "RGB")
 
 
-def decode_image(path: str | os.PathLike, image_size: int, channels: int) -> np.ndarray:
+def decode_memory_bytes() -> int:
+    """Memory for images being decoded at once: ``$AELAB_DECODE_MEMORY_MB`` MiB, else 1 GiB."""
+    raw = os.environ.get("AELAB_DECODE_MEMORY_MB")
+    try:
+        mb = float(raw) if raw else DEFAULT_DECODE_MEMORY_MB
+    except ValueError:
+        mb = DEFAULT_DECODE_MEMORY_MB
+    return int(max(mb, 1.0) * 2**20)
+
+
+class MemoryGate:
+    """Admits decodes while the memory they need fits a budget, so the number of decoding threads
+    follows the memory each image needs: many small images at once, one huge image alone.
+
+    A request larger than the whole budget waits until nothing else is in flight, then runs alone.
+    """
+
+    def __init__(self, budget: int):
+        self.budget, self.in_use, self.peak = int(budget), 0, 0
+        self._cond = threading.Condition()
+
+    def acquire(self, need: int) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self.in_use == 0 or self.in_use + need <= self.budget)
+            self.in_use += need
+            self.peak = max(self.peak, self.in_use)
+
+    def release(self, need: int) -> None:
+        with self._cond:
+            self.in_use -= need
+            self._cond.notify_all()
+
+
+#: Bytes per pixel Pillow holds for a mode after loading (RGB and friends are stored as 4 bytes).
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 4, "PA": 4, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2, "I": 4, "F": 4}
+
+
+#: EXIF orientation tag and the transpose that undoes each value (as `PIL.ImageOps.exif_transpose`).
+_ORIENTATION = 0x0112
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90,
+}
+
+
+def _reduce_factor(size: tuple[int, int], image_size: int) -> int:
+    """Integer box-reduction that keeps at least ``REDUCING_GAP`` x the target on both sides."""
+    return max(1, int(min(size) / (image_size * REDUCING_GAP)))
+
+
+#: Modes `Image.reduce` accepts (16-bit and palette images are reduced after conversion instead).
+_REDUCIBLE = {"L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "I", "F"}
+
+
+def _reduce_in_strips(im: Image.Image, factor: int, strip_bytes: int = 4 * 2**20) -> Image.Image:
+    """``im.reduce(factor)`` a strip of whole ``factor``-row blocks at a time (about ``strip_bytes``):
+    the same pixels, without the full-size (premultiplied, for alpha) copy Pillow would make."""
+    w, h = im.size
+    out = Image.new(im.mode, (-(-w // factor), -(-h // factor)))
+    step = max(1, strip_bytes // (4 * w * factor)) * factor
+    for top in range(0, h, step):
+        out.paste(im.crop((0, top, w, min(h, top + step))).reduce(factor), (0, top // factor))
+    return out
+
+
+def _load_and_shrink(src: Image.Image, image_size: int, channels: int) -> np.ndarray:
+    """Load, box-reduce a large image first, orient, convert and resize: uint8 ``(H, W[, 3])``."""
+    src.load()  # decode fully here so truncated files fail now, not later
+    orientation = src.getexif().get(_ORIENTATION, 1)  # read before reduce() drops format tags
+    im = src
+    factor = _reduce_factor(src.size, image_size)
+    if factor > 1 and src.mode in _REDUCIBLE:
+        im = _reduce_in_strips(src, factor)
+        src.close()  # frees the full-size pixels now, not at the end of the `with` block
+    if orientation in _TRANSPOSE:
+        im = im.transpose(_TRANSPOSE[orientation])
+    im = _convert(im, channels)
+    if im.size != (image_size, image_size):
+        im = im.resize((image_size, image_size), RESAMPLE, reducing_gap=REDUCING_GAP)
+    return np.asarray(im, dtype=np.uint8)
+
+
+def decode_image(path: str | os.PathLike, image_size: int, channels: int, memory: MemoryGate | None = None) -> np.ndarray:
     """Decode one file to uint8 ``(channels, image_size, image_size)``.
 
     EXIF orientation is applied, every mode becomes L or RGB (alpha on white, 16-bit scaled),
     and the image is resized (squashed, not cropped, so nothing is cut off) with `RESAMPLE`.
+    Large images are shrunk as early as possible to bound memory: JPEGs decode at a reduced
+    scale (``draft``), other formats are box-reduced (``Image.reduce``) right after loading,
+    before any conversion copies them. ``memory``, when given, admits the decode only when the
+    pixels it loads fit the budget (see `MemoryGate`).
 
     Raises:
         Exception: Whatever Pillow raises for an unreadable file; `load_images` records it.
     """
     if os.path.getsize(path) == 0:
         raise OSError("empty file (0 bytes)")
-    with Image.open(path) as im:
-        if im.format == "JPEG":
+    with Image.open(path) as src:
+        if src.format == "JPEG":
             # Let libjpeg decode at a reduced scale (>= target size): large photos decode much faster.
-            im.draft("L" if channels == 1 else "RGB", (image_size, image_size))
-        im.load()  # decode fully here so truncated files fail now, not later
-        im = ImageOps.exif_transpose(im)
-        im = _convert(im, channels)
-        if im.size != (image_size, image_size):
-            im = im.resize((image_size, image_size), RESAMPLE, reducing_gap=REDUCING_GAP)
-        arr = np.asarray(im, dtype=np.uint8)
+            src.draft("L" if channels == 1 else "RGB", (image_size, image_size))
+        need = src.size[0] * src.size[1] * _MODE_BYTES.get(src.mode, 4)
+        if memory is not None:
+            memory.acquire(need)
+        try:
+            arr = _load_and_shrink(src, image_size, channels)
+        finally:
+            if memory is not None:
+                memory.release(need)
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
-def _decode_or_reason(args: tuple[Path, int, int]) -> np.ndarray | str:
-    path, image_size, channels = args
+def _decode_or_reason(args: tuple[Path, int, int, "MemoryGate | None"]) -> np.ndarray | str:
+    path, image_size, channels, gate = args
     try:
         # Looked up at call time (not bound at import) so tests can count calls by patching it.
-        return decode_image(path, image_size, channels)
+        return decode_image(path, image_size, channels, memory=gate)
     except Exception as exc:  # noqa: BLE001 - Pillow plugins raise many types on malformed files
         message = str(exc).splitlines()[0] if str(exc) else ""
         return f"{type(exc).__name__}: {message}".rstrip(": ")
-
-
-def _cache_key(paths: Sequence[Path], image_size: int, channels: int) -> str:
-    entries = []
-    for p in paths:
-        try:
-            st = os.stat(p)
-            entries.append([str(p), st.st_size, st.st_mtime_ns])
-        except OSError:
-            entries.append([str(p), None, None])  # missing now; its reappearance changes the key
-    spec = {"v": DECODER_VERSION, "pil": PIL.__version__, "size": image_size, "channels": channels, "files": entries}
-    return hashlib.sha256(json.dumps(spec, separators=(",", ":")).encode()).hexdigest()[:32]
-
-
-def _read_cache(base: Path, n_files: int) -> tuple[np.ndarray, list[int], list[tuple[int, str]]] | None:
-    meta_path, npy_path = base.with_suffix(".json"), base.with_suffix(".npy")
-    if not (meta_path.is_file() and npy_path.is_file()):
-        return None
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        images = np.load(npy_path, allow_pickle=False)
-        kept = [int(i) for i in meta["kept"]]
-        skipped = [(int(i), str(r)) for i, r in meta["skipped"]]
-        if images.shape[0] != len(kept) or len(kept) + len(skipped) != n_files:
-            return None
-    except (OSError, EOFError, ValueError, KeyError, TypeError):
-        return None  # a damaged entry is just a miss; it gets rewritten
-    return images, kept, skipped
-
-
-def _write_cache(base: Path, images: np.ndarray, kept: list[int], skipped: list[tuple[int, str]]) -> None:
-    base.parent.mkdir(parents=True, exist_ok=True)
-    # The array first, the JSON last: the JSON marks a complete entry.
-    for suffix, write in (
-        (".npy", lambda fh: np.save(fh, images, allow_pickle=False)),
-        (".json", lambda fh: fh.write(json.dumps({"kept": kept, "skipped": skipped}).encode())),
-    ):
-        atomic_write(base.with_suffix(suffix), write)  # streamed: no second copy of a large array
 
 
 def _report_skipped(skipped: list[tuple[Path, str]], total: int, strict: bool) -> None:
@@ -211,10 +262,12 @@ def load_images(
         channels: 1 or 3.
         strict: Raise on the first unreadable file instead of skipping it with a warning.
         cache_dir: Cache folder; default `default_cache_dir()`.
-        workers: Decoding threads; default the CPU count; 0 or 1 decodes in this thread.
+        workers: Decoding threads; default the CPU count (fewer run at once when the images
+            need more than `decode_memory_bytes`); 0 or 1 decodes in this thread.
 
     Returns:
-        `ImageSet` with ``images`` uint8 ``(N, channels, image_size, image_size)``.
+        `ImageSet` with ``images`` uint8 ``(N, channels, image_size, image_size)``: a copy-on-write
+        memory map of the cache entry (in memory only when the cache cannot be written).
 
     Raises:
         DataError: No paths, every file unreadable, or any file unreadable with ``strict``.
@@ -227,51 +280,95 @@ def load_images(
         raise DataError("no image files given")
     if channels not in (1, 3) or image_size < 1:
         raise DataError(f"need channels 1 or 3 and a positive image_size, got channels={channels}, image_size={image_size}")
-    base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    base = base / "images" / _cache_key(paths, image_size, channels)
-
-    cached = _read_cache(base, len(paths))
-    if cached is not None:
-        images, kept, skipped_idx = cached
-        from_cache = True
-    else:
-        images, kept, skipped_idx = _decode_all(paths, image_size, channels, workers)
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    spec = {"v": DECODER_VERSION, "pil": PIL.__version__, "size": image_size, "channels": channels}
+    base = root / "images" / cache_key(paths, spec)
+    row_shape = (channels, image_size, image_size)
+    try:
+        images, kept, skipped_idx, from_cache = _load_cached(base, paths, row_shape, workers)
+        evict(root, max_cache_bytes(), keep=base)
+    except OSError as exc:  # a read-only or full disk costs speed and memory, not the run
+        warnings.warn(f"could not use the image cache {root / 'images'}: {exc}; decoding in memory", stacklevel=2)
+        images, kept, skipped_idx = _decode_in_memory(paths, row_shape, workers)
         from_cache = False
-        try:
-            _write_cache(base, images, kept, skipped_idx)
-        except OSError as exc:  # a read-only or full disk costs speed, not the run
-            warnings.warn(f"could not write the image cache {base.parent}: {exc}", stacklevel=2)
     skipped = [(given[i], reason) for i, reason in skipped_idx]
     _report_skipped(skipped, len(paths), strict)
     return ImageSet(images=images, paths=[given[i] for i in kept], skipped=skipped, from_cache=from_cache)
 
 
-def _decode_all(
-    paths: list[Path], image_size: int, channels: int, workers: int | None
-) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
-    """Decode every file; results are written straight into one preallocated array."""
-    if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    start = time.perf_counter()
-    out = np.empty((len(paths), channels, image_size, image_size), dtype=np.uint8)
-    kept: list[int] = []
-    skipped: list[tuple[int, str]] = []
-    jobs = [(p, image_size, channels) for p in paths]
+def _load_cached(base: Path, paths: list[Path], row_shape: tuple[int, int, int], workers: int | None):
+    """``(images, kept, skipped, from_cache)`` from the entry at ``base``, decoding (or finishing
+    an interrupted decode) first when it is missing. One process decodes; others wait for it."""
+    with entry_lock(base):
+        cached = read_entry(base, len(paths), row_shape)
+        if cached is not None:
+            return (*cached, True)
+        entry = PartialEntry(base, len(paths), int(np.prod(row_shape)))
+        if entry.done:
+            info(f"resuming an interrupted decode: {entry.done} of {len(paths)} files already done")
+        _decode_chunks(paths, entry.done, row_shape, workers, entry.append)
+        entry.finish(row_shape)
+        cached = read_entry(base, len(paths), row_shape)
+    if cached is None:
+        raise OSError(f"the cache entry {base} could not be read back")
+    return (*cached, False)
 
-    def collect(results) -> None:
-        for i, result in enumerate(progress(results, desc="decoding images", total=len(jobs))):
+
+def _decode_in_memory(paths: list[Path], row_shape: tuple[int, int, int], workers: int | None):
+    """``(images, kept, skipped)`` decoded into one in-memory array (no cache)."""
+    out = np.empty((len(paths), *row_shape), dtype=np.uint8)
+    kept: list[int] = []
+    skipped_all: list[tuple[int, str]] = []
+
+    def keep(rows: np.ndarray, skipped: list[tuple[int, str]], done: int) -> None:
+        out[len(kept) : len(kept) + len(rows)] = rows
+        bad = {i for i, _ in skipped}
+        kept.extend(i for i in range(done - len(rows) - len(skipped), done) if i not in bad)
+        skipped_all.extend(skipped)
+
+    _decode_chunks(paths, 0, row_shape, workers, keep)
+    return (out[: len(kept)].copy() if skipped_all else out), kept, skipped_all
+
+
+def _default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _decode_chunks(
+    paths: list[Path],
+    start: int,
+    row_shape: tuple[int, int, int],
+    workers: int | None,
+    sink: Callable[[np.ndarray, list[tuple[int, str]], int], None],
+) -> None:
+    """Decode ``paths[start:]`` chunk by chunk; ``sink(rows, skipped, done)`` gets each finished chunk.
+
+    At most one chunk of rows (`CHUNK_BYTES`, `CHUNK_FILES`) is held in memory, and decodes run
+    concurrently only while the pixels they load fit `decode_memory_bytes` (`MemoryGate`).
+    """
+    workers = _default_workers() if workers is None else workers
+    row_bytes = int(np.prod(row_shape))
+    chunk = max(1, min(CHUNK_FILES, CHUNK_BYTES // row_bytes))
+    gate = MemoryGate(decode_memory_bytes())
+    buffer = np.empty((min(chunk, len(paths) - start), *row_shape), dtype=np.uint8)
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        run = map if workers <= 1 else pool.map  # threads suffice: Pillow releases the GIL
+
+        def results() -> Iterator[tuple[int, np.ndarray | str]]:
+            for c0 in range(start, len(paths), chunk):
+                idx = range(c0, min(len(paths), c0 + chunk))
+                yield from zip(idx, run(_decode_or_reason, [(paths[i], row_shape[1], row_shape[0], gate) for i in idx]))
+
+        n_rows, skipped = 0, []
+        for i, result in progress(results(), desc="decoding images", total=len(paths) - start):
             if isinstance(result, str):
                 skipped.append((i, result))
             else:
-                out[len(kept)] = result
-                kept.append(i)
-
-    if workers <= 1:
-        collect(map(_decode_or_reason, jobs))
-    else:
-        # Threads suffice: Pillow releases the GIL while decoding and resizing.
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            collect(pool.map(_decode_or_reason, jobs))
-    if len(paths) >= 100:
-        info(f"decoded {len(kept)} images in {time.perf_counter() - start:.1f} s ({workers} threads)")
-    return out[: len(kept)].copy() if skipped else out, kept, skipped
+                buffer[n_rows] = result
+                n_rows += 1
+            if (i + 1 - start) % chunk == 0 or i + 1 == len(paths):
+                sink(buffer[:n_rows], skipped, i + 1)
+                n_rows, skipped = 0, []
+    if len(paths) - start >= 100:
+        info(f"decoded {len(paths) - start} images in {time.perf_counter() - t0:.1f} s ({workers} threads)")

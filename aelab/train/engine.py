@@ -26,7 +26,7 @@ from aelab.errors import AelabError
 from aelab.progress import info, progress
 from aelab.train.checkpoint import load_checkpoint, save_checkpoint
 
-__all__ = ["make_fabric", "FitState", "fit_loop", "resolve_precision", "open_run_dir", "start_run"]
+__all__ = ["make_fabric", "FitState", "fit_loop", "resolve_precision", "start_run"]
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -67,24 +67,17 @@ def make_fabric(device: str = "auto", devices: int | str = 1, precision: str = "
     return fabric
 
 
-def open_run_dir(fabric, make: Callable[[], Path]) -> Path:
-    """Create the run folder once (rank 0, with ``make()``) and give every process its path."""
-    path = str(make()) if fabric.is_global_zero else None
-    if fabric.world_size > 1:
-        path = fabric.broadcast(path, src=0)
-    return Path(path)
-
-
 def start_run(fabric, cfg, verb: str, run_dir: Path | None) -> Path:
     """The run folder of a training verb: created once (or the resumed one), its config saved, loggers added.
 
     ``cfg`` is the verb's settings (a `RunOptions`); ``run_dir`` is the folder of ``--resume`` or None.
     """
-    from aelab.runs import new_run_dir, save_config
+    from aelab.runs import save_config
+    from aelab.train.inference import shared_run_dir
     from aelab.train.loggers import extra_loggers
 
     if run_dir is None:
-        run_dir = open_run_dir(fabric, lambda: new_run_dir(cfg.out, verb))
+        run_dir = shared_run_dir(fabric, cfg.out, verb)
     if fabric.is_global_zero:
         save_config(run_dir, cfg)
         fabric.loggers.extend(extra_loggers(cfg.logger, run_dir))

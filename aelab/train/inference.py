@@ -1,15 +1,22 @@
-"""Batched forward passes for prediction, embedding and scoring (no gradients, any device)."""
+"""Batched forward passes for prediction, embedding and scoring (no gradients, any device), in one
+process or sharded across Lightning Fabric's processes (``--devices N``) with the same outputs."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from aelab.errors import AelabError
 from aelab.models import ResUNetAutoencoder
 
-__all__ = ["ForwardResult", "batched_forward", "pick_device"]
+__all__ = [
+    "ForwardResult", "batched_forward", "pick_device", "launch_inference", "shard_range", "shared_run_dir",
+    "load_images_once", "sharded_forward",
+]
 
 
 @dataclass
@@ -44,14 +51,15 @@ def batched_forward(
 ) -> ForwardResult:
     """Run ``model`` on uint8 images ``(N, C, H, W)`` with the checkpoint's own preprocessing.
 
-    ``pooling`` shapes the embedding: ``flatten`` (the seed's flattened bottleneck, what the head
+    ``pooling`` shapes the embedding: ``flatten`` (the course report's flattened bottleneck, what the head
     sees) or ``mean`` (global average over the bottleneck's spatial grid: one value per channel).
     """
     device = pick_device(device) if isinstance(device, str) else device
     model = model.to(device).eval()
     parts: dict[str, list[np.ndarray]] = {k: [] for k in want}
     for start in range(0, len(images), batch_size):
-        x = torch.as_tensor(images[start : start + batch_size]).to(device)
+        # A copy of one batch: ``images`` may be a read-only memory map of the decode cache.
+        x = torch.from_numpy(np.array(images[start : start + batch_size])).to(device)
         out = model(preprocessing.model_input(x))
         if "logits" in parts and out.logits is not None:
             parts["logits"].append(out.logits.float().cpu().numpy())
@@ -64,3 +72,118 @@ def batched_forward(
         if "reconstruction" in parts:
             parts["reconstruction"].append(out.reconstruction.float().cpu().numpy())
     return ForwardResult(**{k: (np.concatenate(v) if v else None) for k, v in parts.items()})
+
+
+# --- several processes ------------------------------------------------------------------------------
+# Inference under ``--devices N``: every process runs a contiguous block of whole batches (the same
+# batches one process would run, so each image's outputs are bit-for-bit those of one process), the
+# blocks are gathered in file order, and only rank 0 writes files.
+
+
+def launch_inference(device: str = "auto", devices: int = 1, num_nodes: int = 1):
+    """A launched Fabric for inference (full float32: the outputs do not depend on ``--precision``).
+
+    With ``devices > 1`` on a CPU, Fabric re-runs the command in child processes; everything a verb
+    does before this call runs in each of them, so it must only read (load the model, list files).
+    Under torchrun or SLURM the processes already exist and Fabric joins them
+    (``devices`` per node, ``num_nodes`` nodes).
+    """
+    from aelab.train.engine import make_fabric
+
+    return make_fabric(device=device, devices=devices, precision="32-true", num_nodes=num_nodes)
+
+
+def shard_range(n: int, batch_size: int, rank: int, world: int) -> tuple[int, int, int]:
+    """``(start, stop, block)``: this rank's rows of ``n`` and the (padded) rows per rank.
+
+    Ranks get contiguous blocks of whole batches, so rank ``r`` holds rows ``r*block ...``; the
+    last blocks may be short or empty.
+    """
+    n_batches = -(-n // batch_size)
+    block = -(-n_batches // world) * batch_size
+    return min(n, rank * block), min(n, (rank + 1) * block), block
+
+
+def shared_run_dir(fabric, out, verb: str) -> Path:
+    """Rank 0 creates the run folder (`aelab.runs.new_run_dir`) and every rank gets its path.
+
+    A refusal (say, a folder that already holds a run) is raised on every rank, so none waits forever.
+    """
+    from aelab.runs import new_run_dir
+
+    made: tuple[str, str] | None = None
+    if fabric.global_rank == 0:
+        try:
+            made = ("ok", str(new_run_dir(out, verb)))
+        except AelabError as exc:
+            made = ("error", str(exc))
+    if fabric.world_size > 1:
+        made = fabric.broadcast(made, src=0)
+    status, value = made
+    if status == "error":
+        raise AelabError(value)
+    return Path(value)
+
+
+def load_images_once(fabric, paths, image_size: int, channels: int, strict: bool = False):
+    """`aelab.data.load_images` on rank 0 first (it decodes and fills the disk cache), then on the
+    other ranks, which read the memory-mapped cache (each only touches the rows it runs)."""
+    from aelab.data import load_images
+
+    if fabric.world_size == 1:
+        return load_images(paths, image_size, channels, strict=strict)
+    data, failure = None, None
+    if fabric.global_rank == 0:
+        try:
+            data = load_images(paths, image_size, channels, strict=strict)
+        except AelabError as exc:
+            failure = str(exc)
+    failure = fabric.broadcast(failure, src=0)
+    if failure is not None:
+        raise AelabError(failure)
+    if fabric.global_rank != 0:
+        with warnings.catch_warnings():  # rank 0 already said which files it skipped
+            warnings.simplefilter("ignore", UserWarning)
+            data = load_images(paths, image_size, channels, strict=strict)
+    return data
+
+
+def sharded_forward(
+    fabric,
+    model: ResUNetAutoencoder,
+    preprocessing,
+    images: np.ndarray,
+    *,
+    batch_size: int = 256,
+    want: tuple[str, ...] = ("logits", "embedding"),
+    pooling: str = "flatten",
+) -> ForwardResult:
+    """`batched_forward` split across Fabric's processes; every rank gets all rows, in order."""
+    kwargs = dict(device=fabric.device, batch_size=batch_size, want=want, pooling=pooling)
+    if fabric.world_size == 1:
+        return batched_forward(model, preprocessing, images, **kwargs)
+    start, stop, block = shard_range(len(images), batch_size, fabric.global_rank, fabric.world_size)
+    local = batched_forward(model, preprocessing, images[start:stop], **kwargs)
+    if stop == start:  # an empty shard still needs the output shapes to take part in the gather
+        local = batched_forward(model, preprocessing, images[:1], **kwargs)
+    gathered = {}
+    for name in want:
+        part = getattr(local, name)
+        if part is None:
+            gathered[name] = None
+            continue
+        padded = np.zeros((block, *part.shape[1:]), dtype=part.dtype)
+        rows = stop - start
+        padded[:rows] = part[:rows]
+        gathered[name] = _gather_rows(fabric, padded)[: len(images)]
+    return ForwardResult(**gathered)
+
+
+def _gather_rows(fabric, block: np.ndarray) -> np.ndarray:
+    """Every rank's equal-sized ``block`` concatenated in rank order (one all-gather)."""
+    import torch.distributed as dist
+
+    local = torch.from_numpy(block).to(fabric.device)
+    parts = [torch.empty_like(local) for _ in range(fabric.world_size)]
+    dist.all_gather(parts, local)
+    return torch.cat(parts).cpu().numpy()

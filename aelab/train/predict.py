@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from aelab.data.folders import labels_for, match_labels
+from aelab.data.folders import labels_for, match_labels, read_labels_csv
 from aelab.errors import AelabError
 from aelab.progress import info
-from aelab.runs import new_run_dir, save_config, write_csv, write_json
+from aelab.runs import save_config, write_csv, write_json
 from aelab.train.checkpoint import load_model
-from aelab.train.inference import batched_forward
+from aelab.train.inference import launch_inference, load_images_once, shared_run_dir, sharded_forward
 from aelab.train.options import RunOptions, require, resolve_sources
 
 __all__ = ["PredictConfig", "predict", "EmbedConfig", "embed"]
@@ -24,7 +24,7 @@ class PredictConfig(RunOptions):
 
     Attributes:
         model: fine-tuned checkpoint, or a finetune run folder (its best.ckpt).
-        data: root folder in the seed layout (uses ROOT/test and ROOT/test_labels.csv if present).
+        data: root folder in the course layout (uses ROOT/test and ROOT/test_labels.csv if present).
         images: folder of images to label (overrides --data).
         labels: CSV with columns id,label for those images; when given, accuracy is printed and saved.
         recursive: look for images in subfolders too.
@@ -53,7 +53,7 @@ def predict(cfg: PredictConfig) -> Path:
     ``id`` is the file stem when every stem is an integer, else the file name; ``label`` is the
     class name from the checkpoint. Returns the run folder.
     """
-    from aelab.data import Preprocessing, image_ids, list_images, load_images
+    from aelab.data import Preprocessing, image_ids, list_images
 
     if cfg.model is None:
         raise AelabError("no model: pass --model FINETUNE_RUN or a checkpoint file")
@@ -66,12 +66,18 @@ def predict(cfg: PredictConfig) -> Path:
     if cfg.images is not None and cfg.labels is None:
         src.test_labels = None  # --data's labels belong to --data's test folder, not to --images
     folder = require(src.test, "test", "--images")
-    data = load_images(list_images(folder, recursive=cfg.recursive), prep.image_size, prep.channels, strict=cfg.strict)
+    paths = list_images(folder, recursive=cfg.recursive)
+    if src.test_labels is not None:
+        read_labels_csv(src.test_labels)  # a missing or unreadable --labels file is an error before any folder exists
+    fabric = launch_inference(cfg.device, cfg.devices, getattr(cfg, "num_nodes", 1))  # under --devices N, the N processes start here
+    run_dir = shared_run_dir(fabric, cfg.out, "predict")
+    data = load_images_once(fabric, paths, prep.image_size, prep.channels, strict=cfg.strict)
     ids = image_ids(data.paths)
-    truth = labels_for(data.paths, src.test_labels, ids) if src.test_labels is not None else None  # --labels must exist
-    run_dir = new_run_dir(cfg.out, "predict")
+    result = sharded_forward(fabric, model, prep, data.images, batch_size=cfg.batch_size, want=("logits",))
+    if fabric.global_rank != 0:
+        return run_dir  # only rank 0 writes
+    truth = labels_for(data.paths, src.test_labels, ids) if src.test_labels is not None else None
     save_config(run_dir, cfg)
-    result = batched_forward(model, prep, data.images, device=cfg.device, batch_size=cfg.batch_size, want=("logits",))
     logits = result.logits
     pred = logits.argmax(1)
     labels = [classes[i] for i in pred]
@@ -98,7 +104,7 @@ class EmbedConfig(RunOptions):
 
     Attributes:
         model: checkpoint or run folder (pretrain or finetune).
-        data: root folder in the seed layout: embeds the labelled images and the test images (labels from ROOT/test_labels.csv when present).
+        data: root folder in the course layout: embeds the labelled images and the test images (labels from ROOT/test_labels.csv when present).
         images: a folder of images to embed instead (no labels).
         labelled: a folder of class subfolders to embed instead (labels from the folder names).
         recursive: look for images in subfolders of --images too.
@@ -115,9 +121,27 @@ class EmbedConfig(RunOptions):
     batch_size: int = 256
 
 
+def _embed_groups(cfg: EmbedConfig) -> list[tuple[list[Path], list[str], Path]]:
+    """The image groups to embed: ``(paths, labels, base folder)`` (labelled images, then test)."""
+    from aelab.data import list_images, scan_labelled
+
+    if cfg.images is not None:
+        paths = list_images(Path(cfg.images), recursive=cfg.recursive)
+        return [(paths, [""] * len(paths), Path(cfg.images))]
+    groups = []
+    src = resolve_sources(cfg.data, labelled=cfg.labelled)
+    lab = scan_labelled(require(src.labelled, "labelled", "--labelled"))
+    groups.append((lab.paths, [lab.classes[i] for i in lab.labels], src.root or Path(src.labelled)))
+    if cfg.labelled is None and src.test is not None:
+        paths = list_images(src.test)
+        truth = _read_labels(src.test_labels) if src.test_labels and Path(src.test_labels).is_file() else {}
+        groups.append((paths, [t or "" for t in match_labels(paths, truth)], src.root))
+    return groups
+
+
 def embed(cfg: EmbedConfig) -> Path:
     """Write ``embeddings.npy`` ``(N, D)`` float32 and ``embeddings.csv`` (``filename,label``)."""
-    from aelab.data import Preprocessing, list_images, load_images, scan_labelled
+    from aelab.data import Preprocessing
 
     if cfg.model is None:
         raise AelabError("no model: pass --model RUN or a checkpoint file")
@@ -125,30 +149,22 @@ def embed(cfg: EmbedConfig) -> Path:
         raise AelabError(f"pooling must be flatten or mean, got {cfg.pooling!r}")
     model, ckpt = load_model(cfg.model)
     prep = Preprocessing.from_dict(ckpt["preprocessing"])
-    groups: list[tuple[list[Path], list[str], Path]] = []  # (paths, labels, base folder)
-    if cfg.images is not None:
-        paths = list_images(Path(cfg.images), recursive=cfg.recursive)
-        groups.append((paths, [""] * len(paths), Path(cfg.images)))
-    else:
-        src = resolve_sources(cfg.data, labelled=cfg.labelled)
-        lab = scan_labelled(require(src.labelled, "labelled", "--labelled"))
-        groups.append((lab.paths, [lab.classes[i] for i in lab.labels], src.root or Path(src.labelled)))
-        if cfg.labelled is None and src.test is not None:
-            paths = list_images(src.test)
-            truth = _read_labels(src.test_labels) if src.test_labels and Path(src.test_labels).is_file() else {}
-            groups.append((paths, [t or "" for t in match_labels(paths, truth)], src.root))
+    groups = _embed_groups(cfg)
+    fabric = launch_inference(cfg.device, cfg.devices, getattr(cfg, "num_nodes", 1))  # under --devices N, the N processes start here
+    run_dir = shared_run_dir(fabric, cfg.out, "embed")
     names, labels, chunks = [], [], []
     for paths, labs, base in groups:
-        data = load_images(paths, prep.image_size, prep.channels, strict=cfg.strict)
+        data = load_images_once(fabric, paths, prep.image_size, prep.channels, strict=cfg.strict)
         lab_of = {Path(p).resolve(): lab for p, lab in zip(paths, labs)}
         base = Path(base).resolve()
         for p in map(lambda q: Path(q).resolve(), data.paths):
             names.append(p.relative_to(base).as_posix() if p.is_relative_to(base) else str(p))
             labels.append(lab_of[p])
-        res = batched_forward(model, prep, data.images, device=cfg.device, batch_size=cfg.batch_size, want=("embedding",), pooling=cfg.pooling)
+        res = sharded_forward(fabric, model, prep, data.images, batch_size=cfg.batch_size, want=("embedding",), pooling=cfg.pooling)
         chunks.append(res.embedding)
+    if fabric.global_rank != 0:
+        return run_dir  # only rank 0 writes
     emb = np.concatenate(chunks).astype(np.float32)
-    run_dir = new_run_dir(cfg.out, "embed")
     save_config(run_dir, cfg)
     np.save(run_dir / "embeddings.npy", emb)
     write_csv(run_dir / "embeddings.csv", ["filename", "label"], zip(names, labels))

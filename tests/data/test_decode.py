@@ -156,9 +156,9 @@ def count_decodes(monkeypatch):
     calls = []
     real = decode_mod.decode_image
 
-    def counting(path, image_size, channels):
+    def counting(path, image_size, channels, **kwargs):
         calls.append(path)
-        return real(path, image_size, channels)
+        return real(path, image_size, channels, **kwargs)
 
     monkeypatch.setattr(decode_mod, "decode_image", counting)
     return calls
@@ -198,7 +198,7 @@ def test_explicit_cache_dir_and_damaged_entry(tmp_path, count_decodes):
     load_images(paths, 8, 1, cache_dir=cache)
     (npy,) = (cache / "images").glob("*.npy")
     meta = json.loads(npy.with_suffix(".json").read_text())
-    assert meta["kept"] == [0, 1] and meta["skipped"] == []
+    assert meta["n_files"] == 2 and meta["shape"] == [2, 1, 8, 8] and meta["skipped"] == []
     npy.write_bytes(npy.read_bytes()[:40])  # a damaged entry is a miss, not a crash
     assert load_images(paths, 8, 1, cache_dir=cache).images[:, 0, 0, 0].tolist() == [1, 2]
     assert len(count_decodes) == 4
