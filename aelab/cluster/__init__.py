@@ -3,7 +3,7 @@
 Public names::
 
     EquilibriumKMeans, MiniBatchEquilibriumKMeans       # scikit-learn estimators
-    EKMStats, ekm_weights, ekm_sufficient_statistics, sum_stats
+    EKMStats, ekm_weights, centroid_step, ekm_sufficient_statistics, sum_stats
     KMeans, FuzzyKMeans, MaxEntropyFuzzyKMeans, SeedSoftmaxKMeans, make_clusterer, METHODS
     alpha_sweep, find_alpha, AlphaSearch, SweepPoint, write_sweep_csv, clustering_scores
     plot_clusterings, plot_ratio_vs_alpha
@@ -21,7 +21,8 @@ from aelab.cluster.baselines import (
     SeedSoftmaxKMeans,
     make_clusterer,
 )
-from aelab.cluster.ekm import EKMStats, EquilibriumKMeans, ekm_sufficient_statistics, ekm_weights, sum_stats
+from aelab.cluster.core import EKMStats, centroid_step, ekm_sufficient_statistics, ekm_weights, sum_stats
+from aelab.cluster.ekm import EquilibriumKMeans
 from aelab.cluster.figures import plot_clusterings, plot_ratio_vs_alpha
 from aelab.cluster.minibatch import MiniBatchEquilibriumKMeans
 
@@ -30,6 +31,7 @@ __all__ = [
     "MiniBatchEquilibriumKMeans",
     "EKMStats",
     "ekm_weights",
+    "centroid_step",
     "ekm_sufficient_statistics",
     "sum_stats",
     "KMeans",

@@ -16,7 +16,7 @@ from threadpoolctl import threadpool_limits
 
 from aelab.progress import info
 
-__all__ = ["EKMStats", "ekm_weights", "ekm_sufficient_statistics", "sum_stats"]
+__all__ = ["EKMStats", "ekm_weights", "centroid_step", "ekm_sufficient_statistics", "sum_stats"]
 
 _GUARD_RHO = 0.05  # N_k below 5 % of Σ|w_kn|: positive and negative weights nearly cancel
 _MIN_ETA = 2.0**-10  # give up damping after ten halvings
@@ -209,7 +209,7 @@ def ekm_sufficient_statistics(X, centers, alpha: float, *, chunk_size: int | Non
         return _NumpyBackend(X, chunk_size, centers.shape[0]).stats(centers, float(alpha))
 
 
-def _centroid_step(C, st: EKMStats) -> np.ndarray:
+def centroid_step(C, st: EKMStats) -> np.ndarray:
     """Step ``S_k/N_k − c_k`` (= −∇_k J / N_k), guarded where N_k is not clearly positive.
 
     EKM weights can be negative, so ``N_k`` can approach or cross 0. There the step would be
@@ -240,7 +240,7 @@ def _run_skm(stats_fn, C0, alpha, max_iter, tol_abs, rise_rtol, accelerate=True,
     """
     C = np.array(C0, dtype=np.float64)
     st = stats_fn(C, alpha)
-    r = _centroid_step(C, st)
+    r = centroid_step(C, st)
     dC, dR = [], []
     eta, converged, n_iter = 1.0, False, 0
     while n_iter < max_iter:
@@ -251,7 +251,7 @@ def _run_skm(stats_fn, C0, alpha, max_iter, tol_abs, rise_rtol, accelerate=True,
         if not accelerate:
             C = C + r
             st = stats_fn(C, alpha)
-            r = _centroid_step(C, st)
+            r = centroid_step(C, st)
             continue
         if dC and eta == 1.0:
             DC = np.stack([v.ravel() for v in dC], axis=1)
@@ -271,7 +271,7 @@ def _run_skm(stats_fn, C0, alpha, max_iter, tol_abs, rise_rtol, accelerate=True,
                 if eta < _MIN_ETA:
                     break
             continue
-        r_new = _centroid_step(C_new, st_new)
+        r_new = centroid_step(C_new, st_new)
         dC.append(C_new - C), dR.append(r_new - r)
         if len(dC) > _AA_MEMORY:
             dC.pop(0), dR.pop(0)

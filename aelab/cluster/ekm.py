@@ -28,30 +28,15 @@ import warnings
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin
-from sklearn.cluster import kmeans_plusplus
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
-from aelab.cluster.core import (  # noqa: F401  (re-exported: the numerics' public names and helpers)
-    EKMStats,
-    _boltzmann,
-    _centroid_step,
-    _degenerate,
-    _default_chunk,
-    _make_backend,
-    _NumpyBackend,
-    _run_skm,
-    ekm_sufficient_statistics,
-    ekm_weights,
-    sum_stats,
-)
+from aelab.cluster.core import _boltzmann, _degenerate, _make_backend, _run_skm
+from aelab.cluster.seeding import init_centers, screen_seeds
 
-__all__ = ["EquilibriumKMeans", "EKMStats", "ekm_weights", "ekm_sufficient_statistics", "sum_stats"]
-
-_INIT_SUBSAMPLE = 100_000  # k-means++ seeds on at most this many points (O(n) memory otherwise)
-
+__all__ = ["EquilibriumKMeans"]
 
 
 def _resolve_alpha(alpha, scale, mean_half_sqdist: float) -> float:
@@ -87,15 +72,15 @@ def _validate_common(est, X):
         raise ValueError(f"n_samples={n} should be >= n_clusters={est.n_clusters}.")
     init = est.init
     if isinstance(init, str):
-        if init not in ("k-means++", "random"):
-            raise ValueError(f"init must be 'k-means++', 'random' or an array, got {init!r}.")
+        if init not in ("screen", "k-means++", "random"):
+            raise ValueError(f"init must be 'screen', 'k-means++', 'random' or an array, got {init!r}.")
     else:
         init = check_array(init, dtype=np.float64)
         if init.shape != (est.n_clusters, d):
             raise ValueError(f"init has shape {init.shape}, expected ({est.n_clusters}, {d}).")
     n_init = getattr(est, "n_init", 1)
-    if n_init == "auto":
-        n_init = 10 if isinstance(init, str) and init == "random" else 1
+    if isinstance(n_init, str) and n_init == "auto":
+        n_init = type(est)._auto_n_init.get(init, 1) if isinstance(init, str) else 1
     _check_int("n_init", n_init, 1)
     if not isinstance(init, str) and n_init != 1:
         warnings.warn(f"Explicit initial centers given: performing one init instead of n_init={n_init}.",
@@ -104,16 +89,11 @@ def _validate_common(est, X):
     return init, n_init
 
 
-def _init_centers(X, n_clusters, init, random_state) -> np.ndarray:
-    """Initial centroids (float64) by k-means++ (on a subsample for large n), random rows or given."""
-    if not isinstance(init, str):
-        return np.array(init, dtype=np.float64)
-    n = X.shape[0]
-    if init == "random":
-        return X[random_state.choice(n, n_clusters, replace=False)].astype(np.float64)
-    Xs = X if n <= _INIT_SUBSAMPLE else X[np.sort(random_state.choice(n, _INIT_SUBSAMPLE, replace=False))]
-    centers, _ = kmeans_plusplus(Xs, n_clusters, random_state=random_state)
-    return centers.astype(np.float64)
+def _seedings(est, X, init, n_init, param, random_state):
+    """The ``n_init`` starting centroid sets of one fit (``"screen"``: all drawn up front)."""
+    if isinstance(init, str) and init == "screen":
+        return screen_seeds(X, est.n_clusters, param, n_init, random_state, type(est)._kernel)
+    return (init_centers(X, est.n_clusters, init, random_state) for _ in range(n_init))
 
 
 def one_blas_thread(method):
@@ -142,6 +122,7 @@ class _SmoothKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMi
 
     _kernel = staticmethod(_boltzmann)
     _accelerate = True
+    _auto_n_init = {"random": 10}  # n_init="auto" per init string (1 otherwise, as KMeans)
 
     def _backend_for(self, X):
         chunk = getattr(self, "chunk_size", None)
@@ -163,8 +144,7 @@ class _SmoothKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMi
         tol_abs = tol**2 * 2.0 * be.mean_half_sqdist / X.shape[1]
         rise = 64 * float(np.finfo(X.dtype).eps)
         best = None
-        for _ in range(n_init):
-            C0 = _init_centers(X, self.n_clusters, init, random_state)
+        for C0 in _seedings(self, X, init, n_init, param, random_state):
             run = _run_skm(be.stats, C0, param, self.max_iter, tol_abs, rise, self._accelerate, self.verbose)
             if best is None or run[1].objective < best[1].objective:
                 best = run
@@ -236,8 +216,17 @@ class EquilibriumKMeans(_SmoothKMeans):
             ``α = scale / mean_n d(x_n, x̄)``. ``sklekmeans``' α is this α / 2 (it uses the full
             squared distance); with the same ``scale`` both packages pick the same clustering.
         scale: factor of ``"dvariance"`` (default 2, as in ``sklekmeans``).
-        init: ``"k-means++"``, ``"random"`` or an array (n_clusters, n_features).
-        n_init: restarts, keeping the lowest objective; ``"auto"``: 1 (10 for ``"random"``).
+        init: ``"screen"`` (default), ``"k-means++"``, ``"random"`` or an array (n_clusters,
+            n_features). ``"screen"`` draws ``max(24, 8·n_init)`` seedings (k-means++, random rows
+            and k-means++ moved to local means, in turn), refines them all by 5 plain EKM steps on at most 2048 rows and
+            fully fits the ``n_init`` with the lowest objective (:mod:`aelab.cluster.seeding`):
+            k-means++ alone keeps splitting a large cluster on imbalanced data, where often only
+            a few % of k-means++ or random starts reach the lowest objective.
+        n_init: full fits, keeping the lowest objective. ``"auto"``: 2 for ``"screen"``, 10 for
+            ``"k-means++"`` and ``"random"``. Cost (``benchmarks/bench_ekm_seeding.py``, sets of
+            1,500–5,000 points): the default takes about 3× one k-means++ fit (two full fits
+            plus a screening that costs about one fit and does not grow with n beyond 2048
+            rows); ``init="k-means++"`` with ``n_init="auto"`` (10) about 10×.
         max_iter: maximum centroid updates per restart.
         tol: relative tolerance on the fixed-point residual: converged when
             ``‖S/N − C‖_F ≤ tol · sqrt(mean feature variance)`` (stricter than ``KMeans``' tol,
@@ -263,7 +252,9 @@ class EquilibriumKMeans(_SmoothKMeans):
         (0.087273, array([ 0.9562, 10.0438]))
     """
 
-    def __init__(self, n_clusters=8, *, alpha="dvariance", scale=2.0, init="k-means++", n_init="auto",
+    _auto_n_init = {"screen": 2, "k-means++": 10, "random": 10}
+
+    def __init__(self, n_clusters=8, *, alpha="dvariance", scale=2.0, init="screen", n_init="auto",
                  max_iter=300, tol=1e-4, random_state=None, verbose=0, backend="numpy", device="cpu",
                  chunk_size=None):
         self.n_clusters = n_clusters

@@ -169,13 +169,13 @@ def _section_1b(run_dir: Path, stages: dict) -> Section:
 
 
 def _section_2a() -> Section:
-    from aelab.cluster import ekm
+    from aelab.cluster import core as ekm
 
     blocks: list = [Paragraph("Equilibrium K-Means (Y. He, arXiv:2402.14490), with d_kn = ½‖x_n − c_k‖²:"),
                     Equation("u_kn = exp(−α d_kn) / Σ_i exp(−α d_in),   h_n = Σ_i u_in d_in\n"
                              "w_kn = u_kn · [1 − α (d_kn − h_n)]          (weights; negative ⇒ repulsion)\n"
                              "c_k  = Σ_n w_kn x_n / Σ_n w_kn               (centroid update)")]
-    for name in ("ekm_weights", "_centroid_step"):
+    for name in ("ekm_weights", "centroid_step"):
         fn = getattr(ekm, name, None)
         if fn is not None:
             where = Path(inspect.getsourcefile(fn)).relative_to(Path(ekm.__file__).parents[2]).as_posix()
