@@ -2,7 +2,7 @@
 
 Public names::
 
-    EquilibriumKMeans, MiniBatchEquilibriumKMeans       # scikit-learn estimators
+    EquilibriumKMeans, MiniBatchEquilibriumKMeans, SemiSupervisedEquilibriumKMeans  # estimators
     EKMStats, ekm_weights, centroid_step, ekm_sufficient_statistics, sum_stats
     KMeans, FuzzyKMeans, MaxEntropyFuzzyKMeans, SeedSoftmaxKMeans, make_clusterer, METHODS
     alpha_sweep, find_alpha, AlphaSearch, SweepPoint, write_sweep_csv, clustering_scores
@@ -25,10 +25,12 @@ from aelab.cluster.core import EKMStats, centroid_step, ekm_sufficient_statistic
 from aelab.cluster.ekm import EquilibriumKMeans
 from aelab.cluster.figures import plot_clusterings, plot_ratio_vs_alpha
 from aelab.cluster.minibatch import MiniBatchEquilibriumKMeans
+from aelab.cluster.ssekm import SemiSupervisedEquilibriumKMeans
 
 __all__ = [
     "EquilibriumKMeans",
     "MiniBatchEquilibriumKMeans",
+    "SemiSupervisedEquilibriumKMeans",
     "EKMStats",
     "ekm_weights",
     "centroid_step",

@@ -72,8 +72,9 @@ def _validate_common(est, X):
         raise ValueError(f"n_samples={n} should be >= n_clusters={est.n_clusters}.")
     init = est.init
     if isinstance(init, str):
-        if init not in ("screen", "k-means++", "random"):
-            raise ValueError(f"init must be 'screen', 'k-means++', 'random' or an array, got {init!r}.")
+        names = type(est)._init_names
+        if init not in names:
+            raise ValueError(f"init must be {', '.join(map(repr, names))} or an array, got {init!r}.")
     else:
         init = check_array(init, dtype=np.float64)
         if init.shape != (est.n_clusters, d):
@@ -123,6 +124,7 @@ class _SmoothKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMi
     _kernel = staticmethod(_boltzmann)
     _accelerate = True
     _auto_n_init = {"random": 10}  # n_init="auto" per init string (1 otherwise, as KMeans)
+    _init_names = ("screen", "k-means++", "random")
 
     def _backend_for(self, X):
         chunk = getattr(self, "chunk_size", None)
@@ -139,31 +141,43 @@ class _SmoothKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMi
         random_state = check_random_state(self.random_state)
         be = self._backend_for(X)
         param = self._fit_param(be)
+        stats_fn = self._objective_stats(X, y, be)
         # (tol · feature std)², never below what the dtype resolves (float32 would stall)
         tol = max(self.tol, 100 * float(np.finfo(X.dtype).eps))
         tol_abs = tol**2 * 2.0 * be.mean_half_sqdist / X.shape[1]
         rise = 64 * float(np.finfo(X.dtype).eps)
         best = None
-        for C0 in _seedings(self, X, init, n_init, param, random_state):
-            run = _run_skm(be.stats, C0, param, self.max_iter, tol_abs, rise, self._accelerate, self.verbose)
+        for C0 in self._starts(X, init, n_init, param, random_state):
+            run = _run_skm(stats_fn, C0, param, self.max_iter, tol_abs, rise, self._accelerate, self.verbose)
             if best is None or run[1].objective < best[1].objective:
                 best = run
         C, st, self.n_iter_, self.converged_ = best
         self.cluster_centers_ = C.astype(X.dtype)
         self._n_features_out = self.n_clusters
         self.labels_, self.objective_, self.weights_ = be.assign(self.cluster_centers_, param, weights=True)
+        self._finish(st)
+        return self
+
+    def _objective_stats(self, X, y, be):
+        """``(C, param) -> EKMStats`` of the objective being minimised (semi-supervised EKM adds a term)."""
+        return be.stats
+
+    def _starts(self, X, init, n_init, param, random_state):
+        return _seedings(self, X, init, n_init, param, random_state)
+
+    def _finish(self, st):
+        """Warnings about the fitted solution (``st``: its statistics)."""
         name = type(self).__name__
         if not self.converged_:
             warnings.warn(f"{name} did not converge in max_iter={self.max_iter} iterations; "
-                          "increase max_iter or tol.", ConvergenceWarning, stacklevel=2)
+                          "increase max_iter or tol.", ConvergenceWarning, stacklevel=3)
         if _degenerate(st).any():
             warnings.warn(f"{name}: {int(_degenerate(st).sum())} cluster(s) have a non-positive or tiny "
-                          "weight sum (strong repulsion); alpha may be too large.", ConvergenceWarning, stacklevel=2)
+                          "weight sum (strong repulsion); alpha may be too large.", ConvergenceWarning, stacklevel=3)
         n_found = len(np.unique(self.labels_))
         if n_found < self.n_clusters:
             warnings.warn(f"Number of distinct clusters ({n_found}) found smaller than n_clusters "
-                          f"({self.n_clusters}).", ConvergenceWarning, stacklevel=2)
-        return self
+                          f"({self.n_clusters}).", ConvergenceWarning, stacklevel=3)
 
     def _test_backend(self, X):
         check_is_fitted(self)

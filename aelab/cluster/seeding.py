@@ -61,11 +61,29 @@ def _local_means(X, C, m):
     return X[idx].mean(axis=1)
 
 
-def _candidate(X, n_clusters, kind, random_state):
-    if kind != "local":
-        return init_centers(X, n_clusters, kind, random_state)
-    C = init_centers(X, n_clusters, "k-means++", random_state)
-    return _local_means(X, C, min(X.shape[0], _LOCAL_NEIGHBOURS))
+def _d2_sampling(X, xsq, n_clusters, random_state):
+    """Plain k-means++ (Arthur & Vassilvitskii 2007): each next seed drawn ∝ squared distance.
+
+    One draw per seed (scikit-learn's greedy variant tries 2 + log K and costs ~1 ms a call,
+    too much for dozens of candidates); ``xsq`` is ``‖x‖²`` per row.
+    """
+    n = X.shape[0]
+    idx = [random_state.randint(n)]
+    d2 = np.maximum(xsq - 2.0 * X @ X[idx[0]] + xsq[idx[0]], 0.0)
+    for _ in range(1, n_clusters):
+        total = d2.sum()
+        i = random_state.randint(n) if not total > 0 else int(np.searchsorted(np.cumsum(d2), random_state.rand() * total))
+        idx.append(min(i, n - 1))
+        np.minimum(d2, np.maximum(xsq - 2.0 * X @ X[idx[-1]] + xsq[idx[-1]], 0.0), out=d2)
+    return X[idx]
+
+
+def _candidate(X, xsq, n_clusters, kind, random_state):
+    """One seeding of the given kind ("k-means++", "random" or "local"), float64 (K, d)."""
+    if kind == "random":
+        return X[random_state.choice(X.shape[0], n_clusters, replace=False)]
+    C = _d2_sampling(X, xsq, n_clusters, random_state)
+    return _local_means(X, C, min(X.shape[0], _LOCAL_NEIGHBOURS)) if kind == "local" else C
 
 
 def _batched_stats(Xc, xsq_half, C, param, kernel):
@@ -110,11 +128,12 @@ def screen_seeds(X, n_clusters: int, param, n_keep: int, random_state, kernel, n
     n = X.shape[0]
     rows = np.arange(n) if n <= subsample else np.sort(random_state.choice(n, subsample, replace=False))
     Xs = np.asarray(X[rows], dtype=np.float64)
-    mean = Xs.mean(axis=0)
-    Xc = (Xs - mean).astype(np.float32)  # ranking only: float32 halves the cost of exp
+    mean = Xs.mean(axis=0)  # refined in float32 about the mean (ranking only: halves the cost of exp)
+    Xc = Xs - mean
     xsq_half = 0.5 * np.einsum("ij,ij->i", Xc, Xc)
     kinds = ("k-means++", "random", "local")
-    C = (np.stack([_candidate(Xs, n_clusters, kinds[j % 3], random_state) for j in range(M)]) - mean).astype(np.float32)
+    C = np.stack([_candidate(Xc, 2.0 * xsq_half, n_clusters, kinds[j % 3], random_state) for j in range(M)])
+    Xc, C, xsq_half = Xc.astype(np.float32), C.astype(np.float32), xsq_half.astype(np.float32)
     for _ in range(n_steps):
         S, N, A, _ = _batched_stats(Xc, xsq_half, C, param, kernel)
         denom = np.maximum(N, _GUARD_RHO * A)
