@@ -4,7 +4,8 @@ Public names::
 
     EquilibriumKMeans, MiniBatchEquilibriumKMeans, SemiSupervisedEquilibriumKMeans  # estimators
     EKMStats, ekm_weights, centroid_step, ekm_sufficient_statistics, sum_stats
-    KMeans, FuzzyKMeans, MaxEntropyFuzzyKMeans, SeedSoftmaxKMeans, make_clusterer, METHODS
+    KMeans, FuzzyKMeans, MaxEntropyFuzzyKMeans, CourseSoftmaxKMeans, make_clusterer, METHODS
+    ClusterConfig, ClusterResult, run_cluster_study      # study 2 (aelab.cluster.study)
     alpha_sweep, find_alpha, AlphaSearch, SweepPoint, write_sweep_csv, clustering_scores
     plot_clusterings, plot_ratio_vs_alpha
 
@@ -17,6 +18,7 @@ from aelab.cluster.baselines import (
     METHODS,
     FuzzyKMeans,
     KMeans,
+    CourseSoftmaxKMeans,
     MaxEntropyFuzzyKMeans,
     SeedSoftmaxKMeans,
     make_clusterer,
@@ -26,6 +28,7 @@ from aelab.cluster.ekm import EquilibriumKMeans
 from aelab.cluster.figures import plot_clusterings, plot_ratio_vs_alpha
 from aelab.cluster.minibatch import MiniBatchEquilibriumKMeans
 from aelab.cluster.ssekm import SemiSupervisedEquilibriumKMeans
+from aelab.cluster.study import ClusterConfig, ClusterResult, run_cluster_study
 
 __all__ = [
     "EquilibriumKMeans",
@@ -39,6 +42,7 @@ __all__ = [
     "KMeans",
     "FuzzyKMeans",
     "MaxEntropyFuzzyKMeans",
+    "CourseSoftmaxKMeans",
     "SeedSoftmaxKMeans",
     "make_clusterer",
     "METHODS",
@@ -50,4 +54,7 @@ __all__ = [
     "clustering_scores",
     "plot_clusterings",
     "plot_ratio_vs_alpha",
+    "ClusterConfig",
+    "ClusterResult",
+    "run_cluster_study",
 ]

@@ -191,10 +191,13 @@ def _section_2b(run_dir: Path, stages: dict) -> Section:
     rows = []
     for p in ekm.get("panels", []):
         rows.append([f"EKM α={p['alpha']:.4g}", ":".join(map(str, p["sizes"])), ":".join(f"{r:.2f}" for r in p["ratio"]), p.get("ari")])
-    for method in ("kmeans", "seed-softmax"):
+    for method in ("ssekm", "kmeans", "course-softmax", "seed-softmax"):  # seed-softmax: runs before the rename
         m = _json(run_dir / f"cluster_{method}" / "metrics.json")
         if m:
-            name = {"kmeans": "k-means", "seed-softmax": f"seed's softmax variant α={m.get('alpha') or 0:.4g}"}[method]
+            name = {"kmeans": "k-means",
+                    "ssekm": f"semi-supervised EKM α={m.get('alpha') or 0:.4g}, {m.get('n_labels_used', '?')} labels",
+                    "course-softmax": f"course report's softmax variant α={m.get('alpha') or 0:.4g}",
+                    "seed-softmax": f"course report's softmax variant α={m.get('alpha') or 0:.4g}"}[method]
             rows.append([name, ":".join(map(str, m["sizes"])), ":".join(f"{r:.2f}" for r in m["ratio"]), m.get("ari")])
     counts = ekm.get("class_counts", {})
     target = [f"{t:g}" for t in ekm.get("search", {}).get("target_ratio") or []]
@@ -208,7 +211,7 @@ def _section_2b(run_dir: Path, stages: dict) -> Section:
         reading += f" {better} agrees better with the classes." if better != "neither" else " Both agree equally with the classes."
     blocks = [
         Table(["method", "cluster sizes", "size ratio", "ARI"], rows, caption=f"Target ratio {':'.join(target)}; α in the paper's convention", reading=reading),
-        Figure("cluster_ekm/figures/clusterings.png", caption="EKM at α, 10α and 0.1α (PCA projection, centroids marked)"),
+        Figure("cluster_ekm/figures/clusterings.png", caption="EKM at α, 10α and 0.1α (PCA projection; colour: cluster, marker shape: true class; centroids marked)"),
         Figure("cluster_ekm/figures/ratio_vs_alpha.png", caption="Cluster-size ratio versus α; the target is marked"),
     ]
     return Section("2b", "Equilibrium K-Means on the embeddings", blocks)
