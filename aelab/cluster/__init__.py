@@ -16,9 +16,9 @@ The torch backend is imported only when ``backend="torch"`` is asked for; the fi
 from aelab.cluster.alpha import AlphaSearch, SweepPoint, alpha_sweep, clustering_scores, find_alpha, write_sweep_csv
 from aelab.cluster.baselines import (
     METHODS,
+    CourseSoftmaxKMeans,
     FuzzyKMeans,
     KMeans,
-    CourseSoftmaxKMeans,
     MaxEntropyFuzzyKMeans,
     SeedSoftmaxKMeans,
     make_clusterer,

@@ -171,20 +171,6 @@ class _NumpyBackend:
         return out
 
 
-def _make_backend(X, backend: str, device: str, chunk_size, n_clusters: int, kernel=None):
-    if backend == "numpy":
-        if str(device) != "cpu":
-            raise ValueError(f"backend='numpy' runs on the CPU only, got device={device!r}.")
-        return _NumpyBackend(X, chunk_size, n_clusters, kernel)
-    if backend == "torch":
-        if kernel not in (None, _boltzmann):
-            raise ValueError("backend='torch' implements EKM only; use backend='numpy'.")
-        from aelab.cluster.torch_backend import TorchBackend
-
-        return TorchBackend(X, device=device, chunk_size=chunk_size, n_clusters=n_clusters)
-    raise ValueError(f"backend must be 'numpy' or 'torch', got {backend!r}.")
-
-
 def ekm_sufficient_statistics(X, centers, alpha: float, *, chunk_size: int | None = None) -> EKMStats:
     """``(S, N)`` of one EKM step on a batch, so that ``c_k = ΣS_k / ΣN_k`` over batches/workers.
 

@@ -33,7 +33,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
-from aelab.cluster.core import _boltzmann, _degenerate, _make_backend, _run_skm
+from aelab.cluster.backends import make_backend
+from aelab.cluster.core import _boltzmann, _degenerate, _run_skm
 from aelab.cluster.seeding import init_centers, screen_seeds
 
 __all__ = ["EquilibriumKMeans"]
@@ -130,7 +131,7 @@ class _SmoothKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMi
         chunk = getattr(self, "chunk_size", None)
         if chunk is not None:
             _check_int("chunk_size", chunk, 1)
-        return _make_backend(X, getattr(self, "backend", "numpy"), getattr(self, "device", "cpu"),
+        return make_backend(X, getattr(self, "backend", "numpy"), getattr(self, "device", "cpu"),
                              chunk, self.n_clusters, type(self)._kernel)
 
     @one_blas_thread

@@ -22,8 +22,8 @@ from sklearn.utils.validation import validate_data
 from aelab.cluster.core import EKMStats, centroid_step
 from aelab.cluster.ekm import (
     _check_int,
-    _seedings,
     _resolve_alpha,
+    _seedings,
     _SmoothKMeans,
     _validate_common,
     one_blas_thread,

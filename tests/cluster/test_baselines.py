@@ -6,23 +6,22 @@ import warnings
 
 import numpy as np
 import pytest
+from cluster_data import imbalanced_balls
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import adjusted_rand_score
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from cluster_data import imbalanced_balls
-
 from aelab.cluster import (
     METHODS,
+    CourseSoftmaxKMeans,
     EquilibriumKMeans,
     FuzzyKMeans,
     MaxEntropyFuzzyKMeans,
-    CourseSoftmaxKMeans,
     make_clusterer,
 )
-from aelab.cluster.baselines import _fkm_kernel, _mefc_kernel, _course_kernel
+from aelab.cluster.baselines import _course_kernel, _fkm_kernel, _mefc_kernel
 
 
 # Independent references from the smooth-K-means table (d is the half squared distance).

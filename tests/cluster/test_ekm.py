@@ -7,13 +7,12 @@ import warnings
 
 import numpy as np
 import pytest
+from cluster_data import imbalanced_balls
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import adjusted_rand_score
 from sklearn.utils.estimator_checks import parametrize_with_checks
-
-from cluster_data import imbalanced_balls
 
 from aelab.cluster import EquilibriumKMeans, ekm_sufficient_statistics, ekm_weights
 from aelab.cluster.core import _NumpyBackend, centroid_step
