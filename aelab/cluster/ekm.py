@@ -33,6 +33,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
+import aelab.cluster.distributed as dist_ekm
 from aelab.cluster.backends import make_backend
 from aelab.cluster.core import _boltzmann, _degenerate, _run_skm
 from aelab.cluster.seeding import init_centers, screen_seeds
@@ -98,6 +99,16 @@ def _seedings(est, X, init, n_init, param, random_state):
     return (init_centers(X, est.n_clusters, init, random_state) for _ in range(n_init))
 
 
+def _sharded(est) -> bool:
+    """``distributed=True``: the fit's sums go through torch.distributed (needs a process group)."""
+    if not getattr(est, "distributed", False):
+        return False
+    if not dist_ekm.is_distributed():
+        raise ValueError("distributed=True needs an initialised torch.distributed process group "
+                         "(torch.distributed.init_process_group).")
+    return True
+
+
 def one_blas_thread(method):
     """Run ``method`` with BLAS on one thread, as scikit-learn's ``KMeans`` does.
 
@@ -141,14 +152,22 @@ class _SmoothKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMi
         init, n_init = _validate_common(self, X)
         random_state = check_random_state(self.random_state)
         be = self._backend_for(X)
+        sharded = _sharded(self)
+        if sharded:
+            be.mean_half_sqdist = dist_ekm.global_mean_half_sqdist(X)
         param = self._fit_param(be)
         stats_fn = self._objective_stats(X, y, be)
+        if sharded:
+            stats_fn = dist_ekm.ekm_statistics_allreduced(stats_fn)
         # (tol · feature std)², never below what the dtype resolves (float32 would stall)
         tol = max(self.tol, 100 * float(np.finfo(X.dtype).eps))
         tol_abs = tol**2 * 2.0 * be.mean_half_sqdist / X.shape[1]
         rise = 64 * float(np.finfo(X.dtype).eps)
         best = None
-        for C0 in self._starts(X, init, n_init, param, random_state):
+        starts = self._starts(X, init, n_init, param, random_state)
+        if sharded:  # rank 0's starts on every rank
+            starts = list(dist_ekm.broadcast_array(np.stack(list(starts))))
+        for C0 in starts:
             run = _run_skm(stats_fn, C0, param, self.max_iter, tol_abs, rise, self._accelerate, self.verbose)
             if best is None or run[1].objective < best[1].objective:
                 best = run
@@ -156,6 +175,8 @@ class _SmoothKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMi
         self.cluster_centers_ = C.astype(X.dtype)
         self._n_features_out = self.n_clusters
         self.labels_, self.objective_, self.weights_ = be.assign(self.cluster_centers_, param, weights=True)
+        if sharded:
+            self.objective_ = float(dist_ekm.allreduce_sum(np.array([self.objective_]))[0])
         self._finish(st)
         return self
 
@@ -251,6 +272,10 @@ class EquilibriumKMeans(_SmoothKMeans):
         backend: ``"numpy"`` or ``"torch"`` (same result within float tolerance).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"`` (torch backend only).
         chunk_size: rows per pass; memory beyond X is ``O(chunk_size × n_clusters)``.
+        distributed: X is this process's shard of the points: every iteration's statistics are
+            summed over the ranks of the initialised ``torch.distributed`` process group (one
+            ``all_reduce``), starts come from rank 0, so all ranks end with the centroids one
+            process would find on all the points (:mod:`aelab.cluster.distributed`).
 
     Attributes:
         cluster_centers_: (n_clusters, n_features), dtype of X.
@@ -271,7 +296,7 @@ class EquilibriumKMeans(_SmoothKMeans):
 
     def __init__(self, n_clusters=8, *, alpha="dvariance", scale=2.0, init="screen", n_init="auto",
                  max_iter=300, tol=1e-4, random_state=None, verbose=0, backend="numpy", device="cpu",
-                 chunk_size=None):
+                 chunk_size=None, distributed=False):
         self.n_clusters = n_clusters
         self.alpha = alpha
         self.scale = scale
@@ -284,6 +309,7 @@ class EquilibriumKMeans(_SmoothKMeans):
         self.backend = backend
         self.device = device
         self.chunk_size = chunk_size
+        self.distributed = distributed
 
     @property
     def alpha_sklekmeans_(self) -> float:

@@ -64,7 +64,7 @@ class SemiSupervisedEquilibriumKMeans(EquilibriumKMeans):
         init: ``"labels"`` (default: each class's centroid starts at its labelled points' mean,
             free clusters by k-means++ from there), or any init of ``EquilibriumKMeans``.
         n_init: ``"auto"``: 1 for ``"labels"`` (deterministic), else as ``EquilibriumKMeans``.
-        alpha, scale, max_iter, tol, random_state, verbose, backend, device, chunk_size: as
+        alpha, scale, max_iter, tol, random_state, verbose, backend, device, chunk_size, distributed: as
             :class:`~aelab.cluster.EquilibriumKMeans`.
 
     Attributes:
@@ -84,10 +84,10 @@ class SemiSupervisedEquilibriumKMeans(EquilibriumKMeans):
 
     def __init__(self, n_clusters=8, *, alpha="dvariance", scale=2.0, theta="auto", init="labels", n_init="auto",
                  max_iter=300, tol=1e-4, random_state=None, verbose=0, backend="numpy", device="cpu",
-                 chunk_size=None):
+                 chunk_size=None, distributed=False):
         super().__init__(n_clusters, alpha=alpha, scale=scale, init=init, n_init=n_init, max_iter=max_iter, tol=tol,
                          random_state=random_state, verbose=verbose, backend=backend, device=device,
-                         chunk_size=chunk_size)
+                         chunk_size=chunk_size, distributed=distributed)
         self.theta = theta
 
     def fit(self, X, y=None):
