@@ -145,6 +145,42 @@ def real_sets(skl) -> str:
     return "\n".join(lines)
 
 
+def large_and_two_small(sizes, distance, seed=0):
+    """2-D: a unit Gaussian of sizes[0] points and two of spread 0.5 at ``distance`` on the axes, z-scored."""
+    rng = np.random.default_rng(seed)
+    X = np.vstack([rng.normal(0, 1, (sizes[0], 2)), rng.normal(0, 0.5, (sizes[1], 2)) + [distance, 0],
+                   rng.normal(0, 0.5, (sizes[2], 2)) + [0, distance]])
+    y = np.repeat(np.arange(3), sizes)
+    return (X - X.mean(0)) / X.std(0), y
+
+
+def hard_2d(n_ref: int) -> str:
+    """The issue's kind of set (α = 1, 2-D, tens to one), where few starts of any kind reach the best J.
+
+    Reference: the lower of the best of ``n_ref`` random restarts and EKM started at the true class
+    means. Each method runs with random_state 0, 1, 2 (the hand-made sets on which the default
+    was chosen, so this part is not held out).
+    """
+    cases = [((2000, 60, 40), 5.0), ((2000, 100, 50), 4.0), ((2000, 100, 50), 5.0), ((1500, 50, 50), 4.0),
+             ((1500, 50, 50), 5.0), ((2000, 60, 40), 4.0)]
+    variants = {"aelab EKM default (screen, n_init=auto=2)": dict(),
+                "aelab EKM former default (k-means++, n_init=1)": dict(init="k-means++", n_init=1),
+                "aelab EKM k-means++, n_init=10": dict(init="k-means++", n_init=10)}
+    hits = dict.fromkeys(variants, 0)
+    for sizes, dist in cases:
+        X, y = large_and_two_small(sizes, dist)
+        means = np.stack([X[y == k].mean(0) for k in range(3)])
+        ref = min([EquilibriumKMeans(3, alpha=1.0, init=means).fit(X).objective_]
+                  + [EquilibriumKMeans(3, alpha=1.0, init="random", n_init=1, random_state=s).fit(X).objective_
+                     for s in range(n_ref)])
+        for name, kw in variants.items():
+            hits[name] += sum(EquilibriumKMeans(3, alpha=1.0, random_state=s, **kw).fit(X).objective_ <= ref * 1.001
+                              for s in range(3))
+    lines = ["| method (6 hand-made 2-D sets × 3 random states, α = 1) | within 0.1 % of the reference |", "|---|---:|"]
+    lines += [f"| {name} | {h} / {3 * len(cases)} |" for name, h in hits.items()]
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sets", type=int, default=24)
@@ -164,6 +200,7 @@ def main(argv=None):
         print(real_sets(skl), flush=True)
         if args.real_only:
             return
+        print(hard_2d(args.restarts), flush=True)
         for alpha in ("dvariance", 1.0):
             results[alpha] = []
             for i in range(args.sets):
