@@ -2,12 +2,12 @@
 
 Why k-means++ alone is not enough for EKM (measured, ``benchmarks/bench_ekm_seeding.py``):
 k-means++ draws seeds with probability ∝ squared distance to the seeds so far, so on a large
-cluster with long tails it often puts two seeds in that cluster's tails and one between the
-small clusters. Hard k-means' basin and EKM's are different: EKM's good solution has one
-centroid inside each small cluster, held there against the repulsion of the large cluster
-(weights ``w_kn < 0`` for its far points), and a split of the large cluster is a local minimum
-of EKM's objective too. On some imbalanced sets only 2–5 % of k-means++ starts (and of random
-starts) reach the lowest objective, so ten k-means++ restarts still miss it.
+cluster with tails many of its seeds are tail points. EKM's good solution on imbalanced data
+has one centroid near each small cluster's mean, held there against the repulsion of the large
+cluster (weights ``w_kn < 0`` for its far points), and a split of the large cluster is a local
+minimum of EKM's objective too; from many k-means++ starts EKM ends in that split. Started at
+the true class means it reaches the lowest objective. On some imbalanced 2-D sets only 2–5 % of
+k-means++ starts (and of random starts) reach it, so ten k-means++ restarts still miss it.
 
 ``init="screen"`` (EKM's default) therefore searches wide and cheaply before it fits:
 
@@ -28,13 +28,14 @@ from __future__ import annotations
 import numpy as np
 from sklearn.cluster import kmeans_plusplus
 
+from aelab.cluster.core import _GUARD_RHO
+
 __all__ = ["init_centers", "screen_seeds", "SCREEN_SUBSAMPLE", "SCREEN_STEPS", "screen_candidates"]
 
 INIT_SUBSAMPLE = 100_000  # k-means++ seeds on at most this many points (O(n) memory otherwise)
 SCREEN_SUBSAMPLE = 2048  # rows on which the candidates are refined and ranked
 SCREEN_STEPS = 5  # plain EKM steps per candidate before ranking
 _LOCAL_NEIGHBOURS = 10  # a "local" candidate moves each k-means++ seed to the mean of this many rows
-_GUARD_RHO = 0.05  # as the full fit: N_k below 5 % of Σ|w_kn| counts as vanishing
 
 
 def screen_candidates(n_init: int) -> int:

@@ -191,7 +191,7 @@ def _section_2b(run_dir: Path, stages: dict) -> Section:
     rows = []
     for p in ekm.get("panels", []):
         rows.append([f"EKM α={p['alpha']:.4g}", ":".join(map(str, p["sizes"])), ":".join(f"{r:.2f}" for r in p["ratio"]), p.get("ari")])
-    for method in ("ssekm", "kmeans", "course-softmax", "seed-softmax"):  # seed-softmax: runs before the rename
+    for method in ("kmeans", "course-softmax", "seed-softmax", "ssekm"):  # seed-softmax: runs before the rename
         m = _json(run_dir / f"cluster_{method}" / "metrics.json")
         if m:
             name = {"kmeans": "k-means",
