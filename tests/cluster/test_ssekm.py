@@ -6,7 +6,9 @@ import warnings
 
 import numpy as np
 import pytest
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import adjusted_rand_score
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from aelab.cluster import EquilibriumKMeans, SemiSupervisedEquilibriumKMeans
 
@@ -93,3 +95,16 @@ def test_bad_labels_or_theta_raise(y, theta, match):
     X = np.arange(12.0).reshape(6, 2)
     with pytest.raises(ValueError, match=match):
         SemiSupervisedEquilibriumKMeans(2, theta=theta).fit(X, y)
+
+
+_MORE_CLASSES_THAN_CLUSTERS = "these checks pass y with more classes than n_clusters, which is an error by design"
+
+
+@parametrize_with_checks([SemiSupervisedEquilibriumKMeans(random_state=0)], expected_failed_checks=lambda est: {
+    name: _MORE_CLASSES_THAN_CLUSTERS for name in (
+        "check_dont_overwrite_parameters", "check_methods_sample_order_invariance", "check_methods_subset_invariance",
+        "check_fit2d_1feature", "check_fit2d_predict1d")})
+def test_sklearn_estimator_checks(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check(estimator)
