@@ -43,6 +43,12 @@ def screen_candidates(n_init: int) -> int:
     return max(24, 8 * int(n_init))
 
 
+def _sample_rows(n: int, m: int, random_state) -> np.ndarray:
+    """``m`` distinct row indices of ``n``, sorted, in O(m) (``RandomState.choice`` permutes all n)."""
+    rng = np.random.default_rng(random_state.randint(np.iinfo(np.int32).max))
+    return np.sort(rng.choice(n, m, replace=False))
+
+
 def init_centers(X, n_clusters: int, init, random_state) -> np.ndarray:
     """Initial centroids (float64): ``"k-means++"`` (on ≤ 100,000 rows), ``"random"`` rows, or an array."""
     if not isinstance(init, str):
@@ -50,7 +56,7 @@ def init_centers(X, n_clusters: int, init, random_state) -> np.ndarray:
     n = X.shape[0]
     if init == "random":
         return X[random_state.choice(n, n_clusters, replace=False)].astype(np.float64)
-    Xs = X if n <= INIT_SUBSAMPLE else X[np.sort(random_state.choice(n, INIT_SUBSAMPLE, replace=False))]
+    Xs = X if n <= INIT_SUBSAMPLE else X[_sample_rows(n, INIT_SUBSAMPLE, random_state)]
     centers, _ = kmeans_plusplus(Xs, n_clusters, random_state=random_state)
     return centers.astype(np.float64)
 
@@ -127,7 +133,7 @@ def screen_seeds(X, n_clusters: int, param, n_keep: int, random_state, kernel, n
     """
     M = n_candidates or screen_candidates(n_keep)
     n = X.shape[0]
-    rows = np.arange(n) if n <= subsample else np.sort(random_state.choice(n, subsample, replace=False))
+    rows = np.arange(n) if n <= subsample else _sample_rows(n, subsample, random_state)
     Xs = np.asarray(X[rows], dtype=np.float64)
     mean = Xs.mean(axis=0)  # refined in float32 about the mean (ranking only: halves the cost of exp)
     Xc = Xs - mean
