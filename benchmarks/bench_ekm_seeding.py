@@ -19,7 +19,7 @@ hand-made 2-D sets, kept apart from these).
 
 Usage::
 
-    python benchmarks/bench_ekm_seeding.py            # 24 sets, about 5 minutes on 2 busy cores
+    python benchmarks/bench_ekm_seeding.py            # 12 sets per α, 2-5 minutes on 2 busy cores
     python benchmarks/bench_ekm_seeding.py --sets 6   # quick look
     python benchmarks/bench_ekm_seeding.py --real-only # Wine / WDBC vs sklekmeans, SSEKM on digits
 """
@@ -214,7 +214,7 @@ def hard_2d(n_ref: int) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sets", type=int, default=24)
+    p.add_argument("--sets", type=int, default=12, help="sets per α (12 keeps the run a few minutes)")
     p.add_argument("--restarts", type=int, default=200, help="random restarts for the reference objective")
     p.add_argument("--real-only", action="store_true", help="only the UCI sets and the digits (SSEKM)")
     args = p.parse_args(argv)
