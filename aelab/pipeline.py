@@ -3,7 +3,7 @@
 Each stage writes its own subfolder of the run folder and is recorded in ``stages.json`` when
 it finishes, so re-running the same command resumes after the last finished stage (``--force``
 redoes everything) and Ctrl-C loses at most the stage in progress. The pipeline composes the
-public APIs (``aelab.train``, ``aelab.cluster``'s CLI function, ``aelab.anomaly``); it does not
+public APIs (``aelab.train``, ``aelab.cluster.study``, ``aelab.anomaly``); it does not
 re-implement them.
 """
 
@@ -147,33 +147,32 @@ class _SkipWith(Skip):
 
 
 def _stage_cluster(ctx: _Ctx) -> dict:
-    import numpy as np
-
-    from aelab.cli.cluster_cmd import cluster, load_embeddings
+    """Study 2b: the course report's classes 2, 5, 8 at 2:1:1 when they exist (else the first three),
+    clustered by EKM, k-means, the course report's softmax variant and semi-supervised EKM."""
+    from aelab.cluster.study import ClusterConfig, load_embeddings, run_cluster_study
+    from aelab.data import natural_key
     from aelab.train import EmbedConfig, embed
 
     model = ctx.results.get("predict", {}).get("model")
     if model is None:
         raise Skip("no fine-tuned model to embed the images with (every study-1 method failed)")
     emb = embed(EmbedConfig(model=str(ctx.dir / model), data=str(ctx.data), out=str(ctx.sub("embed")), device=ctx.cfg.device))
-    _, _, labels = load_embeddings(emb)
-    from aelab.data import natural_key
-
+    X, _, labels = load_embeddings(emb)
     classes = sorted({lab for lab in labels if lab}, key=natural_key)
     if ctx.cfg.cluster_classes == "auto":
         if len(classes) < 3:
             raise Skip(f"the clustering study needs at least three labelled classes, found {len(classes)}")
-        picked = classes[:3]
+        picked = ["2", "5", "8"] if {"2", "5", "8"} <= set(classes) else classes[:3]
     else:
         picked = [c.strip() for c in ctx.cfg.cluster_classes.split(",")]
     parts = ctx.cfg.cluster_ratio.split(":")
     common = dict(classes=",".join(picked), ratio=ctx.cfg.cluster_ratio if len(parts) == len(picked) else None,
                   target_ratio=ctx.cfg.cluster_ratio, seed=ctx.cfg.seed)
-    out = {"embed": str(emb), "classes": picked}
-    for method in ("ekm", "kmeans", "seed-softmax"):
-        run = cluster(str(emb), out=str(ctx.sub(f"cluster_{method}")), method=method, **common)
-        out[method] = str(run)
-    out["n_embedded"] = int(np.load(emb / "embeddings.npy", mmap_mode="r").shape[0])
+    out = {"embed": str(emb), "classes": picked, "n_embedded": int(X.shape[0])}
+    for method in ("ekm", "kmeans", "course-softmax", "ssekm"):
+        res = run_cluster_study(ClusterConfig(str(emb), out=str(ctx.sub(f"cluster_{method}")), method=method, **common))
+        out[method] = str(res.run_dir)
+        out[f"{method}_ari"] = res.metrics.get("ari")
     return out
 
 

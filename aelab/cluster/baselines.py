@@ -10,11 +10,11 @@ method             h                                               w_kn
 ``kmeans`` (HKM)   ``min_k d_kn``                                  1 for the nearest centroid
 ``fkm``  (FKM)     ``(Σ_k d_kn^−p)^(−1/p)``, ``p = 1/(m−1)``       ``u_kn^m`` (Bezdek's update)
 ``mefc`` (MEFC)    ``−(1/λ) log Σ_k e^(−λ d_kn)``                  ``softmax_k(−λ d_kn)``
-``seed-softmax``   (none: not a gradient method)                   ``softmax_k(−α ‖x_n − c_k‖)``
+``course-softmax`` (none: not a gradient method)                   ``softmax_k(−α ‖x_n − c_k‖)``
 =================  ==============================================  ==============================
 
 ``kmeans`` is scikit-learn's ``KMeans`` itself (re-exported here), so reports compare against the
-reference implementation. ``SeedSoftmaxKMeans`` reproduces the defect of the report this project grew from (its "Eq. 38"):
+reference implementation. ``CourseSoftmaxKMeans`` reproduces the defect of the course report this project grew from (its "Eq. 38"):
 unsquared distance and no equilibrium factor. It is a soft k-means variant, **not** EKM, and is
 kept only to show in reports how it fails on imbalanced data.
 
@@ -28,15 +28,31 @@ Example:
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import numpy as np
 from sklearn.cluster import KMeans
 
 from aelab.cluster.ekm import EquilibriumKMeans, _SmoothKMeans
+from aelab.cluster.ssekm import SemiSupervisedEquilibriumKMeans
 
-__all__ = ["KMeans", "FuzzyKMeans", "MaxEntropyFuzzyKMeans", "SeedSoftmaxKMeans", "make_clusterer", "METHODS"]
+__all__ = ["KMeans", "FuzzyKMeans", "MaxEntropyFuzzyKMeans", "CourseSoftmaxKMeans", "SeedSoftmaxKMeans",
+           "make_clusterer", "canonical_method", "METHODS"]
 
-METHODS = ("ekm", "kmeans", "fkm", "mefc", "seed-softmax")
+METHODS = ("ekm", "ssekm", "kmeans", "fkm", "mefc", "course-softmax")
+_OLD_NAMES = {"seed-softmax": "course-softmax"}  # accepted with a DeprecationWarning for one release
+
+
+def canonical_method(method: str) -> str:
+    """``method`` checked against ``METHODS``; an old spelling warns and is translated."""
+    if method in _OLD_NAMES:
+        new = _OLD_NAMES[method]
+        warnings.warn(f"method {method!r} is renamed {new!r}; the old name will be removed in the next release.",
+                      DeprecationWarning, stacklevel=3)
+        return new
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}.")
+    return method
 
 
 def _softmin(E: np.ndarray, beta: float):
@@ -66,9 +82,9 @@ def _mefc_kernel(D: np.ndarray, lam: float):
     return U, U, h
 
 
-def _seed_kernel(D: np.ndarray, alpha: float):
-    # The seed's weights: softmax of −α·(unsquared) distance. h is the matching soft minimum,
-    # reported as the objective only; the seed's update does not descend it.
+def _course_kernel(D: np.ndarray, alpha: float):
+    # The course report's weights: softmax of −α·(unsquared) distance. h is the matching soft
+    # minimum, reported as the objective only; the report's update does not descend it.
     U, h = _softmin(np.sqrt(2.0 * D), alpha)
     return U, U, h
 
@@ -136,8 +152,8 @@ class MaxEntropyFuzzyKMeans(_Baseline):
         return float(self.lam)
 
 
-class SeedSoftmaxKMeans(_Baseline):
-    """The seed report's "Eq. 38": weights ``softmax_k(−α ‖x_n − c_k‖)``. NOT EKM.
+class CourseSoftmaxKMeans(_Baseline):
+    """The course report's "Eq. 38": weights ``softmax_k(−α ‖x_n − c_k‖)``. NOT EKM.
 
     This is the defect recorded in ``reference/README.md`` (defect 1): unsquared distance and no
     equilibrium factor ``1 − α (d − h)``, so no weight is ever negative and nothing repels a
@@ -146,7 +162,7 @@ class SeedSoftmaxKMeans(_Baseline):
     show the difference; run with the plain, unaccelerated update it used.
     """
 
-    _kernel = staticmethod(_seed_kernel)
+    _kernel = staticmethod(_course_kernel)
     _accelerate = False
 
     def __init__(self, n_clusters=8, *, alpha=1.0, init="k-means++", n_init="auto", max_iter=300, tol=1e-4,
@@ -163,25 +179,36 @@ class SeedSoftmaxKMeans(_Baseline):
         return self.alpha_
 
 
+class SeedSoftmaxKMeans(CourseSoftmaxKMeans):
+    """Deprecated name of :class:`CourseSoftmaxKMeans` (removed in the next release)."""
+
+    def fit(self, X, y=None):
+        warnings.warn("SeedSoftmaxKMeans is renamed CourseSoftmaxKMeans.", DeprecationWarning, stacklevel=2)
+        return super().fit(X, y)
+
+
 def make_clusterer(method: str, n_clusters: int, alpha: float | str | None = None, random_state=None,
                    n_init: int = 10, **kwargs):
     """One clusterer by name, for side-by-side comparisons.
 
     Args:
-        method: ``"ekm"``, ``"kmeans"`` (scikit-learn's ``KMeans``), ``"fkm"``, ``"mefc"`` or
-            ``"seed-softmax"``.
+        method: ``"ekm"``, ``"ssekm"`` (semi-supervised EKM: fit it with ``fit(X, y)``),
+            ``"kmeans"`` (scikit-learn's ``KMeans``), ``"fkm"``, ``"mefc"`` or ``"course-softmax"``
+            (``"seed-softmax"``: deprecated spelling).
         n_clusters: K.
-        alpha: EKM's α (paper convention, or ``"dvariance"``), MEFC's λ, the seed's α; ignored
+        alpha: EKM's α (paper convention, or ``"dvariance"``), MEFC's λ, the course report's α; ignored
             by ``kmeans`` and ``fkm``. ``None`` means each method's default (EKM ``"dvariance"``,
             otherwise 1).
         random_state: seed.
-        n_init: restarts (best objective kept).
+        n_init: restarts (best objective kept); semi-supervised EKM always uses its own
+            ``"auto"`` (one start from the labelled class means).
         **kwargs: passed to the estimator (e.g. ``m=2`` for FKM, ``backend="torch"`` for EKM).
 
     Returns:
         An unfitted scikit-learn-style estimator with ``fit``, ``predict``, ``labels_`` and
         ``cluster_centers_``.
     """
+    method = canonical_method(method)
     common = dict(n_init=n_init, random_state=random_state, **kwargs)
     if method == "ekm":
         return EquilibriumKMeans(n_clusters, alpha="dvariance" if alpha is None else alpha, **common)
@@ -191,6 +218,7 @@ def make_clusterer(method: str, n_clusters: int, alpha: float | str | None = Non
         return FuzzyKMeans(n_clusters, **common)
     if method == "mefc":
         return MaxEntropyFuzzyKMeans(n_clusters, lam=1.0 if alpha is None else alpha, **common)
-    if method == "seed-softmax":
-        return SeedSoftmaxKMeans(n_clusters, alpha=1.0 if alpha is None else alpha, **common)
-    raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}.")
+    if method == "ssekm":
+        common["n_init"] = "auto"
+        return SemiSupervisedEquilibriumKMeans(n_clusters, alpha="dvariance" if alpha is None else alpha, **common)
+    return CourseSoftmaxKMeans(n_clusters, alpha=1.0 if alpha is None else alpha, **common)

@@ -16,7 +16,7 @@ from threadpoolctl import threadpool_limits
 
 from aelab.progress import info
 
-__all__ = ["EKMStats", "ekm_weights", "ekm_sufficient_statistics", "sum_stats"]
+__all__ = ["EKMStats", "ekm_weights", "centroid_step", "ekm_sufficient_statistics", "sum_stats"]
 
 _GUARD_RHO = 0.05  # N_k below 5 % of Σ|w_kn|: positive and negative weights nearly cancel
 _MIN_ETA = 2.0**-10  # give up damping after ten halvings
@@ -171,20 +171,6 @@ class _NumpyBackend:
         return out
 
 
-def _make_backend(X, backend: str, device: str, chunk_size, n_clusters: int, kernel=None):
-    if backend == "numpy":
-        if str(device) != "cpu":
-            raise ValueError(f"backend='numpy' runs on the CPU only, got device={device!r}.")
-        return _NumpyBackend(X, chunk_size, n_clusters, kernel)
-    if backend == "torch":
-        if kernel not in (None, _boltzmann):
-            raise ValueError("backend='torch' implements EKM only; use backend='numpy'.")
-        from aelab.cluster.torch_backend import TorchBackend
-
-        return TorchBackend(X, device=device, chunk_size=chunk_size, n_clusters=n_clusters)
-    raise ValueError(f"backend must be 'numpy' or 'torch', got {backend!r}.")
-
-
 def ekm_sufficient_statistics(X, centers, alpha: float, *, chunk_size: int | None = None) -> EKMStats:
     """``(S, N)`` of one EKM step on a batch, so that ``c_k = ΣS_k / ΣN_k`` over batches/workers.
 
@@ -209,7 +195,7 @@ def ekm_sufficient_statistics(X, centers, alpha: float, *, chunk_size: int | Non
         return _NumpyBackend(X, chunk_size, centers.shape[0]).stats(centers, float(alpha))
 
 
-def _centroid_step(C, st: EKMStats) -> np.ndarray:
+def centroid_step(C, st: EKMStats) -> np.ndarray:
     """Step ``S_k/N_k − c_k`` (= −∇_k J / N_k), guarded where N_k is not clearly positive.
 
     EKM weights can be negative, so ``N_k`` can approach or cross 0. There the step would be
@@ -240,7 +226,7 @@ def _run_skm(stats_fn, C0, alpha, max_iter, tol_abs, rise_rtol, accelerate=True,
     """
     C = np.array(C0, dtype=np.float64)
     st = stats_fn(C, alpha)
-    r = _centroid_step(C, st)
+    r = centroid_step(C, st)
     dC, dR = [], []
     eta, converged, n_iter = 1.0, False, 0
     while n_iter < max_iter:
@@ -251,7 +237,7 @@ def _run_skm(stats_fn, C0, alpha, max_iter, tol_abs, rise_rtol, accelerate=True,
         if not accelerate:
             C = C + r
             st = stats_fn(C, alpha)
-            r = _centroid_step(C, st)
+            r = centroid_step(C, st)
             continue
         if dC and eta == 1.0:
             DC = np.stack([v.ravel() for v in dC], axis=1)
@@ -271,7 +257,7 @@ def _run_skm(stats_fn, C0, alpha, max_iter, tol_abs, rise_rtol, accelerate=True,
                 if eta < _MIN_ETA:
                     break
             continue
-        r_new = _centroid_step(C_new, st_new)
+        r_new = centroid_step(C_new, st_new)
         dC.append(C_new - C), dR.append(r_new - r)
         if len(dC) > _AA_MEMORY:
             dC.pop(0), dR.pop(0)

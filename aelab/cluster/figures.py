@@ -77,9 +77,30 @@ def _unpack(results):
     return titles, labels, centers
 
 
+_MARKERS = ("o", "^", "s", "D", "v", "P", "*", "<", ">", "h")
+
+
+def _scatter(ax, X2, clusters, truth):
+    """Points coloured by cluster; with ``truth``, one marker shape per true class (and a legend)."""
+    style = dict(cmap="tab10", vmin=0, vmax=9, alpha=0.6)
+    if truth is None:
+        ax.scatter(X2[:, 0], X2[:, 1], c=clusters % 10, s=6, linewidths=0, **style)
+        return
+    for j, name in enumerate(sorted(set(truth))):
+        sel = truth == name
+        ax.scatter(X2[sel, 0], X2[sel, 1], c=clusters[sel] % 10, s=14, marker=_MARKERS[j % len(_MARKERS)],
+                   linewidths=0, **style)
+        ax.scatter([], [], marker=_MARKERS[j % len(_MARKERS)], c="grey", s=20, label=f"class {name or '?'}")
+    ax.legend(fontsize=7, loc="best", title="true class (shape)", title_fontsize=7)
+
+
 def plot_clusterings(X, results: Sequence | Mapping, *, projection: str = "pca", path=None,
-                     random_state=0, max_points: int = 5000, suptitle: str | None = None) -> Figure:
+                     random_state=0, max_points: int = 5000, suptitle: str | None = None,
+                     true_labels=None) -> Figure:
     """Side-by-side 2-D views of several clusterings of X, centroids marked with a black ×.
+
+    Colour is the cluster; with ``true_labels`` the marker shape is the true class, so a reader
+    sees which classes each cluster got right.
 
     Args:
         X: data (n_samples, n_features) the clusterings were fitted on.
@@ -89,6 +110,7 @@ def plot_clusterings(X, results: Sequence | Mapping, *, projection: str = "pca",
         path: save the figure there (PNG/PDF/SVG by suffix) when given.
         random_state, max_points: subsampling and projection seed / size.
         suptitle: overall title.
+        true_labels: optional true class per row of X (any hashable labels; up to 10 shapes).
 
     Returns:
         The figure.
@@ -97,9 +119,9 @@ def plot_clusterings(X, results: Sequence | Mapping, *, projection: str = "pca",
     X2, C2, rows = project_2d(X, centers, projection, random_state, max_points)
     fig = Figure(figsize=(4.2 * len(titles), 4.2), layout="constrained")
     axes = fig.subplots(1, len(titles), squeeze=False)[0]
+    truth = None if true_labels is None else np.asarray(true_labels).astype(str)[rows]
     for ax, title, lab, c2 in zip(axes, titles, labels, C2):
-        ax.scatter(X2[:, 0], X2[:, 1], c=lab[rows] % 10, cmap="tab10", vmin=0, vmax=9, s=6, alpha=0.6,
-                   linewidths=0)
+        _scatter(ax, X2, lab[rows], truth)
         ax.scatter(c2[:, 0], c2[:, 1], marker="X", s=140, c="black", edgecolors="white", linewidths=1.2)
         sizes = np.bincount(lab, minlength=len(c2))
         ax.set_title(f"{title}\nsizes {':'.join(str(s) for s in sorted(sizes, reverse=True))}", fontsize=10)

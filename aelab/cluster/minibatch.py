@@ -19,12 +19,11 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import validate_data
 
+from aelab.cluster.core import EKMStats, centroid_step
 from aelab.cluster.ekm import (
-    EKMStats,
-    _centroid_step,
     _check_int,
-    _init_centers,
     _resolve_alpha,
+    _seedings,
     _SmoothKMeans,
     _validate_common,
     one_blas_thread,
@@ -44,8 +43,10 @@ class MiniBatchEquilibriumKMeans(_SmoothKMeans):
         alpha: the paper's α (half squared distance) or ``"dvariance"`` (``scale / mean d(x, x̄)``,
             on all of X in ``fit``, on the first batch in ``partial_fit``). ``sklekmeans``' α is α / 2.
         scale: factor of ``"dvariance"``.
-        init: ``"k-means++"``, ``"random"`` or an array (n_clusters, n_features).
-        n_init: independent runs, the lowest objective on X kept; ``"auto"``: 1 (10 for random).
+        init: ``"k-means++"`` (default here: one cheap start per run), ``"screen"`` (EKM's
+            screened mixed seeding, on at most 2048 rows), ``"random"`` or an array.
+        n_init: independent runs, the lowest objective on X kept; ``"auto"``: 1 (2 for
+            ``"screen"``, 10 for ``"random"``).
         batch_size: samples per batch (memory ``O(batch_size × K)``).
         max_iter: maximum epochs (passes over X) in ``fit``.
         tol: converged when an epoch moves the centroids by at most ``tol · feature std``.
@@ -67,6 +68,8 @@ class MiniBatchEquilibriumKMeans(_SmoothKMeans):
         >>> mb.cluster_centers_.shape, mb.labels_.shape
         ((3, 2), (1000,))
     """
+
+    _auto_n_init = {"screen": 2, "random": 10}
 
     def __init__(self, n_clusters=8, *, alpha="dvariance", scale=2.0, init="k-means++", n_init="auto",
                  batch_size=1024, max_iter=100, tol=1e-4, max_no_improvement=3, decay=None, random_state=None,
@@ -108,7 +111,7 @@ class MiniBatchEquilibriumKMeans(_SmoothKMeans):
         self.stats_ = EKMStats(gamma * run.sum_wx + st.sum_wx, gamma * run.sum_w + st.sum_w,
                                gamma * run.sum_abs_w + st.sum_abs_w, st.objective)
         C = self.cluster_centers_.astype(np.float64)
-        self.cluster_centers_ = (C + _centroid_step(C, self.stats_)).astype(self.cluster_centers_.dtype)
+        self.cluster_centers_ = (C + centroid_step(C, self.stats_)).astype(self.cluster_centers_.dtype)
         self.n_steps_ += 1
         return st.objective
 
@@ -134,8 +137,8 @@ class MiniBatchEquilibriumKMeans(_SmoothKMeans):
         tol = max(self.tol, 100 * float(np.finfo(X.dtype).eps))
         tol_abs = tol**2 * 2.0 * be.mean_half_sqdist / d
         best = None
-        for _ in range(n_init):
-            self._reset(_init_centers(X, self.n_clusters, init, rs), X.dtype, d)
+        for C0 in _seedings(self, X, init, n_init, self.alpha_, rs):
+            self._reset(C0, X.dtype, d)
             converged, epoch, best_j, stale = False, 0, np.inf, 0
             for epoch in range(1, self.max_iter + 1):
                 start = self.cluster_centers_.astype(np.float64)
@@ -171,7 +174,7 @@ class MiniBatchEquilibriumKMeans(_SmoothKMeans):
             be = self._backend_for(X)
             self.alpha_ = _resolve_alpha(self.alpha, self.scale, be.mean_half_sqdist)
             rs = check_random_state(self.random_state)
-            self._reset(_init_centers(X, self.n_clusters, init, rs), X.dtype, X.shape[1])
+            self._reset(next(iter(_seedings(self, X, init, 1, self.alpha_, rs))), X.dtype, X.shape[1])
             self.n_iter_, self.converged_ = 0, False
             self._n_features_out = self.n_clusters
         else:

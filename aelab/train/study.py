@@ -161,7 +161,7 @@ def _finetune_and_predict(name: str, cfg: ClassificationStudyConfig, data: Path,
 
 
 def _label_spreading(cfg: ClassificationStudyConfig, data: Path, layout: RunLayout) -> MethodResult:
-    from aelab.data import Preprocessing, image_ids, list_images, load_images, read_labels_csv, resolve_layout, scan_labelled
+    from aelab.data import Preprocessing, image_ids, load_images, read_labels_csv, resolve_layout, scan_labelled
     from aelab.models import preset_config
     from aelab.train.baselines import label_spreading_baseline
     from aelab.train.loaders import split_indices

@@ -6,23 +6,22 @@ import warnings
 
 import numpy as np
 import pytest
+from cluster_data import imbalanced_balls
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import adjusted_rand_score
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from cluster_data import imbalanced_balls
-
 from aelab.cluster import (
     METHODS,
+    CourseSoftmaxKMeans,
     EquilibriumKMeans,
     FuzzyKMeans,
     MaxEntropyFuzzyKMeans,
-    SeedSoftmaxKMeans,
     make_clusterer,
 )
-from aelab.cluster.baselines import _fkm_kernel, _mefc_kernel, _seed_kernel
+from aelab.cluster.baselines import _course_kernel, _fkm_kernel, _mefc_kernel
 
 
 # Independent references from the smooth-K-means table (d is the half squared distance).
@@ -62,11 +61,11 @@ def test_fkm_weights_are_u_to_the_m_and_handle_a_point_on_a_centroid():
 
 def test_seed_variant_is_softmax_of_unsquared_distance_and_never_negative():
     d = np.array([[0.5, 2.0, 8.0]])
-    W, U, _ = _seed_kernel(d.T.copy(), 1.5)
+    W, U, _ = _course_kernel(d.T.copy(), 1.5)
     e = np.exp(-1.5 * np.sqrt(2 * d[0]))
     np.testing.assert_allclose(W.T[0], e / e.sum())
     X, _ = imbalanced_balls()
-    seed = SeedSoftmaxKMeans(3, alpha=1.0, n_init=3, random_state=0).fit(X)
+    seed = CourseSoftmaxKMeans(3, alpha=1.0, n_init=3, random_state=0).fit(X)
     assert (seed.weights_ >= 0).all()  # no repulsion: this is why it is not EKM
 
 
@@ -74,7 +73,7 @@ def test_on_imbalanced_balls_only_ekm_separates():
     X, y = imbalanced_balls()
     ari = {m: adjusted_rand_score(y, make_clusterer(m, 3, alpha=1.0, random_state=0).fit(X).labels_) for m in METHODS}
     assert ari["ekm"] >= 0.95
-    for m in ("kmeans", "fkm", "mefc", "seed-softmax"):
+    for m in ("kmeans", "fkm", "mefc", "course-softmax"):
         assert ari[m] <= 0.5, (m, ari)
 
 
@@ -84,14 +83,16 @@ def test_factory_types_and_errors():
     assert isinstance(make_clusterer("kmeans", 3), KMeans)
     assert isinstance(make_clusterer("fkm", 3, m=3.0), FuzzyKMeans)
     assert make_clusterer("mefc", 3, alpha=2.0).lam == 2.0
-    assert make_clusterer("seed-softmax", 3, alpha=0.5).alpha == 0.5
+    assert make_clusterer("course-softmax", 3, alpha=0.5).alpha == 0.5
+    with pytest.warns(DeprecationWarning, match="renamed 'course-softmax'"):
+        assert make_clusterer("seed-softmax", 3, alpha=0.5).alpha == 0.5
     with pytest.raises(ValueError, match="method must be one of"):
         make_clusterer("dbscan", 3)
 
 
 @pytest.mark.parametrize("est, match", [(FuzzyKMeans(2, m=1.0), "m must be > 1"),
                                         (MaxEntropyFuzzyKMeans(2, lam=0.0), "lam must be"),
-                                        (SeedSoftmaxKMeans(2, alpha=-1.0), "alpha must be")])
+                                        (CourseSoftmaxKMeans(2, alpha=-1.0), "alpha must be")])
 def test_bad_parameters(est, match):
     X, _ = make_blobs(30, n_features=2, centers=2, random_state=0)
     with pytest.raises(ValueError, match=match):
@@ -106,8 +107,18 @@ def test_baselines_on_easy_blobs():
 
 
 @parametrize_with_checks([FuzzyKMeans(random_state=0), MaxEntropyFuzzyKMeans(random_state=0),
-                          SeedSoftmaxKMeans(random_state=0)])
+                          CourseSoftmaxKMeans(random_state=0)])
 def test_sklearn_estimator_checks(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         check(estimator)
+
+
+def test_old_class_name_warns_and_fits_the_course_variant():
+    from aelab.cluster import SeedSoftmaxKMeans
+
+    X = np.random.default_rng(0).normal(size=(30, 2))
+    with pytest.warns(DeprecationWarning, match="renamed CourseSoftmaxKMeans"):
+        old = SeedSoftmaxKMeans(2, alpha=1.0, random_state=0).fit(X)
+    new = CourseSoftmaxKMeans(2, alpha=1.0, random_state=0).fit(X)
+    np.testing.assert_allclose(old.cluster_centers_, new.cluster_centers_)

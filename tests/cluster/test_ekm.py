@@ -7,16 +7,16 @@ import warnings
 
 import numpy as np
 import pytest
+from cluster_data import imbalanced_balls
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import adjusted_rand_score
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from cluster_data import imbalanced_balls
-
 from aelab.cluster import EquilibriumKMeans, ekm_sufficient_statistics, ekm_weights
-from aelab.cluster.ekm import _centroid_step, _init_centers, _NumpyBackend
+from aelab.cluster.core import _NumpyBackend, centroid_step
+from aelab.cluster.seeding import init_centers
 
 TOY = np.array([[1, 2], [1, 4], [1, 0], [10, 2], [10, 4], [10, 0]], dtype=float)
 
@@ -134,11 +134,11 @@ def test_objective_never_rises_where_the_plain_update_oscillates():
     ekm = EquilibriumKMeans(10, random_state=0).fit(X)
 
     be = _NumpyBackend(X)
-    C = _init_centers(X, 10, "k-means++", np.random.RandomState(0))
+    C = init_centers(X, 10, "k-means++", np.random.RandomState(0))
     st = be.stats(C, ekm.alpha_)
     plain = [st.objective]
     for _ in range(40):
-        C = C + _centroid_step(C, st)
+        C = C + centroid_step(C, st)
         st = be.stats(C, ekm.alpha_)
         plain.append(st.objective)
     assert (np.diff(plain) > 0).sum() > 10
@@ -164,7 +164,7 @@ def test_guard_never_divides_by_a_vanishing_weight_sum():
     C = np.array([[0.0, 0.0], [1.0, 1.0]])
     st = EKMStats(sum_wx=np.array([[3.0, 1.0], [2.0, 2.0]]), sum_w=np.array([1e-12, -0.5]),
                   sum_abs_w=np.array([10.0, 4.0]), objective=0.0)
-    step = _centroid_step(C, st)
+    step = centroid_step(C, st)
     assert np.isfinite(step).all() and np.abs(step).max() < 100  # S/N would be 3e12
     # there the step is the gradient step −∇J / (ρ Σ|w|) = (S − N c) / (ρ Σ|w|), ρ = 0.05
     expected = (st.sum_wx - st.sum_w[:, None] * C) / (0.05 * st.sum_abs_w[:, None])
@@ -264,8 +264,9 @@ def one_torch_thread():
 def test_torch_backend_matches_numpy(one_torch_thread, dtype):
     X, _ = imbalanced_balls()
     X = X.astype(dtype)
-    a = EquilibriumKMeans(3, alpha=1.0, n_init=4, random_state=0).fit(X)
-    b = EquilibriumKMeans(3, alpha=1.0, n_init=4, random_state=0, backend="torch").fit(X)
+    kw = dict(alpha=1.0, init="k-means++", n_init=4, random_state=0)  # same starts for both backends
+    a = EquilibriumKMeans(3, **kw).fit(X)
+    b = EquilibriumKMeans(3, **kw, backend="torch").fit(X)
     tol = 1e-9 if dtype == np.float64 else 1e-3
     np.testing.assert_allclose(b.cluster_centers_, a.cluster_centers_, rtol=tol, atol=tol)
     np.testing.assert_array_equal(b.labels_, a.labels_)

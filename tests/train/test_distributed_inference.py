@@ -14,7 +14,7 @@ from PIL import Image
 
 from aelab.data import Preprocessing
 from aelab.models import build_model, preset_config
-from aelab.train import EmbedConfig, PredictConfig, embed, predict, save_checkpoint
+from aelab.train import PredictConfig, predict, save_checkpoint
 from aelab.errors import AelabError
 from aelab.train.inference import shard_range, shared_run_dir
 

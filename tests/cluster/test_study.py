@@ -1,4 +1,4 @@
-"""End-to-end test of the `aelab cluster` verb on small generated embeddings."""
+"""The clustering study (aelab.cluster.study) end to end on small generated embeddings."""
 
 from __future__ import annotations
 
@@ -8,8 +8,12 @@ import json
 import numpy as np
 import pytest
 
-from aelab.cli.cluster_cmd import cluster
+from aelab.cluster.study import ClusterConfig, ClusterResult, run_cluster_study
 from aelab.errors import AelabError
+
+
+def cluster(input, **kwargs):
+    return run_cluster_study(ClusterConfig(input, **kwargs)).run_dir
 
 
 def write_embed_run(folder, sizes=(300, 150, 150, 100), d=16, seed=0):
@@ -93,6 +97,7 @@ def test_npy_without_labels(tmp_path):
     (dict(classes="c0,c1", alpha="big"), "--alpha must be"),
     (dict(classes="c0,c1"), "--target_ratio 2:1:1 has 3 parts but n_clusters=2"),
     (dict(classes="c0,c1", method="dbscan"), "--method must be one of"),
+    (dict(classes="c0,c1", method="ssekm", target_ratio="1:1", label_fraction=0.0), "--label_fraction must be"),
 ])
 def test_bad_input_is_one_line_aelab_error(tmp_path, monkeypatch, kwargs, match):
     write_embed_run(tmp_path / "embed", sizes=(20, 20, 20))
@@ -109,3 +114,34 @@ def test_nan_embeddings_are_rejected(tmp_path):
     np.save(tmp_path / "embed" / "embeddings.npy", X)
     with pytest.raises(AelabError, match="NaN or inf"):
         cluster(str(tmp_path / "embed"), out=str(tmp_path / "run"), classes="c0,c1", target_ratio="1:1")
+
+
+def test_result_holds_labels_metrics_and_every_file(tmp_path):
+    write_embed_run(tmp_path / "embed", sizes=(120, 60, 60))
+    res = run_cluster_study(ClusterConfig(str(tmp_path / "embed"), out=str(tmp_path / "run"), classes="c0,c1,c2",
+                                          alpha="1.0"))
+    assert isinstance(res, ClusterResult) and res.run_dir == tmp_path / "run"
+    assert res.labels.shape == (240,) and res.alpha == 1.0 and res.metrics["method"] == "ekm"
+    assert set(res.files) == {"clusters", "alpha_sweep", "metrics", "config", "clusterings", "ratio_vs_alpha"}
+    assert all(p.is_file() for p in res.files.values())
+    assert json.loads(res.files["metrics"].read_text()) == json.loads(json.dumps(res.metrics))
+    _, rows = read_csv(res.files["clusters"])
+    assert [int(r[2]) for r in rows] == res.labels.tolist()
+
+
+def test_ssekm_uses_a_fraction_of_the_labels(tmp_path):
+    write_embed_run(tmp_path / "embed", sizes=(200, 100, 100))
+    res = run_cluster_study(ClusterConfig(str(tmp_path / "embed"), out=str(tmp_path / "run"), classes="c0,c1,c2",
+                                          method="ssekm", label_fraction=0.1))
+    m = res.metrics
+    assert m["method"] == "ssekm" and m["n_labels_used"] == 20 + 10 + 10 and m["label_fraction"] == 0.1
+    assert m["search"]["alpha"] == m["alpha"]  # α from the label-blind EKM search
+    assert m["ari"] >= 0.95
+
+
+def test_old_method_name_warns_and_runs_the_course_variant(tmp_path):
+    write_embed_run(tmp_path / "embed", sizes=(40, 20, 20))
+    with pytest.warns(DeprecationWarning, match="renamed 'course-softmax'"):
+        res = run_cluster_study(ClusterConfig(str(tmp_path / "embed"), out=str(tmp_path / "run"), classes="c0,c1,c2",
+                                              method="seed-softmax", alpha="1.0"))
+    assert res.metrics["method"] == "course-softmax"

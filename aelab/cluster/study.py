@@ -1,0 +1,341 @@
+"""Study 2: cluster embeddings (Equilibrium K-Means by default), choose α, draw the clusterings.
+
+``run_cluster_study(ClusterConfig(...)) -> ClusterResult``. It writes into a run folder
+(``runs/cluster/N`` or ``out``): ``clusters.csv`` (``filename,label,cluster``), ``metrics.json``,
+``alpha_sweep.csv``, ``config.yaml``, ``figures/clusterings.png`` (α, 10α, 0.1α side by side;
+colour = cluster, marker shape = true class) and ``figures/ratio_vs_alpha.png``. ``aelab cluster``
+is this function with the config's fields as flags; ``aelab run`` calls it for study 2b.
+
+Example:
+    >>> result = run_cluster_study(ClusterConfig(input="runs/embed/1", classes="2,5,8", ratio="2:1:1"))  # doctest: +SKIP
+    >>> result.metrics["ari"], result.files["clusters"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from aelab.errors import AelabError
+from aelab.progress import Stage, info
+from aelab.runs import new_run_dir, save_config, write_csv, write_json
+
+__all__ = ["ClusterConfig", "ClusterResult", "run_cluster_study", "load_embeddings", "ALPHA_METHODS"]
+
+ALPHA_METHODS = ("ekm", "ssekm", "mefc", "course-softmax")  # the methods that have an α (MEFC: λ)
+
+
+@dataclass
+class ClusterConfig:
+    """Settings of the clustering study (``aelab cluster``).
+
+    Attributes:
+        input: Embeddings: a run folder of `aelab embed`, a .npy file (optional sibling .csv
+            with filename,label) or a .csv with a label column and numeric feature columns.
+        out: Run folder to write (default: the next runs/cluster/N).
+        n_clusters: Number of clusters (default: the number of --classes; required without them).
+        classes: Comma-separated labels to keep, e.g. 2,5,8.
+        ratio: Subsample the --classes to these proportions, e.g. 2:1:1 (deterministic by --seed).
+        alpha: 'auto' (search the alpha whose cluster sizes match --target_ratio) or a number, in
+            the paper's convention d = ||x-c||^2/2 (sklekmeans' alpha is half of it); for mefc
+            it is lambda, for course-softmax the course report's alpha; ssekm uses the alpha that
+            the (label-blind) EKM search picks.
+        method: ekm, ssekm (semi-supervised EKM: sees the labels of --label_fraction of each
+            class), kmeans, fkm, mefc or course-softmax (the course report's softmax variant,
+            not EKM; the old name seed-softmax still works).
+        target_ratio: Cluster-size ratio that --alpha auto aims for, e.g. 2:1:1.
+        seed: Random seed for subsampling and initialisation.
+        projection: 2-D projection of the figures: pca or tsne.
+        standardize: z-score every feature before clustering (as the EKM paper does).
+        label_fraction: ssekm only: share of each class's labelled rows whose labels it uses
+            (at least one per class; the others count as unlabelled; scores use all rows).
+    """
+
+    input: str
+    out: str | None = None
+    n_clusters: int | None = None
+    classes: str | None = None
+    ratio: str | None = None
+    alpha: str = "auto"
+    method: str = "ekm"
+    target_ratio: str = "2:1:1"
+    seed: int = 0
+    projection: str = "pca"
+    standardize: bool = True
+    label_fraction: float = 0.1
+
+
+@dataclass
+class ClusterResult:
+    """What the study produced: cluster per row, the metrics written to metrics.json, the α used
+    (None for methods without one), the run folder and every file written (name → path)."""
+
+    run_dir: Path
+    labels: np.ndarray
+    names: list
+    true_labels: list
+    metrics: dict
+    alpha: float | None
+    files: dict = field(default_factory=dict)
+
+
+def _read_label_csv(path: Path) -> tuple[list[str], list[str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if rows and "label" not in rows[0]:
+        raise AelabError(f"{path} has no 'label' column (expected filename,label)")
+    return [r.get("filename") or str(i) for i, r in enumerate(rows)], [(r.get("label") or "").strip() for r in rows]
+
+
+def _read_feature_csv(path: Path) -> tuple[np.ndarray, list[str], list[str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        rows = list(reader)
+    if not header or not rows:
+        raise AelabError(f"{path} is empty (expected a header and one row per sample)")
+    cols = [c.strip() for c in header]
+    feat = [i for i, c in enumerate(cols) if c not in ("filename", "label")]
+    try:
+        X = np.array([[float(r[i]) for i in feat] for r in rows], dtype=np.float64)
+    except (ValueError, IndexError):
+        raise AelabError(f"{path}: feature columns must be numbers (only 'filename' and 'label' may be text)") from None
+    get = lambda name, default: [r[cols.index(name)].strip() if name in cols else default(i) for i, r in enumerate(rows)]  # noqa: E731
+    return X, get("filename", str), get("label", lambda i: "")
+
+
+def _check_embeddings(path, X, names) -> None:
+    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
+        raise AelabError(f"{path}: expected a non-empty 2-D array (samples x features), got shape {X.shape}")
+    if len(names) != len(X):
+        raise AelabError(f"{path}: {len(X)} embeddings but {len(names)} rows of filename,label")
+    if not np.issubdtype(X.dtype, np.number):
+        raise AelabError(f"{path}: embeddings must be numbers, got dtype {X.dtype}")
+    bad = ~np.isfinite(X).all(axis=1)
+    if bad.any():
+        raise AelabError(f"{path}: {int(bad.sum())} rows contain NaN or inf (first: row {int(np.argmax(bad))})")
+
+
+def load_embeddings(path: str | Path) -> tuple[np.ndarray, list[str], list[str]]:
+    """Embeddings ``(N, D)``, file names and labels ('' when unknown) from a file or run folder.
+
+    Accepts a run folder of ``aelab embed`` (``embeddings.npy`` + ``embeddings.csv``), a ``.npy``
+    file (with an optional sibling ``<stem>.csv`` of ``filename,label``), or a ``.csv`` with a
+    ``label`` column, an optional ``filename`` column and numeric feature columns.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise AelabError(f"input not found: {path}")
+    if path.is_dir():
+        if not (path / "embeddings.npy").is_file():
+            raise AelabError(f"no embeddings.npy in {path} (expected a run folder of `aelab embed`)")
+        path = path / "embeddings.npy"
+    if path.suffix == ".csv":
+        X, names, labels = _read_feature_csv(path)
+    elif path.suffix == ".npy":
+        try:
+            X = np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise AelabError(f"cannot read {path}: {exc}") from None
+        side = path.with_suffix(".csv")
+        names, labels = _read_label_csv(side) if side.is_file() else ([str(i) for i in range(len(X))], [""] * len(X))
+    else:
+        raise AelabError(f"unsupported input {path}: expected a .npy or .csv file or a run folder of `aelab embed`")
+    _check_embeddings(path, X, names)
+    return X, names, labels
+
+
+def _subsample(members, ratio, seed):
+    from aelab.cluster.alpha import parse_ratio
+
+    try:
+        parts = parse_ratio(ratio)
+    except ValueError as exc:
+        raise AelabError(str(exc)) from None
+    if len(parts) != len(members):
+        raise AelabError(f"--ratio {ratio} has {len(parts)} parts but --classes names {len(members)}")
+    unit = min(len(m) / r for m, r in zip(members, parts))
+    rng = np.random.default_rng(seed)
+    return [np.sort(rng.choice(m, max(1, int(math.floor(unit * r + 1e-9))), replace=False))
+            for m, r in zip(members, parts)]
+
+
+def _pick(labels, classes, ratio, seed):
+    """Rows of the chosen classes, subsampled to ``ratio`` (deterministic by seed), and the class list."""
+    if classes is None:
+        if ratio is not None:
+            raise AelabError("--ratio needs --classes (the classes the ratio refers to, in order)")
+        return np.arange(len(labels)), None
+    wanted = [c.strip() for c in str(classes).split(",") if c.strip()]
+    present = sorted(set(labels) - {""})
+    for c in wanted:
+        if c not in present:
+            raise AelabError(f"unknown class {c!r}; the labels are: {', '.join(present) or '(none)'}")
+    if len(set(wanted)) != len(wanted):
+        raise AelabError(f"--classes lists a class twice: {classes}")
+    lab = np.asarray(labels)
+    members = [np.flatnonzero(lab == c) for c in wanted]
+    if ratio is not None:
+        members = _subsample(members, ratio, seed)
+    return np.sort(np.concatenate(members)), wanted
+
+
+def _alpha_or_auto(alpha):
+    if str(alpha).strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(alpha)
+    except ValueError:
+        raise AelabError(f"--alpha must be 'auto' or a positive number, got {alpha!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise AelabError(f"--alpha must be 'auto' or a positive number, got {alpha!r}")
+    return value
+
+
+def _method(name: str) -> str:
+    from aelab.cluster.baselines import METHODS, canonical_method
+
+    try:
+        return canonical_method(name)
+    except ValueError:
+        raise AelabError(f"--method must be one of {', '.join(METHODS)}, got {name!r}") from None
+
+
+def _partial_labels(labels, fraction: float, seed: int) -> np.ndarray:
+    """``y`` for semi-supervised EKM: class codes for ``fraction`` of each class's rows, −1 elsewhere."""
+    if not 0 < fraction <= 1:
+        raise AelabError(f"--label_fraction must be in (0, 1], got {fraction}")
+    lab = np.asarray(labels)
+    y = np.full(len(lab), -1)
+    rng = np.random.default_rng(seed)
+    for code, c in enumerate(sorted(set(labels) - {""})):
+        rows = np.flatnonzero(lab == c)
+        y[rng.choice(rows, max(1, int(round(fraction * len(rows)))), replace=False)] = code
+    return y
+
+
+def _prepare(cfg: ClusterConfig):
+    """Load, pick and standardise the data; returns ``(X, names, labels, picked, K)``."""
+    X_all, names_all, labels_all = load_embeddings(cfg.input)
+    rows, picked = _pick(labels_all, cfg.classes, cfg.ratio, cfg.seed)
+    X = X_all[rows].astype(np.float64)
+    names, labels = [names_all[i] for i in rows], [labels_all[i] for i in rows]
+    K = cfg.n_clusters
+    if K is None:
+        if picked is None:
+            raise AelabError("--n_clusters is required when --classes is not given")
+        K = len(picked)
+    if not 1 <= int(K) <= len(X):
+        raise AelabError(f"--n_clusters must be between 1 and the number of samples ({len(X)}), got {K}")
+    if cfg.standardize:
+        std = X.std(axis=0)
+        X = (X - X.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    return X, names, labels, picked, int(K)
+
+
+def _fit(cfg, method, X, K, y_true, target, y_fit):
+    """α search or sweep, then the α / 10α / 0.1α panels; returns ``(alpha, sweep, search, points, fits)``."""
+    from aelab.cluster.alpha import alpha_sweep, find_alpha
+
+    has_alpha = method in ALPHA_METHODS
+    alpha, search = _alpha_or_auto(cfg.alpha), None
+    fit_kw = dict(labels=y_true, method=method, random_state=cfg.seed, y_fit=y_fit)
+    if has_alpha and alpha == "auto":
+        if len(target) != K:
+            raise AelabError(f"--target_ratio {cfg.target_ratio} has {len(target)} parts but n_clusters={K}")
+        # ssekm: α from the label-blind EKM search; the labels then guide the fits at that α
+        search = find_alpha(X, K, target, labels=y_true, method="ekm" if method == "ssekm" else method,
+                            random_state=cfg.seed)
+        alpha, sweep = search.alpha, search.sweep
+        info(f"[cluster] alpha auto: {alpha:.4g} (sizes {':'.join(map(str, search.best.sizes))})")
+    elif has_alpha:
+        sweep = alpha_sweep(X, alpha * 10.0 ** np.linspace(-2, 2, 9), K, **fit_kw)
+    else:
+        alpha, sweep = None, None
+    panels = [alpha, 10 * alpha, 0.1 * alpha] if has_alpha else [None]
+    points, fits = alpha_sweep(X, panels, K, return_estimators=True, **fit_kw)
+    return alpha, sweep if sweep is not None else [points[0]], search, points, fits
+
+
+def _metrics(cfg, method, X, K, labels, picked, alpha, points, est, search) -> dict:
+    from aelab.cluster.alpha import clustering_scores
+
+    point = points[0]
+    m = dict(method=method, alpha=alpha, n_clusters=K, n_samples=len(X), n_features=X.shape[1],
+             standardize=cfg.standardize, classes=picked, sizes=list(point.sizes), ratio=list(point.ratio),
+             objective=point.objective, min_separation=point.min_separation, converged=point.converged,
+             n_iter=point.n_iter)
+    # The side-by-side panels (α, 10α, 0.1α): sizes, ratio and scores of each, for the report's table.
+    m["panels"] = [dict(alpha=p.alpha, sizes=list(p.sizes), ratio=list(p.ratio), ari=p.ari, nmi=p.nmi, acc=p.acc,
+                        converged=p.converged, min_separation=p.min_separation) for p in points]
+    if method in ("ekm", "ssekm"):
+        m["alpha_sklekmeans"] = alpha / 2.0
+    if method == "ssekm":
+        m["label_fraction"], m["n_labels_used"] = cfg.label_fraction, int(getattr(est, "n_labelled_", 0))
+    if picked is not None:
+        m["class_counts"] = {c: int(sum(lab == c for lab in labels)) for c in picked}
+    known = np.array([lab != "" for lab in labels])
+    if known.any():
+        m.update(clustering_scores(np.asarray(labels)[known], est.labels_[known]))
+        m["n_labelled"] = int(known.sum())
+    if search is not None:
+        m["search"] = dict(target_ratio=list(search.target_ratio), alpha=search.alpha, separated=search.separated,
+                           ratio_distance=search.best.ratio_distance, n_alphas=len(search.sweep))
+    return m
+
+
+def _write(cfg, run_dir, method, X, names, labels, alpha, sweep, target, fits, panels_alpha, metrics) -> dict:
+    from aelab.cluster.alpha import write_sweep_csv
+    from aelab.cluster.figures import plot_clusterings, plot_ratio_vs_alpha
+
+    files = dict(clusters=run_dir / "clusters.csv", alpha_sweep=run_dir / "alpha_sweep.csv",
+                 metrics=run_dir / "metrics.json", config=run_dir / "config.yaml",
+                 clusterings=run_dir / "figures" / "clusterings.png")
+    write_csv(files["clusters"], ["filename", "label", "cluster"], zip(names, labels, fits[0].labels_.tolist()))
+    write_sweep_csv(files["alpha_sweep"], sweep)
+    titles = {f"{method} α = {a:.3g}" if a is not None else method: e for a, e in zip(panels_alpha, fits)}
+    truth = labels if any(lab != "" for lab in labels) else None
+    plot_clusterings(X, titles, projection=cfg.projection, random_state=cfg.seed, path=files["clusterings"],
+                     true_labels=truth)
+    if alpha is not None:
+        files["ratio_vs_alpha"] = run_dir / "figures" / "ratio_vs_alpha.png"
+        plot_ratio_vs_alpha(sweep, target, chosen_alpha=alpha, path=files["ratio_vs_alpha"])
+    write_json(files["metrics"], metrics)
+    return files
+
+
+def run_cluster_study(cfg: ClusterConfig) -> ClusterResult:
+    """Cluster embeddings, choose α, write the run folder; see :class:`ClusterConfig`."""
+    from aelab.cluster.alpha import parse_ratio
+
+    method = _method(cfg.method)
+    if cfg.projection not in ("pca", "tsne"):
+        raise AelabError(f"--projection must be pca or tsne, got {cfg.projection!r}")
+    _alpha_or_auto(cfg.alpha)
+    X, names, labels, picked, K = _prepare(cfg)
+    known = np.array([lab != "" for lab in labels])
+    y_true = np.unique(np.asarray(labels), return_inverse=True)[1] if known.all() else None
+    if method == "ssekm" and not known.any():
+        raise AelabError("--method ssekm needs labels (a filename,label CSV beside the embeddings)")
+    y_fit = _partial_labels(labels, cfg.label_fraction, cfg.seed) if method == "ssekm" else None
+    try:
+        target = parse_ratio(cfg.target_ratio)
+    except ValueError as exc:
+        raise AelabError(str(exc)) from None
+    run_dir = new_run_dir(cfg.out, "cluster")
+    save_config(run_dir, asdict(cfg) | dict(out=str(run_dir), n_clusters=K, method=method))
+    info(f"[cluster] {len(X)} samples x {X.shape[1]} features, K={K}, method={method}")
+    with Stage("cluster"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence is recorded in metrics.json and alpha_sweep.csv
+        alpha, sweep, search, points, fits = _fit(cfg, method, X, K, y_true, target, y_fit)
+    metrics = _metrics(cfg, method, X, K, labels, picked, alpha, points, fits[0], search)
+    panels_alpha = [alpha, 10 * alpha, 0.1 * alpha] if alpha is not None else [None]
+    files = _write(cfg, run_dir, method, X, names, labels, alpha, sweep, target, fits, panels_alpha, metrics)
+    summary = f"ARI {metrics['ari']:.3f}" if "ari" in metrics else "no labels"
+    info(f"[cluster] sizes {':'.join(map(str, points[0].sizes))}, {summary} -> {run_dir}")
+    return ClusterResult(run_dir, fits[0].labels_, names, labels, metrics, alpha, files)

@@ -1,0 +1,91 @@
+"""EKM over 2 processes (torch.distributed, gloo on CPU) equals one process on all the points."""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+
+import numpy as np
+import pytest
+from cluster_data import imbalanced_balls
+
+from aelab.cluster import EquilibriumKMeans, SemiSupervisedEquilibriumKMeans
+from aelab.cluster.core import EKMStats
+from aelab.cluster.distributed import allreduce_stats
+
+START = [0, 650, 700]  # the same start in one and two processes: rows of the big, small and middle ball
+
+
+def _worker(rank, world, init_file, out_dir, X, y):
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        shard = np.array_split(np.arange(len(X)), world)[rank]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ekm = EquilibriumKMeans(3, alpha=1.0, init=X[START], tol=1e-8, distributed=True).fit(X[shard])
+            ss = SemiSupervisedEquilibriumKMeans(3, alpha=1.0, init=X[START], tol=1e-8, distributed=True).fit(
+                X[shard], y[shard])
+            default = EquilibriumKMeans(3, random_state=0, distributed=True).fit(X[shard])
+        st = allreduce_stats(EKMStats(np.full((2, 2), rank + 1.0), np.ones(2), np.ones(2), float(rank)))
+        np.savez(os.path.join(out_dir, f"rank{rank}.npz"), ekm=ekm.cluster_centers_, ss=ss.cluster_centers_,
+                 objective=ekm.objective_, labels=ekm.labels_, sum_wx=st.sum_wx, J=st.objective,
+                 default=default.cluster_centers_, alpha=default.alpha_)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    import torch.multiprocessing as mp
+
+    X, y_true = imbalanced_balls((600, 30, 90))
+    y = np.full(len(X), -1)
+    for k in range(3):  # a few labels per class, spread over both shards
+        y[np.flatnonzero(y_true == k)[::15]] = k
+    tmp = tmp_path_factory.mktemp("dist")
+    # fork: the children need not re-import torch and aelab (seconds each on a busy machine)
+    ctx = mp.start_processes(_worker, args=(2, str(tmp / "init"), str(tmp), X, y), nprocs=2, join=False,
+                             start_method="fork")
+    deadline = time.monotonic() + 300  # never hang the suite
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the two EKM processes did not finish in 300 s")
+    return X, y, [dict(np.load(tmp / f"rank{r}.npz")) for r in range(2)]
+
+
+def test_all_reduce_sums_every_statistic(two_ranks):
+    _, _, ranks = two_ranks
+    for r in ranks:
+        np.testing.assert_array_equal(r["sum_wx"], np.full((2, 2), 3.0))
+        assert r["J"] == 1.0
+
+
+def test_two_processes_give_one_process_centroids(two_ranks):
+    X, y, ranks = two_ranks
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        one = EquilibriumKMeans(3, alpha=1.0, init=X[START], tol=1e-8).fit(X)
+        ss = SemiSupervisedEquilibriumKMeans(3, alpha=1.0, init=X[START], tol=1e-8).fit(X, y)
+        default = EquilibriumKMeans(3).fit(X)
+    for r in ranks:
+        np.testing.assert_allclose(r["ekm"], one.cluster_centers_, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(r["ss"], ss.cluster_centers_, atol=1e-6, rtol=0)
+        assert r["objective"] == pytest.approx(one.objective_, rel=1e-9)
+        assert r["alpha"] == pytest.approx(default.alpha_, rel=1e-12)  # "dvariance" from the global data scale
+    np.testing.assert_array_equal(np.concatenate([ranks[0]["labels"], ranks[1]["labels"]]), one.labels_)
+    # default seeding (rank 0's starts, broadcast): both ranks agree, on the same solution up to tol
+    np.testing.assert_array_equal(ranks[0]["default"], ranks[1]["default"])
+    order = lambda C: C[np.lexsort(C.T)]  # noqa: E731
+    np.testing.assert_allclose(order(ranks[0]["default"]), order(default.cluster_centers_), atol=1e-3)
+
+
+def test_without_a_process_group_it_is_a_clear_error():
+    with pytest.raises(ValueError, match="process group"):
+        EquilibriumKMeans(2, distributed=True).fit(np.arange(20.0).reshape(10, 2))
