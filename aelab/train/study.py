@@ -76,6 +76,10 @@ class ClassificationStudyConfig(RunOptions):
     course_augment: str = "course"
     val_fraction: float = 0.2
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.method_list()  # unknown methods: one line, before anything runs
+
     def method_list(self) -> list[str]:
         names = [m.strip() for m in self.methods.split(",") if m.strip()]
         unknown = [m for m in names if m not in METHODS]

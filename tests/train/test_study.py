@@ -1,0 +1,70 @@
+"""Study 1: what the unlabelled images add, and what happens when they are missing."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+
+from aelab.data import make_demo_data
+from aelab.train.study import ClassificationStudyConfig, classification_study
+
+
+@pytest.fixture(scope="module")
+def few_labels(tmp_path_factory):
+    """Digits with 3 labels per class (2 to train, 1 to validate) and 1,000 unlabelled images."""
+    root = tmp_path_factory.mktemp("few") / "data"
+    make_demo_data(root, seed=0, labelled_per_class=3, n_unlabelled=1000, n_test=200, image_size=32,
+                   n_anomaly_normal=0, n_anomalous=0)
+    return root
+
+
+@pytest.mark.slow
+def test_semi_supervised_beats_supervised_only_with_few_labels(few_labels, tmp_path):
+    cfg = ClassificationStudyConfig(methods="supervised,fixmatch,label-spreading", preset="tiny", channels=1,
+                                    finetune_epochs=100, fixmatch_epochs=10, val_fraction=0.34, device="cpu")
+    result = classification_study(cfg, few_labels, tmp_path / "run")
+    acc = {r.method: r.test_acc for r in result.rows}
+    # Same network, labels, split and seed: the unlabelled images are worth many points here.
+    assert acc["fixmatch"] > acc["supervised"] + 0.15, acc
+    assert acc["fixmatch"] > 0.3  # chance is 0.1
+    # Table 1b on disk holds exactly these numbers, and predictions.csv is the chosen method's.
+    with open(tmp_path / "run" / "study1" / "methods.csv", newline="") as fh:
+        rows = {r["method"]: r for r in csv.DictReader(fh)}
+    assert {m: float(r["test_acc"]) for m, r in rows.items()} == acc
+    chosen = json.loads((tmp_path / "run" / "study1" / "chosen.json").read_text())
+    assert chosen["method"] == result.chosen == max(result.rows, key=lambda r: r.val_acc).method
+    assert chosen["n_val"] == 10  # one held-out image per class chose the checkpoints
+
+
+def test_without_unlabelled_images_the_semi_supervised_method_says_why(demo_root, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(demo_root, data, ignore=shutil.ignore_patterns("unlabelled"))
+    cfg = ClassificationStudyConfig(methods="supervised,fixmatch", preset="tiny", finetune_epochs=1, device="cpu")
+    result = classification_study(cfg, data, tmp_path / "run")
+    assert [r.method for r in result.rows] == ["supervised"]
+    assert "unlabelled" in result.skipped["fixmatch"]
+    with open(tmp_path / "run" / "study1" / "methods.csv", newline="") as fh:
+        note = next(r for r in csv.DictReader(fh) if r["method"] == "fixmatch")["note"]
+    assert note.startswith("not run:") and "unlabelled" in note
+    assert result.chosen == "supervised" and (tmp_path / "run" / "predictions.csv").is_file()
+
+
+def test_a_class_with_one_labelled_image_still_trains(demo_root, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(demo_root, data)
+    for extra in sorted((data / "dev" / "labelled" / "3").iterdir())[1:]:
+        extra.unlink()
+    cfg = ClassificationStudyConfig(methods="supervised,label-spreading", preset="tiny", finetune_epochs=1, device="cpu")
+    result = classification_study(cfg, data, tmp_path / "run")
+    assert {r.method for r in result.rows} == {"supervised", "label-spreading"}
+    assert all(r.labels_per_class == "1-5" for r in result.rows)
+
+
+def test_unknown_method_is_one_line():
+    from aelab.errors import AelabError
+
+    with pytest.raises(AelabError, match="unknown method"):
+        ClassificationStudyConfig(methods="supervised,magic")
