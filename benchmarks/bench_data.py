@@ -66,7 +66,7 @@ class AelabBatches:
 
 
 def make_aelab_batches(paths: Sequence[Path], image_size: int, batch_size: int = 64, channels: int = 3,
-                       preset: str = "seed", cache_dir: str | None = None, device: str = "cpu",
+                       preset: str = "course", cache_dir: str | None = None, device: str = "cpu",
                        seed: int = 0) -> AelabBatches:
     """aelab pipeline: `load_images` (decode once, cached) + batched kornia augmentation."""
     pre = Preprocessing(image_size=image_size, channels=channels,

@@ -79,7 +79,7 @@ def part2(args, tmp: Path) -> list[dict]:
     pre_s = time.perf_counter() - t0
     rows = []
     for init in (True, False):
-        for aug in ("none", "seed"):
+        for aug in ("none", "course"):
             t0 = time.perf_counter()
             run = finetune(FinetuneConfig(data=str(root), init_from=str(pre) if init else None, augment=aug,
                                           epochs=args.finetune_epochs, out=str(tmp / f"ft_{init}_{aug}"), **common))

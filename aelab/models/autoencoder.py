@@ -86,17 +86,26 @@ class ModelConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-# Presets. `seed` is exactly the report's network (64×64 RGB, widths 64→1024, 4 poolings);
+# Presets. `course` is exactly the course report's network (64×64 RGB, widths 64→1024, 4 poolings);
 # `small` is the CPU default; `tiny` is for tests.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(width=8, depth=2, image_size=32),
     "small": dict(width=16, depth=3, image_size=32),
-    "seed": dict(width=64, depth=4, image_size=64, in_channels=3, head="mlp", head_hidden=1024, dropout=0.5),
+    "course": dict(width=64, depth=4, image_size=64, in_channels=3, head="mlp", head_hidden=1024, dropout=0.5),
 }
+
+#: Old preset names, accepted with a warning for one release.
+DEPRECATED_PRESETS = {"seed": "course"}
 
 
 def preset_config(name: str, **overrides: Any) -> ModelConfig:
     """A ``ModelConfig`` from a preset name with keyword overrides (``None`` values are ignored)."""
+    if name in DEPRECATED_PRESETS:
+        import warnings
+
+        warnings.warn(f"preset {name!r} is now called {DEPRECATED_PRESETS[name]!r}; the old name goes in the next release",
+                      FutureWarning, stacklevel=2)
+        name = DEPRECATED_PRESETS[name]
     if name not in PRESETS:
         raise AelabError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     values = dict(PRESETS[name])

@@ -9,9 +9,9 @@ def n_params(m):
     return sum(p.numel() for p in m.parameters())
 
 
-def test_seed_preset_is_the_reports_network():
-    # The report's network with 10 classes has exactly this many parameters.
-    model = build_model(preset_config("seed", num_classes=10))
+def test_course_preset_is_the_reports_network():
+    # The course report's network with 10 classes has exactly this many parameters.
+    model = build_model(preset_config("course", num_classes=10))
     assert n_params(model) == 49_227_917
     assert model.config.image_size == 64 and model.bottleneck_channels == 1024
     assert model.embedding_dim == 1024 * 4 * 4
@@ -79,3 +79,9 @@ def test_residual_block_keeps_spatial_size():
 def test_config_round_trip():
     cfg = preset_config("small", num_classes=4, skip_connections=False)
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_old_preset_name_warns_and_gives_the_same_network():
+    with pytest.warns(FutureWarning, match="course"):
+        old = preset_config("seed", num_classes=10)
+    assert old == preset_config("course", num_classes=10)

@@ -107,7 +107,7 @@ def test_best_checkpoint_is_the_epoch_with_the_highest_validation_accuracy(pretr
 def test_finetune_resume_reaches_the_same_weights(pretrained, data, tmp_path, monkeypatch):
     from aelab.runs import MetricsLogger
 
-    cfg = dict(init_from=str(pretrained), data=str(data), epochs=3, patience=10, augment="seed", **TINY)
+    cfg = dict(init_from=str(pretrained), data=str(data), epochs=3, patience=10, augment="course", **TINY)
     full = finetune(FinetuneConfig(out=str(tmp_path / "full"), **cfg))
     original = MetricsLogger.log
 
