@@ -25,7 +25,7 @@ from aelab.train.checkpoint import load_checkpoint
 from aelab.train.engine import fit_loop, make_fabric, start_run, write_model_summary
 from aelab.train.options import RunOptions, require, resolve_sources, restore_for_resume
 
-__all__ = ["FinetuneConfig", "finetune", "METHODS"]
+__all__ = ["METHODS", "FinetuneConfig", "FinetuneResult", "finetune", "finetune_result"]
 
 METHODS = ("supervised", "course", "fixmatch")
 
@@ -167,12 +167,27 @@ def _classes_for(cfg: FinetuneConfig) -> list[str]:
     return list(scan_labelled(require(src.labelled, "labelled", "--labelled")).classes)
 
 
+@dataclass
+class FinetuneResult:
+    """What a fine-tune produced: its run folder and the validation accuracy of its best checkpoint."""
+
+    run_dir: Path
+    val_acc: float
+    best_epoch: int  # 0-based
+    n_val: int  # labelled images that chose the checkpoint
+
+
 def finetune(cfg: FinetuneConfig) -> Path:
     """Train the classifier with ``cfg.method``; the best checkpoint has the highest validation accuracy.
 
-    Ties are broken by the earlier epoch. Returns the run folder (``config.yaml``, ``metrics.csv``,
-    ``best.ckpt``, ``last.ckpt``, ``model.json``).
+    Ties go to the lower validation cross-entropy, then the earlier epoch. Returns the run folder
+    (``config.yaml``, ``metrics.csv``, ``best.ckpt``, ``last.ckpt``, ``model.json``).
     """
+    return finetune_result(cfg).run_dir
+
+
+def finetune_result(cfg: FinetuneConfig) -> FinetuneResult:
+    """`finetune`, returning the run folder together with the best validation accuracy."""
     cfg, run_dir, resume = restore_for_resume(FinetuneConfig, cfg)
     _check(cfg)
     set_seed(cfg.seed)
@@ -193,5 +208,5 @@ def finetune(cfg: FinetuneConfig) -> Path:
                      payload=payload, resume=resume, desc="finetune", epochs=cfg.epochs, **stage)
     info(f"[finetune] best val_acc {state.best:.4f} at epoch {state.best_epoch + 1} "
          f"({payload['n_val']} validation images); checkpoint {run_dir / 'best.ckpt'}")
-    return run_dir
+    return FinetuneResult(Path(run_dir), float(state.best), state.best_epoch, int(payload["n_val"]))
 

@@ -15,7 +15,7 @@ from aelab.train.checkpoint import load_model
 from aelab.train.inference import launch_inference, load_images_once, shared_run_dir, sharded_forward
 from aelab.train.options import RunOptions, require, resolve_sources
 
-__all__ = ["PredictConfig", "predict", "EmbedConfig", "embed"]
+__all__ = ["EmbedConfig", "PredictConfig", "PredictResult", "embed", "predict", "predict_result"]
 
 
 @dataclass
@@ -47,7 +47,24 @@ def _read_labels(path: Path) -> dict[str, str]:
     return read_labels_csv(path)
 
 
+@dataclass
+class PredictResult:
+    """What `predict` wrote: the run folder and ``metrics.json``'s values (``accuracy`` when labels are known)."""
+
+    run_dir: Path
+    metrics: dict
+
+    @property
+    def predictions(self) -> Path:
+        return self.run_dir / "predictions.csv"
+
+
 def predict(cfg: PredictConfig) -> Path:
+    """Write ``predictions.csv`` (``id,label``) into a run folder; see `predict_result`. Returns the folder."""
+    return predict_result(cfg).run_dir
+
+
+def predict_result(cfg: PredictConfig) -> PredictResult:
     """Write ``predictions.csv`` (``id,label``, natural order of the file names) into a run folder.
 
     ``id`` is the file stem when every stem is an integer, else the file name; ``label`` is the
@@ -75,7 +92,7 @@ def predict(cfg: PredictConfig) -> Path:
     ids = image_ids(data.paths)
     result = sharded_forward(fabric, model, prep, data.images, batch_size=cfg.batch_size, want=("logits",))
     if fabric.global_rank != 0:
-        return run_dir  # only rank 0 writes
+        return PredictResult(run_dir, {})  # only rank 0 writes
     truth = labels_for(data.paths, src.test_labels, ids) if src.test_labels is not None else None
     save_config(run_dir, cfg)
     logits = result.logits
@@ -95,7 +112,7 @@ def predict(cfg: PredictConfig) -> Path:
             info(f"[predict] accuracy {acc:.4f} on {len(known)} labelled test images")
     write_json(run_dir / "metrics.json", metrics)
     info(f"[predict] {len(ids)} predictions -> {run_dir / 'predictions.csv'}")
-    return run_dir
+    return PredictResult(run_dir, metrics)
 
 
 @dataclass

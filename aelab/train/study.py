@@ -143,23 +143,20 @@ def pretrain_denoise(cfg: ClassificationStudyConfig, data: Path, out: Path) -> P
 
 
 def _finetune_and_predict(name: str, cfg: ClassificationStudyConfig, data: Path, out: Path, **settings) -> MethodResult:
-    import json
-
     from aelab.data import resolve_layout
-    from aelab.train import FinetuneConfig, PredictConfig, finetune, load_checkpoint, predict
+    from aelab.train.finetune import FinetuneConfig, finetune_result
+    from aelab.train.predict import PredictConfig, predict_result
 
     t0 = time.perf_counter()
     ft = FinetuneConfig(data=str(data), preset=cfg.preset, channels=cfg.channels, image_size=cfg.image_size,
                         val_fraction=cfg.val_fraction, out=str(out), **settings, **_engine(cfg))
-    run = finetune(ft)
-    best = load_checkpoint(run)
-    result = MethodResult(name, float(best["metrics"]["val_acc"]), int(best.get("n_val") or 0),
-                          _labels_per_class(data), run=str(run))
+    trained = finetune_result(ft)
+    result = MethodResult(name, trained.val_acc, trained.n_val, _labels_per_class(data), run=str(trained.run_dir))
     if resolve_layout(data).test is not None:
-        pred = predict(PredictConfig(model=str(run), data=str(data), out=str(run / "predict"), device=cfg.device,
-                                     seed=cfg.seed, strict=cfg.strict))
-        result.test_acc = json.loads((pred / "metrics.json").read_text()).get("accuracy")
-        result.predictions = str(pred / "predictions.csv")
+        pred = predict_result(PredictConfig(model=str(trained.run_dir), data=str(data), out=str(trained.run_dir / "predict"),
+                                            device=cfg.device, seed=cfg.seed, strict=cfg.strict))
+        result.test_acc = pred.metrics.get("accuracy")
+        result.predictions = str(pred.predictions)
     result.seconds = round(time.perf_counter() - t0, 2)
     return result
 
