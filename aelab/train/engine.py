@@ -26,7 +26,7 @@ from aelab.errors import AelabError
 from aelab.progress import info, progress
 from aelab.train.checkpoint import load_checkpoint, save_checkpoint
 
-__all__ = ["make_fabric", "FitState", "fit_loop", "resolve_precision", "start_run"]
+__all__ = ["make_fabric", "FitState", "fit_loop", "resolve_precision", "shared_run_dir", "start_run"]
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -67,13 +67,33 @@ def make_fabric(device: str = "auto", devices: int | str = 1, precision: str = "
     return fabric
 
 
+def shared_run_dir(fabric, out, verb: str) -> Path:
+    """Rank 0 creates the run folder (`aelab.runs.new_run_dir`) and every rank gets its path.
+
+    A refusal (say, a folder that already holds a run) is raised on every rank, so none waits forever.
+    """
+    from aelab.runs import new_run_dir
+
+    made: tuple[str, str] | None = None
+    if fabric.global_rank == 0:
+        try:
+            made = ("ok", str(new_run_dir(out, verb)))
+        except AelabError as exc:
+            made = ("error", str(exc))
+    if fabric.world_size > 1:
+        made = fabric.broadcast(made, src=0)
+    status, value = made
+    if status == "error":
+        raise AelabError(value)
+    return Path(value)
+
+
 def start_run(fabric, cfg, verb: str, run_dir: Path | None) -> Path:
     """The run folder of a training verb: created once (or the resumed one), its config saved, loggers added.
 
     ``cfg`` is the verb's settings (a `RunOptions`); ``run_dir`` is the folder of ``--resume`` or None.
     """
     from aelab.runs import save_config
-    from aelab.train.inference import shared_run_dir
     from aelab.train.loggers import extra_loggers
 
     if run_dir is None:

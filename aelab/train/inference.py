@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,7 +13,7 @@ from aelab.errors import AelabError
 from aelab.models import ResUNetAutoencoder
 
 __all__ = [
-    "ForwardResult", "batched_forward", "pick_device", "launch_inference", "shard_range", "shared_run_dir",
+    "ForwardResult", "batched_forward", "pick_device", "launch_inference", "shard_range",
     "load_images_once", "sharded_forward",
 ]
 
@@ -102,27 +101,6 @@ def shard_range(n: int, batch_size: int, rank: int, world: int) -> tuple[int, in
     n_batches = -(-n // batch_size)
     block = -(-n_batches // world) * batch_size
     return min(n, rank * block), min(n, (rank + 1) * block), block
-
-
-def shared_run_dir(fabric, out, verb: str) -> Path:
-    """Rank 0 creates the run folder (`aelab.runs.new_run_dir`) and every rank gets its path.
-
-    A refusal (say, a folder that already holds a run) is raised on every rank, so none waits forever.
-    """
-    from aelab.runs import new_run_dir
-
-    made: tuple[str, str] | None = None
-    if fabric.global_rank == 0:
-        try:
-            made = ("ok", str(new_run_dir(out, verb)))
-        except AelabError as exc:
-            made = ("error", str(exc))
-    if fabric.world_size > 1:
-        made = fabric.broadcast(made, src=0)
-    status, value = made
-    if status == "error":
-        raise AelabError(value)
-    return Path(value)
 
 
 def load_images_once(fabric, paths, image_size: int, channels: int, strict: bool = False):

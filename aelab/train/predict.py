@@ -12,7 +12,8 @@ from aelab.errors import AelabError
 from aelab.progress import info
 from aelab.runs import save_config, write_csv, write_json
 from aelab.train.checkpoint import load_model
-from aelab.train.inference import launch_inference, load_images_once, shared_run_dir, sharded_forward
+from aelab.train.engine import shared_run_dir
+from aelab.train.inference import launch_inference, load_images_once, sharded_forward
 from aelab.train.options import RunOptions, require, resolve_sources
 
 __all__ = ["EmbedConfig", "PredictConfig", "PredictResult", "embed", "predict", "predict_result"]

@@ -16,7 +16,8 @@ from aelab.data import Preprocessing
 from aelab.models import build_model, preset_config
 from aelab.train import PredictConfig, predict, save_checkpoint
 from aelab.errors import AelabError
-from aelab.train.inference import shard_range, shared_run_dir
+from aelab.train.engine import shared_run_dir
+from aelab.train.inference import shard_range
 
 ROOT = Path(__file__).resolve().parents[2]
 
