@@ -19,8 +19,8 @@ from typing import Any, Callable, ClassVar
 
 from aelab import __version__
 from aelab.errors import AelabError
-from aelab.progress import info
 from aelab.layout import RunLayout
+from aelab.progress import info
 from aelab.runs import atomic_write_text, clear_run_dir, lock_run_dir, read_json, run_dir_entries, save_config, set_seed
 from aelab.train.study import ClassificationStudyConfig, MethodResult
 
@@ -38,7 +38,8 @@ class RunConfig(ClassificationStudyConfig):
         data: root folder in the folder layout; none = build the demo data (MNIST digits) in the run folder.
         out: run folder; re-running with the same folder resumes after the last finished stage.
         force: redo every stage even if the run folder has it.
-        cluster_classes: three (or more) class names for study 2b, comma-separated; auto = the course report's 2,5,8 when those classes exist, else the first three.
+        cluster_classes: three (or more) class names for study 2b, comma-separated; auto = the course report's
+            2,5,8 when those classes exist, else the first three.
         cluster_ratio: subsample the chosen classes to this size ratio (study 2b uses 2:1:1).
         normal_class: the normal class (a class name) of study 3 when the data have no anomaly/normal folder; auto = the first class.
         anomaly_epochs: maximum epochs of the anomaly detectors.

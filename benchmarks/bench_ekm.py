@@ -40,10 +40,10 @@ def machine() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    from importlib.metadata import PackageNotFoundError, version
+
     import sklearn
     import torch
-
-    from importlib.metadata import PackageNotFoundError, version
 
     try:
         skl = version("sklekmeans")

@@ -12,7 +12,13 @@ import pytest
 
 from aelab.errors import AelabError
 from aelab.runs import (
-    LOCK_NAME, atomic_write_text, check_out_folder, load_config, lock_run_dir, new_run_dir, read_json,
+    LOCK_NAME,
+    atomic_write_text,
+    check_out_folder,
+    load_config,
+    lock_run_dir,
+    new_run_dir,
+    read_json,
     release_run_dir,
 )
 

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator
 
-from aelab.anomaly.scores import BASE_KINDS, base_scores, check_score_kind, combine_scores, needed_kinds, normal_medians, pixel_errors
 from aelab.anomaly.inputs import ImageBatch, Reconstruction, ScoreResult, _array_images, _match
+from aelab.anomaly.scores import BASE_KINDS, base_scores, check_score_kind, combine_scores, needed_kinds, normal_medians, pixel_errors
 from aelab.anomaly.thresholds import THRESHOLD_RULES, Threshold, choose_threshold
 from aelab.errors import AelabError, DataError
 from aelab.models import ModelConfig, build_model, preset_config

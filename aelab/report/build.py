@@ -77,7 +77,8 @@ def _section_2b(run_dir: Path, stages: dict) -> Section:
         reading += f" {better} agrees better with the classes." if better != "neither" else " Both agree equally with the classes."
     blocks = [
         Table(["method", "cluster sizes", "size ratio", "ARI"], rows, caption=f"Target ratio {':'.join(target)}; α in the paper's convention", reading=reading),
-        Figure("cluster_ekm/figures/clusterings.png", caption="EKM at α, 10α and 0.1α (PCA projection; colour: cluster, marker shape: true class; centroids marked)"),
+        Figure("cluster_ekm/figures/clusterings.png",
+               caption="EKM at α, 10α and 0.1α (PCA projection; colour: cluster, marker shape: true class; centroids marked)"),
         Figure("cluster_ekm/figures/ratio_vs_alpha.png", caption="Cluster-size ratio versus α; the target is marked"),
     ]
     return Section("2b", "Equilibrium K-Means on the embeddings", blocks)

@@ -35,7 +35,8 @@ class FinetuneConfig(RunOptions):
     """Fine-tuning settings.
 
     Attributes:
-        method: supervised (cross-entropy on the labelled images), course (the course report's w*MSE + (1-w)*CE) or fixmatch (semi-supervised: also learns from the unlabelled images).
+        method: supervised (cross-entropy on the labelled images), course (the course report's
+            w*MSE + (1-w)*CE) or fixmatch (semi-supervised: also learns from the unlabelled images).
         init_from: pretrained checkpoint or pretrain run folder to start from; none = random weights.
         data: root folder in the folder layout (uses ROOT/dev/labelled, and ROOT/dev/unlabelled for fixmatch).
         labelled: folder with one subfolder of images per class (overrides --data).
@@ -43,11 +44,13 @@ class FinetuneConfig(RunOptions):
         preset: network when starting from random weights: tiny, small or course (the report's 49M-parameter net, for GPUs); ignored with --init-from.
         image_size: override the preset's input size (random weights only).
         channels: 1 or 3 (random weights only; with --init-from the checkpoint's preprocessing is used).
-        head: classifier head on the flattened bottleneck: bn-mlp (an MLP after a BatchNorm of the embedding; trains far better from pretrained weights), mlp (exactly the course report's), linear.
+        head: classifier head on the flattened bottleneck: bn-mlp (an MLP after a BatchNorm of the embedding;
+            trains far better from pretrained weights), mlp (exactly the course report's), linear.
         dropout: dropout of the mlp head.
         freeze_encoder: train only the head and decoder; the pretrained encoder stays fixed.
         recon_weight: w in (1-w)*classification + w*MSE; none = 0.5 for course, 0 for supervised and fixmatch.
-        augment: augmentation of the labelled images: weak (small shifts, the default), none, strong, light or course (the report's list: its vertical flips and rotations turn 6s into 9s).
+        augment: augmentation of the labelled images: weak (small shifts, the default), none, strong, light or
+            course (the report's list: its vertical flips and rotations turn 6s into 9s).
         noise_factor: Gaussian input noise during fine-tuning (0 = none).
         threshold: fixmatch: confidence a prediction on a weakly augmented unlabelled image needs to become its pseudo-label (tau).
         unlabelled_ratio: fixmatch: unlabelled images per labelled image in a step (mu).

@@ -35,7 +35,8 @@ class PretrainConfig(RunOptions):
     """Pretraining settings (defaults finish in minutes on a laptop CPU with the demo data).
 
     Attributes:
-        objective: denoise (the course report's denoising autoencoder) or vicreg (self-supervised: two augmented views of an image must get similar, decorrelated embeddings).
+        objective: denoise (the course report's denoising autoencoder) or vicreg (self-supervised: two
+            augmented views of an image must get similar, decorrelated embeddings).
         data: root folder in the folder layout (ROOT/dev/unlabelled, ROOT/dev/labelled, ROOT/test).
         unlabelled: folder of unlabelled images (overrides the one under --data).
         labelled: folder of class subfolders (overrides the one under --data).

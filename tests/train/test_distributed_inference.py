@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from aelab.data import Preprocessing
+from aelab.errors import AelabError
 from aelab.models import build_model, preset_config
 from aelab.train import PredictConfig, predict, save_checkpoint
-from aelab.errors import AelabError
 from aelab.train.engine import shared_run_dir
 from aelab.train.inference import shard_range
 

@@ -13,8 +13,17 @@ from PIL import Image
 from aelab.data import Preprocessing, make_demo_data
 from aelab.models import build_model, preset_config
 from aelab.train import (
-    EmbedConfig, FinetuneConfig, PredictConfig, PretrainConfig, embed, finetune, load_checkpoint,
-    load_model, predict, pretrain, save_checkpoint,
+    EmbedConfig,
+    FinetuneConfig,
+    PredictConfig,
+    PretrainConfig,
+    embed,
+    finetune,
+    load_checkpoint,
+    load_model,
+    predict,
+    pretrain,
+    save_checkpoint,
 )
 
 TINY = dict(preset="tiny", device="cpu", batch_size=32)
