@@ -154,7 +154,7 @@ class _Loop:
     min_delta: float
     desc: str
     ema: Any = None
-    tiebreak: str | None = None  # a "min" metric that decides between epochs equal on ``monitor``
+    tiebreak: str | None = None  # "later", or a "min" metric that decides between epochs equal on ``monitor``
     state: FitState = field(default_factory=FitState)
     metrics_file: Any = None  # RunMetricsLogger of metrics.csv, attached after a resume is restored
 
@@ -231,9 +231,10 @@ class _Loop:
         row["lr"], row["seconds"] = lr, round(time.perf_counter() - t0, 3)
         st = self.state
         value = float(row[self.monitor])
-        second = float(row[self.tiebreak]) if self.tiebreak else None
-        improved = _better(value, st.best, self.mode, self.min_delta) or (
-            second is not None and value == st.best and st.best_tiebreak is not None and second < st.best_tiebreak)
+        second = float(row[self.tiebreak]) if self.tiebreak not in (None, "later") else None
+        tie = st.best is not None and value == st.best
+        improved = _better(value, st.best, self.mode, self.min_delta) or (tie and (
+            self.tiebreak == "later" or (second is not None and st.best_tiebreak is not None and second < st.best_tiebreak)))
         if improved:
             st.best, st.best_epoch, st.best_tiebreak, st.bad_epochs = value, epoch, second, 0
         else:
@@ -261,8 +262,9 @@ def fit_loop(*, fabric, model, raw_model, optimizer, scheduler, train_loader, tr
     ``train_step(batch)`` or ``train_step(batch, step)`` (``step`` = optimiser steps so far) returns a
     dict of scalar losses whose ``"loss"`` is optimised; ``validate()`` returns a dict holding
     ``monitor`` (``mode`` "max" or "min"). ``payload`` (model config, preprocessing, classes, resolved
-    config) goes into every checkpoint; ``tiebreak`` names a lower-is-better metric that decides
-    between epochs with the same ``monitor`` value (with 40 validation images accuracy ties often). ``ema`` (a `aelab.train.semi.ModelEMA`) is updated after
+    config) goes into every checkpoint; ``tiebreak`` decides between epochs with the same ``monitor``
+    value: ``"later"`` (the later epoch wins, and a tie does not count against ``patience``) or the
+    name of a lower-is-better metric. With 40 validation images accuracy ties often. ``ema`` (a `aelab.train.semi.ModelEMA`) is updated after
     every step and its weights are the checkpoint's ``state_dict``. Metrics go to every logger of
     ``fabric`` (``metrics.csv`` always). With ``resume``, model, EMA, optimizer, scheduler, RNG and
     early-stopping state come from ``run_dir/last.ckpt``, so the run ends with the same weights as

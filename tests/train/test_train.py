@@ -109,7 +109,8 @@ def test_best_checkpoint_is_the_epoch_with_the_highest_validation_accuracy(pretr
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     accs = [float(r["val_acc"]) for r in rows]
     best = load_checkpoint(run)
-    assert best["epoch"] == int(np.argmax(accs))  # the scored metric, first epoch on ties (seed defect 5)
+    # The scored metric (course report defect 5), the last epoch on ties (a small validation set saturates).
+    assert best["epoch"] == len(accs) - 1 - int(np.argmax(accs[::-1]))
     assert best["metrics"]["val_acc"] == max(accs)
 
 
