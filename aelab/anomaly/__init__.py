@@ -3,11 +3,25 @@
 from aelab.anomaly.detector import DETECTOR_FILE, ReconstructionDetector
 from aelab.anomaly.inputs import ImageBatch, Reconstruction, ScoreResult
 from aelab.anomaly.metrics import METRIC_KEYS, anomaly_metrics
-from aelab.anomaly.scores import BASE_KINDS, SCORE_KINDS, base_scores, combine_scores, normal_medians, pixel_errors
+from aelab.anomaly.corruption import CORRUPTIONS, structured_corruption
+from aelab.anomaly.scores import (
+    BASE_KINDS,
+    MAP_KINDS,
+    REDUCTIONS,
+    SCORE_KINDS,
+    base_scores,
+    combine_scores,
+    error_maps,
+    normal_medians,
+    pixel_errors,
+    reduce_maps,
+    smooth_maps,
+)
 from aelab.anomaly.thresholds import (
     THRESHOLD_RULES,
     Threshold,
     choose_threshold,
+    conformal_threshold,
     f1_threshold,
     normalized_score,
     quantile_threshold,
@@ -15,6 +29,9 @@ from aelab.anomaly.thresholds import (
 
 __all__ = [
     "BASE_KINDS",
+    "CORRUPTIONS",
+    "MAP_KINDS",
+    "REDUCTIONS",
     "DETECTOR_FILE",
     "METRIC_KEYS",
     "SCORE_KINDS",
@@ -27,10 +44,15 @@ __all__ = [
     "anomaly_metrics",
     "base_scores",
     "choose_threshold",
+    "conformal_threshold",
+    "error_maps",
     "combine_scores",
     "f1_threshold",
     "normal_medians",
     "normalized_score",
     "pixel_errors",
     "quantile_threshold",
+    "reduce_maps",
+    "smooth_maps",
+    "structured_corruption",
 ]

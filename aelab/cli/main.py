@@ -23,9 +23,9 @@ COMMANDS: dict[str, tuple[str | None, str, str]] = {
     "predict": ("aelab.train:PredictConfig", "aelab.train:predict", "label a test folder into predictions.csv"),
     "embed": ("aelab.train:EmbedConfig", "aelab.train:embed", "write bottleneck embeddings for clustering"),
     "cluster": (None, "aelab.cli.cluster_cmd:cluster", "cluster embeddings with Equilibrium K-Means"),
-    "anomaly fit": ("aelab.cli.anomaly_cmds:AnomalyFitConfig", "aelab.cli.anomaly_cmds:anomaly_fit", "fit a reconstruction anomaly detector on normal images"),
-    "anomaly score": ("aelab.cli.anomaly_cmds:AnomalyScoreConfig", "aelab.cli.anomaly_cmds:anomaly_score", "score images: anomaly_scores.csv and a figure"),
-    "anomaly evaluate": ("aelab.cli.anomaly_cmds:AnomalyEvaluateConfig", "aelab.cli.anomaly_cmds:anomaly_evaluate", "AUROC, AP, F1, mean losses and figures"),
+    "anomaly fit": ("aelab.anomaly.study:AnomalyFitConfig", "aelab.anomaly.study:anomaly_fit", "fit a reconstruction anomaly detector on normal images (folder, seed or MVTec AD layout)"),
+    "anomaly score": ("aelab.anomaly.study:AnomalyScoreConfig", "aelab.anomaly.study:anomaly_score", "score images: anomaly_scores.csv, anomaly maps and a figure"),
+    "anomaly evaluate": ("aelab.anomaly.study:AnomalyEvaluateConfig", "aelab.anomaly.study:anomaly_evaluate", "image AUROC, AP, F1, false alarms; pixel AUROC and PRO with masks; figures"),
     "run": ("aelab.pipeline:RunConfig", "aelab.cli.run_cmds:run", "the three studies end to end, then the report"),
     "report": (None, "aelab.cli.run_cmds:report", "rebuild the report of a finished run"),
 }

@@ -45,7 +45,7 @@ def test_fit_writes_the_run_folder(fit_run):
     for name in ("config.yaml", "metrics.csv", "best.ckpt", "last.ckpt", "detector.ckpt", "threshold.json", "split.csv"):
         assert (fit_run / name).is_file(), name
     th = json.loads((fit_run / "threshold.json").read_text())
-    assert th["rule"] == "quantile" and th["value"] > 0 and th["n_train"] + th["n_held_out"] == 20
+    assert th["rule"] == "conformal" and th["value"] > 0 and th["n_train"] + th["n_held_out"] == 20
     split = read_csv_rows(fit_run / "split.csv")
     assert list(split[0]) == ["filename", "split"] and sum(r["split"] == "held_out" for r in split) == th["n_held_out"]
     assert len(read_csv_rows(fit_run / "metrics.csv")) >= 1
@@ -81,7 +81,7 @@ def test_evaluate_writes_metrics_and_figures(fit_run, demo_root, tmp_path):
     assert m["n_anomalous"] == 20 and 0 <= m["auroc"] <= 1 and m["threshold"] == pytest.approx(th["value"])
     for name in ("score_histogram.png", "roc_curve.png", "cases_normal.png", "cases_anomalous.png"):
         assert (out / "figures" / name).stat().st_size > 0, name
-    assert list(read_csv_rows(out / "scores.csv")[0]) == ["filename", "group", "score", "normalized_score", "is_anomaly"]
+    assert list(read_csv_rows(out / "scores.csv")[0]) == ["filename", "group", "defect", "score", "normalized_score", "is_anomaly"]
 
 
 def test_bad_files_are_skipped_and_listed(fit_run, demo_root, tmp_path):

@@ -39,7 +39,7 @@ def test_quantile_rule_gives_the_requested_false_alarm_rate_on_new_normals(quant
     rng = np.random.default_rng(0)
     held_out = rng.lognormal(-4, 0.5, 20_000)  # skewed, like reconstruction errors
     fresh = rng.lognormal(-4, 0.5, 20_000)
-    th = choose_threshold(held_out, quantile=quantile)
+    th = choose_threshold(held_out, rule="quantile", quantile=quantile)
     assert th.rule == "quantile" and th.quantile == quantile and th.n_normal == 20_000
     assert np.mean(held_out > th.value) == pytest.approx(1 - quantile, abs=1e-3)
     assert np.mean(fresh > th.value) == pytest.approx(1 - quantile, abs=5e-3)
@@ -123,3 +123,52 @@ def test_metrics_match_references():
     assert 0 < m["average_precision"] <= 1 and m["n_normal"] == 200 and m["n_anomalous"] == 50
     with pytest.raises(AelabError, match="anomalous"):
         anomaly_metrics(normal, [], 0.5)
+
+
+def test_conformal_threshold_is_the_kth_smallest_score():
+    scores = np.random.default_rng(5).permutation(np.arange(1.0, 81.0))  # 80 held-out scores 1..80
+    for alpha, k in ((0.1, 73), (0.05, 77), (0.2, 65), (0.01, 80)):  # k = ceil(81 (1 - alpha)), capped at 80
+        th = choose_threshold(scores, rule="conformal", alpha=alpha)
+        assert (th.rank, th.value, th.n_normal, th.alpha) == (k, float(k), 80, alpha)
+        assert th.expected_false_alarm_rate == pytest.approx((81 - k) / 81)
+    assert choose_threshold(scores).rule == "conformal"  # the default without anomalies
+    assert Threshold.from_dict(th.to_dict()) == th
+
+
+@pytest.mark.parametrize("alpha, n", [(0.05, 79), (0.1, 60), (0.01, 199)])
+def test_conformal_false_alarm_rate_on_generated_scores(alpha, n):
+    """2,000 calibrations of n held-out normals, each tested on 200 fresh normals.
+
+    The mean false-alarm rate matches (n + 1 - k) / (n + 1) <= alpha (finite-sample guarantee);
+    the rates spread like Beta(n + 1 - k, k); the observed rate on 200 new normals falls inside
+    the 95 % beta-binomial interval about 95 % of the time. The plain quantile rule, with the
+    same data, exceeds alpha on average (the defect the conformal rule fixes).
+    """
+    from scipy import stats
+
+    rng = np.random.default_rng(int(alpha * 1000) + n)
+    reps, m = 2000, 200
+    calib = rng.lognormal(-4, 0.5, (reps, n))
+    fresh = rng.lognormal(-4, 0.5, (reps, m))
+    k = int(np.ceil((n + 1) * (1 - alpha) - 1e-9))
+    th = choose_threshold(calib[0], alpha=alpha)
+    lo, hi = th.false_alarm_interval(m)
+    values = np.sort(calib, axis=1)[:, k - 1]
+    observed = np.mean(fresh > values[:, None], axis=1)
+    assert th.rank == k and th.expected_false_alarm_rate <= alpha
+    assert observed.mean() == pytest.approx((n + 1 - k) / (n + 1), abs=0.15 * alpha)
+    true_rate = stats.lognorm(0.5, scale=np.exp(-4)).sf(values)  # the exact rate of each threshold
+    assert stats.kstest(true_rate, stats.beta(n + 1 - k, k).cdf).pvalue > 0.001
+    inside = np.mean((observed >= lo) & (observed <= hi))
+    assert 0.93 <= inside <= 0.995
+    naive = np.array([np.mean(f > np.quantile(c, 1 - alpha)) for c, f in zip(calib[:500], fresh[:500])])
+    assert naive.mean() > alpha > observed.mean() - 0.1 * alpha
+
+
+def test_conformal_interval_without_new_images_is_the_beta_interval():
+    from scipy import stats
+
+    th = choose_threshold(np.arange(99.0), alpha=0.05)  # n = 99: k = 95
+    lo, hi = th.false_alarm_interval()
+    assert th.rank == 95 and (lo, hi) == pytest.approx((stats.beta.ppf(0.025, 5, 95), stats.beta.ppf(0.975, 5, 95)))
+    assert Threshold(0.1, "quantile", 0.99, 80).false_alarm_interval(100) is None
