@@ -61,7 +61,7 @@ def run_anomaly_study(ctx, skip_exc) -> dict:
 
     fit_src, eval_src, normal_desc = _sources(ctx, skip_exc)
     base = ctx.sub("anomaly")
-    summary: dict = {"normal": normal_desc, **{f"fit_{k}": v for k, v in fit_src.items()}, **eval_src}
+    summary: dict = {"normal": normal_desc, **{f"{k}_dir": v for k, v in eval_src.items()}}
     figures: list[str] = []
     for variant, skips in (("noskip", False), ("skip", True)):
         fit = anomaly_fit(AnomalyFitConfig(

@@ -35,6 +35,7 @@ from aelab.anomaly.scores import (
     error_maps,
     needed_kinds,
     normal_medians,
+    score_parts,
     smooth_maps,
 )
 from aelab.anomaly.inputs import ImageBatch, Reconstruction, ScoreResult, _array_images, _match
@@ -62,8 +63,9 @@ class ReconstructionDetector(BaseEstimator):
         channels: 1 or 3; default: the array's channels, or 3 for folders.
         width, depth: override the preset's first-block width and number of poolings.
         skip_connections: keep the U-Net skips (the seed's network; off by default, see module doc).
-        score: per-pixel map: ``mse``, ``mae``, ``ssim``, ``gms`` or ``combined`` (see
-            `aelab.anomaly.scores`).
+        score: per-pixel map: ``mse``, ``mae``, ``ssim``, ``gms``, maps joined by ``+`` (each
+            scaled by its held-out normal median, e.g. ``mse+gms``) or the legacy ``combined``
+            (see `aelab.anomaly.scores`).
         reduction: map to image score: ``mean``, ``max`` or ``topk`` (mean of the ``top_k``
             share of the highest pixels).
         top_k: share of pixels averaged by ``topk``.
@@ -321,10 +323,13 @@ class ReconstructionDetector(BaseEstimator):
         def one(kind: str) -> torch.Tensor:
             return smooth_maps(error_maps(target, recon, kind, self.ssim_window), self.smoothing)
 
-        if self.score != "combined":
-            return one(self.score).numpy()
-        m = self.score_medians_  # the combined score's formula applied pixel by pixel
-        return ((one("mse").clamp_min(0) / m["mse"]).sqrt().add(one("ssim") / m["ssim"]) / 2).numpy()
+        m = self.score_medians_  # joined scores: their formula applied pixel by pixel
+        if self.score == "combined":
+            return ((one("mse").clamp_min(0) / m["mse"]).sqrt().add(one("ssim") / m["ssim"]) / 2).numpy()
+        parts = score_parts(self.score)
+        if len(parts) == 1:
+            return one(parts[0]).numpy()
+        return (sum(one(p) / m[p] for p in parts) / len(parts)).numpy()
 
     def anomaly_map(self, X: Any) -> np.ndarray:
         """``(N, H, W)`` per-pixel anomaly maps at the detector's input size, higher = more anomalous.

@@ -20,9 +20,10 @@ A score is built in three steps, all comparing the reconstruction target (the pl
    values (good for small local defects: a 30-pixel scratch barely moves the mean of 1,024
    pixels but dominates the maximum).
 
-``combined`` is ``(sqrt(mse / m_mse) + ssim / m_ssim) / 2`` of the reduced ``mse`` and ``ssim``
-scores, ``m_k`` being the median of score ``k`` over held-out normal images: one scale for
-intensity and structural error (a typical normal image scores 1 on each).
+Several maps can be joined with ``+`` (e.g. ``mse+gms``): the image score is the mean of each
+part's reduced score divided by ``m_k``, the median of that score over held-out normal images,
+so intensity and edge errors count on one scale (a typical normal image scores 1 on each). The
+legacy ``combined`` is ``(sqrt(mse / m_mse) + ssim / m_ssim) / 2``.
 
 Example:
     >>> t = torch.zeros(2, 1, 16, 16); r = t.clone(); r[1] += 0.5
@@ -57,6 +58,7 @@ __all__ = [
     "base_scores",
     "combine_scores",
     "needed_kinds",
+    "score_parts",
     "normal_medians",
     "pixel_errors",
 ]
@@ -68,10 +70,16 @@ REDUCTIONS: tuple[str, ...] = ("mean", "max", "topk")
 _GMS_C = 0.0026  # Xue et al. 2014, Sec. III: c = 170 for 0..255 images, i.e. 170 / 255**2 in [0, 1]
 
 
+def score_parts(kind: str) -> tuple[str, ...]:
+    """The maps a ``+``-joined score averages (``("mse", "gms")`` for ``mse+gms``)."""
+    return tuple(kind.split("+"))
+
+
 def check_score_kind(kind: str, ssim_window: int = 7) -> str:
     """Validate a score name (and the SSIM window, odd and >= 3); returns the name."""
-    if kind not in SCORE_KINDS:
-        raise AelabError(f"unknown anomaly score {kind!r}; choose one of {', '.join(SCORE_KINDS)}")
+    joined = "+" in str(kind) and all(p in MAP_KINDS for p in score_parts(kind)) and len(set(score_parts(kind))) == len(score_parts(kind))
+    if kind not in SCORE_KINDS and not joined:
+        raise AelabError(f"unknown anomaly score {kind!r}; choose one of {', '.join(SCORE_KINDS)} or maps joined by + (e.g. mse+gms)")
     if isinstance(ssim_window, bool) or not isinstance(ssim_window, int) or ssim_window < 3 or ssim_window % 2 == 0:
         raise AelabError(f"ssim_window must be an odd integer >= 3 (e.g. 7 or 11), got {ssim_window!r}")
     return kind
@@ -185,7 +193,7 @@ def base_scores(
 
 def needed_kinds(kind: str) -> tuple[str, ...]:
     """Base scores a score kind needs."""
-    return ("mse", "ssim") if kind == "combined" else (kind,)
+    return ("mse", "ssim") if kind == "combined" else score_parts(kind)
 
 
 def normal_medians(base: Mapping[str, np.ndarray]) -> dict[str, float]:
@@ -204,9 +212,11 @@ def combine_scores(base: Mapping[str, np.ndarray], kind: str, medians: Mapping[s
         ``(N,)`` float64 array, higher = more anomalous.
     """
     check_score_kind(kind)
-    if kind != "combined":
+    if kind in MAP_KINDS:
         return np.asarray(base[kind], dtype=np.float64)
-    if not medians or any(k not in medians for k in ("mse", "ssim")):
-        raise AelabError("the combined score needs the median normal scores of a fitted detector")
+    if not medians or any(k not in medians for k in needed_kinds(kind)):
+        raise AelabError(f"the {kind} score needs the median normal scores of a fitted detector")
+    if kind != "combined":
+        return np.mean([np.asarray(base[p], dtype=np.float64) / medians[p] for p in score_parts(kind)], axis=0)
     rmse = np.sqrt(np.clip(np.asarray(base["mse"], dtype=np.float64), 0, None) / medians["mse"])
     return (rmse + np.asarray(base["ssim"], dtype=np.float64) / medians["ssim"]) / 2

@@ -68,7 +68,7 @@ class AnomalyFitConfig(RunOptions):
         width: override the preset's first-block width.
         depth: number of poolings (4: a 2x2 bottleneck at 32x32; benchmarks/README.md); none = the preset's.
         skip_connections: keep the U-Net skips (the course report's network; they let anomalies be copied through).
-        score: per-pixel map: mse, mae, ssim (1 - SSIM), gms (1 - gradient magnitude similarity) or combined.
+        score: per-pixel map: mse, mae, ssim (1 - SSIM), gms (1 - gradient magnitude similarity), maps joined by + (each divided by its held-out normal median, e.g. mse+gms) or combined.
         reduction: map to image score: mean, max or topk (mean of the top_k share of pixels).
         top_k: share of pixels averaged by the topk reduction.
         smoothing: Gaussian sigma in pixels applied to the map before the reduction (0 = none).

@@ -86,3 +86,18 @@ def test_local_score_finds_painted_defects_better_than_the_mean_on_generated_blo
     topk = base_scores(target, recon, kinds=("mse",), reduction="topk", top_k=0.01)["mse"]
     peak = base_scores(target, recon, kinds=("mse",), reduction="max", smoothing=1.0)["mse"]
     assert roc_auc_score(y, topk) == 1.0 and roc_auc_score(y, peak) == 1.0 and roc_auc_score(y, mean) < 0.75
+
+
+def test_joined_score_is_the_mean_of_median_scaled_parts():
+    from aelab.anomaly import combine_scores
+    from aelab.anomaly.scores import check_score_kind, needed_kinds
+
+    base = {"mse": np.array([0.01, 0.04]), "gms": np.array([0.2, 0.1]), "ssim": np.array([0.3, 0.3])}
+    medians = {"mse": 0.02, "gms": 0.1, "ssim": 0.3}
+    np.testing.assert_allclose(combine_scores(base, "mse+gms", medians), [(0.5 + 2.0) / 2, (2.0 + 1.0) / 2])
+    assert needed_kinds("mse+gms") == ("mse", "gms") and needed_kinds("gms") == ("gms",)
+    for bad in ("mse+psnr", "mse+mse", "+"):
+        with pytest.raises(AelabError, match="unknown anomaly score"):
+            check_score_kind(bad)
+    with pytest.raises(AelabError, match="median"):
+        combine_scores(base, "mse+gms")
