@@ -57,7 +57,12 @@ def _sources(ctx, skip_exc) -> tuple[dict, dict, str]:
 
 
 def run_anomaly_study(ctx, skip_exc) -> dict:
-    from aelab.anomaly.study import AnomalyEvaluateConfig, AnomalyFitConfig, anomaly_evaluate, anomaly_fit
+    from aelab.anomaly.study import (
+        AnomalyEvaluateConfig,
+        AnomalyFitConfig,
+        anomaly_evaluate,
+        anomaly_fit,
+    )
 
     fit_src, eval_src, normal_desc = _sources(ctx, skip_exc)
     base = ctx.sub("anomaly")

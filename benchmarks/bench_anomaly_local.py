@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_anomaly import cpu_model, load_digits, split  # noqa: E402
+from bench_anomaly import cpu_model, load_digits, split
 
 TUNING_DIGITS = (3, 7)
 EVALUATION_DIGITS = (0, 1, 2, 4, 5, 6, 8, 9)

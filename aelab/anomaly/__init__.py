@@ -1,9 +1,9 @@
 """Anomaly detection by reconstruction: an autoencoder fitted on normal images, scores, thresholds, metrics."""
 
+from aelab.anomaly.corruption import CORRUPTIONS, structured_corruption
 from aelab.anomaly.detector import DETECTOR_FILE, ReconstructionDetector
 from aelab.anomaly.inputs import ImageBatch, Reconstruction, ScoreResult
 from aelab.anomaly.metrics import METRIC_KEYS, anomaly_metrics
-from aelab.anomaly.corruption import CORRUPTIONS, structured_corruption
 from aelab.anomaly.scores import (
     BASE_KINDS,
     MAP_KINDS,
@@ -30,10 +30,10 @@ from aelab.anomaly.thresholds import (
 __all__ = [
     "BASE_KINDS",
     "CORRUPTIONS",
-    "MAP_KINDS",
-    "REDUCTIONS",
     "DETECTOR_FILE",
+    "MAP_KINDS",
     "METRIC_KEYS",
+    "REDUCTIONS",
     "SCORE_KINDS",
     "THRESHOLD_RULES",
     "ImageBatch",
@@ -44,9 +44,9 @@ __all__ = [
     "anomaly_metrics",
     "base_scores",
     "choose_threshold",
+    "combine_scores",
     "conformal_threshold",
     "error_maps",
-    "combine_scores",
     "f1_threshold",
     "normal_medians",
     "normalized_score",

@@ -5,9 +5,9 @@ The API follows PyOD (``fit`` on normal data, ``decision_function`` higher = mor
 aelab training stage (``make_fabric`` + ``fit_loop``, composed like ``aelab.train.pretrain``);
 a share of the normal images is held out for early stopping and for the threshold.
 
-Two seed defects are avoided here: the network has no skip connections by default (a U-Net can
+Two defects of the course report are avoided here: the network has no skip connections by default (a U-Net can
 copy its input, anomalies included, through them), and every image, normal or not, goes through
-the one stored `Preprocessing` (the seed greyscaled only its anomalies).
+the one stored `Preprocessing` (the course report greyscaled only its anomalies).
 """
 
 from __future__ import annotations
@@ -26,6 +26,13 @@ import torch.nn.functional as F
 from sklearn.base import BaseEstimator
 
 from aelab.anomaly.corruption import CORRUPTIONS, structured_corruption
+from aelab.anomaly.inputs import (
+    ImageBatch,
+    Reconstruction,
+    ScoreResult,
+    _array_images,
+    _match,
+)
 from aelab.anomaly.scores import (
     BASE_KINDS,
     base_scores,
@@ -38,7 +45,6 @@ from aelab.anomaly.scores import (
     score_parts,
     smooth_maps,
 )
-from aelab.anomaly.inputs import ImageBatch, Reconstruction, ScoreResult, _array_images, _match
 from aelab.anomaly.thresholds import THRESHOLD_RULES, Threshold, choose_threshold
 from aelab.errors import AelabError, DataError
 from aelab.models import ModelConfig, build_model, preset_config
@@ -48,7 +54,7 @@ from aelab.train.engine import fit_loop, make_fabric
 from aelab.train.inference import batched_forward, pick_device
 from aelab.train.loaders import make_loader, split_indices
 
-__all__ = ["ReconstructionDetector", "DETECTOR_FILE"]
+__all__ = ["DETECTOR_FILE", "ReconstructionDetector"]
 
 DETECTOR_FILE = "detector.ckpt"
 _KIND = "anomaly-detector"
@@ -62,7 +68,7 @@ class ReconstructionDetector(BaseEstimator):
         image_size: square input side; default: the array's size, or the preset's for folders.
         channels: 1 or 3; default: the array's channels, or 3 for folders.
         width, depth: override the preset's first-block width and number of poolings.
-        skip_connections: keep the U-Net skips (the seed's network; off by default, see module doc).
+        skip_connections: keep the U-Net skips (the course report's network; off by default, see module doc).
         score: per-pixel map: ``mse``, ``mae``, ``ssim``, ``gms``, maps joined by ``+`` (each
             scaled by its held-out normal median, e.g. ``mse+gms``) or the legacy ``combined``
             (see `aelab.anomaly.scores`).
@@ -97,9 +103,9 @@ class ReconstructionDetector(BaseEstimator):
     def __init__(
         self, *, preset: str = "small", image_size: int | None = None, channels: int | None = None,
         width: int | None = None, depth: int | None = 4, skip_connections: bool = False,
-        score: str = "mse", reduction: str = "topk", top_k: float = 0.01, smoothing: float = 1.0,
+        score: str = "mse+gms", reduction: str = "topk", top_k: float = 0.01, smoothing: float = 0.0,
         ssim_window: int = 7, contamination: float = 0.01, threshold: float | None = None,
-        threshold_rule: str = "auto", epochs: int = 40, batch_size: int = 32, lr: float = 1e-3,
+        threshold_rule: str = "auto", epochs: int = 60, batch_size: int = 32, lr: float = 1e-3,
         weight_decay: float = 1e-4, corruption: str = "structured", noise_factor: float = 0.0,
         val_fraction: float = 0.2, patience: int = 5,
         recursive: bool = False, strict: bool = False, seed: int = 0, device: str = "auto", devices: int = 1,
@@ -158,7 +164,7 @@ class ReconstructionDetector(BaseEstimator):
         if self.epochs < 1 or self.batch_size < 1:
             raise AelabError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
 
-    def fit(self, X: Any, y: Any = None, *, anomalies: Any = None) -> "ReconstructionDetector":
+    def fit(self, X: Any, y: Any = None, *, anomalies: Any = None) -> ReconstructionDetector:
         """Train on normal images ``X`` and choose the threshold on the held-out share.
 
         Args:
@@ -250,7 +256,7 @@ class ReconstructionDetector(BaseEstimator):
         self.history_, self.best_epoch_ = state.history, state.best_epoch
 
     def set_threshold(self, value: float | None = None, *, rule: str | None = None, normal: Any = None,
-                      anomalies: Any = None) -> "ReconstructionDetector":
+                      anomalies: Any = None) -> ReconstructionDetector:
         """(Re)choose the threshold without retraining.
 
         Args:
@@ -276,7 +282,7 @@ class ReconstructionDetector(BaseEstimator):
             raise AelabError("this ReconstructionDetector is not fitted yet: call fit() or ReconstructionDetector.load()")
 
     def _base_scores(self, images: np.ndarray, kinds: tuple[str, ...], chunk: int = 512) -> dict[str, np.ndarray]:
-        """Base scores of ``kinds`` plus ``"loss"``, the plain per-image MSE (the seed's loss)."""
+        """Base scores of ``kinds`` plus ``"loss"``, the plain per-image MSE (the course report's loss)."""
         prep, device, parts = self.preprocessing_, pick_device(self.device), []
         for start in range(0, len(images), chunk):  # chunks bound the memory of reconstructions
             x = images[start : start + chunk]
@@ -358,7 +364,7 @@ class ReconstructionDetector(BaseEstimator):
         return file
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | None = None) -> "ReconstructionDetector":
+    def load(cls, path: str | os.PathLike, device: str | None = None) -> ReconstructionDetector:
         """Rebuild a saved detector from a checkpoint file or a run folder holding ``detector.ckpt``."""
         from aelab.data import Preprocessing
 

@@ -11,12 +11,13 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["score_histogram", "roc_figure", "reconstruction_panels", "heatmap_rgb", "overlay_rgb"]
+__all__ = ["heatmap_rgb", "overlay_rgb", "reconstruction_panels", "roc_figure", "score_histogram"]
 
 _CMAP = "inferno"
 

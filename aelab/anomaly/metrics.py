@@ -2,7 +2,7 @@
 
 Anomalies are the positive class. AUROC and average precision judge the scores alone (no
 threshold); F1, precision, recall and the false-alarm rate judge the decision ``score > threshold``.
-``normal_loss`` and ``anomaly_loss`` are the seed report's two numbers: the mean per-image MSE
+``normal_loss`` and ``anomaly_loss`` are the course report's two numbers: the mean per-image MSE
 between image and reconstruction over each group.
 
 Example:
@@ -26,8 +26,8 @@ __all__ = [
     "AnomalyEvaluation",
     "anomaly_metrics",
     "evaluate_scores",
-    "pixel_metrics",
     "per_region_overlap",
+    "pixel_metrics",
 ]
 
 METRIC_KEYS: tuple[str, ...] = (
@@ -81,8 +81,8 @@ def anomaly_metrics(
         "threshold": float(threshold),
         "normal_loss": None if normal_loss is None else float(np.mean(normal_loss)),
         "anomaly_loss": None if anomalous_loss is None else float(np.mean(anomalous_loss)),
-        "n_normal": int(len(normal)),
-        "n_anomalous": int(len(anom)),
+        "n_normal": len(normal),
+        "n_anomalous": len(anom),
     }
 
 

@@ -38,7 +38,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -46,21 +46,21 @@ import torch
 from aelab.errors import AelabError
 
 __all__ = [
-    "SCORE_KINDS",
-    "MAP_KINDS",
     "BASE_KINDS",
+    "MAP_KINDS",
     "REDUCTIONS",
-    "check_score_kind",
-    "check_reduction",
-    "error_maps",
-    "smooth_maps",
-    "reduce_maps",
+    "SCORE_KINDS",
     "base_scores",
+    "check_reduction",
+    "check_score_kind",
     "combine_scores",
+    "error_maps",
     "needed_kinds",
-    "score_parts",
     "normal_medians",
     "pixel_errors",
+    "reduce_maps",
+    "score_parts",
+    "smooth_maps",
 ]
 
 MAP_KINDS: tuple[str, ...] = ("mse", "mae", "ssim", "gms")

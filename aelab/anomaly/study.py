@@ -4,7 +4,7 @@ Each workflow takes a typed config and returns a typed result; the CLI (``aelab 
 fit|score|evaluate``) only parses flags into these configs, and ``aelab run`` composes the same
 functions (`aelab.pipeline_anomaly`), passing results rather than re-reading files.
 
-Data come from explicit folders, from a root in the seed layout (``ROOT/anomaly/normal`` and
+Data come from explicit folders, from a root in the course layout (``ROOT/anomaly/normal`` and
 ``ROOT/anomaly/anomalous``) or from a root in the MVTec AD layout (``ROOT/train/good``,
 ``ROOT/test/<good or defect>``, ``ROOT/ground_truth/<defect>/<name>_mask.png``; see
 `aelab.data.mvtec`); with masks, ``evaluate`` adds pixel AUROC and PRO.
@@ -31,16 +31,16 @@ from aelab.runs import new_run_dir, save_config, to_plain, write_csv, write_json
 from aelab.train.options import RunOptions
 
 __all__ = [
+    "DETECTOR_KEYS",
+    "AnomalyEvaluateConfig",
     "AnomalyFitConfig",
     "AnomalyScoreConfig",
-    "AnomalyEvaluateConfig",
+    "EvaluateResult",
     "FitResult",
     "ScoreRunResult",
-    "EvaluateResult",
-    "DETECTOR_KEYS",
+    "anomaly_evaluate",
     "anomaly_fit",
     "anomaly_score",
-    "anomaly_evaluate",
 ]
 
 _SIGNATURE = inspect.signature(ReconstructionDetector.__init__).parameters
@@ -58,7 +58,7 @@ class AnomalyFitConfig(RunOptions):
     """Settings of ``aelab anomaly fit`` (defaults = ``ReconstructionDetector()``'s).
 
     Attributes:
-        data: a root in the MVTec AD layout (uses ROOT/train/good) or in the seed layout (uses ROOT/anomaly/normal).
+        data: a root in the MVTec AD layout (uses ROOT/train/good) or in the course layout (uses ROOT/anomaly/normal).
         normal: folder of normal images only (overrides --data).
         val_anomalous: optional folder of known anomalies; the threshold then maximises F1 on them and the held-out normals.
         recursive: look for images in subfolders too.
@@ -314,7 +314,7 @@ class AnomalyEvaluateConfig(RunOptions):
 
     Attributes:
         model: an `aelab anomaly fit` run folder, or its detector.ckpt.
-        data: a root in the MVTec AD layout (ROOT/test/good, ROOT/test/<defect>, masks in ROOT/ground_truth) or in the seed layout (ROOT/anomaly/normal and ROOT/anomaly/anomalous).
+        data: a root in the MVTec AD layout (ROOT/test/good, ROOT/test/<defect>, masks in ROOT/ground_truth) or in the course layout (ROOT/anomaly/normal and ROOT/anomaly/anomalous).
         normal: folder of normal images (overrides --data); images the model was trained on are left out.
         anomalous: folder of anomalous images (overrides --data).
         recursive: look for images in subfolders too.

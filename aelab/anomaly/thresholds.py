@@ -32,8 +32,9 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -42,12 +43,12 @@ from aelab.errors import AelabError
 __all__ = [
     "THRESHOLD_RULES",
     "Threshold",
+    "choose_threshold",
     "conformal_rank",
     "conformal_threshold",
-    "quantile_threshold",
     "f1_threshold",
-    "choose_threshold",
     "normalized_score",
+    "quantile_threshold",
 ]
 
 THRESHOLD_RULES: tuple[str, ...] = ("conformal", "quantile", "f1", "manual")
@@ -185,7 +186,7 @@ class Threshold:
         return dict(asdict(self), expected_false_alarm_rate=self.expected_false_alarm_rate)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Threshold":
+    def from_dict(cls, d: Mapping[str, Any]) -> Threshold:
         names = ("value", "rule", "quantile", "n_normal", "n_anomalous", "alpha", "rank")
         return cls(**{k: d[k] for k in names if k in d})
 

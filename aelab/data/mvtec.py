@@ -31,7 +31,7 @@ from PIL import Image
 
 from aelab.errors import AelabError, DataError
 
-__all__ = ["DEFECT_KINDS", "MVTecData", "is_mvtec", "read_mvtec", "load_masks", "paint_defects", "make_mvtec_like"]
+__all__ = ["DEFECT_KINDS", "MVTecData", "is_mvtec", "load_masks", "make_mvtec_like", "paint_defects", "read_mvtec"]
 
 DEFECT_KINDS: tuple[str, ...] = ("scratch", "blob", "missing")
 GOOD = "good"

@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
-from aelab.anomaly import choose_threshold
+from aelab.anomaly import anomaly_metrics, choose_threshold
 from aelab.anomaly.metrics import evaluate_scores, per_region_overlap, pixel_metrics
 from aelab.errors import AelabError
 
@@ -93,3 +93,33 @@ def test_evaluation_result_holds_image_pixel_and_per_defect_metrics():
     assert d["threshold_rule"] == "conformal" and d["expected_false_alarm_rate"] == pytest.approx(4 / 41)
     assert set(d["per_defect_auroc"]) == {"scratch", "blob"} and len(d["false_alarm_interval"]) == 2
     assert d["per_defect_auroc"]["blob"] == roc_auc_score([0, 0, 1, 1], scores[[0, 1, 4, 5]])
+
+
+def _f1_reference(normal, anomalous, t):
+    """F1 of the decision score > t, from the definition."""
+    tp = np.sum(anomalous > t)
+    fp = np.sum(normal > t)
+    fn = np.sum(anomalous <= t)
+    return 2 * tp / (2 * tp + fp + fn)
+
+
+def _auroc_reference(normal, anomalous):
+    """AUROC as the Mann-Whitney probability P(anomalous > normal), ties counting one half."""
+    diff = anomalous[:, None] - normal[None, :]
+    return float(np.mean((diff > 0) + 0.5 * (diff == 0)))
+
+
+def test_metrics_match_references():
+    rng = np.random.default_rng(3)
+    normal, anomalous = rng.normal(0, 1, 200), rng.normal(1, 1, 50)
+    m = anomaly_metrics(normal, anomalous, 0.8, normal_loss=[0.1, 0.3], anomalous_loss=[1.0])
+    assert m["auroc"] == pytest.approx(_auroc_reference(normal, anomalous))
+    assert m["f1"] == pytest.approx(_f1_reference(normal, anomalous, 0.8))
+    assert m["recall"] == pytest.approx(np.mean(anomalous > 0.8))
+    assert m["false_alarm_rate"] == pytest.approx(np.mean(normal > 0.8))
+    tp, fp = np.sum(anomalous > 0.8), np.sum(normal > 0.8)
+    assert m["precision"] == pytest.approx(tp / (tp + fp))
+    assert m["normal_loss"] == pytest.approx(0.2) and m["anomaly_loss"] == pytest.approx(1.0)
+    assert 0 < m["average_precision"] <= 1 and m["n_normal"] == 200 and m["n_anomalous"] == 50
+    with pytest.raises(AelabError, match="anomalous"):
+        anomaly_metrics(normal, [], 0.5)

@@ -7,7 +7,14 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from aelab.anomaly import base_scores, error_maps, reduce_maps, smooth_maps
+from aelab.anomaly import (
+    base_scores,
+    combine_scores,
+    error_maps,
+    pixel_errors,
+    reduce_maps,
+    smooth_maps,
+)
 from aelab.errors import AelabError
 
 
@@ -101,3 +108,25 @@ def test_joined_score_is_the_mean_of_median_scaled_parts():
             check_score_kind(bad)
     with pytest.raises(AelabError, match="median"):
         combine_scores(base, "mse+gms")
+
+
+def test_scores_match_their_definitions():
+    rng = np.random.default_rng(2)
+    target = torch.from_numpy(rng.random((3, 3, 16, 16), dtype=np.float32))
+    recon = torch.from_numpy(rng.random((3, 3, 16, 16), dtype=np.float32))
+    base = base_scores(target, recon)
+    diff = recon.numpy() - target.numpy()
+    np.testing.assert_allclose(base["mse"], (diff**2).reshape(3, -1).mean(1), rtol=1e-5)
+    np.testing.assert_allclose(base["mae"], np.abs(diff).reshape(3, -1).mean(1), rtol=1e-5)
+    assert np.all(base["ssim"] > 0.5)  # unrelated noise images: SSIM near 0
+    same = base_scores(target, target)
+    np.testing.assert_allclose(same["ssim"], 0.0, atol=1e-4)
+    np.testing.assert_allclose(pixel_errors(target, recon, "mse").mean((1, 2)).numpy(), base["mse"], rtol=1e-5)
+    np.testing.assert_allclose(pixel_errors(target, recon, "ssim").mean((1, 2)).numpy(), base["ssim"], rtol=1e-4)
+    medians = {"mse": 0.5, "mae": 1.0, "ssim": 2.0}
+    expected = (np.sqrt(base["mse"] / 0.5) + base["ssim"] / 2.0) / 2
+    np.testing.assert_allclose(combine_scores(base, "combined", medians), expected)
+    with pytest.raises(AelabError, match="median"):
+        combine_scores(base, "combined")
+    with pytest.raises(AelabError, match="unknown anomaly score"):
+        combine_scores(base, "psnr")

@@ -13,6 +13,7 @@ import torch
 from aelab.cli import main as cli_main
 from aelab.runs import read_csv_rows
 
+
 @contextlib.contextmanager
 def registered():
     """Run the verbs on one torch thread (2 shared CI cores)."""

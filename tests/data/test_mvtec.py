@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aelab.data.mvtec import DEFECT_KINDS, is_mvtec, load_masks, make_mvtec_like, paint_defects, read_mvtec
+from aelab.data.mvtec import (
+    DEFECT_KINDS,
+    is_mvtec,
+    load_masks,
+    make_mvtec_like,
+    paint_defects,
+    read_mvtec,
+)
 from aelab.errors import AelabError, DataError
 
 
