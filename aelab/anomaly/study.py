@@ -448,6 +448,9 @@ def anomaly_evaluate(cfg: AnomalyEvaluateConfig, detector: ReconstructionDetecto
     figures = _evaluation_figures(det, data.images, res, {"labels": y, "names": names}, masks, run_dir / "figures", max(cfg.cases, 1))
     _write_skipped(run_dir, data.skipped)
     pixel = "" if metrics.pixel_auroc is None else f"  pixel AUROC {metrics.pixel_auroc:.4f}  PRO {metrics.aupro:.4f}"
+    expected = "" if metrics.false_alarm_interval is None else (
+        f" (expected {metrics.expected_false_alarm_rate:.3f}, 95 % interval "
+        f"{metrics.false_alarm_interval[0]:.3f}-{metrics.false_alarm_interval[1]:.3f})")
     info(f"[anomaly] AUROC {metrics.auroc:.4f}  AP {metrics.average_precision:.4f}  F1 {metrics.f1:.4f}{pixel} "
-         f"at threshold {det.threshold_:.4g}; false alarms {metrics.false_alarm_rate:.3f} -> {run_dir}")
+         f"at threshold {det.threshold_:.4g}; false alarms {metrics.false_alarm_rate:.3f}{expected} -> {run_dir}")
     return EvaluateResult(metrics, run_dir, figures, n_excluded)

@@ -74,7 +74,7 @@ def test_pure_noise_scores_above_every_digit(fitted, anomalous_scores, anomaly_d
     assert np.all(fitted.predict(noise) == 1)
     raw = fitted.get_params()
     try:  # noise is wrong everywhere: its mean error is above every digit's
-        fitted.set_params(reduction="mean", smoothing=0.0)
+        fitted.set_params(score="mse", reduction="mean", smoothing=0.0)
         digits = fitted.decision_function(fitted.val_files_ + [str(p) for p in sorted((anomaly_demo / "anomaly" / "anomalous").iterdir())])
         assert fitted.decision_function(noise).min() > digits.max()
     finally:
@@ -100,7 +100,7 @@ def test_decisions_scores_and_normalised_scores_agree(fitted, anomaly_demo):
     assert np.array_equal(res.is_anomaly, (res.normalized > 0.5).astype(int))
     raw = fitted.get_params()
     try:  # the mean of the unsmoothed mse map is the per-image loss
-        fitted.set_params(reduction="mean", smoothing=0.0)
+        fitted.set_params(score="mse", reduction="mean", smoothing=0.0)
         np.testing.assert_allclose(fitted.score_images(res.paths).scores, res.loss, rtol=1e-6)
     finally:
         fitted.set_params(**raw)
@@ -127,7 +127,7 @@ def test_saved_detector_scores_identically_after_reload(fitted, tmp_path):
     raw = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("model_config", "preprocessing", "state_dict", "threshold", "score", "score_medians", "config"):
         assert key in raw
-    assert raw["threshold"]["rule"] == "conformal" and raw["score"]["kind"] == "mse"
+    assert raw["threshold"]["rule"] == "conformal" and raw["score"]["kind"] == "mse+gms"
     loaded = ReconstructionDetector.load(tmp_path)  # a folder holding detector.ckpt works too
     images = np.random.default_rng(1).integers(0, 256, (20, 1, 32, 32), dtype=np.uint8)
     assert np.array_equal(loaded.decision_function(images), fitted.decision_function(images))
