@@ -156,7 +156,7 @@ def reconstruction_panels(
     for j, name in enumerate(("image", "reconstruction", "anomaly map", "overlay")):
         axes[0, j].set_title(name, fontsize=9)
     if n:
-        fig.colorbar(im, ax=axes[:, 2].tolist(), shrink=0.8)
+        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="anomaly map")
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)
