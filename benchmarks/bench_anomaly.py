@@ -14,7 +14,7 @@ process uses one torch thread; ``--workers 2`` runs two digits at once on a 2-co
 
 Usage::
 
-    python benchmarks/bench_anomaly.py                 # all 10 digits (about 10 minutes on 2 cores)
+    python benchmarks/bench_anomaly.py                 # all 10 digits (10 minutes at 40 epochs; the 60-epoch default takes longer)
     python benchmarks/bench_anomaly.py --quick         # digits 0-2, 5 epochs: a smoke run
     python benchmarks/bench_anomaly.py --digits 0,2 --methods pca,aelab   # a subset
 """
