@@ -1,12 +1,14 @@
 """Study 3 of ``aelab run``: anomaly detectors without and with skip connections, evaluated.
 
-Composes ``aelab anomaly fit`` and ``aelab anomaly evaluate`` (their config classes and
-functions) and writes ``anomaly/summary.json``, which the report reads.
+Composes `aelab.anomaly.study` (``anomaly_fit`` then ``anomaly_evaluate`` on the fitted detector
+it returns) and writes ``anomaly/summary.json``, which the report reads. The data are, in this
+order: a root in the MVTec AD layout (``--data ROOT`` itself, or ``ROOT/anomaly``), with masks
+giving pixel AUROC and PRO; ``ROOT/anomaly/normal`` + ``ROOT/anomaly/anomalous``; or the labelled
+folder of ``normal_class`` (a class name) against ``ROOT/anomaly``.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from aelab.runs import write_json
@@ -14,11 +16,13 @@ from aelab.runs import write_json
 __all__ = ["run_anomaly_study"]
 
 KEYS = ("normal_loss", "anomaly_loss", "auroc", "average_precision", "f1", "precision", "recall",
-        "false_alarm_rate", "threshold", "n_normal", "n_anomalous", "score", "threshold_rule")
+        "false_alarm_rate", "threshold", "n_normal", "n_anomalous", "score", "threshold_rule",
+        "expected_false_alarm_rate", "false_alarm_interval", "pixel_auroc", "aupro", "per_defect_auroc")
+FIGURES = ("score_histogram", "roc_curve", "cases_normal", "cases_anomalous")
 
 
 def _normal_folder(ctx, layout, skip_exc) -> tuple[Path, str]:
-    """ROOT/anomaly/normal when present, else the labelled folder of the normal class."""
+    """ROOT/anomaly/normal when present, else the labelled folder of the normal class (a name)."""
     if layout.anomaly_normal is not None:
         return layout.anomaly_normal, "anomaly/normal"
     if layout.labelled is None:
@@ -26,39 +30,55 @@ def _normal_folder(ctx, layout, skip_exc) -> tuple[Path, str]:
     from aelab.data import scan_labelled
 
     classes = scan_labelled(layout.labelled).classes
-    name = classes[0] if ctx.cfg.normal_class == "auto" else ctx.cfg.normal_class
+    name = classes[0] if ctx.cfg.normal_class == "auto" else str(ctx.cfg.normal_class)
     folder = layout.labelled / name
     if not folder.is_dir():
         raise skip_exc(f"normal class {name!r} is not a folder of {layout.labelled}")
     return folder, f"labelled class {name}"
 
 
-def run_anomaly_study(ctx, skip_exc) -> dict:
-    from aelab.cli.anomaly_cmds import AnomalyEvaluateConfig, AnomalyFitConfig, anomaly_evaluate, anomaly_fit
+def _sources(ctx, skip_exc) -> tuple[dict, dict, str]:
+    """Keyword arguments of the fit and evaluate configs, and a description of the normal data."""
     from aelab.data import list_images, resolve_layout
+    from aelab.data.mvtec import is_mvtec
 
+    for root in (ctx.data, ctx.data / "anomaly"):
+        if is_mvtec(root):
+            if len(list_images(root / "train" / "good")) < 10:
+                raise skip_exc(f"too few normal images in {root / 'train' / 'good'} (need at least 10)")
+            return {"data": str(root)}, {"data": str(root)}, f"MVTec AD layout {root.name}/train/good"
     layout = resolve_layout(ctx.data)
     if layout.anomaly is None or layout.anomaly_anomalous is None:
-        raise skip_exc("no anomaly folder in the data (expected ROOT/anomaly/ with anomalous images)")
-    normal, normal_desc = _normal_folder(ctx, layout, skip_exc)
+        raise skip_exc("no anomaly folder in the data (expected ROOT/anomaly/ with anomalous images, or the MVTec AD layout)")
+    normal, desc = _normal_folder(ctx, layout, skip_exc)
     if len(list_images(normal)) < 10:
         raise skip_exc(f"too few normal images in {normal} (need at least 10 to fit and hold some out)")
+    return {"normal": str(normal)}, {"normal": str(normal), "anomalous": str(layout.anomaly_anomalous)}, desc
+
+
+def run_anomaly_study(ctx, skip_exc) -> dict:
+    from aelab.anomaly.study import (
+        AnomalyEvaluateConfig,
+        AnomalyFitConfig,
+        anomaly_evaluate,
+        anomaly_fit,
+    )
+
+    fit_src, eval_src, normal_desc = _sources(ctx, skip_exc)
     base = ctx.sub("anomaly")
-    summary: dict = {"normal": normal_desc, "normal_dir": str(normal), "anomalous_dir": str(layout.anomaly_anomalous)}
+    summary: dict = {"normal": normal_desc, **{f"{k}_dir": v for k, v in eval_src.items()}}
+    figures: list[str] = []
     for variant, skips in (("noskip", False), ("skip", True)):
         fit = anomaly_fit(AnomalyFitConfig(
-            normal=str(normal), preset=ctx.cfg.preset, channels=ctx.cfg.channels, image_size=ctx.cfg.image_size,
-            skip_connections=skips,
-            epochs=ctx.cfg.anomaly_epochs, out=str(base / variant), **ctx.engine))
-        ev = anomaly_evaluate(AnomalyEvaluateConfig(
-            model=str(fit), normal=str(normal), anomalous=str(layout.anomaly_anomalous), out=str(base / f"{variant}_eval"),
-            device=ctx.cfg.device, seed=ctx.cfg.seed))
-        metrics = json.loads((ev / "metrics.json").read_text())
-        summary[variant] = {k: metrics.get(k) for k in KEYS}
+            **fit_src, preset=ctx.cfg.preset, channels=ctx.cfg.channels, image_size=ctx.cfg.image_size,
+            skip_connections=skips, epochs=ctx.cfg.anomaly_epochs, out=str(base / variant), **ctx.engine))
+        ev = anomaly_evaluate(AnomalyEvaluateConfig(**eval_src, out=str(base / f"{variant}_eval"), device=ctx.cfg.device,
+                                                    seed=ctx.cfg.seed), detector=fit.detector)
+        summary[variant] = {k: v for k, v in ev.metrics.to_dict().items() if k in KEYS}
+        wanted = FIGURES if variant == "noskip" else ("cases_anomalous",)
+        figures += [p.relative_to(ctx.dir).as_posix() for name, p in ev.figures.items() if name in wanted]
     summary["n_normal_test"] = summary["noskip"]["n_normal"]
     summary["n_anomalous"] = summary["noskip"]["n_anomalous"]
-    figs = ("score_histogram", "roc_curve", "cases_normal", "cases_anomalous")
-    summary["figures"] = [f"anomaly/noskip_eval/figures/{f}.png" for f in figs if (base / "noskip_eval" / "figures" / f"{f}.png").is_file()]
-    summary["figures"] += [f"anomaly/skip_eval/figures/{f}.png" for f in ("cases_anomalous",) if (base / "skip_eval" / "figures" / f"{f}.png").is_file()]
+    summary["figures"] = figures
     write_json(base / "summary.json", summary)
     return {"summary": str(base / "summary.json"), "auroc": summary["noskip"]["auroc"], "auroc_skip": summary["skip"]["auroc"]}

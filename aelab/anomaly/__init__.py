@@ -1,13 +1,27 @@
 """Anomaly detection by reconstruction: an autoencoder fitted on normal images, scores, thresholds, metrics."""
 
+from aelab.anomaly.corruption import CORRUPTIONS, structured_corruption
 from aelab.anomaly.detector import DETECTOR_FILE, ReconstructionDetector
 from aelab.anomaly.inputs import ImageBatch, Reconstruction, ScoreResult
 from aelab.anomaly.metrics import METRIC_KEYS, anomaly_metrics
-from aelab.anomaly.scores import BASE_KINDS, SCORE_KINDS, base_scores, combine_scores, normal_medians, pixel_errors
+from aelab.anomaly.scores import (
+    BASE_KINDS,
+    MAP_KINDS,
+    REDUCTIONS,
+    SCORE_KINDS,
+    base_scores,
+    combine_scores,
+    error_maps,
+    normal_medians,
+    pixel_errors,
+    reduce_maps,
+    smooth_maps,
+)
 from aelab.anomaly.thresholds import (
     THRESHOLD_RULES,
     Threshold,
     choose_threshold,
+    conformal_threshold,
     f1_threshold,
     normalized_score,
     quantile_threshold,
@@ -15,8 +29,11 @@ from aelab.anomaly.thresholds import (
 
 __all__ = [
     "BASE_KINDS",
+    "CORRUPTIONS",
     "DETECTOR_FILE",
+    "MAP_KINDS",
     "METRIC_KEYS",
+    "REDUCTIONS",
     "SCORE_KINDS",
     "THRESHOLD_RULES",
     "ImageBatch",
@@ -28,9 +45,14 @@ __all__ = [
     "base_scores",
     "choose_threshold",
     "combine_scores",
+    "conformal_threshold",
+    "error_maps",
     "f1_threshold",
     "normal_medians",
     "normalized_score",
     "pixel_errors",
     "quantile_threshold",
+    "reduce_maps",
+    "smooth_maps",
+    "structured_corruption",
 ]

@@ -5,9 +5,9 @@ The API follows PyOD (``fit`` on normal data, ``decision_function`` higher = mor
 aelab training stage (``make_fabric`` + ``fit_loop``, composed like ``aelab.train.pretrain``);
 a share of the normal images is held out for early stopping and for the threshold.
 
-Two seed defects are avoided here: the network has no skip connections by default (a U-Net can
+Two defects of the course report are avoided here: the network has no skip connections by default (a U-Net can
 copy its input, anomalies included, through them), and every image, normal or not, goes through
-the one stored `Preprocessing` (the seed greyscaled only its anomalies).
+the one stored `Preprocessing` (the course report greyscaled only its anomalies).
 """
 
 from __future__ import annotations
@@ -25,8 +25,26 @@ import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator
 
-from aelab.anomaly.inputs import ImageBatch, Reconstruction, ScoreResult, _array_images, _match
-from aelab.anomaly.scores import BASE_KINDS, base_scores, check_score_kind, combine_scores, needed_kinds, normal_medians, pixel_errors
+from aelab.anomaly.corruption import CORRUPTIONS, structured_corruption
+from aelab.anomaly.inputs import (
+    ImageBatch,
+    Reconstruction,
+    ScoreResult,
+    _array_images,
+    _match,
+)
+from aelab.anomaly.scores import (
+    BASE_KINDS,
+    base_scores,
+    check_reduction,
+    check_score_kind,
+    combine_scores,
+    error_maps,
+    needed_kinds,
+    normal_medians,
+    score_parts,
+    smooth_maps,
+)
 from aelab.anomaly.thresholds import THRESHOLD_RULES, Threshold, choose_threshold
 from aelab.errors import AelabError, DataError
 from aelab.models import ModelConfig, build_model, preset_config
@@ -36,7 +54,7 @@ from aelab.train.engine import fit_loop, make_fabric
 from aelab.train.inference import batched_forward, pick_device
 from aelab.train.loaders import make_loader, split_indices
 
-__all__ = ["ReconstructionDetector", "DETECTOR_FILE"]
+__all__ = ["DETECTOR_FILE", "ReconstructionDetector"]
 
 DETECTOR_FILE = "detector.ckpt"
 _KIND = "anomaly-detector"
@@ -50,17 +68,26 @@ class ReconstructionDetector(BaseEstimator):
         image_size: square input side; default: the array's size, or the preset's for folders.
         channels: 1 or 3; default: the array's channels, or 3 for folders.
         width, depth: override the preset's first-block width and number of poolings.
-        skip_connections: keep the U-Net skips (the seed's network; off by default, see module doc).
-        score: ``mse``, ``mae``, ``ssim`` or ``combined`` (see `aelab.anomaly.scores`).
+        skip_connections: keep the U-Net skips (the course report's network; off by default, see module doc).
+        score: per-pixel map: ``mse``, ``mae``, ``ssim``, ``gms``, maps joined by ``+`` (each
+            scaled by its held-out normal median, e.g. ``mse+gms``) or the legacy ``combined``
+            (see `aelab.anomaly.scores`).
+        reduction: map to image score: ``mean``, ``max`` or ``topk`` (mean of the ``top_k``
+            share of the highest pixels).
+        top_k: share of pixels averaged by ``topk``.
+        smoothing: Gaussian sigma (pixels) applied to the map before the reduction; 0 = none.
         ssim_window: odd SSIM window side.
-        contamination: expected false-alarm share; the ``quantile`` threshold is the
-            ``1 - contamination`` quantile of held-out normal scores.
+        contamination: the false-alarm rate to stay under (``alpha`` of the conformal rule;
+            the ``quantile`` rule takes the ``1 - contamination`` quantile).
         threshold: a manual threshold (overrides the rule).
         threshold_rule: ``auto`` (manual if ``threshold``, f1 if anomalies are given to ``fit``,
-            else quantile), ``quantile``, ``f1`` or ``manual``.
+            else conformal), ``conformal``, ``quantile``, ``f1`` or ``manual``.
         epochs, batch_size, lr, weight_decay, patience: training (AdamW, cosine schedule,
             early stopping on held-out MSE).
-        noise_factor: std of Gaussian input noise while training (denoising); 0 = plain.
+        corruption: ``structured`` (patches of other normal images, strokes and blobs pasted
+            into half of the training images, restored to the clean image; DRAEM's
+            reconstructive half, see `aelab.anomaly.corruption`) or ``none``.
+        noise_factor: std of Gaussian input noise while training (denoising); 0 = none.
         val_fraction: share of the normal images held out (early stopping and threshold).
         recursive, strict: folder reading (subfolders; unreadable files are an error).
         seed, device, devices, precision: engine options as in ``aelab.train.options.RunOptions``.
@@ -75,10 +102,12 @@ class ReconstructionDetector(BaseEstimator):
 
     def __init__(
         self, *, preset: str = "small", image_size: int | None = None, channels: int | None = None,
-        width: int | None = None, depth: int | None = None, skip_connections: bool = False,
-        score: str = "mse", ssim_window: int = 7, contamination: float = 0.01, threshold: float | None = None,
-        threshold_rule: str = "auto", epochs: int = 20, batch_size: int = 32, lr: float = 1e-3,
-        weight_decay: float = 1e-4, noise_factor: float = 0.0, val_fraction: float = 0.2, patience: int = 5,
+        width: int | None = None, depth: int | None = 4, skip_connections: bool = False,
+        score: str = "mse+gms", reduction: str = "topk", top_k: float = 0.01, smoothing: float = 0.0,
+        ssim_window: int = 7, contamination: float = 0.01, threshold: float | None = None,
+        threshold_rule: str = "auto", epochs: int = 60, batch_size: int = 32, lr: float = 1e-3,
+        weight_decay: float = 1e-4, corruption: str = "structured", noise_factor: float = 0.0,
+        val_fraction: float = 0.2, patience: int = 5,
         recursive: bool = False, strict: bool = False, seed: int = 0, device: str = "auto", devices: int = 1,
         precision: str = "auto", run_dir: str | None = None,
     ):
@@ -119,6 +148,9 @@ class ReconstructionDetector(BaseEstimator):
     def _check_params(self, anomalies: Any = None) -> None:
         """Fail before training, not after it."""
         check_score_kind(self.score, self.ssim_window)
+        check_reduction(self.reduction, self.top_k, self.smoothing)
+        if self.corruption not in CORRUPTIONS:
+            raise AelabError(f"corruption must be one of {', '.join(CORRUPTIONS)}, got {self.corruption!r}")
         if self.threshold_rule not in ("auto", *THRESHOLD_RULES):
             raise AelabError(f"threshold_rule must be auto or one of {', '.join(THRESHOLD_RULES)}, got {self.threshold_rule!r}")
         if self.threshold_rule == "f1" and anomalies is None:
@@ -132,7 +164,7 @@ class ReconstructionDetector(BaseEstimator):
         if self.epochs < 1 or self.batch_size < 1:
             raise AelabError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
 
-    def fit(self, X: Any, y: Any = None, *, anomalies: Any = None) -> "ReconstructionDetector":
+    def fit(self, X: Any, y: Any = None, *, anomalies: Any = None) -> ReconstructionDetector:
         """Train on normal images ``X`` and choose the threshold on the held-out share.
 
         Args:
@@ -176,6 +208,7 @@ class ReconstructionDetector(BaseEstimator):
         self.skipped_ = [(str(p), r) for p, r in data.skipped]
         # Medians of all base scores, so the score kind can be switched after fitting.
         val_base = self._base_scores(images[val_idx], BASE_KINDS)
+        val_base.pop("loss")
         self.score_medians_ = normal_medians(val_base)
         self.val_scores_ = combine_scores(val_base, self.score, self.score_medians_)
         self.set_threshold(anomalies=anomalies)
@@ -193,12 +226,15 @@ class ReconstructionDetector(BaseEstimator):
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.epochs, 1))
         model, optimizer = fabric.setup(raw_model, optimizer)
         train_loader = fabric.setup_dataloaders(make_loader(train, batch_size=self.batch_size, shuffle=True, seed=self.seed, drop_last=True))
-        val_loader = fabric.setup_dataloaders(make_loader(val, batch_size=max(self.batch_size, 256)))
+        val_loader = fabric.setup_dataloaders(make_loader(val, batch_size=max(self.batch_size, 256)), use_distributed_sampler=False)
+        gen = torch.Generator().manual_seed(self.seed + fabric.global_rank)
 
         def train_step(batch):
             clean = prep.target(batch[0])
-            noisy = (clean + self.noise_factor * torch.randn_like(clean)).clamp(0, 1) if self.noise_factor else clean
-            return {"loss": F.mse_loss(model(prep.normalize(noisy)).reconstruction.float(), clean)}
+            dirty = structured_corruption(clean, gen) if self.corruption == "structured" else clean
+            if self.noise_factor:
+                dirty = (dirty + self.noise_factor * torch.randn_like(dirty)).clamp(0, 1)
+            return {"loss": F.mse_loss(model(prep.normalize(dirty)).reconstruction.float(), clean)}
 
         def validate():
             total, n = 0.0, 0
@@ -220,12 +256,12 @@ class ReconstructionDetector(BaseEstimator):
         self.history_, self.best_epoch_ = state.history, state.best_epoch
 
     def set_threshold(self, value: float | None = None, *, rule: str | None = None, normal: Any = None,
-                      anomalies: Any = None) -> "ReconstructionDetector":
+                      anomalies: Any = None) -> ReconstructionDetector:
         """(Re)choose the threshold without retraining.
 
         Args:
             value: a manual threshold.
-            rule: ``auto``/``quantile``/``f1``/``manual``; default the ``threshold_rule`` parameter.
+            rule: ``auto`` or one of `THRESHOLD_RULES`; default the ``threshold_rule`` parameter.
             normal: normal images to use instead of the stored held-out scores.
             anomalies: labelled anomalies (enables the ``f1`` rule).
         """
@@ -234,7 +270,7 @@ class ReconstructionDetector(BaseEstimator):
         anom_scores = None if anomalies is None else self._score(self.as_images(anomalies).images)[0]
         self.threshold_info_ = choose_threshold(
             normal_scores, anom_scores, rule=rule or self.threshold_rule, quantile=1.0 - self.contamination,
-            value=self.threshold if value is None else value,
+            value=self.threshold if value is None else value, alpha=self.contamination,
         )
         self.threshold_ = self.threshold_info_.value
         return self
@@ -246,16 +282,20 @@ class ReconstructionDetector(BaseEstimator):
             raise AelabError("this ReconstructionDetector is not fitted yet: call fit() or ReconstructionDetector.load()")
 
     def _base_scores(self, images: np.ndarray, kinds: tuple[str, ...], chunk: int = 512) -> dict[str, np.ndarray]:
+        """Base scores of ``kinds`` plus ``"loss"``, the plain per-image MSE (the course report's loss)."""
         prep, device, parts = self.preprocessing_, pick_device(self.device), []
         for start in range(0, len(images), chunk):  # chunks bound the memory of reconstructions
             x = images[start : start + chunk]
             rec = batched_forward(self.model_, prep, x, device=device, batch_size=min(chunk, 256), want=("reconstruction",))
-            parts.append(base_scores(prep.target(x), torch.from_numpy(rec.reconstruction), self.ssim_window, kinds))
-        return {k: np.concatenate([p[k] for p in parts]) for k in kinds}
+            target, recon = prep.target(x), torch.from_numpy(rec.reconstruction)
+            part = base_scores(target, recon, self.ssim_window, kinds, self.reduction, self.top_k, self.smoothing)
+            part["loss"] = (recon.float() - target.float()).pow(2).flatten(1).mean(1).double().numpy()
+            parts.append(part)
+        return {k: np.concatenate([p[k] for p in parts]) for k in (*kinds, "loss")}
 
     def _score(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         base = self._base_scores(images, needed_kinds(self.score))
-        return combine_scores(base, self.score, self.score_medians_), base["mse"]
+        return combine_scores(base, self.score, self.score_medians_), base["loss"]
 
     def score_images(self, X: Any) -> ScoreResult:
         """Scores, per-image MSE, normalised scores and 0/1 decisions in one pass (see `ScoreResult`)."""
@@ -278,13 +318,32 @@ class ReconstructionDetector(BaseEstimator):
         return self.score_images(X).normalized
 
     def reconstruct(self, X: Any) -> Reconstruction:
-        """Images, reconstructions and error maps of the detector's score kind (for pictures)."""
+        """Images, reconstructions and anomaly maps (see `anomaly_map`) in one pass."""
         self._check_fitted()
         images = self.as_images(X).images
         prep = self.preprocessing_
         rec = batched_forward(self.model_, prep, images, device=pick_device(self.device), want=("reconstruction",)).reconstruction
-        maps = pixel_errors(prep.target(images), torch.from_numpy(rec), self.score, self.ssim_window)
-        return Reconstruction(images, rec, maps.numpy())
+        return Reconstruction(images, rec, self._maps(prep.target(images), torch.from_numpy(rec)))
+
+    def _maps(self, target: torch.Tensor, recon: torch.Tensor) -> np.ndarray:
+        def one(kind: str) -> torch.Tensor:
+            return smooth_maps(error_maps(target, recon, kind, self.ssim_window), self.smoothing)
+
+        m = self.score_medians_  # joined scores: their formula applied pixel by pixel
+        if self.score == "combined":
+            return ((one("mse").clamp_min(0) / m["mse"]).sqrt().add(one("ssim") / m["ssim"]) / 2).numpy()
+        parts = score_parts(self.score)
+        if len(parts) == 1:
+            return one(parts[0]).numpy()
+        return (sum(one(p) / m[p] for p in parts) / len(parts)).numpy()
+
+    def anomaly_map(self, X: Any) -> np.ndarray:
+        """``(N, H, W)`` per-pixel anomaly maps at the detector's input size, higher = more anomalous.
+
+        The smoothed map of the score kind, before the reduction that makes the image score (for
+        ``mean``/``max``/``topk`` the image score is the map's mean/max/top-k mean).
+        """
+        return self.reconstruct(X).error_map
 
     # --- persistence -----------------------------------------------------------------------------
 
@@ -305,7 +364,7 @@ class ReconstructionDetector(BaseEstimator):
         return file
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | None = None) -> "ReconstructionDetector":
+    def load(cls, path: str | os.PathLike, device: str | None = None) -> ReconstructionDetector:
         """Rebuild a saved detector from a checkpoint file or a run folder holding ``detector.ckpt``."""
         from aelab.data import Preprocessing
 

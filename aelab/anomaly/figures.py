@@ -1,4 +1,5 @@
-"""Figures of the anomaly study: score histograms, ROC curve, image | reconstruction | error map panels.
+"""Figures of the anomaly study: score histograms, ROC curve, image | reconstruction | map | overlay
+panels, and per-image heat maps.
 
 Figures are drawn on ``matplotlib.figure.Figure`` objects (no pyplot state, no display needed) and
 written as PNG files.
@@ -10,12 +11,15 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["score_histogram", "roc_figure", "reconstruction_panels"]
+__all__ = ["heatmap_rgb", "overlay_rgb", "reconstruction_panels", "roc_figure", "score_histogram"]
+
+_CMAP = "inferno"
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
@@ -93,6 +97,27 @@ def _show(ax, img: np.ndarray, **kw) -> None:
     ax.set_yticks([])
 
 
+def heatmap_rgb(amap: np.ndarray, vmax: float, vmin: float = 0.0) -> np.ndarray:
+    """``(H, W, 3)`` uint8 heat map (inferno colours) of one ``(H, W)`` map on a fixed scale."""
+    from matplotlib import colormaps
+
+    span = max(float(vmax) - float(vmin), 1e-12)
+    z = np.clip((np.asarray(amap, dtype=np.float64) - vmin) / span, 0, 1)
+    return (colormaps[_CMAP](z)[..., :3] * 255).round().astype(np.uint8)
+
+
+def overlay_rgb(image: np.ndarray, amap: np.ndarray, vmax: float, alpha: float = 0.5) -> np.ndarray:
+    """``(H, W, 3)`` uint8: the image in grey (or colour) under the heat map, blended by ``alpha``
+    where the map is high (a zero map leaves the image unchanged)."""
+    img = np.asarray(image)
+    img = img.astype(np.float64) / 255.0 if img.dtype == np.uint8 else np.asarray(img, dtype=np.float64)
+    rgb = np.repeat(img, 3, axis=0) if img.shape[0] == 1 else img[:3]
+    rgb = rgb.transpose(1, 2, 0)
+    heat = heatmap_rgb(amap, vmax).astype(np.float64) / 255.0
+    w = alpha * np.clip(np.asarray(amap, dtype=np.float64) / max(float(vmax), 1e-12), 0, 1)[..., None]
+    return np.clip(np.rint(((1 - w) * rgb + w * heat) * 255), 0, 255).astype(np.uint8)
+
+
 def reconstruction_panels(
     images: np.ndarray,
     reconstructions: np.ndarray,
@@ -100,34 +125,40 @@ def reconstruction_panels(
     labels: Sequence[str],
     path: str | os.PathLike,
     title: str | None = None,
+    masks: np.ndarray | None = None,
 ) -> Path:
-    """One row per image: image | reconstruction | error map (one colour scale for all maps).
+    """One row per image: image | reconstruction | anomaly map | map over the image (one colour
+    scale for all maps); the ground-truth mask's outline in cyan on the overlay when given.
 
     Args:
         images: ``(N, C, H, W)`` uint8.
         reconstructions: ``(N, C, H, W)`` float in [0, 1].
-        error_maps: ``(N, H, W)`` per-pixel errors.
+        error_maps: ``(N, H, W)`` anomaly maps.
         labels: ``N`` row labels (file name, score).
         path: PNG file to write.
         title: figure title.
+        masks: optional ``(N, H, W)`` bool ground-truth masks.
     """
     from matplotlib.figure import Figure
 
     n = len(images)
-    fig = Figure(figsize=(6.0, 1.9 * max(n, 1) + (0.4 if title else 0)))
-    axes = np.atleast_2d(fig.subplots(max(n, 1), 3, squeeze=False))
+    fig = Figure(figsize=(7.6, 1.9 * max(n, 1) + (0.4 if title else 0)))
+    axes = np.atleast_2d(fig.subplots(max(n, 1), 4, squeeze=False))
     vmax = float(np.max(error_maps)) if n and np.max(error_maps) > 0 else 1.0
     for i in range(n):
         _show(axes[i, 0], images[i])
         _show(axes[i, 1], reconstructions[i])
-        im = axes[i, 2].imshow(error_maps[i], cmap="inferno", vmin=0, vmax=vmax)
+        im = axes[i, 2].imshow(error_maps[i], cmap=_CMAP, vmin=0, vmax=vmax)
+        _show(axes[i, 3], overlay_rgb(images[i], error_maps[i], vmax).transpose(2, 0, 1))
+        if masks is not None and masks[i].any():
+            axes[i, 3].contour(masks[i].astype(float), levels=[0.5], colors="cyan", linewidths=0.8)
         axes[i, 2].set_xticks([])
         axes[i, 2].set_yticks([])
         axes[i, 0].set_ylabel(labels[i], fontsize=7, rotation=0, ha="right", va="center")
-    for j, name in enumerate(("image", "reconstruction", "error map")):
+    for j, name in enumerate(("image", "reconstruction", "anomaly map", "overlay")):
         axes[0, j].set_title(name, fontsize=9)
     if n:
-        fig.colorbar(im, ax=axes[:, 2].tolist(), shrink=0.8)
+        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="anomaly map")
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from aelab.errors import DataError
 
-__all__ = ["ImageBatch", "ScoreResult", "Reconstruction"]
+__all__ = ["ImageBatch", "Reconstruction", "ScoreResult"]
 
 
 @dataclass
@@ -29,7 +29,7 @@ class ScoreResult:
     """Per-image results, ``(N,)`` each, in the order of the input (``paths`` for folders)."""
 
     scores: np.ndarray
-    loss: np.ndarray  # per-image MSE, the seed report's loss
+    loss: np.ndarray  # per-image MSE, the course report's loss
     normalized: np.ndarray  # scores / (scores + threshold): 0.5 at the threshold
     is_anomaly: np.ndarray  # int64 0/1
     paths: list[Path] | None = None

@@ -1,30 +1,44 @@
-"""Per-image anomaly scores and per-pixel error maps from an image and its reconstruction.
+"""Per-pixel anomaly maps and per-image scores from an image and its reconstruction.
 
-All scores compare the reconstruction target (the plain image in [0, 1], from
-``Preprocessing.target``) with the decoder output (also in [0, 1]); higher means more anomalous.
+A score is built in three steps, all comparing the reconstruction target (the plain image in
+[0, 1], from ``Preprocessing.target``) with the decoder output (also in [0, 1]):
 
-- ``mse``: mean squared error over channels and pixels; its mean over a group is the seed
-  report's "Normal loss" / "Anomaly loss".
-- ``mae``: mean absolute error; less dominated by a few badly reconstructed pixels.
-- ``ssim``: ``1 - mean SSIM`` (Wang et al. 2004, Eq. 13) with a Gaussian window
-  (``kornia.metrics.ssim``); compares local structure rather than intensity. A 7-pixel window
-  suits 28-64 pixel images (the usual 11 covers a third of a 32-pixel digit).
-- ``combined``: ``(sqrt(mse / m_mse) + ssim / m_ssim) / 2`` where ``m_k`` is the median of
-  score ``k`` over held-out normal images. Dividing by the normal median puts intensity error
-  and structural error on one scale (a typical normal image scores 1 on each); the square root
-  makes the MSE term linear in the error like ``1 - SSIM``, so its heavy tail does not dominate.
-  (MAE is left out: it ranks almost like MSE and measured weakest on MNIST.)
+1. **Map** (``kind``), one value per pixel, averaged over channels, higher = more anomalous:
+
+   - ``mse``: squared error; ``mae``: absolute error.
+   - ``ssim``: ``1 - SSIM`` (Wang et al. 2004, Eq. 13) with a Gaussian window
+     (``kornia.metrics.ssim``); compares local structure rather than intensity. A 7-pixel window
+     suits 28-64 pixel images.
+   - ``gms``: ``1 - GMS``, the gradient magnitude similarity of Xue et al. 2014 (GMSD, Eq. 4):
+     ``GMS = (2 g_r g_t + c) / (g_r^2 + g_t^2 + c)`` with ``g`` the Sobel gradient magnitude
+     and ``c = 0.0026`` (for images in [0, 1]); it reacts to edges that appear or vanish.
+2. **Smoothing** (``smoothing`` = Gaussian sigma in pixels, 0 = none): a defect is a blob of
+   high error, reconstruction noise is scattered; smoothing before the maximum suppresses
+   single noisy pixels (as anomalib's ``AnomalyMapGenerator`` blurs its maps).
+3. **Reduction** to one number per image: ``mean`` (the whole image, good when the whole image
+   is of another kind), ``max`` or ``topk`` = the mean of the ``top_k`` share of highest map
+   values (good for small local defects: a 30-pixel scratch barely moves the mean of 1,024
+   pixels but dominates the maximum).
+
+Several maps can be joined with ``+`` (e.g. ``mse+gms``): the image score is the mean of each
+part's reduced score divided by ``m_k``, the median of that score over held-out normal images,
+so intensity and edge errors count on one scale (a typical normal image scores 1 on each). The
+legacy ``combined`` is ``(sqrt(mse / m_mse) + ssim / m_ssim) / 2``.
 
 Example:
     >>> t = torch.zeros(2, 1, 16, 16); r = t.clone(); r[1] += 0.5
     >>> base = base_scores(t, r)
     >>> [round(float(v), 3) for v in base["mse"]], [round(float(v), 3) for v in base["mae"]]
     ([0.0, 0.25], [0.0, 0.5])
+    >>> r[0, 0, 3, 3] = 1.0  # one bad pixel: the mean hardly moves, the maximum does
+    >>> round(float(reduce_maps(error_maps(t, r, "mse"), "max")[0]), 3)
+    1.0
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+import math
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -32,27 +46,54 @@ import torch
 from aelab.errors import AelabError
 
 __all__ = [
-    "SCORE_KINDS",
     "BASE_KINDS",
-    "check_score_kind",
+    "MAP_KINDS",
+    "REDUCTIONS",
+    "SCORE_KINDS",
     "base_scores",
+    "check_reduction",
+    "check_score_kind",
     "combine_scores",
+    "error_maps",
     "needed_kinds",
     "normal_medians",
     "pixel_errors",
+    "reduce_maps",
+    "score_parts",
+    "smooth_maps",
 ]
 
-SCORE_KINDS: tuple[str, ...] = ("mse", "mae", "ssim", "combined")
-BASE_KINDS: tuple[str, ...] = ("mse", "mae", "ssim")
+MAP_KINDS: tuple[str, ...] = ("mse", "mae", "ssim", "gms")
+SCORE_KINDS: tuple[str, ...] = (*MAP_KINDS, "combined")
+BASE_KINDS: tuple[str, ...] = MAP_KINDS
+REDUCTIONS: tuple[str, ...] = ("mean", "max", "topk")
+_GMS_C = 0.0026  # Xue et al. 2014, Sec. III: c = 170 for 0..255 images, i.e. 170 / 255**2 in [0, 1]
+
+
+def score_parts(kind: str) -> tuple[str, ...]:
+    """The maps a ``+``-joined score averages (``("mse", "gms")`` for ``mse+gms``)."""
+    return tuple(kind.split("+"))
 
 
 def check_score_kind(kind: str, ssim_window: int = 7) -> str:
     """Validate a score name (and the SSIM window, odd and >= 3); returns the name."""
-    if kind not in SCORE_KINDS:
-        raise AelabError(f"unknown anomaly score {kind!r}; choose one of {', '.join(SCORE_KINDS)}")
+    joined = "+" in str(kind) and all(p in MAP_KINDS for p in score_parts(kind)) and len(set(score_parts(kind))) == len(score_parts(kind))
+    if kind not in SCORE_KINDS and not joined:
+        raise AelabError(f"unknown anomaly score {kind!r}; choose one of {', '.join(SCORE_KINDS)} or maps joined by + (e.g. mse+gms)")
     if isinstance(ssim_window, bool) or not isinstance(ssim_window, int) or ssim_window < 3 or ssim_window % 2 == 0:
         raise AelabError(f"ssim_window must be an odd integer >= 3 (e.g. 7 or 11), got {ssim_window!r}")
     return kind
+
+
+def check_reduction(reduction: str, top_k: float = 0.01, smoothing: float = 0.0) -> str:
+    """Validate the reduction name, the top-k share (0, 1] and the smoothing sigma (>= 0)."""
+    if reduction not in REDUCTIONS:
+        raise AelabError(f"unknown score reduction {reduction!r}; choose one of {', '.join(REDUCTIONS)}")
+    if not 0.0 < float(top_k) <= 1.0:
+        raise AelabError(f"top_k is a share of the pixels in (0, 1], got {top_k}")
+    if not float(smoothing) >= 0.0:
+        raise AelabError(f"smoothing is a Gaussian sigma in pixels (>= 0), got {smoothing}")
+    return reduction
 
 
 def _ssim_map(target: torch.Tensor, recon: torch.Tensor, window: int) -> torch.Tensor:
@@ -63,17 +104,29 @@ def _ssim_map(target: torch.Tensor, recon: torch.Tensor, window: int) -> torch.T
     return kornia.metrics.ssim(recon.float(), target.float(), window_size=max(window, 3), max_val=1.0)
 
 
-def pixel_errors(target: torch.Tensor, recon: torch.Tensor, kind: str = "mse", ssim_window: int = 7) -> torch.Tensor:
-    """Per-pixel error map, averaged over channels.
+def _gms_map(target: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+    import kornia
+
+    def magnitude(x: torch.Tensor) -> torch.Tensor:
+        g = kornia.filters.spatial_gradient(x.float(), mode="sobel", normalized=True)  # (N, C, 2, H, W)
+        return g.pow(2).sum(2).sqrt()
+
+    gt, gr = magnitude(target), magnitude(recon)
+    return (2 * gt * gr + _GMS_C) / (gt.pow(2) + gr.pow(2) + _GMS_C)
+
+
+def error_maps(target: torch.Tensor, recon: torch.Tensor, kind: str = "mse", ssim_window: int = 7) -> torch.Tensor:
+    """Per-pixel anomaly map, averaged over channels.
 
     Args:
         target: ``(N, C, H, W)`` images in [0, 1].
         recon: ``(N, C, H, W)`` reconstructions in [0, 1].
-        kind: ``mse`` (squared error), ``mae`` (absolute error), ``ssim`` (1 - local SSIM);
-            ``combined`` shows the squared error.
+        kind: ``mse``, ``mae``, ``ssim`` (1 - local SSIM) or ``gms`` (1 - gradient magnitude
+            similarity); ``combined`` shows the squared error.
+        ssim_window: odd SSIM window side.
 
     Returns:
-        ``(N, H, W)`` float32 tensor; its per-image mean is the ``mse``/``mae``/``ssim`` score.
+        ``(N, H, W)`` float32 tensor, higher = more anomalous.
     """
     check_score_kind(kind, ssim_window)
     diff = recon.float() - target.float()
@@ -81,37 +134,66 @@ def pixel_errors(target: torch.Tensor, recon: torch.Tensor, kind: str = "mse", s
         return diff.abs().mean(1)
     if kind == "ssim":
         return (1.0 - _ssim_map(target, recon, ssim_window)).mean(1)
+    if kind == "gms":
+        return (1.0 - _gms_map(target, recon)).mean(1)
     return diff.pow(2).mean(1)
 
 
+pixel_errors = error_maps  # the name of earlier releases
+
+
+def smooth_maps(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of ``(N, H, W)`` maps with std ``sigma`` pixels (kernel 2*ceil(3 sigma)+1); 0 = unchanged."""
+    if not sigma:
+        return maps
+    import kornia
+
+    k = 2 * math.ceil(3 * float(sigma)) + 1
+    k = min(k, (min(maps.shape[-2:]) // 2) * 2 - 1)
+    if k < 3:
+        return maps
+    out = kornia.filters.gaussian_blur2d(maps[:, None].float(), (k, k), (float(sigma), float(sigma)), border_type="replicate")
+    return out[:, 0]
+
+
+def reduce_maps(maps: torch.Tensor, reduction: str = "mean", top_k: float = 0.01) -> torch.Tensor:
+    """``(N,)`` image scores from ``(N, H, W)`` maps: mean, max, or mean of the top ``top_k`` share."""
+    check_reduction(reduction, top_k)
+    flat = maps.flatten(1)
+    if reduction == "mean":
+        return flat.mean(1)
+    if reduction == "max":
+        return flat.amax(1)
+    k = max(1, int(math.ceil(top_k * flat.shape[1])))
+    return flat.topk(k, dim=1).values.mean(1)
+
+
 def base_scores(
-    target: torch.Tensor, recon: torch.Tensor, ssim_window: int = 7, kinds: tuple[str, ...] = BASE_KINDS
+    target: torch.Tensor, recon: torch.Tensor, ssim_window: int = 7, kinds: tuple[str, ...] = BASE_KINDS,
+    reduction: str = "mean", top_k: float = 0.01, smoothing: float = 0.0,
 ) -> dict[str, np.ndarray]:
-    """The base scores of each image.
+    """The base scores of each image: map of each kind, smoothed, reduced.
 
     Args:
         target: ``(N, C, H, W)`` images in [0, 1].
         recon: ``(N, C, H, W)`` reconstructions in [0, 1].
         ssim_window: odd Gaussian window side for SSIM.
-        kinds: which of ``mse``, ``mae``, ``ssim`` to compute.
+        kinds: which of `MAP_KINDS` to compute.
+        reduction, top_k, smoothing: see the module doc.
 
     Returns:
         ``{kind: (N,) float64 array}``.
     """
     out: dict[str, np.ndarray] = {}
-    diff = recon.float() - target.float()
-    if "mse" in kinds:
-        out["mse"] = diff.pow(2).flatten(1).mean(1).double().cpu().numpy()
-    if "mae" in kinds:
-        out["mae"] = diff.abs().flatten(1).mean(1).double().cpu().numpy()
-    if "ssim" in kinds:
-        out["ssim"] = (1.0 - _ssim_map(target, recon, ssim_window).flatten(1).mean(1)).double().cpu().numpy()
+    for kind in kinds:
+        maps = smooth_maps(error_maps(target, recon, kind, ssim_window), smoothing)
+        out[kind] = reduce_maps(maps, reduction, top_k).double().cpu().numpy()
     return out
 
 
 def needed_kinds(kind: str) -> tuple[str, ...]:
-    """Base scores a score kind needs (``mse`` always: it is the reported loss)."""
-    return ("mse", "ssim") if kind == "combined" else tuple(dict.fromkeys(("mse", kind)))
+    """Base scores a score kind needs."""
+    return ("mse", "ssim") if kind == "combined" else score_parts(kind)
 
 
 def normal_medians(base: Mapping[str, np.ndarray]) -> dict[str, float]:
@@ -130,9 +212,11 @@ def combine_scores(base: Mapping[str, np.ndarray], kind: str, medians: Mapping[s
         ``(N,)`` float64 array, higher = more anomalous.
     """
     check_score_kind(kind)
-    if kind != "combined":
+    if kind in MAP_KINDS:
         return np.asarray(base[kind], dtype=np.float64)
-    if not medians or any(k not in medians for k in ("mse", "ssim")):
-        raise AelabError("the combined score needs the median normal scores of a fitted detector")
+    if not medians or any(k not in medians for k in needed_kinds(kind)):
+        raise AelabError(f"the {kind} score needs the median normal scores of a fitted detector")
+    if kind != "combined":
+        return np.mean([np.asarray(base[p], dtype=np.float64) / medians[p] for p in score_parts(kind)], axis=0)
     rmse = np.sqrt(np.clip(np.asarray(base["mse"], dtype=np.float64), 0, None) / medians["mse"])
     return (rmse + np.asarray(base["ssim"], dtype=np.float64) / medians["ssim"]) / 2

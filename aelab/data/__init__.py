@@ -14,10 +14,21 @@ from aelab.data.folders import (
     resolve_layout,
     scan_labelled,
 )
+from aelab.data.mvtec import (
+    DEFECT_KINDS,
+    MVTecData,
+    is_mvtec,
+    load_masks,
+    make_mvtec_like,
+    paint_defects,
+    read_mvtec,
+)
 from aelab.data.preprocess import Preprocessing
 
 __all__ = [
     "AUGMENTATION_PRESETS",
+    "DEFECT_KINDS",
+    "MVTecData",
     "BatchAugmentation",
     "DataLayout",
     "IMAGE_EXTENSIONS",
@@ -28,11 +39,16 @@ __all__ = [
     "decode_image",
     "default_cache_dir",
     "image_ids",
+    "is_mvtec",
     "list_images",
     "load_images",
+    "load_masks",
     "make_demo_data",
+    "make_mvtec_like",
     "natural_key",
+    "paint_defects",
     "read_labels_csv",
+    "read_mvtec",
     "resolve_layout",
     "scan_labelled",
 ]

@@ -84,18 +84,30 @@ def _section_2b(run_dir: Path, stages: dict) -> Section:
     return Section("2b", "Equilibrium K-Means on the embeddings", blocks)
 
 
+def _anomaly_rows(summary: dict) -> tuple[list[str], list[list]]:
+    """Study 3's table: one row per detector; pixel AUROC and PRO columns when masks were given."""
+    pixel = any((summary.get(v) or {}).get("pixel_auroc") is not None for v in ("noskip", "skip"))
+    columns = ["model", "normal loss", "anomaly loss", "AUROC", "AP", "threshold", "false alarms", "expected (95 % interval)", "recall"]
+    columns += ["pixel AUROC", "PRO (FPR ≤ 0.3)"] if pixel else []
+    rows = []
+    for variant, label in (("noskip", "no skip connections (default)"), ("skip", "with skip connections (course report)")):
+        m = summary.get(variant)
+        if not m:
+            continue
+        expected, interval = m.get("expected_false_alarm_rate"), m.get("false_alarm_interval")
+        exp_text = None if expected is None else f"{expected:.3f}" + (f" ({interval[0]:.3f}–{interval[1]:.3f})" if interval else "")
+        row = [label, m["normal_loss"], m["anomaly_loss"], m["auroc"], m["average_precision"], m["threshold"],
+               m["false_alarm_rate"], exp_text, m["recall"]]
+        rows.append(row + ([m.get("pixel_auroc"), m.get("aupro")] if pixel else []))
+    return columns, rows
+
+
 def _section_3(run_dir: Path, stages: dict) -> Section:
     reason = _skipped(stages, "anomaly")
     if reason:
         return Section("3", "Anomaly detection", [], reason)
     summary = _json(run_dir / "anomaly" / "summary.json")
-    rows, figs = [], []
-    for variant, label in (("noskip", "no skip connections (default)"), ("skip", "with skip connections (course report)")):
-        m = summary.get(variant)
-        if not m:
-            continue
-        rows.append([label, m["normal_loss"], m["anomaly_loss"], m["auroc"], m["average_precision"], m["threshold"],
-                     m["false_alarm_rate"], m["recall"]])
+    columns, rows = _anomaly_rows(summary)
     a, b = summary.get("noskip", {}), summary.get("skip", {})
     reading = ""
     if a:
@@ -104,16 +116,18 @@ def _section_3(run_dir: Path, stages: dict) -> Section:
     if a and b:
         reading += (f" With skips the gap is {b['anomaly_loss'] / max(b['normal_loss'], 1e-12):.1f}× and AUROC {b['auroc']:.3f}: "
                     + ("skips let the decoder copy anomalies through." if b["auroc"] < a["auroc"] else "here the skips did not hurt ranking."))
+    if a.get("expected_false_alarm_rate") is not None:
+        reading += (f" The conformal threshold expects {a['expected_false_alarm_rate']:.1%} false alarms on new normal images; "
+                    f"{a['false_alarm_rate']:.1%} were observed here.")
     captions = {"score_histogram": "Scores of held-out normal and anomalous images, threshold marked",
                 "roc_curve": "ROC curve (no skip connections)",
-                "cases_normal": "Normal images: best and worst cases (image | reconstruction | error map)",
-                "cases_anomalous": "Anomalous images: best and worst cases (image | reconstruction | error map)"}
-    for rel in summary.get("figures", []):
-        cap = captions.get(Path(rel).stem, Path(rel).stem)
-        figs.append(Figure(rel, caption=cap + (" — with skip connections" if "/skip_eval/" in rel else "")))
+                "cases_normal": "Normal images: best and worst cases (image | reconstruction | anomaly map | overlay)",
+                "cases_anomalous": "Anomalous images: best and worst cases (image | reconstruction | anomaly map | overlay)"}
+    figs = [Figure(rel, caption=captions.get(Path(rel).stem, Path(rel).stem) + (" — with skip connections" if "/skip_eval/" in rel else ""))
+            for rel in summary.get("figures", [])]
     blocks = [Paragraph(f"Normal class: {summary.get('normal', '?')}; {summary.get('n_normal_test', '?')} held-out normal and "
                         f"{summary.get('n_anomalous', '?')} anomalous images, same preprocessing for both."),
-              Table(["model", "normal loss", "anomaly loss", "AUROC", "AP", "threshold", "false alarms", "recall"], rows,
+              Table(columns, rows,
                     caption=(f"Losses: mean per-image reconstruction MSE. AUROC, AP and the threshold "
                              f"({a.get('threshold_rule', '?')} rule) use the detector's {a.get('score', '?')} score"),
                     reading=reading),

@@ -69,18 +69,26 @@ def test_other_digits_rank_above_held_out_normals(fitted, anomalous_scores):
     assert roc_auc_score(y, np.r_[fitted.val_scores_, anomalous_scores]) > 0.85
 
 
-def test_pure_noise_scores_above_every_digit(fitted, anomalous_scores):
+def test_pure_noise_scores_above_every_digit(fitted, anomalous_scores, anomaly_demo):
     noise = np.random.default_rng(0).integers(0, 256, (10, 1, 32, 32), dtype=np.uint8)
-    assert fitted.decision_function(noise).min() > max(fitted.val_scores_.max(), anomalous_scores.max())
     assert np.all(fitted.predict(noise) == 1)
+    raw = fitted.get_params()
+    try:  # noise is wrong everywhere: its mean error is above every digit's
+        fitted.set_params(score="mse", reduction="mean", smoothing=0.0)
+        digits = fitted.decision_function(fitted.val_files_ + [str(p) for p in sorted((anomaly_demo / "anomaly" / "anomalous").iterdir())])
+        assert fitted.decision_function(noise).min() > digits.max()
+    finally:
+        fitted.set_params(**raw)
 
 
-def test_quantile_threshold_gives_about_the_requested_false_alarm_rate(fitted):
+def test_conformal_threshold_is_the_kth_smallest_held_out_score(fitted):
     th = fitted.threshold_info_
-    assert th.rule == "quantile" and th.quantile == pytest.approx(1 - fitted.contamination)
     n_val = len(fitted.val_scores_)
+    # 60 held-out scores, alpha 0.01: ceil(61 * 0.99) = 61 > 60, so the largest score (rank 60).
+    assert th.rule == "conformal" and th.alpha == fitted.contamination and th.n_normal == n_val == 60 and th.rank == 60
+    assert th.value == np.sort(fitted.val_scores_)[59] and th.expected_false_alarm_rate == pytest.approx(1 / 61)
     rate = np.mean(fitted.val_scores_ > fitted.threshold_)
-    assert rate <= fitted.contamination + 1.0 / n_val  # 0.99 quantile of 60 scores: at most one above
+    assert rate == 0.0
     # Rescoring the held-out files gives the same scores and decisions as stored at fit time.
     np.testing.assert_allclose(fitted.decision_function(fitted.val_files_), fitted.val_scores_, rtol=1e-6)
     assert np.mean(fitted.predict(fitted.val_files_)) == rate
@@ -90,7 +98,12 @@ def test_decisions_scores_and_normalised_scores_agree(fitted, anomaly_demo):
     res = fitted.score_images(str(anomaly_demo / "anomaly" / "anomalous"))
     assert np.array_equal(res.is_anomaly, (res.scores > fitted.threshold_).astype(int))
     assert np.array_equal(res.is_anomaly, (res.normalized > 0.5).astype(int))
-    np.testing.assert_allclose(res.loss, res.scores)  # mse score = the per-image loss
+    raw = fitted.get_params()
+    try:  # the mean of the unsmoothed mse map is the per-image loss
+        fitted.set_params(score="mse", reduction="mean", smoothing=0.0)
+        np.testing.assert_allclose(fitted.score_images(res.paths).scores, res.loss, rtol=1e-6)
+    finally:
+        fitted.set_params(**raw)
     assert len(res.paths) == 200 and res.skipped == []
     assert fitted.decision_scores_.shape == (len(fitted.train_files_),) and fitted.labels_.shape == fitted.decision_scores_.shape
 
@@ -105,7 +118,7 @@ def test_f1_threshold_from_labelled_anomalies(fitted, anomaly_demo):
         assert fitted.threshold_info_.rule == "f1" and fitted.threshold_info_.n_anomalous == 200
         assert anomaly_metrics(fitted.val_scores_, scores, fitted.threshold_)["f1"] >= before
     finally:
-        fitted.set_threshold(rule="quantile")
+        fitted.set_threshold(rule="conformal")
     assert fitted.threshold_ == quantile_threshold  # the shared detector is left as it was
 
 
@@ -114,7 +127,7 @@ def test_saved_detector_scores_identically_after_reload(fitted, tmp_path):
     raw = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("model_config", "preprocessing", "state_dict", "threshold", "score", "score_medians", "config"):
         assert key in raw
-    assert raw["threshold"]["rule"] == "quantile" and raw["score"]["kind"] == "mse"
+    assert raw["threshold"]["rule"] == "conformal" and raw["score"]["kind"] == "mse+gms"
     loaded = ReconstructionDetector.load(tmp_path)  # a folder holding detector.ckpt works too
     images = np.random.default_rng(1).integers(0, 256, (20, 1, 32, 32), dtype=np.uint8)
     assert np.array_equal(loaded.decision_function(images), fitted.decision_function(images))

@@ -1,4 +1,4 @@
-"""End-to-end CPU runs of ``aelab anomaly fit``, ``score`` and ``evaluate`` on the demo data."""
+"""The anomaly workflows (`aelab.anomaly.study`), through the CLI and from Python, on demo and MVTec-layout data."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def test_fit_writes_the_run_folder(fit_run):
     for name in ("config.yaml", "metrics.csv", "best.ckpt", "last.ckpt", "detector.ckpt", "threshold.json", "split.csv"):
         assert (fit_run / name).is_file(), name
     th = json.loads((fit_run / "threshold.json").read_text())
-    assert th["rule"] == "quantile" and th["value"] > 0 and th["n_train"] + th["n_held_out"] == 20
+    assert th["rule"] == "conformal" and th["value"] > 0 and th["n_train"] + th["n_held_out"] == 20
     split = read_csv_rows(fit_run / "split.csv")
     assert list(split[0]) == ["filename", "split"] and sum(r["split"] == "held_out" for r in split) == th["n_held_out"]
     assert len(read_csv_rows(fit_run / "metrics.csv")) >= 1
@@ -82,7 +82,7 @@ def test_evaluate_writes_metrics_and_figures(fit_run, demo_root, tmp_path):
     assert m["n_anomalous"] == 20 and 0 <= m["auroc"] <= 1 and m["threshold"] == pytest.approx(th["value"])
     for name in ("score_histogram.png", "roc_curve.png", "cases_normal.png", "cases_anomalous.png"):
         assert (out / "figures" / name).stat().st_size > 0, name
-    assert list(read_csv_rows(out / "scores.csv")[0]) == ["filename", "group", "score", "normalized_score", "is_anomaly"]
+    assert list(read_csv_rows(out / "scores.csv")[0]) == ["filename", "group", "defect", "score", "normalized_score", "is_anomaly"]
 
 
 def test_bad_files_are_skipped_and_listed(fit_run, demo_root, tmp_path):
@@ -111,3 +111,79 @@ def test_bad_input_gives_one_line_error(argv, message, fit_run, demo_root, tmp_p
     assert run(*argv, "--out", str(tmp_path / "out")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("aelab: error:") and message in err[-1]
+
+
+def test_cli_and_python_defaults_are_identical():
+    """One default per option: `aelab anomaly fit` builds the same detector as ReconstructionDetector()."""
+    import dataclasses
+    import inspect
+
+    from aelab.anomaly import ReconstructionDetector
+    from aelab.anomaly.study import DETECTOR_KEYS, AnomalyFitConfig
+    from aelab.cli.main import build_parser
+
+    sig = {n: p.default for n, p in inspect.signature(ReconstructionDetector.__init__).parameters.items() if n != "self"}
+    fields = {f.name: f.default for f in dataclasses.fields(AnomalyFitConfig)}
+    assert set(DETECTOR_KEYS) == set(sig) - {"run_dir"} and set(DETECTOR_KEYS) <= set(fields)
+    assert {k: fields[k] for k in DETECTOR_KEYS} == {k: sig[k] for k in DETECTOR_KEYS}
+    parsed = build_parser().parse_args(["anomaly", "fit"])["anomaly"]["fit"]
+    assert {k: parsed[k] for k in DETECTOR_KEYS} == {k: sig[k] for k in DETECTOR_KEYS}  # what the command line really gets
+
+
+@pytest.fixture(scope="module")
+def mvtec_root(tmp_path_factory):
+    from aelab.data.mvtec import make_mvtec_like
+
+    return make_mvtec_like(tmp_path_factory.mktemp("mvtec") / "digits", n_train=40, n_test_good=6, n_per_defect=3)
+
+
+@pytest.fixture(scope="module")
+def mvtec_fit(mvtec_root, tmp_path_factory):
+    from aelab.anomaly.study import AnomalyFitConfig, anomaly_fit
+
+    with registered():
+        return anomaly_fit(AnomalyFitConfig(data=str(mvtec_root), preset="tiny", channels=1, epochs=2, batch_size=8,
+                                            device="cpu", out=str(tmp_path_factory.mktemp("mvtec_fit") / "fit")))
+
+
+def test_mvtec_layout_fit_reads_train_good_only(mvtec_fit, mvtec_root):
+    det = mvtec_fit.detector
+    assert mvtec_fit.normal_dir == mvtec_root / "train" / "good" and len(det.train_files_) + len(det.val_files_) == 40
+    assert mvtec_fit.checkpoint.is_file() and mvtec_fit.threshold["rule"] == "conformal"
+    assert all("/train/good/" in f for f in det.train_files_)
+
+
+def test_mvtec_layout_evaluate_reports_pixel_and_per_defect_metrics(mvtec_fit, mvtec_root, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    from aelab.anomaly.study import AnomalyEvaluateConfig, anomaly_evaluate
+    from aelab.data.mvtec import load_masks, read_mvtec
+
+    with registered():
+        ev = anomaly_evaluate(AnomalyEvaluateConfig(data=str(mvtec_root), out=str(tmp_path / "ev")), detector=mvtec_fit.detector)
+    m = ev.metrics
+    assert (m.n_normal, m.n_anomalous) == (6, 9) and set(m.per_defect_auroc) == {"blob", "missing", "scratch"}
+    # Pixel AUROC: scikit-learn's on the detector's maps against the masks, flattened.
+    data = read_mvtec(mvtec_root)
+    maps = mvtec_fit.detector.anomaly_map(data.test)
+    assert m.pixel_auroc == pytest.approx(roc_auc_score(load_masks(data.masks, 32).ravel(), maps.ravel()))
+    assert 0 <= m.aupro <= 1 and m.n_regions >= 9
+    saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert saved["pixel_auroc"] == m.pixel_auroc and saved["layout"] == "mvtec"
+    rows = read_csv_rows(tmp_path / "ev" / "scores.csv")
+    assert {r["defect"] for r in rows} == {"", "blob", "missing", "scratch"} and len(rows) == 15
+    assert set(ev.figures) == {"score_histogram", "roc_curve", "cases_normal", "cases_anomalous"}
+
+
+def test_cli_evaluate_and_score_on_mvtec_layout_write_maps(mvtec_fit, mvtec_root, tmp_path):
+    assert run("anomaly", "evaluate", "--model", str(mvtec_fit.run_dir), "--data", str(mvtec_root), "--out", str(tmp_path / "e")) == 0
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["aupro"] is not None
+    assert run("anomaly", "score", "--model", str(mvtec_fit.run_dir), "--images", str(mvtec_root / "test"),
+               "--recursive", "--out", str(tmp_path / "s")) == 0
+    names = [r["filename"] for r in read_csv_rows(tmp_path / "s" / "anomaly_scores.csv")]
+    assert len(names) == 15 and "scratch/000.png" in names
+    amap = np.load(tmp_path / "s" / "maps" / "scratch" / "000.npy")
+    assert amap.shape == (32, 32) and amap.dtype == np.float32
+    assert (tmp_path / "s" / "maps" / "scratch" / "000.png").is_file()
+    det_map = mvtec_fit.detector.anomaly_map([mvtec_root / "test" / "scratch" / "000.png"])[0]
+    np.testing.assert_allclose(amap, det_map, rtol=1e-5, atol=1e-7)

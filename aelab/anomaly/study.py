@@ -1,0 +1,458 @@
+"""Study 3 as library code: fit, score and evaluate a reconstruction detector on folders.
+
+Each workflow takes a typed config and returns a typed result; the CLI (``aelab anomaly
+fit|score|evaluate``) only parses flags into these configs, and ``aelab run`` composes the same
+functions (`aelab.pipeline_anomaly`), passing results rather than re-reading files.
+
+Data come from explicit folders, from a root in the course layout (``ROOT/anomaly/normal`` and
+``ROOT/anomaly/anomalous``) or from a root in the MVTec AD layout (``ROOT/train/good``,
+``ROOT/test/<good or defect>``, ``ROOT/ground_truth/<defect>/<name>_mask.png``; see
+`aelab.data.mvtec`); with masks, ``evaluate`` adds pixel AUROC and PRO.
+
+Example:
+    >>> fit = anomaly_fit(AnomalyFitConfig(data="mvtec/bottle", out="runs/bottle"))      # doctest: +SKIP
+    >>> ev = anomaly_evaluate(AnomalyEvaluateConfig(data="mvtec/bottle"), detector=fit.detector)  # doctest: +SKIP
+    >>> ev.metrics.auroc, ev.metrics.pixel_auroc                                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from aelab.anomaly.detector import DETECTOR_FILE, ReconstructionDetector
+from aelab.anomaly.metrics import AnomalyEvaluation, evaluate_scores
+from aelab.errors import AelabError, DataError
+from aelab.progress import info
+from aelab.runs import new_run_dir, save_config, to_plain, write_csv, write_json
+from aelab.train.options import RunOptions
+
+__all__ = [
+    "DETECTOR_KEYS",
+    "AnomalyEvaluateConfig",
+    "AnomalyFitConfig",
+    "AnomalyScoreConfig",
+    "EvaluateResult",
+    "FitResult",
+    "ScoreRunResult",
+    "anomaly_evaluate",
+    "anomaly_fit",
+    "anomaly_score",
+]
+
+_SIGNATURE = inspect.signature(ReconstructionDetector.__init__).parameters
+# Parameters of ReconstructionDetector that `anomaly fit` passes through (all but run_dir).
+DETECTOR_KEYS: tuple[str, ...] = tuple(n for n in _SIGNATURE if n not in ("self", "run_dir"))
+
+
+def _default(name: str):
+    """The detector's default for ``name``: the one source of every detector option's default."""
+    return _SIGNATURE[name].default
+
+
+@dataclass
+class AnomalyFitConfig(RunOptions):
+    """Settings of ``aelab anomaly fit`` (defaults = ``ReconstructionDetector()``'s).
+
+    Attributes:
+        data: a root in the MVTec AD layout (uses ROOT/train/good) or in the course layout (uses ROOT/anomaly/normal).
+        normal: folder of normal images only (overrides --data).
+        val_anomalous: optional folder of known anomalies; the threshold then maximises F1 on them and the held-out normals.
+        recursive: look for images in subfolders too.
+        preset: network size: tiny (tests), small (CPU default) or seed (the report's network, for GPUs).
+        image_size: override the preset's square input size.
+        channels: 1 (grayscale) or 3 (RGB); normal and scored images are all converted to this; none = 3.
+        width: override the preset's first-block width.
+        depth: number of poolings (4: a 2x2 bottleneck at 32x32; benchmarks/README.md); none = the preset's.
+        skip_connections: keep the U-Net skips (the course report's network; they let anomalies be copied through).
+        score: per-pixel map: mse, mae, ssim (1 - SSIM), gms (1 - gradient magnitude similarity), maps joined
+            by + (each divided by its held-out normal median, e.g. mse+gms) or combined.
+        reduction: map to image score: mean, max or topk (mean of the top_k share of pixels).
+        top_k: share of pixels averaged by the topk reduction.
+        smoothing: Gaussian sigma in pixels applied to the map before the reduction (0 = none).
+        ssim_window: odd SSIM window side (7 suits 28-64 pixel images).
+        contamination: the false-alarm rate to stay under (alpha of the conformal threshold).
+        threshold: a manual threshold instead of the rule.
+        threshold_rule: auto (conformal, or f1 with --val_anomalous), conformal, quantile, f1 or manual.
+        epochs: maximum number of epochs.
+        batch_size: images per step.
+        lr: AdamW learning rate (cosine-annealed to 0 over the epochs).
+        weight_decay: AdamW weight decay.
+        corruption: structured (patches, strokes and blobs pasted into training images, restored to the clean image) or none.
+        noise_factor: std of Gaussian input noise while training (0 = none).
+        val_fraction: share of normal images held out for early stopping and the threshold.
+        patience: stop after this many epochs without a lower held-out MSE.
+    """
+
+    data: str | None = None
+    normal: str | None = None
+    val_anomalous: str | None = None
+    recursive: bool = _default("recursive")
+    preset: str = _default("preset")
+    image_size: int | None = _default("image_size")
+    channels: int | None = _default("channels")
+    width: int | None = _default("width")
+    depth: int | None = _default("depth")
+    skip_connections: bool = _default("skip_connections")
+    score: str = _default("score")
+    reduction: str = _default("reduction")
+    top_k: float = _default("top_k")
+    smoothing: float = _default("smoothing")
+    ssim_window: int = _default("ssim_window")
+    contamination: float = _default("contamination")
+    threshold: float | None = _default("threshold")
+    threshold_rule: str = _default("threshold_rule")
+    epochs: int = _default("epochs")
+    batch_size: int = _default("batch_size")
+    lr: float = _default("lr")
+    weight_decay: float = _default("weight_decay")
+    corruption: str = _default("corruption")
+    noise_factor: float = _default("noise_factor")
+    val_fraction: float = _default("val_fraction")
+    patience: int = _default("patience")
+
+
+@dataclass
+class FitResult:
+    """A fitted detector and where it was written.
+
+    Attributes:
+        detector: the fitted `ReconstructionDetector` (threshold set).
+        run_dir: the run folder (``detector.ckpt``, ``threshold.json``, ``split.csv``, ...).
+        normal_dir: the folder of normal images it was fitted on.
+        threshold: the summary written to ``threshold.json``.
+    """
+
+    detector: ReconstructionDetector
+    run_dir: Path
+    normal_dir: Path
+    threshold: dict = field(default_factory=dict)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.run_dir / DETECTOR_FILE
+
+
+def _mvtec(root: str | None):
+    """The `MVTecData` of ``root`` when it is in the MVTec AD layout, else ``None``."""
+    if root is None:
+        return None
+    from aelab.data.mvtec import is_mvtec, read_mvtec
+
+    return read_mvtec(root) if is_mvtec(root) else None
+
+
+def _layout_part(data: str | None, part: str):
+    if data is None:
+        return None
+    from aelab.data import resolve_layout
+
+    return getattr(resolve_layout(data), part)
+
+
+def _relative(paths, base: Path) -> list[str]:
+    base = Path(base).absolute()
+    return [Path(p).absolute().relative_to(base).as_posix() if Path(p).absolute().is_relative_to(base) else str(p) for p in paths]
+
+
+def _write_skipped(run_dir: Path, skipped) -> None:
+    if skipped:
+        write_csv(run_dir / "skipped.csv", ["filename", "reason"], [(str(p), r) for p, r in skipped])
+
+
+def _fit_normal_dir(cfg: AnomalyFitConfig) -> Path:
+    if cfg.normal is not None:
+        return Path(cfg.normal)
+    if cfg.data is not None and _mvtec(cfg.data) is not None:
+        return Path(cfg.data) / "train" / "good"
+    normal = _layout_part(cfg.data, "anomaly_normal")
+    if normal is None:
+        where = f"{cfg.data} has neither train/good (MVTec AD) nor anomaly/normal; " if cfg.data else ""
+        raise DataError(f"{where}pass --normal DIR (normal images only) or --data ROOT (MVTec AD layout or ROOT/anomaly/normal/)")
+    return Path(normal)
+
+
+def anomaly_fit(cfg: AnomalyFitConfig) -> FitResult:
+    """Fit a reconstruction detector on normal images; write the run folder.
+
+    The folder holds ``config.yaml``, ``metrics.csv``, ``best.ckpt``/``last.ckpt`` (training),
+    ``detector.ckpt`` (the detector with its threshold), ``threshold.json`` (rule, value, and for
+    the conformal rule the expected false-alarm rate and its 95 % interval), ``split.csv``
+    (``filename,split``: which normal images trained the model and which were held out) and
+    ``skipped.csv`` when some files could not be read.
+    """
+    normal = _fit_normal_dir(cfg)
+    run_dir = new_run_dir(cfg.out, "anomaly")
+    save_config(run_dir, cfg)
+    info(f"[anomaly] fitting on normal images in {normal} -> {run_dir}")
+    det = ReconstructionDetector(**{k: getattr(cfg, k) for k in DETECTOR_KEYS}, run_dir=str(run_dir))
+    det.fit(str(normal), anomalies=None if cfg.val_anomalous is None else str(cfg.val_anomalous))
+    det.save(run_dir / DETECTOR_FILE)
+    th = det.threshold_info_
+    interval = th.false_alarm_interval()
+    summary = dict(
+        th.to_dict(), false_alarm_interval=None if interval is None else list(interval), score=det.score,
+        reduction=det.reduction, contamination=det.contamination,
+        held_out_false_alarm_rate=float(np.mean(det.val_scores_ > det.threshold_)),
+        n_train=len(det.train_files_), n_held_out=len(det.val_files_), n_skipped=len(det.skipped_),
+        best_epoch=det.best_epoch_ + 1, score_medians=det.score_medians_,
+    )
+    write_json(run_dir / "threshold.json", to_plain(summary))
+    rows = [(f, "train") for f in _relative(det.train_files_, normal)]
+    rows += [(f, "held_out") for f in _relative(det.val_files_, normal)]
+    write_csv(run_dir / "split.csv", ["filename", "split"], rows)
+    _write_skipped(run_dir, det.skipped_)
+    expected = "" if th.expected_false_alarm_rate is None else f", expected false-alarm rate {th.expected_false_alarm_rate:.3f}"
+    info(f"[anomaly] threshold {det.threshold_:.5g} ({th.rule}{expected}); detector -> {run_dir / DETECTOR_FILE}")
+    return FitResult(det, run_dir, normal, summary)
+
+
+def _load_detector(model: str | None, cfg, detector: ReconstructionDetector | None = None) -> ReconstructionDetector:
+    if detector is None:
+        if model is None:
+            raise AelabError("no model: pass --model RUN (an `aelab anomaly fit` run folder) or its detector.ckpt")
+        detector = ReconstructionDetector.load(model, device=cfg.device)
+    detector.strict, detector.recursive = cfg.strict, cfg.recursive
+    if cfg.threshold is not None:
+        detector.set_threshold(cfg.threshold, rule="manual")
+    return detector
+
+
+@dataclass
+class AnomalyScoreConfig(RunOptions):
+    """Settings of ``aelab anomaly score``.
+
+    Attributes:
+        model: an `aelab anomaly fit` run folder, or its detector.ckpt.
+        images: folder of images to score.
+        recursive: look for images in subfolders too.
+        threshold: override the stored threshold.
+        top: how many of the most anomalous images to show in figures/most_anomalous.png.
+        maps: write each image's anomaly map to maps/ (a .npy array and a .png heat map).
+    """
+
+    model: str | None = None
+    images: str | None = None
+    recursive: bool = False
+    threshold: float | None = None
+    top: int = 8
+    maps: bool = True
+
+
+@dataclass
+class ScoreRunResult:
+    """What ``anomaly score`` wrote: the run folder, counts, and the maps' folder and colour scale."""
+
+    run_dir: Path
+    n_images: int
+    n_anomalies: int
+    maps_dir: Path | None = None
+    map_scale: float | None = None
+
+
+def _write_maps(det: ReconstructionDetector, images: np.ndarray, names: list[str], out: Path, chunk: int = 256) -> float:
+    """``out/<name>.npy`` (the map) and ``out/<name>.png`` (heat map on one colour scale for all
+    images: 0 to the 99.9th percentile of all map values here; returned, and kept in summary.json)."""
+    from PIL import Image
+
+    from aelab.anomaly.figures import heatmap_rgb
+
+    maps = np.concatenate([det.anomaly_map(images[i : i + chunk]) for i in range(0, len(images), chunk)])
+    scale = float(np.quantile(maps, 0.999)) or 1.0
+    for name, amap in zip(names, maps):
+        stem = out / Path(name).with_suffix("")
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        np.save(stem.with_suffix(".npy"), amap.astype(np.float32))
+        Image.fromarray(heatmap_rgb(amap, scale)).save(stem.with_suffix(".png"))
+    return scale
+
+
+def anomaly_score(cfg: AnomalyScoreConfig, detector: ReconstructionDetector | None = None) -> ScoreRunResult:
+    """Score a folder: ``anomaly_scores.csv`` (``filename,score,normalized_score,is_anomaly``,
+    highest first), ``maps/`` (per image ``<name>.npy`` and a ``<name>.png`` heat map),
+    ``figures/most_anomalous.png`` (image | reconstruction | map | overlay of the ``top``
+    highest) and ``summary.json``. ``detector``: use this fitted detector instead of ``--model``.
+    """
+    from aelab.anomaly.figures import reconstruction_panels
+
+    det = _load_detector(cfg.model, cfg, detector)
+    if cfg.images is None:
+        raise AelabError("no images: pass --images DIR")
+    data = det.as_images(cfg.images)
+    res = det.score_images(data)
+    run_dir = new_run_dir(cfg.out, "anomaly-score")
+    save_config(run_dir, cfg)
+    names = _relative(data.paths, Path(cfg.images))
+    order = np.argsort(-res.scores, kind="stable")  # ties keep the natural file order
+    write_csv(
+        run_dir / "anomaly_scores.csv", ["filename", "score", "normalized_score", "is_anomaly"],
+        ((names[i], float(res.scores[i]), float(res.normalized[i]), int(res.is_anomaly[i])) for i in order),
+    )
+    scale = _write_maps(det, data.images, names, run_dir / "maps") if cfg.maps else None
+    top = order[: max(cfg.top, 0)]
+    if len(top):
+        rec = det.reconstruct(data.images[top])
+        labels = [f"{names[i]}\n{det.score} {res.scores[i]:.4g}" for i in top]
+        reconstruction_panels(rec.images, rec.reconstruction, rec.error_map, labels,
+                              run_dir / "figures" / "most_anomalous.png", title=f"most anomalous (threshold {det.threshold_:.4g})")
+    _write_skipped(run_dir, data.skipped)
+    n_anom = int(res.is_anomaly.sum())
+    write_json(run_dir / "summary.json", dict(
+        model=str(cfg.model), images=str(cfg.images), n_images=len(names), n_anomalies=n_anom,
+        n_skipped=len(data.skipped), threshold=det.threshold_, threshold_rule=det.threshold_info_.rule, score=det.score,
+        reduction=det.reduction, map_scale=scale,
+    ))
+    info(f"[anomaly] {n_anom} of {len(names)} images above the threshold -> {run_dir / 'anomaly_scores.csv'}")
+    return ScoreRunResult(run_dir, len(names), n_anom, run_dir / "maps" if cfg.maps else None, scale)
+
+
+@dataclass
+class AnomalyEvaluateConfig(RunOptions):
+    """Settings of ``aelab anomaly evaluate``.
+
+    Attributes:
+        model: an `aelab anomaly fit` run folder, or its detector.ckpt.
+        data: a root in the MVTec AD layout (ROOT/test/good, ROOT/test/<defect>, masks in ROOT/ground_truth) or
+            in the course layout (ROOT/anomaly/normal and ROOT/anomaly/anomalous).
+        normal: folder of normal images (overrides --data); images the model was trained on are left out.
+        anomalous: folder of anomalous images (overrides --data).
+        recursive: look for images in subfolders too.
+        threshold: override the stored threshold.
+        cases: best and worst cases of each group shown in the panels.
+    """
+
+    model: str | None = None
+    data: str | None = None
+    normal: str | None = None
+    anomalous: str | None = None
+    recursive: bool = False
+    threshold: float | None = None
+    cases: int = 3
+
+
+@dataclass
+class EvaluateResult:
+    """``anomaly evaluate``'s result: the metrics, the run folder and its figures (name -> file)."""
+
+    metrics: AnomalyEvaluation
+    run_dir: Path
+    figures: dict[str, Path] = field(default_factory=dict)
+    n_normal_excluded_trained: int = 0
+
+
+@dataclass
+class _EvalSet:
+    paths: list[Path]
+    labels: list[int]
+    defects: list[str]
+    names: list[str]
+    masks: list[Path | None] | None = None
+    source: dict = field(default_factory=dict)
+
+
+def _eval_set(cfg: AnomalyEvaluateConfig, det: ReconstructionDetector) -> tuple[_EvalSet, int]:
+    """The labelled images to evaluate on, without normal images the detector was trained on."""
+    from aelab.data import list_images
+
+    trained = {str(Path(p).resolve()) for p in (det.train_files_ or [])}
+    mv = _mvtec(cfg.data) if cfg.normal is None and cfg.anomalous is None else None
+    if mv is not None:
+        items = list(zip(mv.test, mv.labels, mv.masks))
+        base = Path(cfg.data) / "test"
+        source = dict(layout="mvtec", data=str(cfg.data))
+    else:
+        normal_dir = cfg.normal or _layout_part(cfg.data, "anomaly_normal")
+        anom_dir = cfg.anomalous or _layout_part(cfg.data, "anomaly_anomalous")
+        if normal_dir is None or anom_dir is None:
+            raise DataError("evaluate needs --normal DIR and --anomalous DIR, or --data ROOT in the MVTec AD layout "
+                            "or with ROOT/anomaly/normal and ROOT/anomaly/anomalous")
+        items = [(p, "good", None) for p in list_images(normal_dir, recursive=cfg.recursive)]
+        items += [(p, "anomalous", None) for p in list_images(anom_dir, recursive=cfg.recursive)]
+        base = Path(normal_dir).parent if Path(normal_dir).parent == Path(anom_dir).parent else None
+        source = dict(layout="folders", normal_dir=str(normal_dir), anomalous_dir=str(anom_dir))
+    kept = [it for it in items if it[1] != "good" or str(Path(it[0]).resolve()) not in trained]
+    n_excluded = len(items) - len(kept)
+    if not any(it[1] == "good" for it in kept):
+        raise DataError("no normal test images left (all were used to train the detector, or there are none)")
+    paths = [Path(p) for p, _, _ in kept]
+    names = _relative(paths, base) if base is not None else [p.name for p in paths]
+    masks = [m for _, _, m in kept] if mv is not None and mv.has_masks else None
+    return _EvalSet(paths, [int(d != "good") for _, d, _ in kept], [d for _, d, _ in kept], names, masks, source), n_excluded
+
+
+def _evaluate_maps(det, images: np.ndarray, eset: _EvalSet, keep: list[int]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if eset.masks is None:
+        return None, None
+    from aelab.data.mvtec import load_masks
+
+    maps = np.concatenate([det.anomaly_map(images[i : i + 256]) for i in range(0, len(images), 256)])
+    return maps, load_masks([eset.masks[i] for i in keep], maps.shape[-1])
+
+
+def _evaluation_figures(det, data_images, res, eset_sel: dict, masks, fig: Path, k: int) -> dict[str, Path]:
+    from aelab.anomaly.figures import reconstruction_panels, roc_figure, score_histogram
+
+    y, names = eset_sel["labels"], eset_sel["names"]
+    normal, anom = res.scores[y == 0], res.scores[y == 1]
+    out = {"score_histogram": score_histogram(normal, anom, det.threshold_, fig / "score_histogram.png", score_name=f"{det.score} score"),
+           "roc_curve": roc_figure(normal, anom, fig / "roc_curve.png", threshold=det.threshold_)}
+    for group, sign in (("normal", 1), ("anomalous", -1)):
+        # Best normal = lowest score, worst = highest; best anomaly = highest score, worst = lowest.
+        members = np.flatnonzero(y == (group == "anomalous"))
+        order = members[np.argsort(sign * res.scores[members], kind="stable")]
+        idx = np.r_[order[:k], order[-k:]] if len(order) > 2 * k else order
+        rec = det.reconstruct(data_images[idx])
+        labels = [f"{names[i]}\n{res.scores[i]:.4g}" for i in idx]
+        out[f"cases_{group}"] = reconstruction_panels(
+            rec.images, rec.reconstruction, rec.error_map, labels, fig / f"cases_{group}.png",
+            title=f"{group}: best (top {min(k, len(order))}) to worst (bottom), by {det.score} score",
+            masks=None if masks is None else masks[idx])
+    return out
+
+
+def anomaly_evaluate(cfg: AnomalyEvaluateConfig, detector: ReconstructionDetector | None = None) -> EvaluateResult:
+    """Evaluate a detector on labelled normal and anomalous images.
+
+    Writes ``metrics.json`` (`AnomalyEvaluation`: image AUROC, AP, F1, precision, recall,
+    false-alarm rate at the stored threshold with its expected value and 95 % interval for the
+    conformal rule, mean losses, counts; with MVTec masks ``pixel_auroc`` and ``aupro``; per
+    defect type AUROC), ``scores.csv`` and ``figures/``: ``score_histogram.png``,
+    ``roc_curve.png``, ``cases_normal.png``, ``cases_anomalous.png`` (image | reconstruction |
+    map | overlay of the best and worst cases). Normal images the detector was trained on are
+    excluded. ``detector``: use this fitted detector instead of ``--model``.
+    """
+    det = _load_detector(cfg.model, cfg, detector)
+    eset, n_excluded = _eval_set(cfg, det)
+    data = det.as_images(eset.paths)
+    where = {str(p): i for i, p in enumerate(eset.paths)}
+    keep = [where[str(p)] for p in data.paths]
+    y = np.array([eset.labels[i] for i in keep])
+    if y.min() == y.max():
+        raise DataError("evaluate needs readable normal and anomalous images")
+    res = det.score_images(data)
+    maps, masks = _evaluate_maps(det, data.images, eset, keep)
+    defects = [eset.defects[i] for i in keep]
+    metrics = evaluate_scores(res.scores, y, det.threshold_info_, loss=res.loss, score=det.score, maps=maps, masks=masks,
+                              defects=defects if len(set(defects) - {"good"}) > 1 else None)
+    run_dir = new_run_dir(cfg.out, "anomaly-evaluate")
+    save_config(run_dir, cfg)
+    names = [eset.names[i] for i in keep]
+    write_json(run_dir / "metrics.json", to_plain(dict(
+        metrics.to_dict(), model=str(cfg.model), **eset.source, n_normal_excluded_trained=n_excluded,
+        n_skipped=len(data.skipped), train_files_known=det.train_files_ is not None)))
+    rows = sorted(zip(names, defects, res.scores, res.normalized, res.is_anomaly), key=lambda r: -r[2])
+    write_csv(run_dir / "scores.csv", ["filename", "group", "defect", "score", "normalized_score", "is_anomaly"],
+              [(n, "normal" if d == "good" else "anomalous", "" if d in ("good", "anomalous") else d, float(s), float(z), int(a))
+               for n, d, s, z, a in rows])
+    figures = _evaluation_figures(det, data.images, res, {"labels": y, "names": names}, masks, run_dir / "figures", max(cfg.cases, 1))
+    _write_skipped(run_dir, data.skipped)
+    pixel = "" if metrics.pixel_auroc is None else f"  pixel AUROC {metrics.pixel_auroc:.4f}  PRO {metrics.aupro:.4f}"
+    expected = "" if metrics.false_alarm_interval is None else (
+        f" (expected {metrics.expected_false_alarm_rate:.3f}, 95 % interval "
+        f"{metrics.false_alarm_interval[0]:.3f}-{metrics.false_alarm_interval[1]:.3f})")
+    info(f"[anomaly] AUROC {metrics.auroc:.4f}  AP {metrics.average_precision:.4f}  F1 {metrics.f1:.4f}{pixel} "
+         f"at threshold {det.threshold_:.4g}; false alarms {metrics.false_alarm_rate:.3f}{expected} -> {run_dir}")
+    return EvaluateResult(metrics, run_dir, figures, n_excluded)

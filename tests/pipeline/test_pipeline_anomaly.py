@@ -1,0 +1,55 @@
+"""Study 3 of `aelab run` (`aelab.pipeline_anomaly`) on data in the MVTec AD layout under ROOT/anomaly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+
+class _Skip(Exception):
+    pass
+
+
+def _ctx(data: Path, run_dir: Path):
+    cfg = SimpleNamespace(preset="tiny", channels=1, image_size=None, anomaly_epochs=2, device="cpu", seed=0,
+                          precision="32-true", normal_class="auto")
+
+    def sub(name: str) -> Path:
+        path = run_dir / name
+        shutil.rmtree(path, ignore_errors=True)
+        return path
+
+    return SimpleNamespace(cfg=cfg, data=data, dir=run_dir, sub=sub, engine=dict(seed=0, device="cpu", precision="32-true"))
+
+
+def test_mvtec_layout_under_anomaly_gives_pixel_metrics_and_run_relative_figures(tmp_path):
+    from aelab.data.mvtec import make_mvtec_like
+    from aelab.pipeline_anomaly import run_anomaly_study
+
+    make_mvtec_like(tmp_path / "data" / "anomaly", n_train=30, n_test_good=6, n_per_defect=2)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = run_anomaly_study(_ctx(tmp_path / "data", tmp_path / "run"), _Skip)
+    finally:
+        torch.set_num_threads(n)
+    summary = json.loads(Path(out["summary"]).read_text())
+    assert summary["normal"].startswith("MVTec AD layout") and summary["n_normal_test"] == 6 and summary["n_anomalous"] == 6
+    for variant in ("noskip", "skip"):
+        m = summary[variant]
+        assert 0 <= m["pixel_auroc"] <= 1 and 0 <= m["aupro"] <= 1 and set(m["per_defect_auroc"]) == {"blob", "missing", "scratch"}
+        assert m["threshold_rule"] == "conformal" and m["expected_false_alarm_rate"] is not None
+    assert summary["figures"] and all((tmp_path / "run" / f).is_file() for f in summary["figures"])
+
+
+def test_no_anomaly_data_is_a_skip_with_a_reason(tmp_path):
+    from aelab.pipeline_anomaly import run_anomaly_study
+
+    (tmp_path / "data" / "test").mkdir(parents=True)
+    with pytest.raises(_Skip, match="no anomaly folder"):
+        run_anomaly_study(_ctx(tmp_path / "data", tmp_path / "run"), _Skip)
