@@ -9,27 +9,27 @@ from typing import Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["progress", "info", "Stage"]
+__all__ = ["progress", "info", "is_rank_zero", "Stage"]
 
 
 def _is_tty() -> bool:
     return hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
 
 
-def _is_rank_zero() -> bool:
+def is_rank_zero() -> bool:
     """False in the extra processes of a multi-process run (Lightning sets their ranks in the environment)."""
     return all(int(os.environ.get(k, "0") or 0) == 0 for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
 def info(msg: str) -> None:
     """One line of progress for the user, on stderr so stdout stays clean for data (rank 0 only)."""
-    if _is_rank_zero():
+    if is_rank_zero():
         print(msg, file=sys.stderr, flush=True)
 
 
 def progress(it: Iterable[T], desc: str = "", total: int | None = None, quiet: bool = False) -> Iterator[T]:
     """Iterate with a tqdm bar on a terminal; off a terminal, nothing per step (callers log per epoch)."""
-    if quiet or not _is_tty() or not _is_rank_zero():
+    if quiet or not _is_tty() or not is_rank_zero():
         yield from it
         return
     from tqdm.auto import tqdm

@@ -157,7 +157,10 @@ def restore_for_resume(cls, cfg):
     run_dir = Path(cfg.resume)
     if not (run_dir / "last.ckpt").is_file():
         raise AelabError(f"cannot resume: {run_dir / 'last.ckpt'} does not exist")
-    lock_run_dir(run_dir)  # one process per run folder
+    from aelab.progress import is_rank_zero
+
+    if is_rank_zero():  # the extra processes of a --devices N run share rank 0's lock
+        lock_run_dir(run_dir)  # one process per run folder
     saved = load_config(run_dir)
     names = {f.name for f in fields(cls)}
     values = {k: v for k, v in saved.items() if k in names}

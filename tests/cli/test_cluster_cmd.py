@@ -5,17 +5,13 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 
 from aelab.cli.cluster_cmd import cluster
 from aelab.cli.main import main
 from aelab.cluster.study import ClusterConfig
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "cluster"))
-from test_study import write_embed_run  # noqa: E402
+from tests.cluster.test_study import write_embed_run
 
 
 def test_flags_are_the_config_fields_with_the_same_defaults():

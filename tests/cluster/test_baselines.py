@@ -6,7 +6,6 @@ import warnings
 
 import numpy as np
 import pytest
-from cluster_data import imbalanced_balls
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 from sklearn.exceptions import ConvergenceWarning
@@ -22,6 +21,7 @@ from aelab.cluster import (
     make_clusterer,
 )
 from aelab.cluster.baselines import _course_kernel, _fkm_kernel, _mefc_kernel
+from tests.cluster.cluster_data import imbalanced_balls
 
 
 # Independent references from the smooth-K-means table (d is the half squared distance).

@@ -8,11 +8,11 @@ import warnings
 
 import numpy as np
 import pytest
-from cluster_data import imbalanced_balls
 
 from aelab.cluster import EquilibriumKMeans, SemiSupervisedEquilibriumKMeans
 from aelab.cluster.core import EKMStats
 from aelab.cluster.distributed import allreduce_stats
+from tests.cluster.cluster_data import imbalanced_balls
 
 START = [0, 650, 700]  # the same start in one and two processes: rows of the big, small and middle ball
 

@@ -7,7 +7,6 @@ import warnings
 
 import numpy as np
 import pytest
-from cluster_data import imbalanced_balls
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 from sklearn.exceptions import ConvergenceWarning
@@ -17,6 +16,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from aelab.cluster import EquilibriumKMeans, ekm_sufficient_statistics, ekm_weights
 from aelab.cluster.core import _NumpyBackend, centroid_step
 from aelab.cluster.seeding import init_centers
+from tests.cluster.cluster_data import imbalanced_balls
 
 TOY = np.array([[1, 2], [1, 4], [1, 0], [10, 2], [10, 4], [10, 0]], dtype=float)
 

@@ -6,13 +6,13 @@ import warnings
 
 import numpy as np
 import pytest
-from cluster_data import imbalanced_balls
 from sklearn.datasets import make_blobs
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import adjusted_rand_score
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from aelab.cluster import EquilibriumKMeans, MiniBatchEquilibriumKMeans, ekm_sufficient_statistics, sum_stats
+from tests.cluster.cluster_data import imbalanced_balls
 
 
 def test_statistics_add_up_across_batches_and_workers():

@@ -6,11 +6,11 @@ import warnings
 
 import numpy as np
 import pytest
-from cluster_data import large_and_two_small
 
 from aelab.cluster import EquilibriumKMeans
 from aelab.cluster.core import _boltzmann
 from aelab.cluster.seeding import init_centers, screen_candidates, screen_seeds
+from tests.cluster.cluster_data import large_and_two_small
 
 
 @pytest.fixture(autouse=True)
