@@ -32,6 +32,13 @@ def report(run_dir: str) -> Path:
     if (run / "config.yaml").is_file():
         load_config(run)
     lock_run_dir(run)  # not while an `aelab run` writes it
-    files = build_report(run_dir)
+    try:
+        files = build_report(run_dir)
+    except AelabError:
+        raise
+    except Exception as exc:  # a damaged metrics file or figure: one line, not a traceback
+        detail = " ".join(str(exc).split())[:200]
+        raise AelabError(f"cannot build the report of {run}: a file of the run is damaged "
+                         f"({exc.__class__.__name__}: {detail}); rerun the stage that wrote it") from None
     info(f"[report] {files['html']}, {files['pdf']}, {files['md']}")
     return Path(run_dir)

@@ -230,12 +230,27 @@ def _prepare(cfg: ClusterConfig):
         if picked is None:
             raise AelabError("--n_clusters is required when --classes is not given")
         K = len(picked)
+    if len(X) < max(2, int(K)):
+        raise AelabError(f"clustering needs at least {max(2, int(K))} samples (n_clusters={K}), found {len(X)}")
     if not 1 <= int(K) <= len(X):
         raise AelabError(f"--n_clusters must be between 1 and the number of samples ({len(X)}), got {K}")
+    if not np.isfinite(X).all():
+        raise AelabError(f"{cfg.input}: the embeddings hold NaN or infinite values")
     if cfg.standardize:
+        # Divide by the largest magnitude first: data scaled by 1e200 would overflow the variance.
+        scale = float(np.abs(X).max())
+        X = X / (scale if scale > 0 else 1.0)
         std = X.std(axis=0)
         X = (X - X.mean(axis=0)) / np.where(std > 0, std, 1.0)
     return X, names, labels, picked, int(K)
+
+
+def _check_alpha_scale(alpha, X: np.ndarray) -> None:
+    """α times the largest squared distance must stay a finite number, or every weight underflows."""
+    if isinstance(alpha, float):
+        spread = float(np.max(np.sum((X - X.mean(axis=0)) ** 2, axis=1))) * 4.0
+        if not math.isfinite(alpha * spread) or alpha * spread > 1e300:
+            raise AelabError(f"--alpha {alpha:g} is too large for these data (α·distance² overflows); try --alpha auto")
 
 
 def _fit(cfg, method, X, K, y_true, target, y_fit):
@@ -318,6 +333,7 @@ def run_cluster_study(cfg: ClusterConfig) -> ClusterResult:
         raise AelabError(f"--projection must be pca or tsne, got {cfg.projection!r}")
     _alpha_or_auto(cfg.alpha)
     X, names, labels, picked, K = _prepare(cfg)
+    _check_alpha_scale(_alpha_or_auto(cfg.alpha), X)
     known = np.array([lab != "" for lab in labels])
     y_true = np.unique(np.asarray(labels), return_inverse=True)[1] if known.all() else None
     if method == "ssekm" and not known.any():
@@ -327,7 +343,9 @@ def run_cluster_study(cfg: ClusterConfig) -> ClusterResult:
         target = parse_ratio(cfg.target_ratio)
     except ValueError as exc:
         raise AelabError(str(exc)) from None
-    run_dir = new_run_dir(cfg.out, "cluster")
+    if method in ALPHA_METHODS and _alpha_or_auto(cfg.alpha) == "auto" and len(target) != K:
+        raise AelabError(f"--target_ratio {cfg.target_ratio} has {len(target)} parts but n_clusters={K}")
+    run_dir = new_run_dir(cfg.out, "cluster")  # after every check: a refused run leaves no folder
     save_config(run_dir, asdict(cfg) | dict(out=str(run_dir), n_clusters=K, method=method))
     info(f"[cluster] {len(X)} samples x {X.shape[1]} features, K={K}, method={method}")
     with Stage("cluster"), warnings.catch_warnings():

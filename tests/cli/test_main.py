@@ -197,3 +197,18 @@ def test_edited_config_yaml_on_report_is_one_line(tmp_path, capsys):
     (tmp_path / "config.yaml").write_text("preset: [tiny\n")
     assert main(["report", str(tmp_path)]) == 2
     assert "config.yaml" in _one_line(capsys)
+
+
+def test_report_of_a_run_with_a_damaged_figure_is_one_line(tmp_path, capsys):
+    import json
+
+    from aelab.cli.main import main
+
+    run = tmp_path / "run"
+    (run / "cluster_ekm" / "figures").mkdir(parents=True)
+    (run / "stages.json").write_text(json.dumps({"cluster": {"status": "done", "result": {}}}))
+    (run / "cluster_ekm" / "metrics.json").write_text(json.dumps({"panels": [], "ari": 0.5}))
+    (run / "cluster_ekm" / "figures" / "clusterings.png").write_bytes(b"not a png")  # truncated or overwritten
+    assert main(["report", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is damaged" in err[0] and "clusterings.png" in err[0]

@@ -145,3 +145,45 @@ def test_old_method_name_warns_and_runs_the_course_variant(tmp_path):
         res = run_cluster_study(ClusterConfig(str(tmp_path / "embed"), out=str(tmp_path / "run"), classes="c0,c1,c2",
                                               method="seed-softmax", alpha="1.0"))
     assert res.metrics["method"] == "course-softmax"
+
+
+def _npy(tmp_path, X, name="emb.npy"):
+    import numpy as np
+
+    path = tmp_path / name
+    np.save(path, np.asarray(X, dtype=np.float64))
+    return str(path)
+
+
+def test_bad_inputs_are_one_line_and_leave_no_folder(tmp_path):
+    import numpy as np
+    import pytest
+
+    from aelab.cluster.study import ClusterConfig, run_cluster_study
+    from aelab.errors import AelabError
+
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(0, 1, (60, 2)), rng.normal(6, 1, (30, 2)), rng.normal((0, 6), 1, (30, 2))])
+    cases = [
+        (dict(input=_npy(tmp_path, X[:1], "one.npy"), n_clusters=1), "at least 2 samples"),
+        (dict(input=_npy(tmp_path, X), n_clusters=3, alpha="1e308"), "too large"),
+        (dict(input=_npy(tmp_path, X), n_clusters=3, target_ratio="2:1"), "2 parts but n_clusters=3"),
+    ]
+    for i, (kw, message) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        with pytest.raises(AelabError, match=message):
+            run_cluster_study(ClusterConfig(out=str(out), **kw))
+        assert not out.exists()
+
+
+def test_data_scaled_by_1e200_clusters_like_the_original(tmp_path):
+    import numpy as np
+
+    from aelab.cluster.study import ClusterConfig, run_cluster_study
+
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(0, 1, (60, 2)), rng.normal(8, 1, (30, 2)), rng.normal((0, 8), 1, (30, 2))])
+    base = run_cluster_study(ClusterConfig(input=_npy(tmp_path, X), n_clusters=3, alpha="1.0", out=str(tmp_path / "a")))
+    (tmp_path / "emb.npy").unlink()
+    big = run_cluster_study(ClusterConfig(input=_npy(tmp_path, X * 1e200), n_clusters=3, alpha="1.0", out=str(tmp_path / "b")))
+    assert sorted(np.bincount(big.labels)) == sorted(np.bincount(base.labels)) and min(np.bincount(big.labels)) > 10
