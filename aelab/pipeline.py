@@ -203,8 +203,7 @@ CRITICAL = ("data",)
 
 
 def _load_stages(run_dir: Path) -> dict[str, Any]:
-    path = RunLayout(run_dir).stages
-    return read_json(path) if path.is_file() else {}
+    return read_json(RunLayout(run_dir).stages, default={})
 
 
 def _save_stages(run_dir: Path, stages: dict[str, Any]) -> None:

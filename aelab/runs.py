@@ -383,12 +383,17 @@ def load_config(run_dir: str | os.PathLike, name: str = "config.yaml") -> dict:
 def read_json(path: str | os.PathLike, default: Any = None) -> Any:
     """Read a JSON file the run wrote; an edited or truncated file is a one-line `AelabError`.
 
-    A missing file gives ``default`` when one is given, else an error.
+    A missing file gives ``default`` when one is given, else an error; with a ``default``, a file
+    holding another kind of value (a list where an object belongs) is an error too.
     """
     path = Path(path)
     try:
         with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
+            value = json.load(fh)
+        if default is not None and not isinstance(value, type(default)):
+            raise AelabError(f"{path} holds a JSON {type(value).__name__}, not a {type(default).__name__}; "
+                             "restore it or start over with --force")
+        return value
     except FileNotFoundError:
         if default is not None:
             return default

@@ -148,3 +148,15 @@ def test_invalid_json_is_one_line(tmp_path):
         read_json(tmp_path / "stages.json")
     assert "\n" not in str(info.value)
     assert read_json(tmp_path / "missing.json", default={}) == {}
+
+
+def test_a_stages_file_holding_a_list_is_one_line(tmp_path):
+    import pytest
+
+    from aelab.errors import AelabError
+    from aelab.runs import read_json
+
+    (tmp_path / "stages.json").write_text("[]")
+    with pytest.raises(AelabError, match="holds a JSON list"):
+        read_json(tmp_path / "stages.json", default={})
+    assert read_json(tmp_path / "missing.json", default={}) == {}
