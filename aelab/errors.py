@@ -7,3 +7,7 @@ class AelabError(Exception):
 
 class DataError(AelabError, ValueError):
     """Bad or missing image data (the message names the path)."""
+
+
+class NoUnlabelledImages(DataError):
+    """A method that learns from unlabelled images was given none (``aelab run`` skips it with this reason)."""

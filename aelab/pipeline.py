@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from aelab import __version__
-from aelab.errors import AelabError
+from aelab.errors import AelabError, NoUnlabelledImages
 from aelab.layout import RunLayout
 from aelab.progress import info
 from aelab.runs import atomic_write_text, clear_run_dir, lock_run_dir, read_json, run_dir_entries, save_config, set_seed
@@ -110,10 +110,8 @@ def _method_stage(method: str) -> Callable[[_Ctx], dict]:
         ctx.sub(method)
         try:
             return as_row(run_method(method, ctx.cfg, ctx.data, ctx.layout, Path(pre) if pre else None))
-        except AelabError as exc:
-            if "unlabelled" in str(exc):
-                raise Skip(str(exc)) from None
-            raise
+        except NoUnlabelledImages as exc:  # the data cannot serve this method: a reason, not a failure
+            raise Skip(str(exc)) from None
 
     stage.__name__ = f"_stage_{method}"
     return stage

@@ -56,12 +56,16 @@ def default_cache_dir() -> Path:
 
 def max_cache_bytes() -> int:
     """The size cap: ``$AELAB_CACHE_MAX_GB`` GiB (a number), else `DEFAULT_MAX_GB`."""
-    raw = os.environ.get("AELAB_CACHE_MAX_GB")
+    return int(max(env_number("AELAB_CACHE_MAX_GB", DEFAULT_MAX_GB), 0.0) * 2**30)
+
+
+def env_number(name: str, default: float) -> float:
+    """A number from the environment variable ``name``; ``default`` when it is unset or not a number."""
+    raw = os.environ.get(name)
     try:
-        gb = float(raw) if raw else DEFAULT_MAX_GB
+        return float(raw) if raw else default
     except ValueError:
-        gb = DEFAULT_MAX_GB
-    return int(max(gb, 0.0) * 2**30)
+        return default
 
 
 def cache_key(paths: Sequence[Path], spec: dict) -> str:

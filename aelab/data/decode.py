@@ -114,12 +114,9 @@ def _convert(im: Image.Image, channels: int) -> Image.Image:
 
 def decode_memory_bytes() -> int:
     """Memory for images being decoded at once: ``$AELAB_DECODE_MEMORY_MB`` MiB, else 1 GiB."""
-    raw = os.environ.get("AELAB_DECODE_MEMORY_MB")
-    try:
-        mb = float(raw) if raw else DEFAULT_DECODE_MEMORY_MB
-    except ValueError:
-        mb = DEFAULT_DECODE_MEMORY_MB
-    return int(max(mb, 1.0) * 2**20)
+    from aelab.data.cache import env_number
+
+    return int(max(env_number("AELAB_DECODE_MEMORY_MB", DEFAULT_DECODE_MEMORY_MB), 1.0) * 2**20)
 
 
 class MemoryGate:

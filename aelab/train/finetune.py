@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aelab.errors import AelabError
+from aelab.errors import AelabError, NoUnlabelledImages
 from aelab.models import ModelConfig, build_model, preset_config
 from aelab.progress import info
 from aelab.runs import set_seed
@@ -158,7 +158,7 @@ def _load_data(cfg: FinetuneConfig, prep) -> _Data:
     unlabelled = None
     if cfg.method == "fixmatch":
         if src.unlabelled is None:
-            raise AelabError("method fixmatch learns from unlabelled images: pass --data ROOT with ROOT/dev/unlabelled or --unlabelled DIR")
+            raise NoUnlabelledImages("method fixmatch learns from unlabelled images: pass --data ROOT with ROOT/dev/unlabelled or --unlabelled DIR")
         unlabelled = prep.load(src.unlabelled, strict=cfg.strict).images
     return _Data(data.images, labels, list(lab.classes), unlabelled)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aelab.errors import AelabError
+from aelab.errors import AelabError, NoUnlabelledImages
 from aelab.layout import RunLayout
 from aelab.progress import info
 from aelab.runs import write_csv, write_json
@@ -234,7 +234,7 @@ def _require_unlabelled(data: Path, method: str) -> None:
     from aelab.data import resolve_layout
 
     if resolve_layout(data).unlabelled is None:
-        raise AelabError(f"method {method} learns from unlabelled images, but {data} has no dev/unlabelled folder")
+        raise NoUnlabelledImages(f"method {method} learns from unlabelled images, but {data} has no dev/unlabelled folder")
 
 
 # Between methods with equal validation accuracy, the one that uses the unlabelled images best wins.
