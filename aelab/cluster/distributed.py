@@ -10,8 +10,12 @@ centroids equal one process's (up to the order of floating-point additions).
 Used by ``EquilibriumKMeans(distributed=True)`` (and the semi-supervised estimator) when a
 process group is initialised (``torch.distributed.init_process_group``; gloo on CPU, nccl on
 GPU). What else is made global: the data scale (``alpha="dvariance"``, ``tol``) from all-reduced
-``(n, Σx, Σ ½‖x‖²)``, and the starting centroids, computed on rank 0 (from its shard) and
-broadcast. ``labels_`` and ``weights_`` are for the local shard; ``objective_`` is global.
+``(n, Σx, Σ ½‖x‖²)``, and the starting centroids: seeding reads the points through
+:class:`GatheredRows`, which shows the shards as one array of all ``n`` points (in rank order)
+and fetches only the rows the seeding asks for (at most ``INIT_SUBSAMPLE`` for k-means++,
+``SCREEN_SUBSAMPLE`` for the screen), so the starts, and the random state after them, are
+exactly one process's; rank 0's are broadcast so every rank starts alike. ``labels_`` and
+``weights_`` are for the local shard (:func:`gather_rows` joins them); ``objective_`` is global.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import numpy as np
 
 from aelab.cluster.core import EKMStats
 
-__all__ = ["is_distributed", "allreduce_sum", "allreduce_stats", "global_mean_half_sqdist", "broadcast_array"]
+__all__ = ["is_distributed", "allreduce_sum", "allreduce_stats", "global_mean_half_sqdist", "broadcast_array",
+           "GatheredRows", "shard_bounds", "gather_rows", "allgather_objects"]
 
 
 def is_distributed() -> bool:
@@ -79,3 +84,77 @@ def ekm_statistics_allreduced(stats_fn):
         return allreduce_stats(stats_fn(C, alpha))
 
     return stats
+
+
+def _rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _offsets(n_local: int) -> np.ndarray:
+    """``offsets[r]``: the global index of rank r's first row (shards in rank order); length world + 1."""
+    rank, world = _rank_world()
+    counts = np.zeros(world)
+    counts[rank] = n_local
+    return np.concatenate([[0], np.cumsum(allreduce_sum(counts))]).astype(np.int64)
+
+
+class GatheredRows:
+    """Every rank's shard seen as one ``(n, d)`` array of all the points, rows in rank order.
+
+    Indexing with rows (an index array, a slice or ``np.asarray``) is a collective call: every
+    rank must ask for the same rows, and each gets them all (each rank fills the rows it holds,
+    one ``all_reduce`` adds the blocks; exact, as every row comes from one rank). Seeding draws
+    its rows through this, so it sees what one process holding all the points would see.
+    """
+
+    def __init__(self, X_local):
+        self.local = np.asarray(X_local)
+        self.offsets = _offsets(self.local.shape[0])
+        self.start = int(self.offsets[_rank_world()[0]])
+        self.shape = (int(self.offsets[-1]), self.local.shape[1])
+        self.dtype, self.ndim = self.local.dtype, 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows):
+        rows = np.arange(self.shape[0])[rows]
+        scalar = rows.ndim == 0
+        rows = np.atleast_1d(rows)
+        block = np.zeros((len(rows), self.shape[1]))
+        mine = (rows >= self.start) & (rows < self.start + self.local.shape[0])
+        block[mine] = self.local[rows[mine] - self.start]
+        out = allreduce_sum(block).astype(self.dtype)
+        return out[0] if scalar else out
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[np.arange(self.shape[0])]
+        return out if dtype is None else out.astype(dtype)
+
+
+def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
+    """``(start, stop)``: rank's contiguous block of ``n`` rows (``np.array_split``'s blocks)."""
+    size, extra = divmod(n, world)
+    start = rank * size + min(rank, extra)
+    return start, start + size + (rank < extra)
+
+
+def gather_rows(local: np.ndarray) -> np.ndarray:
+    """Every rank's rows of ``local`` (same trailing shape and dtype on all ranks), joined in rank order."""
+    local = np.asarray(local)
+    offsets = _offsets(local.shape[0])
+    rank = _rank_world()[0]
+    full = np.zeros((int(offsets[-1]), *local.shape[1:]))
+    full[offsets[rank] : offsets[rank + 1]] = local
+    return allreduce_sum(full).astype(local.dtype)
+
+
+def allgather_objects(obj) -> list:
+    """Every rank's (picklable) ``obj``, in rank order."""
+    import torch.distributed as dist
+
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

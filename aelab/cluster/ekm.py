@@ -164,8 +164,8 @@ class _SmoothKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMi
         tol_abs = tol**2 * 2.0 * be.mean_half_sqdist / X.shape[1]
         rise = 64 * float(np.finfo(X.dtype).eps)
         best = None
-        starts = self._starts(X, init, n_init, param, random_state)
-        if sharded:  # rank 0's starts on every rank
+        starts = self._starts(dist_ekm.GatheredRows(X) if sharded else X, init, n_init, param, random_state)
+        if sharded:  # drawn from all ranks' points as one process would; rank 0's on every rank
             starts = list(dist_ekm.broadcast_array(np.stack(list(starts))))
         for C0 in starts:
             run = _run_skm(stats_fn, C0, param, self.max_iter, tol_abs, rise, self._accelerate, self.verbose)
@@ -275,8 +275,9 @@ class EquilibriumKMeans(_SmoothKMeans):
         chunk_size: rows per pass; memory beyond X is ``O(chunk_size × n_clusters)``.
         distributed: X is this process's shard of the points: every iteration's statistics are
             summed over the ranks of the initialised ``torch.distributed`` process group (one
-            ``all_reduce``), starts come from rank 0, so all ranks end with the centroids one
-            process would find on all the points (:mod:`aelab.cluster.distributed`).
+            ``all_reduce``), starts are drawn from all ranks' points as one process would draw
+            them, so all ranks end with the centroids one process would find on all the points
+            (:mod:`aelab.cluster.distributed`).
 
     Attributes:
         cluster_centers_: (n_clusters, n_features), dtype of X.

@@ -56,7 +56,7 @@ def init_centers(X, n_clusters: int, init, random_state) -> np.ndarray:
     n = X.shape[0]
     if init == "random":
         return X[random_state.choice(n, n_clusters, replace=False)].astype(np.float64)
-    Xs = X if n <= INIT_SUBSAMPLE else X[_sample_rows(n, INIT_SUBSAMPLE, random_state)]
+    Xs = np.asarray(X) if n <= INIT_SUBSAMPLE else X[_sample_rows(n, INIT_SUBSAMPLE, random_state)]
     centers, _ = kmeans_plusplus(Xs, n_clusters, random_state=random_state)
     return centers.astype(np.float64)
 

@@ -27,7 +27,8 @@ import numpy as np
 from sklearn.utils.validation import check_array
 
 from aelab.cluster.core import EKMStats
-from aelab.cluster.ekm import EquilibriumKMeans, _seedings
+import aelab.cluster.distributed as dist_ekm
+from aelab.cluster.ekm import EquilibriumKMeans, _seedings, _sharded
 from aelab.cluster.seeding import init_centers
 
 __all__ = ["SemiSupervisedEquilibriumKMeans", "ssekm_statistics"]
@@ -102,7 +103,10 @@ class SemiSupervisedEquilibriumKMeans(EquilibriumKMeans):
         if y.ndim != 1 or y.shape[0] != n:
             raise ValueError(f"y must have shape ({n},), got {y.shape}.")
         lab = np.flatnonzero(y != -1) if y.dtype.kind in "iuf" else np.flatnonzero(y.astype(str) != "-1")
-        self.classes_, codes = np.unique(y[lab], return_inverse=True)
+        self.classes_ = np.unique(y[lab])
+        if _sharded(self):  # the classes labelled on any rank, in the same order everywhere
+            self.classes_ = np.unique(np.concatenate(dist_ekm.allgather_objects(self.classes_)))
+        codes = np.searchsorted(self.classes_, y[lab])
         if len(self.classes_) > self.n_clusters:
             raise ValueError(f"y has {len(self.classes_)} labelled classes but n_clusters={self.n_clusters}.")
         prior = np.zeros((len(lab), self.n_clusters))
@@ -114,11 +118,14 @@ class SemiSupervisedEquilibriumKMeans(EquilibriumKMeans):
         self.n_labelled_ = len(lab)
         theta = self.theta
         if isinstance(theta, str) and theta == "auto":
-            theta = X.shape[0] / len(lab) if len(lab) else 0.0
+            counts = np.array([X.shape[0], len(lab)], dtype=np.float64)
+            n, n_lab = dist_ekm.allreduce_sum(counts) if _sharded(self) else counts
+            theta = n / n_lab if n_lab else 0.0
         elif isinstance(theta, bool) or not isinstance(theta, numbers.Real) or not np.isfinite(theta) or theta < 0:
             raise ValueError(f"theta must be a float >= 0 or 'auto', got {theta!r}.")
         self.theta_ = float(theta)
         self._lab, self._prior, X_lab = lab, prior, X[lab]
+        self._X_lab = np.asarray(X_lab, dtype=np.float64)
         if not len(lab) or self.theta_ == 0.0:
             return be.stats
 
@@ -135,10 +142,13 @@ class SemiSupervisedEquilibriumKMeans(EquilibriumKMeans):
 
     def _label_means(self, X, random_state):
         """Class means of the labelled points, then k-means++ (D² draws) for the free clusters."""
-        X64 = np.asarray(X, dtype=np.float64)
-        C = [X64[self._lab][self._prior[:, k] > 0].mean(axis=0) for k in range(len(self.classes_))]
+        sums = np.column_stack([self._prior.T @ self._X_lab, self._prior.sum(axis=0)])[: len(self.classes_)]
+        if _sharded(self):  # the class means of the labelled points of all ranks
+            sums = dist_ekm.allreduce_sum(sums)
+        C = list(sums[:, :-1] / sums[:, -1:])
         if not C:
             return init_centers(X, self.n_clusters, "k-means++", random_state)
+        X64 = np.asarray(X, dtype=np.float64)  # (sharded: all ranks' points, only when clusters are free)
         while len(C) < self.n_clusters:
             d2 = ((X64[:, None, :] - np.asarray(C)[None]) ** 2).sum(-1).min(axis=1)
             p = d2 / d2.sum() if d2.sum() > 0 else None
@@ -150,7 +160,7 @@ class SemiSupervisedEquilibriumKMeans(EquilibriumKMeans):
         fn = getattr(self, "_stats_fn", None)
         self.objective_semi_supervised_ = (fn(self.cluster_centers_.astype(np.float64), self.alpha_).objective
                                            if fn is not None else self.objective_)
-        for name in ("_lab", "_prior", "_stats_fn"):
+        for name in ("_lab", "_prior", "_X_lab", "_stats_fn"):
             self.__dict__.pop(name, None)
 
     def __sklearn_tags__(self):
