@@ -29,6 +29,12 @@ def _minibatch(X, shard=None, **kw):
     return fit, stream
 
 
+def _no_labels_below(y, row):
+    y = y.copy()
+    y[:row] = -1
+    return y
+
+
 def _worker(rank, world, init_file, out_dir, X, y):
     import torch
     import torch.distributed as dist
@@ -42,6 +48,9 @@ def _worker(rank, world, init_file, out_dir, X, y):
             ekm = EquilibriumKMeans(3, alpha=1.0, init=X[START], tol=1e-8, distributed=True).fit(X[shard])
             ss = SemiSupervisedEquilibriumKMeans(3, alpha=1.0, init=X[START], tol=1e-8, distributed=True).fit(
                 X[shard], y[shard])
+            # init="labels": class means of the labelled points, and θ = N / |S|, when rank 0 holds no label
+            ss_labels = SemiSupervisedEquilibriumKMeans(3, alpha=1.0, tol=1e-8, distributed=True).fit(
+                X[shard], _no_labels_below(y, 360)[shard])
             default = EquilibriumKMeans(3, random_state=0, tol=1e-8, distributed=True).fit(X[shard])
             mb, _ = _minibatch(X, shard, init=X[START])
             mb_pp, stream = _minibatch(X, shard)  # k-means++ start drawn from both ranks' points
@@ -50,7 +59,7 @@ def _worker(rank, world, init_file, out_dir, X, y):
         rows = np.array([5, 400, 719, 0])
         np.savez(os.path.join(out_dir, f"rank{rank}.npz"), ekm=ekm.cluster_centers_, ss=ss.cluster_centers_,
                  objective=ekm.objective_, labels=ekm.labels_, sum_wx=st.sum_wx, J=st.objective,
-                 default=default.cluster_centers_, alpha=default.alpha_, mb=mb.cluster_centers_,
+                 default=default.cluster_centers_, ss_labels=ss_labels.cluster_centers_, theta=ss_labels.theta_, alpha=default.alpha_, mb=mb.cluster_centers_,
                  mb_pp=mb_pp.cluster_centers_, mb_steps=mb_pp.n_steps_, mb_objective=mb_pp.objective_,
                  mb_labels=gather_rows(mb_pp.labels_), stream=stream.cluster_centers_, rows=seen[rows],
                  all_rows=np.asarray(seen), shape=seen.shape)
@@ -93,9 +102,12 @@ def test_two_processes_give_one_process_centroids(two_ranks):
         one = EquilibriumKMeans(3, alpha=1.0, init=X[START], tol=1e-8).fit(X)
         ss = SemiSupervisedEquilibriumKMeans(3, alpha=1.0, init=X[START], tol=1e-8).fit(X, y)
         default = EquilibriumKMeans(3, random_state=0, tol=1e-8).fit(X)
+        ss_labels = SemiSupervisedEquilibriumKMeans(3, alpha=1.0, tol=1e-8).fit(X, _no_labels_below(y, 360))
     for r in ranks:
         np.testing.assert_allclose(r["ekm"], one.cluster_centers_, atol=1e-6, rtol=0)
         np.testing.assert_allclose(r["ss"], ss.cluster_centers_, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(r["ss_labels"], ss_labels.cluster_centers_, atol=1e-6, rtol=0)
+        assert r["theta"] == ss_labels.theta_ == len(X) / np.sum(_no_labels_below(y, 360) >= 0)  # N / |S|, all ranks
         assert r["objective"] == pytest.approx(one.objective_, rel=1e-9)
         assert r["alpha"] == pytest.approx(default.alpha_, rel=1e-12)  # "dvariance" from the global data scale
     np.testing.assert_array_equal(np.concatenate([ranks[0]["labels"], ranks[1]["labels"]]), one.labels_)
