@@ -131,7 +131,7 @@ def _describe(X, est, alpha, labels, rms) -> SweepPoint:
 
 
 def alpha_sweep(X, alphas, n_clusters: int, labels=None, random_state=0, method: str = "ekm",
-                n_init: int = 10, return_estimators: bool = False, y_fit=None, **kwargs):
+                n_init: int = 10, return_estimators: bool = False, y_fit=None, sharded: bool = False, **kwargs):
     """Fit one clusterer per α and describe each result.
 
     Args:
@@ -144,6 +144,9 @@ def alpha_sweep(X, alphas, n_clusters: int, labels=None, random_state=0, method:
         n_init: restarts per α.
         return_estimators: also return the fitted estimators.
         y_fit: labels passed to ``fit`` (``"ssekm"``: −1 for unlabelled rows); None: ``fit(X)``.
+        sharded: inside an initialised ``torch.distributed`` group whose every rank holds all of
+            X, fit EKM on this rank's block of rows with the sums all-reduced
+            (:func:`~aelab.cluster.distributed.fit_on_shard`); the result is the unsharded one.
         **kwargs: passed to the estimator.
 
     Returns:
@@ -158,7 +161,12 @@ def alpha_sweep(X, alphas, n_clusters: int, labels=None, random_state=0, method:
         est = make_clusterer(method, n_clusters, alpha=a, random_state=random_state, n_init=n_init, **kwargs)
         with warnings.catch_warnings():  # the converged flag and sizes record what they would say
             warnings.simplefilter("ignore")
-            est.fit(X) if y_fit is None else est.fit(X, y_fit)
+            if sharded:
+                from aelab.cluster.distributed import fit_on_shard
+
+                fit_on_shard(est, X, y_fit)
+            else:
+                est.fit(X) if y_fit is None else est.fit(X, y_fit)
         points.append(_describe(X, est, a, labels, rms))
         estimators.append(est)
     return (points, estimators) if return_estimators else points

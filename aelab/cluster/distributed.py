@@ -25,7 +25,7 @@ import numpy as np
 from aelab.cluster.core import EKMStats
 
 __all__ = ["is_distributed", "allreduce_sum", "allreduce_stats", "global_mean_half_sqdist", "broadcast_array",
-           "GatheredRows", "shard_bounds", "gather_rows", "allgather_objects"]
+           "GatheredRows", "shard_bounds", "gather_rows", "allgather_objects", "fit_on_shard"]
 
 
 def is_distributed() -> bool:
@@ -37,14 +37,22 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def allreduce_sum(values: np.ndarray) -> np.ndarray:
-    """Sum a float64 array over all ranks (one collective call)."""
+def _tensor(values: np.ndarray):
+    """A float64 copy of ``values`` on the device the group's backend reduces on (nccl: this rank's GPU)."""
     import torch
     import torch.distributed as dist
 
     t = torch.as_tensor(np.ascontiguousarray(values, dtype=np.float64)).clone()
+    return t.cuda() if dist.get_backend() == "nccl" else t
+
+
+def allreduce_sum(values: np.ndarray) -> np.ndarray:
+    """Sum a float64 array over all ranks (one collective call)."""
+    import torch.distributed as dist
+
+    t = _tensor(values)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.numpy()
+    return t.cpu().numpy()
 
 
 def allreduce_stats(st: EKMStats) -> EKMStats:
@@ -69,12 +77,11 @@ def global_mean_half_sqdist(X) -> float:
 
 def broadcast_array(values: np.ndarray, src: int = 0) -> np.ndarray:
     """Rank ``src``'s float64 array on every rank (same shape on all ranks)."""
-    import torch
     import torch.distributed as dist
 
-    t = torch.as_tensor(np.ascontiguousarray(values, dtype=np.float64)).clone()
+    t = _tensor(values)
     dist.broadcast(t, src=src)
-    return t.numpy()
+    return t.cpu().numpy()
 
 
 def ekm_statistics_allreduced(stats_fn):
@@ -158,3 +165,24 @@ def allgather_objects(obj) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def fit_on_shard(est, X, y=None, bounds: tuple[int, int] | None = None):
+    """Fit ``est`` across the process group as one process would fit it on all of ``X``; returns ``est``.
+
+    For a caller whose every rank holds all the points (say, an embeddings file each rank reads):
+    an estimator with a ``distributed`` parameter fits on this rank's rows ``X[start:stop]``
+    (``bounds``; default :func:`shard_bounds`) with its sums all-reduced, then ``labels_`` and
+    ``weights_`` are gathered so that they cover all of X; any other estimator fits all of X on
+    every rank (the same result everywhere, no speed-up).
+    """
+    if "distributed" not in est.get_params():
+        return est.fit(X) if y is None else est.fit(X, y)
+    rank, world = _rank_world()
+    start, stop = bounds or shard_bounds(len(X), rank, world)
+    est.set_params(distributed=True)
+    est.fit(X[start:stop]) if y is None else est.fit(X[start:stop], np.asarray(y)[start:stop])
+    est.labels_ = gather_rows(est.labels_)
+    if getattr(est, "weights_", None) is not None:
+        est.weights_ = gather_rows(est.weights_)
+    return est.set_params(distributed=False)  # fitted: it now describes all the points

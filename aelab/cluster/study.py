@@ -6,6 +6,11 @@
 colour = cluster, marker shape = true class) and ``figures/ratio_vs_alpha.png``. ``aelab cluster``
 is this function with the config's fields as flags; ``aelab run`` calls it for study 2b.
 
+With ``devices > 1`` the study runs in that many processes (Lightning Fabric re-runs the command,
+as for the other verbs): every process reads the embeddings, each EKM fit runs on each process's
+block of rows with the per-cluster sums all-reduced every iteration (`aelab.cluster.distributed`),
+and rank 0 writes the same files one process would.
+
 Example:
     >>> result = run_cluster_study(ClusterConfig(input="runs/embed/1", classes="2,5,8", ratio="2:1:1"))  # doctest: +SKIP
     >>> result.metrics["ari"], result.files["clusters"]  # doctest: +SKIP
@@ -54,6 +59,11 @@ class ClusterConfig:
         standardize: z-score every feature before clustering (as the EKM paper does).
         label_fraction: ssekm only: share of each class's labelled rows whose labels it uses
             (at least one per class; the others count as unlabelled; scores use all rows).
+        device: where EKM runs: cpu (numpy), cuda (its torch backend; ekm and ssekm, the other
+            methods stay on the CPU) or auto (cuda when there is one).
+        devices: processes (Lightning Fabric; gloo on the CPU, nccl on GPUs): each fits EKM on
+            its share of the points and the per-cluster sums are all-reduced every iteration,
+            so the result is that of one process; rank 0 writes the files.
     """
 
     input: str
@@ -68,6 +78,8 @@ class ClusterConfig:
     projection: str = "pca"
     standardize: bool = True
     label_fraction: float = 0.1
+    device: str = "cpu"
+    devices: int = 1
 
 
 @dataclass
@@ -253,19 +265,44 @@ def _check_alpha_scale(alpha, X: np.ndarray) -> None:
             raise AelabError(f"--alpha {alpha:g} is too large for these data (α·distance² overflows); try --alpha auto")
 
 
-def _fit(cfg, method, X, K, y_true, target, y_fit):
+def _launch(cfg, n_samples: int, K: int):
+    """``(fabric or None, estimator keywords)``: the processes of ``--devices N`` and where EKM runs."""
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise AelabError(f"--device must be auto, cpu or cuda, got {cfg.device!r}")
+    if isinstance(cfg.devices, bool) or not isinstance(cfg.devices, int) or cfg.devices < 1:
+        raise AelabError(f"--devices must be a whole number >= 1, got {cfg.devices!r}")
+    if n_samples // cfg.devices < K:
+        raise AelabError(f"{n_samples} samples are too few for {cfg.devices} processes: each needs at least "
+                         f"n_clusters={K}; use fewer --devices")
+    import torch
+
+    accelerator = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if accelerator == "cuda" and not torch.cuda.is_available():
+        raise AelabError("--device cuda was asked for but no CUDA GPU is available; use --device auto or cpu")
+    fabric = None
+    if cfg.devices > 1:  # every check is done: Fabric re-runs this command in the other processes
+        from aelab.train.engine import make_fabric
+
+        fabric = make_fabric(accelerator, cfg.devices, precision="32-true")
+    device = str(fabric.device) if fabric is not None else accelerator
+    estimator = {} if accelerator == "cpu" else dict(backend="torch", device=device)
+    return fabric, estimator
+
+
+def _fit(cfg, method, X, K, y_true, target, y_fit, sharded=False, estimator=None):
     """α search or sweep, then the α / 10α / 0.1α panels; returns ``(alpha, sweep, search, points, fits)``."""
     from aelab.cluster.alpha import alpha_sweep, find_alpha
 
     has_alpha = method in ALPHA_METHODS
     alpha, search = _alpha_or_auto(cfg.alpha), None
-    fit_kw = dict(labels=y_true, method=method, random_state=cfg.seed, y_fit=y_fit)
+    extra = dict(estimator or {}) if method in ("ekm", "ssekm") else {}
+    fit_kw = dict(labels=y_true, method=method, random_state=cfg.seed, y_fit=y_fit, sharded=sharded, **extra)
     if has_alpha and alpha == "auto":
         if len(target) != K:
             raise AelabError(f"--target_ratio {cfg.target_ratio} has {len(target)} parts but n_clusters={K}")
         # ssekm: α from the label-blind EKM search; the labels then guide the fits at that α
         search = find_alpha(X, K, target, labels=y_true, method="ekm" if method == "ssekm" else method,
-                            random_state=cfg.seed)
+                            random_state=cfg.seed, sharded=sharded, **extra)
         alpha, sweep = search.alpha, search.sweep
         info(f"[cluster] alpha auto: {alpha:.4g} (sizes {':'.join(map(str, search.best.sizes))})")
     elif has_alpha:
@@ -324,6 +361,14 @@ def _write(cfg, run_dir, method, X, names, labels, alpha, sweep, target, fits, p
     return files
 
 
+def _run_dir(cfg, fabric) -> Path:
+    if fabric is None:
+        return new_run_dir(cfg.out, "cluster")
+    from aelab.train.engine import shared_run_dir
+
+    return shared_run_dir(fabric, cfg.out, "cluster")  # rank 0 creates it, every rank gets its path
+
+
 def run_cluster_study(cfg: ClusterConfig) -> ClusterResult:
     """Cluster embeddings, choose α, write the run folder; see :class:`ClusterConfig`."""
     from aelab.cluster.alpha import parse_ratio
@@ -345,12 +390,18 @@ def run_cluster_study(cfg: ClusterConfig) -> ClusterResult:
         raise AelabError(str(exc)) from None
     if method in ALPHA_METHODS and _alpha_or_auto(cfg.alpha) == "auto" and len(target) != K:
         raise AelabError(f"--target_ratio {cfg.target_ratio} has {len(target)} parts but n_clusters={K}")
-    run_dir = new_run_dir(cfg.out, "cluster")  # after every check: a refused run leaves no folder
-    save_config(run_dir, asdict(cfg) | dict(out=str(run_dir), n_clusters=K, method=method))
-    info(f"[cluster] {len(X)} samples x {X.shape[1]} features, K={K}, method={method}")
+    fabric, estimator = _launch(cfg, len(X), K)
+    run_dir = _run_dir(cfg, fabric)  # after every check: a refused run leaves no folder
+    if fabric is None or fabric.global_rank == 0:
+        save_config(run_dir, asdict(cfg) | dict(out=str(run_dir), n_clusters=K, method=method))
+    info(f"[cluster] {len(X)} samples x {X.shape[1]} features, K={K}, method={method}"
+         + (f", {fabric.world_size} processes" if fabric is not None else ""))
     with Stage("cluster"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence is recorded in metrics.json and alpha_sweep.csv
-        alpha, sweep, search, points, fits = _fit(cfg, method, X, K, y_true, target, y_fit)
+        alpha, sweep, search, points, fits = _fit(cfg, method, X, K, y_true, target, y_fit, fabric is not None,
+                                                  estimator)
+    if fabric is not None and fabric.global_rank != 0:  # only rank 0 writes
+        return ClusterResult(run_dir, fits[0].labels_, names, labels, {}, alpha, {})
     metrics = _metrics(cfg, method, X, K, labels, picked, alpha, points, fits[0], search)
     panels_alpha = [alpha, 10 * alpha, 0.1 * alpha] if alpha is not None else [None]
     files = _write(cfg, run_dir, method, X, names, labels, alpha, sweep, target, fits, panels_alpha, metrics)

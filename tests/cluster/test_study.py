@@ -187,3 +187,49 @@ def test_data_scaled_by_1e200_clusters_like_the_original(tmp_path):
     (tmp_path / "emb.npy").unlink()
     big = run_cluster_study(ClusterConfig(input=_npy(tmp_path, X * 1e200), n_clusters=3, alpha="1.0", out=str(tmp_path / "b")))
     assert sorted(np.bincount(big.labels)) == sorted(np.bincount(base.labels)) and min(np.bincount(big.labels)) > 10
+
+
+def _sweep_table(path):
+    header, rows = read_csv(path)
+    return [dict(zip(header, r)) for r in rows]
+
+
+@pytest.mark.slow
+def test_two_processes_write_the_clustering_of_one_process(tmp_path):
+    """``aelab cluster --devices 2`` (Fabric, gloo) shards every EKM fit of the α search; rank 0 writes."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    write_embed_run(tmp_path / "embed", sizes=(120, 60, 60, 40), d=8)
+    common = dict(classes="c0,c1,c2", ratio="2:1:1")
+    one = cluster(str(tmp_path / "embed"), out=str(tmp_path / "one"), **common)
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, "-m", "aelab.cli.main", "cluster", str(tmp_path / "embed"), "--classes",
+                          "c0,c1,c2", "--ratio", "2:1:1", "--device", "cpu", "--devices", "2", "--out",
+                          str(tmp_path / "two")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    two = tmp_path / "two"
+    assert "2 processes" in res.stderr and res.stderr.count("[cluster] sizes") == 1  # rank 0 alone reports
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir() if p.name != ".aelab.lock")
+    assert (two / "clusters.csv").read_bytes() == (one / "clusters.csv").read_bytes()
+    a, b = _sweep_table(one / "alpha_sweep.csv"), _sweep_table(two / "alpha_sweep.csv")
+    assert len(a) == len(b) >= 11
+    for p, q in zip(a, b):  # every α of the search: same clustering, same number of iterations
+        assert {k: p[k] for k in ("alpha", "sizes", "converged", "n_iter", "ari")} == \
+               {k: q[k] for k in ("alpha", "sizes", "converged", "n_iter", "ari")}
+        assert float(q["objective"]) == pytest.approx(float(p["objective"]), rel=1e-9)
+        assert float(q["min_separation"]) == pytest.approx(float(p["min_separation"]), rel=1e-6, abs=1e-9)
+    m1, m2 = (json.loads((r / "metrics.json").read_text()) for r in (one, two))
+    assert m2["alpha"] == m1["alpha"] and m2["sizes"] == m1["sizes"] == [120, 60, 60] and m2["ari"] == m1["ari"]
+
+
+def test_devices_are_checked_before_any_process_starts(tmp_path):
+    write_embed_run(tmp_path / "embed", sizes=(6, 3, 3, 2), d=4)
+    with pytest.raises(AelabError, match="too few for 8 processes"):
+        cluster(str(tmp_path / "embed"), out=str(tmp_path / "r"), classes="c0,c1,c2", devices=8)
+    with pytest.raises(AelabError, match="--device"):
+        cluster(str(tmp_path / "embed"), out=str(tmp_path / "r"), classes="c0,c1,c2", device="tpu")
+    assert not (tmp_path / "r").exists()
