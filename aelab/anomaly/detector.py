@@ -293,8 +293,8 @@ class ReconstructionDetector(BaseEstimator):
             parts.append(part)
         return {k: np.concatenate([p[k] for p in parts]) for k in (*kinds, "loss")}
 
-    def _score(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        base = self._base_scores(images, needed_kinds(self.score))
+    def _score(self, images: np.ndarray, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+        base = self._base_scores(images, needed_kinds(self.score), chunk)
         return combine_scores(base, self.score, self.score_medians_), base["loss"]
 
     def score_images(self, X: Any) -> ScoreResult:

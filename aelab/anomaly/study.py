@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aelab.anomaly import sharding
 from aelab.anomaly.detector import DETECTOR_FILE, ReconstructionDetector
 from aelab.anomaly.metrics import AnomalyEvaluation, evaluate_scores
 from aelab.errors import AelabError, DataError
@@ -232,6 +233,7 @@ class AnomalyScoreConfig(RunOptions):
         threshold: override the stored threshold.
         top: how many of the most anomalous images to show in figures/most_anomalous.png.
         maps: write each image's anomaly map to maps/ (a .npy array and a .png heat map).
+        batch_size: images per forward pass; under --devices N each process scores whole batches.
     """
 
     model: str | None = None
@@ -240,6 +242,7 @@ class AnomalyScoreConfig(RunOptions):
     threshold: float | None = None
     top: int = 8
     maps: bool = True
+    batch_size: int = 256
 
 
 @dataclass
@@ -253,14 +256,30 @@ class ScoreRunResult:
     map_scale: float | None = None
 
 
-def _write_maps(det: ReconstructionDetector, images: np.ndarray, names: list[str], out: Path, chunk: int = 256) -> float:
+def _maps(det: ReconstructionDetector, images: np.ndarray, chunk: int) -> np.ndarray:
+    return np.concatenate([det.anomaly_map(images[i : i + chunk]) for i in range(0, len(images), chunk)])
+
+
+def _sharded_scores(fabric, det: ReconstructionDetector, data, batch_size: int, maps: bool):
+    """``(ScoreResult, maps or None)`` of all images, scored across the processes (see `aelab.anomaly.sharding`)."""
+    from aelab.anomaly.inputs import ScoreResult
+    from aelab.anomaly.sharding import per_image
+
+    n = len(data.images)
+    scores, loss = per_image(fabric, lambda a, b: det._score(data.images[a:b], batch_size), n, batch_size)
+    th = det.threshold_info_
+    res = ScoreResult(scores, loss, th.normalize(scores), th.predict(scores), data.paths, data.skipped)
+    amaps = per_image(fabric, lambda a, b: (_maps(det, data.images[a:b], batch_size),), n, batch_size)[0] if maps else None
+    return res, amaps
+
+
+def _write_maps(maps: np.ndarray, names: list[str], out: Path) -> float:
     """``out/<name>.npy`` (the map) and ``out/<name>.png`` (heat map on one colour scale for all
     images: 0 to the 99.9th percentile of all map values here; returned, and kept in summary.json)."""
     from PIL import Image
 
     from aelab.anomaly.figures import heatmap_rgb
 
-    maps = np.concatenate([det.anomaly_map(images[i : i + chunk]) for i in range(0, len(images), chunk)])
     scale = float(np.quantile(maps, 0.999)) or 1.0
     for name, amap in zip(names, maps):
         stem = out / Path(name).with_suffix("")
@@ -281,9 +300,14 @@ def anomaly_score(cfg: AnomalyScoreConfig, detector: ReconstructionDetector | No
     det = _load_detector(cfg.model, cfg, detector)
     if cfg.images is None:
         raise AelabError("no images: pass --images DIR")
-    data = det.as_images(cfg.images)
-    res = det.score_images(data)
-    run_dir = new_run_dir(cfg.out, "anomaly-score")
+    fabric = sharding.launch(cfg)  # under --devices N the other processes start here (all checks done)
+    if fabric is not None:
+        det.device = str(fabric.device)
+    data = sharding.images_once(fabric, det, cfg.images)
+    res, maps = _sharded_scores(fabric, det, data, cfg.batch_size, cfg.maps)
+    run_dir = sharding.run_dir_once(fabric, cfg.out, "anomaly-score")
+    if not sharding.is_writer(fabric):
+        return ScoreRunResult(run_dir, len(res.scores), int(res.is_anomaly.sum()))
     save_config(run_dir, cfg)
     names = _relative(data.paths, Path(cfg.images))
     order = np.argsort(-res.scores, kind="stable")  # ties keep the natural file order
@@ -291,7 +315,7 @@ def anomaly_score(cfg: AnomalyScoreConfig, detector: ReconstructionDetector | No
         run_dir / "anomaly_scores.csv", ["filename", "score", "normalized_score", "is_anomaly"],
         ((names[i], float(res.scores[i]), float(res.normalized[i]), int(res.is_anomaly[i])) for i in order),
     )
-    scale = _write_maps(det, data.images, names, run_dir / "maps") if cfg.maps else None
+    scale = _write_maps(maps, names, run_dir / "maps") if cfg.maps else None
     top = order[: max(cfg.top, 0)]
     if len(top):
         rec = det.reconstruct(data.images[top])
@@ -322,6 +346,7 @@ class AnomalyEvaluateConfig(RunOptions):
         recursive: look for images in subfolders too.
         threshold: override the stored threshold.
         cases: best and worst cases of each group shown in the panels.
+        batch_size: images per forward pass; under --devices N each process scores whole batches.
     """
 
     model: str | None = None
@@ -331,6 +356,7 @@ class AnomalyEvaluateConfig(RunOptions):
     recursive: bool = False
     threshold: float | None = None
     cases: int = 3
+    batch_size: int = 256
 
 
 @dataclass
@@ -383,13 +409,12 @@ def _eval_set(cfg: AnomalyEvaluateConfig, det: ReconstructionDetector) -> tuple[
     return _EvalSet(paths, [int(d != "good") for _, d, _ in kept], [d for _, d, _ in kept], names, masks, source), n_excluded
 
 
-def _evaluate_maps(det, images: np.ndarray, eset: _EvalSet, keep: list[int]) -> tuple[np.ndarray | None, np.ndarray | None]:
-    if eset.masks is None:
-        return None, None
+def _evaluate_masks(maps: np.ndarray | None, eset: _EvalSet, keep: list[int]) -> np.ndarray | None:
+    if maps is None:
+        return None
     from aelab.data.mvtec import load_masks
 
-    maps = np.concatenate([det.anomaly_map(images[i : i + 256]) for i in range(0, len(images), 256)])
-    return maps, load_masks([eset.masks[i] for i in keep], maps.shape[-1])
+    return load_masks([eset.masks[i] for i in keep], maps.shape[-1])
 
 
 def _evaluation_figures(det, data_images, res, eset_sel: dict, masks, fig: Path, k: int) -> dict[str, Path]:
@@ -426,18 +451,23 @@ def anomaly_evaluate(cfg: AnomalyEvaluateConfig, detector: ReconstructionDetecto
     """
     det = _load_detector(cfg.model, cfg, detector)
     eset, n_excluded = _eval_set(cfg, det)
-    data = det.as_images(eset.paths)
+    fabric = sharding.launch(cfg)  # under --devices N the other processes start here (all checks done)
+    if fabric is not None:
+        det.device = str(fabric.device)
+    data = sharding.images_once(fabric, det, eset.paths)
     where = {str(p): i for i, p in enumerate(eset.paths)}
     keep = [where[str(p)] for p in data.paths]
     y = np.array([eset.labels[i] for i in keep])
     if y.min() == y.max():
         raise DataError("evaluate needs readable normal and anomalous images")
-    res = det.score_images(data)
-    maps, masks = _evaluate_maps(det, data.images, eset, keep)
+    res, maps = _sharded_scores(fabric, det, data, cfg.batch_size, eset.masks is not None)
+    masks = _evaluate_masks(maps, eset, keep)
     defects = [eset.defects[i] for i in keep]
     metrics = evaluate_scores(res.scores, y, det.threshold_info_, loss=res.loss, score=det.score, maps=maps, masks=masks,
                               defects=defects if len(set(defects) - {"good"}) > 1 else None)
-    run_dir = new_run_dir(cfg.out, "anomaly-evaluate")
+    run_dir = sharding.run_dir_once(fabric, cfg.out, "anomaly-evaluate")
+    if not sharding.is_writer(fabric):
+        return EvaluateResult(metrics, run_dir, {}, n_excluded)  # only rank 0 writes
     save_config(run_dir, cfg)
     names = [eset.names[i] for i in keep]
     write_json(run_dir / "metrics.json", to_plain(dict(

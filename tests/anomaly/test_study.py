@@ -187,3 +187,60 @@ def test_cli_evaluate_and_score_on_mvtec_layout_write_maps(mvtec_fit, mvtec_root
     assert (tmp_path / "s" / "maps" / "scratch" / "000.png").is_file()
     det_map = mvtec_fit.detector.anomaly_map([mvtec_root / "test" / "scratch" / "000.png"])[0]
     np.testing.assert_allclose(amap, det_map, rtol=1e-5, atol=1e-7)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_process_worker(rank, port, model, root, out):
+    """One of two processes as torchrun would start them: Fabric joins them (gloo) instead of re-running."""
+    import os
+
+    from aelab.anomaly.study import AnomalyEvaluateConfig, AnomalyScoreConfig, anomaly_evaluate, anomaly_score
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
+                      LOCAL_RANK=str(rank), NODE_RANK="0")
+    torch.set_num_threads(1)
+    common = dict(model=model, device="cpu", devices=2, batch_size=4)
+    anomaly_score(AnomalyScoreConfig(images=f"{root}/test", recursive=True, out=f"{out}/s", **common))
+    anomaly_evaluate(AnomalyEvaluateConfig(data=root, out=f"{out}/e", **common))
+
+
+@pytest.mark.slow
+def test_score_and_evaluate_with_two_processes_equal_one_process_byte_for_byte(mvtec_fit, mvtec_root, tmp_path):
+    """15 test images in batches of 4: rank 0 scores 8, rank 1 the last 7; maps, scores and metrics gathered in file order."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    from aelab.anomaly.study import AnomalyEvaluateConfig, AnomalyScoreConfig, anomaly_evaluate, anomaly_score
+
+    model, root = str(mvtec_fit.run_dir), str(mvtec_root)
+    with registered():  # one thread, as each of the two processes
+        anomaly_score(AnomalyScoreConfig(model=model, images=f"{root}/test", recursive=True, device="cpu", batch_size=4,
+                                         out=str(tmp_path / "one" / "s")))
+        anomaly_evaluate(AnomalyEvaluateConfig(model=model, data=root, device="cpu", batch_size=4, out=str(tmp_path / "one" / "e")))
+    # fork: the children need not re-import torch and aelab (seconds each on a busy machine)
+    ctx = mp.start_processes(_two_process_worker, args=(_free_port(), model, root, str(tmp_path / "two")), nprocs=2,
+                             join=False, start_method="fork")
+    deadline = time.monotonic() + 300  # never hang the suite
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the two scoring processes did not finish in 300 s")
+    one, two = tmp_path / "one", tmp_path / "two"
+    listing = lambda base: sorted(str(p.relative_to(base)) for p in base.rglob("*")  # noqa: E731
+                                  if p.is_file() and p.name not in (".aelab.lock", "config.yaml"))
+    files = listing(one)
+    assert files == listing(two)
+    assert "s/maps/scratch/000.npy" in files and "e/metrics.json" in files
+    for name in files:
+        if name.endswith((".csv", ".json", ".npy")):
+            assert (two / name).read_bytes() == (one / name).read_bytes(), name
+    assert json.loads((two / "e" / "metrics.json").read_text())["pixel_auroc"] is not None  # maps gathered for pixel AUROC
