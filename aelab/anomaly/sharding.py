@@ -76,10 +76,9 @@ def per_image(fabric, fn: Callable[[int, int], tuple], n: int, batch_size: int) 
     if fabric is None or fabric.world_size == 1:
         return fn(0, n)
     import torch
+    import torch.distributed as dist
 
     from aelab.train.inference import shard_range
-
-    import torch.distributed as dist
 
     start, stop, block = shard_range(n, batch_size, fabric.global_rank, fabric.world_size)
     rows = stop - start

@@ -26,8 +26,8 @@ import numbers
 import numpy as np
 from sklearn.utils.validation import check_array
 
-from aelab.cluster.core import EKMStats
 import aelab.cluster.distributed as dist_ekm
+from aelab.cluster.core import EKMStats
 from aelab.cluster.ekm import EquilibriumKMeans, _seedings, _sharded
 from aelab.cluster.seeding import init_centers
 
