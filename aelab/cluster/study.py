@@ -274,11 +274,13 @@ def _launch(cfg, n_samples: int, K: int):
     if n_samples // cfg.devices < K:
         raise AelabError(f"{n_samples} samples are too few for {cfg.devices} processes: each needs at least "
                          f"n_clusters={K}; use fewer --devices")
-    import torch
+    accelerator = "cpu"
+    if cfg.device != "cpu":  # torch only when asked for (importing it takes seconds)
+        import torch
 
-    accelerator = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if accelerator == "cuda" and not torch.cuda.is_available():
-        raise AelabError("--device cuda was asked for but no CUDA GPU is available; use --device auto or cpu")
+        accelerator = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        if accelerator == "cuda" and not torch.cuda.is_available():
+            raise AelabError("--device cuda was asked for but no CUDA GPU is available; use --device auto or cpu")
     fabric = None
     if cfg.devices > 1:  # every check is done: Fabric re-runs this command in the other processes
         from aelab.train.engine import make_fabric
