@@ -38,6 +38,7 @@ __all__ = [
     "EvaluateResult",
     "FitResult",
     "ScoreRunResult",
+    "DetectorSettings",
     "anomaly_evaluate",
     "anomaly_fit",
     "anomaly_score",
@@ -54,17 +55,12 @@ def _default(name: str):
 
 
 @dataclass
-class AnomalyFitConfig(RunOptions):
-    """Settings of ``aelab anomaly fit`` (defaults = ``ReconstructionDetector()``'s).
+class DetectorSettings:
+    """How the reconstruction detector is trained and how it scores (defaults = ``ReconstructionDetector()``'s).
+
+    Shared by ``aelab anomaly fit`` and study 3 of ``aelab run`` (``--anomaly.NAME``).
 
     Attributes:
-        data: a root in the MVTec AD layout (uses ROOT/train/good) or in the course layout (uses ROOT/anomaly/normal).
-        normal: folder of normal images only (overrides --data).
-        val_anomalous: optional folder of known anomalies; the threshold then maximises F1 on them and the held-out normals.
-        recursive: look for images in subfolders too.
-        preset: network size: tiny (tests), small (CPU default) or seed (the report's network, for GPUs).
-        image_size: override the preset's square input size.
-        channels: 1 (grayscale) or 3 (RGB); normal and scored images are all converted to this; none = 3.
         width: override the preset's first-block width.
         depth: number of poolings (4: a 2x2 bottleneck at 32x32; benchmarks/README.md); none = the preset's.
         skip_connections: keep the U-Net skips (the course report's network; they let anomalies be copied through).
@@ -87,13 +83,6 @@ class AnomalyFitConfig(RunOptions):
         patience: stop after this many epochs without a lower held-out MSE.
     """
 
-    data: str | None = None
-    normal: str | None = None
-    val_anomalous: str | None = None
-    recursive: bool = _default("recursive")
-    preset: str = _default("preset")
-    image_size: int | None = _default("image_size")
-    channels: int | None = _default("channels")
     width: int | None = _default("width")
     depth: int | None = _default("depth")
     skip_connections: bool = _default("skip_connections")
@@ -113,6 +102,29 @@ class AnomalyFitConfig(RunOptions):
     noise_factor: float = _default("noise_factor")
     val_fraction: float = _default("val_fraction")
     patience: int = _default("patience")
+
+
+@dataclass
+class AnomalyFitConfig(RunOptions, DetectorSettings):
+    """Settings of ``aelab anomaly fit``: the normal images, the network's input, and the detector (`DetectorSettings`).
+
+    Attributes:
+        data: a root in the MVTec AD layout (uses ROOT/train/good) or in the course layout (uses ROOT/anomaly/normal).
+        normal: folder of normal images only (overrides --data).
+        val_anomalous: optional folder of known anomalies; the threshold then maximises F1 on them and the held-out normals.
+        recursive: look for images in subfolders too.
+        preset: network size: tiny (tests), small (CPU default) or course (the course report's network, for GPUs).
+        image_size: override the preset's square input size.
+        channels: 1 (grayscale) or 3 (RGB); normal and scored images are all converted to this; none = 3.
+    """
+
+    data: str | None = None
+    normal: str | None = None
+    val_anomalous: str | None = None
+    recursive: bool = _default("recursive")
+    preset: str = _default("preset")
+    image_size: int | None = _default("image_size")
+    channels: int | None = _default("channels")
 
 
 @dataclass

@@ -156,7 +156,8 @@ def _finetune_and_predict(name: str, cfg: ClassificationStudyConfig, data: Path,
     result = MethodResult(name, trained.val_acc, trained.n_val, _labels_per_class(data), run=str(trained.run_dir))
     if resolve_layout(data).test is not None:
         pred = predict_result(PredictConfig(model=str(trained.run_dir), data=str(data), out=str(trained.run_dir / "predict"),
-                                            device=cfg.device, seed=cfg.seed, strict=cfg.strict))
+                                            device=cfg.device, devices=cfg.devices, num_nodes=cfg.num_nodes, seed=cfg.seed,
+                                            strict=cfg.strict))
         result.test_acc = pred.metrics.get("accuracy")
         result.predictions = str(pred.predictions)
     result.seconds = round(time.perf_counter() - t0, 2)
