@@ -196,12 +196,19 @@ def anomaly_fit(cfg: AnomalyFitConfig) -> FitResult:
     (``filename,split``: which normal images trained the model and which were held out) and
     ``skipped.csv`` when some files could not be read.
     """
+    from aelab.train.engine import make_fabric, shared_run_dir
+
     normal = _fit_normal_dir(cfg)
-    run_dir = new_run_dir(cfg.out, "anomaly")
-    save_config(run_dir, cfg)
+    # Under --devices N the N processes start here; rank 0 creates the folder and alone writes files.
+    fabric = make_fabric(cfg.device, cfg.devices, cfg.precision, num_nodes=cfg.num_nodes)
+    run_dir = shared_run_dir(fabric, cfg.out, "anomaly")
+    if fabric.global_rank == 0:
+        save_config(run_dir, cfg)
     info(f"[anomaly] fitting on normal images in {normal} -> {run_dir}")
     det = ReconstructionDetector(**{k: getattr(cfg, k) for k in DETECTOR_KEYS}, run_dir=str(run_dir))
     det.fit(str(normal), anomalies=None if cfg.val_anomalous is None else str(cfg.val_anomalous))
+    if fabric.global_rank != 0:
+        return FitResult(det, run_dir, normal, {})
     det.save(run_dir / DETECTOR_FILE)
     th = det.threshold_info_
     interval = th.false_alarm_interval()
