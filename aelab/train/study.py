@@ -48,6 +48,13 @@ COLUMNS = ["method", "description", "uses_unlabelled", "labels_per_class", "val_
 VALIDATION = "a stratified hold-out of the labelled images (the same for every method)"
 
 
+def _finetune_default(name: str):
+    """`FinetuneConfig`'s default: the one declaration of the network and split settings study 1 passes on."""
+    from aelab.train.finetune import FinetuneConfig
+
+    return FinetuneConfig.__dataclass_fields__[name].default
+
+
 @dataclass
 class ClassificationStudyConfig(RunOptions):
     """Settings of study 1 (defaults: the whole table in about 7 minutes on a 2-core CPU with the demo data).
@@ -67,16 +74,16 @@ class ClassificationStudyConfig(RunOptions):
     """
 
     methods: str = "supervised,course,course-noaug,fixmatch,vicreg,label-spreading"
-    preset: str = "small"
-    image_size: int | None = None
-    channels: int = 3
+    preset: str = _finetune_default("preset")
+    image_size: int | None = _finetune_default("image_size")
+    channels: int = _finetune_default("channels")
     pretrain_epochs: int = 15
     finetune_epochs: int = 100
     supervised_augment: str = "strong"
     fixmatch_epochs: int = 30
     vicreg_epochs: int = 8
     course_augment: str = "course"
-    val_fraction: float = 0.2
+    val_fraction: float = _finetune_default("val_fraction")
 
     def __post_init__(self) -> None:
         super().__post_init__()
