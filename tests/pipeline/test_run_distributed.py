@@ -33,6 +33,7 @@ def test_run_with_two_processes_writes_one_run_and_resumes(demo_root, tmp_path):
     pred = (out / "predictions.csv").read_text().splitlines()
     assert pred[0] == "id,label" and len(pred) == 1 + 50
     assert (out / "report.html").is_file() and (out / "report.pdf").is_file()
+    assert "2 processes" in (out / "report.md").read_text()  # the report says how the run was trained
     # The same command again resumes: every stage is already done, nothing is trained again.
     ckpt = out / "fixmatch" / "best.ckpt"
     before = ckpt.stat().st_mtime_ns
