@@ -13,13 +13,15 @@ import json
 import shutil
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from aelab import __version__
+from aelab.cluster.study import ClusterSettings
 from aelab.errors import AelabError, NoUnlabelledImages
 from aelab.layout import RunLayout
+from aelab.pipeline_anomaly import AnomalyStudySettings
 from aelab.progress import info
 from aelab.runs import atomic_write_text, clear_run_dir, lock_run_dir, read_json, run_dir_entries, save_config, set_seed
 from aelab.train.study import ClassificationStudyConfig, MethodResult
@@ -38,11 +40,11 @@ class RunConfig(ClassificationStudyConfig):
         data: root folder in the folder layout; none = build the demo data (MNIST digits) in the run folder.
         out: run folder; re-running with the same folder resumes after the last finished stage.
         force: redo every stage even if the run folder has it.
-        cluster_classes: three (or more) class names for study 2b, comma-separated; auto = the course report's
-            2,5,8 when those classes exist, else the first three.
-        cluster_ratio: subsample the chosen classes to this size ratio (study 2b uses 2:1:1).
-        normal_class: the normal class (a class name) of study 3 when the data have no anomaly/normal folder; auto = the first class.
-        anomaly_epochs: maximum epochs of the anomaly detectors.
+        cluster: study 2b (``--cluster.NAME``, as `aelab cluster`'s flags): by default the course report's
+            classes 2,5,8 (else the first three) subsampled to 2:1:1; every method of the study (EKM,
+            k-means, the course report's softmax variant, semi-supervised EKM) is run, so ``method`` is not used.
+        anomaly: study 3 (``--anomaly.NAME``, as `aelab anomaly fit`'s flags, plus ``normal_class``); 30 epochs
+            (the detector's default is 60) to keep the whole run under 10 minutes on a laptop CPU.
         demo_unlabelled: demo data: number of unlabelled images.
         demo_labelled_per_class: demo data: labelled images per class.
         demo_test: demo data: number of test images.
@@ -51,10 +53,8 @@ class RunConfig(ClassificationStudyConfig):
     data: str | None = None
     out: str = "runs/aelab"
     force: bool = False
-    cluster_classes: str = "auto"
-    cluster_ratio: str = "2:1:1"
-    normal_class: str = "auto"
-    anomaly_epochs: int = 30
+    cluster: ClusterSettings = field(default_factory=lambda: ClusterSettings(classes="auto", ratio="2:1:1"))
+    anomaly: AnomalyStudySettings = field(default_factory=lambda: AnomalyStudySettings(epochs=30))
     demo_unlabelled: int = 3000
     demo_labelled_per_class: int = 20
     demo_test: int = 500
@@ -66,12 +66,75 @@ class Skip(Exception):
     """A stage that cannot run for the data given; its message is the reason shown in the report."""
 
 
+class _Group:
+    """The processes of ``aelab run --devices N`` (one process without it).
+
+    Lightning Fabric starts them (on one machine by re-running the command; under torchrun or SLURM
+    it joins the processes those started). Rank 0 decides which stages run, runs every stage and
+    alone writes files; the other ranks join the training stages (`SHARED`), where every training
+    and inference verb joins the same process group, and leave after the last of them.
+    """
+
+    def __init__(self, cfg: RunConfig):
+        self.fabric = None
+        if cfg.devices != 1 or cfg.num_nodes != 1:
+            from aelab.train.engine import make_fabric
+
+            self.fabric = make_fabric(cfg.device, cfg.devices, "32-true", num_nodes=cfg.num_nodes)
+
+    @property
+    def rank(self) -> int:
+        return 0 if self.fabric is None else self.fabric.global_rank
+
+    def from_rank0(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` on rank 0; every rank gets its value, or its `AelabError` (so no rank waits forever)."""
+        made: tuple[str, Any] | None = None
+        if self.rank == 0:
+            try:
+                made = ("ok", fn())
+            except AelabError as exc:
+                made = ("error", str(exc))
+        if self.fabric is not None:
+            made = self.fabric.broadcast(made, src=0)
+        status, value = made
+        if status == "error":
+            raise AelabError(value)
+        return value
+
+
+    def leave(self) -> bool:
+        """All processes leave the process group together (one that just exits aborts in gloo); True on the
+        processes that are done (every rank but 0)."""
+        import torch.distributed as dist
+
+        if self.fabric is not None and dist.is_available() and dist.is_initialized():
+            self.fabric.barrier()
+            dist.destroy_process_group()
+        return self.rank != 0
+
+    def share(self, record: Any) -> Any:
+        """Rank 0's ``record`` on every rank; a process that stopped is one line, not a gloo trace."""
+        if self.fabric is None:
+            return record
+        try:
+            return self.fabric.broadcast(record, src=0)
+        except RuntimeError as exc:
+            raise AelabError(f"another process of --devices {self.fabric.world_size} stopped ({' '.join(str(exc).split())[:200]}); "
+                             "its message is above; run the same command again to resume") from None
+
+
+#: Stages every process of ``--devices N`` runs (the training methods of study 1); rank 0 alone runs the others.
+SHARED = ("pretrain", "supervised", "course", "course-noaug", "fixmatch", "vicreg")
+
+
 class _Ctx:
     """What the stages share: the settings, the run folder's layout and the results of finished stages."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, results: dict[str, dict]):
-        self.cfg, self.dir, self.layout, self.results = cfg, run_dir, RunLayout(run_dir), results
-        self.engine = dict(seed=cfg.seed, device=cfg.device, devices=cfg.devices, num_nodes=cfg.num_nodes,
+    def __init__(self, cfg: RunConfig, run_dir: Path, stages: dict[str, dict], rank: int = 0):
+        self.cfg, self.dir, self.layout, self.stages, self.rank = cfg, run_dir, RunLayout(run_dir), stages, rank
+        self.results = {k: v.get("result") or {} for k, v in stages.items() if not k.startswith("_")}
+        # Rank 0's own stages (clustering, anomaly detection) run in one process.
+        self.engine = dict(seed=cfg.seed, device=cfg.device, devices=1, num_nodes=1,
                            precision=cfg.precision, strict=cfg.strict, logger=cfg.logger)
 
     @property
@@ -80,7 +143,7 @@ class _Ctx:
 
     def sub(self, name: str, fresh: bool = True) -> Path:
         path = self.layout.stage(name)
-        if fresh and path.exists():
+        if fresh and path.exists() and self.rank == 0:
             shutil.rmtree(path)  # a stage interrupted half-way starts over
         return path
 
@@ -122,8 +185,7 @@ def _stage_predict(ctx: _Ctx) -> dict:
     from aelab.train.study import summarize
 
     rows = [MethodResult(**ctx.results[m]) for m in ctx.cfg.method_list() if ctx.results.get(m)]
-    stages = _load_stages(ctx.dir)
-    skipped = {m: stages.get(m, {}).get("reason") or "did not run" for m in ctx.cfg.method_list() if not ctx.results.get(m)}
+    skipped = {m: (ctx.stages.get(m) or {}).get("reason") or "did not run" for m in ctx.cfg.method_list() if not ctx.results.get(m)}
     result = summarize(rows, ctx.layout, skipped)
     chosen_run = next((r.run for r in rows if r.method == result.chosen and r.run), None)
     best_run = max((r for r in rows if r.run), key=lambda r: r.val_acc, default=None)
@@ -146,30 +208,28 @@ class _SkipWith(Skip):
 
 
 def _stage_cluster(ctx: _Ctx) -> dict:
-    """Study 2b: the course report's classes 2, 5, 8 at 2:1:1 when they exist (else the first three),
-    clustered by EKM, k-means, the course report's softmax variant and semi-supervised EKM."""
-    from aelab.cluster.study import ClusterConfig, load_embeddings, run_cluster_study
-    from aelab.data import natural_key
-    from aelab.train import EmbedConfig, embed
+    """Study 2b (``cfg.cluster``; by default the course report's classes 2, 5, 8 at 2:1:1), clustered by EKM,
+    k-means, the course report's softmax variant and semi-supervised EKM, on the embeddings just computed."""
+    from aelab.cluster.study import ClusterConfig, auto_classes, run_cluster_study
+    from aelab.train import EmbedConfig, embed_result
 
     model = ctx.results.get("predict", {}).get("model")
     if model is None:
         raise Skip("no fine-tuned model to embed the images with (every study-1 method failed)")
-    emb = embed(EmbedConfig(model=str(ctx.dir / model), data=str(ctx.data), out=str(ctx.sub("embed")), device=ctx.cfg.device))
-    X, _, labels = load_embeddings(emb)
-    classes = sorted({lab for lab in labels if lab}, key=natural_key)
-    if ctx.cfg.cluster_classes == "auto":
-        if len(classes) < 3:
-            raise Skip(f"the clustering study needs at least three labelled classes, found {len(classes)}")
-        picked = ["2", "5", "8"] if {"2", "5", "8"} <= set(classes) else classes[:3]
-    else:
-        picked = [c.strip() for c in ctx.cfg.cluster_classes.split(",")]
-    parts = ctx.cfg.cluster_ratio.split(":")
-    common = dict(classes=",".join(picked), ratio=ctx.cfg.cluster_ratio if len(parts) == len(picked) else None,
-                  target_ratio=ctx.cfg.cluster_ratio, seed=ctx.cfg.seed)
-    out = {"embed": str(emb), "classes": picked, "n_embedded": int(X.shape[0])}
+    emb = embed_result(EmbedConfig(model=str(ctx.dir / model), data=str(ctx.data), out=str(ctx.sub("embed")),
+                                   device=ctx.cfg.device))
+    embeddings = (emb.embeddings, emb.names, emb.labels)
+    settings = ctx.cfg.cluster
+    if str(settings.classes).lower() == "auto":
+        try:
+            settings = replace(settings, classes=",".join(auto_classes(emb.labels)))
+        except AelabError as exc:
+            raise Skip(f"the clustering study needs at least three labelled classes ({exc})") from None
+    out = {"embed": str(emb.run_dir), "classes": settings.classes.split(","), "n_embedded": int(len(emb.embeddings))}
     for method in ("ekm", "kmeans", "course-softmax", "ssekm"):
-        res = run_cluster_study(ClusterConfig(str(emb), out=str(ctx.sub(f"cluster_{method}")), method=method, **common))
+        cfg = ClusterConfig(str(emb.run_dir), out=str(ctx.sub(f"cluster_{method}")), seed=ctx.cfg.seed,
+                            **(asdict(settings) | {"method": method}))
+        res = run_cluster_study(cfg, embeddings)
         out[method] = str(res.run_dir)
         out[f"{method}_ari"] = res.metrics.get("ari")
     return out
@@ -214,11 +274,6 @@ def _prepare(cfg: RunConfig) -> Path:
     if cfg.data is not None and Path(cfg.data).resolve().is_relative_to(run_dir.resolve()):
         raise AelabError(f"the data folder {cfg.data} lies inside the run folder {run_dir}; choose another --out")
     cfg.method_list()  # unknown methods fail before anything is written
-    if cfg.devices != 1 or cfg.num_nodes != 1:
-        # Fabric's launcher re-runs the command in each extra process, which suits one training verb,
-        # not a pipeline of stages with outputs in between.
-        raise AelabError("aelab run trains on one device per stage; for several processes run the verbs "
-                         "(aelab pretrain/finetune/predict ... --devices N), see README 'Several processes'")
     if run_dir.exists() and run_dir_entries(run_dir) and not RunLayout(run_dir).stages.is_file():
         raise AelabError(f"--force would delete {run_dir}, which is not an aelab run folder (no stages.json)" if cfg.force
                          else f"{run_dir} exists and is not an aelab run folder; choose another --out")
@@ -257,7 +312,8 @@ def _run_stage(ctx: _Ctx, name: str, fn: Callable[[_Ctx], dict]) -> dict:
     except Exception as exc:  # a bug in one study must not lose the others; keep the trace on disk
         if name in CRITICAL:
             raise
-        ctx.layout.error_file(name).write_text(traceback.format_exc())
+        if ctx.rank == 0:
+            ctx.layout.error_file(name).write_text(traceback.format_exc())
         result, status, reason = {}, "failed", f"failed with {exc.__class__.__name__}: {exc} (see {name}.error.txt)"
         info(f"[run] {name}: {reason}")
     elapsed = time.perf_counter() - t0
@@ -265,25 +321,44 @@ def _run_stage(ctx: _Ctx, name: str, fn: Callable[[_Ctx], dict]) -> dict:
     return {"status": status, "reason": reason, "seconds": round(elapsed, 2), "result": result}
 
 
-def run_all(cfg: RunConfig) -> Path:
-    """Run every stage not yet finished in ``cfg.out``, then build the report. Returns the run folder."""
+def _start(cfg: RunConfig) -> tuple[Path, dict[str, Any]]:
+    """Rank 0's part of the start: the checked, locked run folder and the stages it holds."""
     run_dir = _prepare(cfg)
     stages = _load_stages(run_dir)
     _save_stages(run_dir, stages)  # marks the folder as a run folder from the start
     from aelab.train.inference import pick_device
 
     stages.setdefault("_meta", {"aelab_version": __version__, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                "device": str(pick_device(cfg.device))})
-    results = {k: v.get("result") or {} for k, v in stages.items() if not k.startswith("_")}
-    ctx = _Ctx(cfg, run_dir, results)
-    for name, fn in stages_for(cfg):
-        if name in stages and stages[name].get("status") in ("done", "skipped"):
+                                "device": str(pick_device(cfg.device)), "processes": cfg.devices * cfg.num_nodes})
+    return run_dir, stages
+
+
+def run_all(cfg: RunConfig) -> Path:
+    """Run every stage not yet finished in ``cfg.out``, then build the report. Returns the run folder.
+
+    With ``cfg.devices`` (or ``num_nodes``) above 1 the training stages run in that many processes;
+    see `_Group`.
+    """
+    group = _Group(cfg)
+    run_dir, stages = group.from_rank0(lambda: _start(cfg))
+    ctx = _Ctx(cfg, Path(run_dir), stages, group.rank)
+    todo = [(n, fn) for n, fn in stages_for(cfg) if stages.get(n, {}).get("status") not in ("done", "skipped")]
+    last_shared = max((i for i, (n, _) in enumerate(todo) if n in SHARED), default=-1) if group.fabric else len(todo)
+    for name, _ in stages_for(cfg):
+        if all(name != n for n, _ in todo):
             info(f"[run] {name}: already done, skipping (use --force to redo)")
-            continue
-        stages[name] = _run_stage(ctx, name, fn)
-        results[name] = stages[name]["result"]
-        _save_stages(run_dir, stages)
+    for i, (name, fn) in enumerate(todo):
+        if i > last_shared and group.leave():
+            return ctx.dir  # the other processes' part is over; rank 0 goes on alone
+        record = _run_stage(ctx, name, fn) if group.rank == 0 or name in SHARED else None
+        if i <= last_shared:
+            record = group.share(record)  # rank 0's record; also waits for rank 0's own stages
+        stages[name], ctx.results[name] = record, record["result"]
+        if group.rank == 0:
+            _save_stages(ctx.dir, stages)
+    if group.leave():
+        return ctx.dir
     t0 = time.perf_counter()
     files = _stage_report(ctx)
     info(f"[run] report written in {time.perf_counter() - t0:.1f} s: {files.get('html')}, {files.get('pdf')}")
-    return run_dir
+    return ctx.dir

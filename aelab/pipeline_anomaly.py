@@ -9,11 +9,30 @@ folder of ``normal_class`` (a class name) against ``ROOT/anomaly``.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from aelab.anomaly.study import DetectorSettings
 from aelab.runs import write_json
 
-__all__ = ["run_anomaly_study"]
+__all__ = ["AnomalyStudySettings", "run_anomaly_study"]
+
+
+@dataclass
+class AnomalyStudySettings(DetectorSettings):
+    """Study 3 of ``aelab run``: which images are normal, and the detector (`DetectorSettings`; the run fits it
+    without and with skip connections, so ``skip_connections`` is not used; the network's preset, image size
+    and channels are the run's ``--preset``, ``--image_size`` and ``--channels``).
+
+    Attributes:
+        normal_class: the normal class (a class name) when the data have no anomaly/normal folder; auto = the first class.
+    """
+
+    normal_class: str = "auto"
+
+    def detector(self) -> dict:
+        """The keyword arguments of `AnomalyFitConfig` these settings fix."""
+        return {k: v for k, v in asdict(self).items() if k not in ("normal_class", "skip_connections")}
 
 KEYS = ("normal_loss", "anomaly_loss", "auroc", "average_precision", "f1", "precision", "recall",
         "false_alarm_rate", "threshold", "n_normal", "n_anomalous", "score", "threshold_rule",
@@ -30,7 +49,7 @@ def _normal_folder(ctx, layout, skip_exc) -> tuple[Path, str]:
     from aelab.data import scan_labelled
 
     classes = scan_labelled(layout.labelled).classes
-    name = classes[0] if ctx.cfg.normal_class == "auto" else str(ctx.cfg.normal_class)
+    name = classes[0] if ctx.cfg.anomaly.normal_class == "auto" else str(ctx.cfg.anomaly.normal_class)
     folder = layout.labelled / name
     if not folder.is_dir():
         raise skip_exc(f"normal class {name!r} is not a folder of {layout.labelled}")
@@ -71,7 +90,7 @@ def run_anomaly_study(ctx, skip_exc) -> dict:
     for variant, skips in (("noskip", False), ("skip", True)):
         fit = anomaly_fit(AnomalyFitConfig(
             **fit_src, preset=ctx.cfg.preset, channels=ctx.cfg.channels, image_size=ctx.cfg.image_size,
-            skip_connections=skips, epochs=ctx.cfg.anomaly_epochs, out=str(base / variant), **ctx.engine))
+            skip_connections=skips, out=str(base / variant), **ctx.cfg.anomaly.detector(), **ctx.engine))
         ev = anomaly_evaluate(AnomalyEvaluateConfig(**eval_src, out=str(base / f"{variant}_eval"), device=ctx.cfg.device,
                                                     seed=ctx.cfg.seed), detector=fit.detector)
         summary[variant] = {k: v for k, v in ev.metrics.to_dict().items() if k in KEYS}

@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/gpu_check.sh                 # results in $OUT if set, else benchmarks/_work/gpu_check_<UTC time>
 #   PYTHON=/path/to/python bash benchmarks/gpu_check.sh
-#   DEVICE=cpu PRESET=tiny RUN_ARGS="--pretrain_epochs 1 --finetune_epochs 1 --anomaly_epochs 1 --demo_unlabelled 200" \
+#   DEVICE=cpu PRESET=tiny RUN_ARGS="--pretrain_epochs 1 --finetune_epochs 1 --anomaly.epochs 1 --demo_unlabelled 200" \
 #     EKM_N=20000 BENCH_ARGS="--n 200 --epochs 2" bash benchmarks/gpu_check.sh   # a dry run of the plumbing on a CPU
 #
 # Run it from a checkout with aelab's dependencies installed (torch with CUDA). Nothing is

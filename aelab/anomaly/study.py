@@ -28,7 +28,7 @@ from aelab.anomaly.detector import DETECTOR_FILE, ReconstructionDetector
 from aelab.anomaly.metrics import AnomalyEvaluation, evaluate_scores
 from aelab.errors import AelabError, DataError
 from aelab.progress import info
-from aelab.runs import new_run_dir, save_config, to_plain, write_csv, write_json
+from aelab.runs import save_config, to_plain, write_csv, write_json
 from aelab.train.options import RunOptions
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "EvaluateResult",
     "FitResult",
     "ScoreRunResult",
+    "DetectorSettings",
     "anomaly_evaluate",
     "anomaly_fit",
     "anomaly_score",
@@ -55,17 +56,12 @@ def _default(name: str):
 
 
 @dataclass
-class AnomalyFitConfig(RunOptions):
-    """Settings of ``aelab anomaly fit`` (defaults = ``ReconstructionDetector()``'s).
+class DetectorSettings:
+    """How the reconstruction detector is trained and how it scores (defaults = ``ReconstructionDetector()``'s).
+
+    Shared by ``aelab anomaly fit`` and study 3 of ``aelab run`` (``--anomaly.NAME``).
 
     Attributes:
-        data: a root in the MVTec AD layout (uses ROOT/train/good) or in the course layout (uses ROOT/anomaly/normal).
-        normal: folder of normal images only (overrides --data).
-        val_anomalous: optional folder of known anomalies; the threshold then maximises F1 on them and the held-out normals.
-        recursive: look for images in subfolders too.
-        preset: network size: tiny (tests), small (CPU default) or seed (the report's network, for GPUs).
-        image_size: override the preset's square input size.
-        channels: 1 (grayscale) or 3 (RGB); normal and scored images are all converted to this; none = 3.
         width: override the preset's first-block width.
         depth: number of poolings (4: a 2x2 bottleneck at 32x32; benchmarks/README.md); none = the preset's.
         skip_connections: keep the U-Net skips (the course report's network; they let anomalies be copied through).
@@ -88,13 +84,6 @@ class AnomalyFitConfig(RunOptions):
         patience: stop after this many epochs without a lower held-out MSE.
     """
 
-    data: str | None = None
-    normal: str | None = None
-    val_anomalous: str | None = None
-    recursive: bool = _default("recursive")
-    preset: str = _default("preset")
-    image_size: int | None = _default("image_size")
-    channels: int | None = _default("channels")
     width: int | None = _default("width")
     depth: int | None = _default("depth")
     skip_connections: bool = _default("skip_connections")
@@ -114,6 +103,29 @@ class AnomalyFitConfig(RunOptions):
     noise_factor: float = _default("noise_factor")
     val_fraction: float = _default("val_fraction")
     patience: int = _default("patience")
+
+
+@dataclass
+class AnomalyFitConfig(RunOptions, DetectorSettings):
+    """Settings of ``aelab anomaly fit``: the normal images, the network's input, and the detector (`DetectorSettings`).
+
+    Attributes:
+        data: a root in the MVTec AD layout (uses ROOT/train/good) or in the course layout (uses ROOT/anomaly/normal).
+        normal: folder of normal images only (overrides --data).
+        val_anomalous: optional folder of known anomalies; the threshold then maximises F1 on them and the held-out normals.
+        recursive: look for images in subfolders too.
+        preset: network size: tiny (tests), small (CPU default) or course (the course report's network, for GPUs).
+        image_size: override the preset's square input size.
+        channels: 1 (grayscale) or 3 (RGB); normal and scored images are all converted to this; none = 3.
+    """
+
+    data: str | None = None
+    normal: str | None = None
+    val_anomalous: str | None = None
+    recursive: bool = _default("recursive")
+    preset: str = _default("preset")
+    image_size: int | None = _default("image_size")
+    channels: int | None = _default("channels")
 
 
 @dataclass
@@ -185,12 +197,19 @@ def anomaly_fit(cfg: AnomalyFitConfig) -> FitResult:
     (``filename,split``: which normal images trained the model and which were held out) and
     ``skipped.csv`` when some files could not be read.
     """
+    from aelab.train.engine import make_fabric, shared_run_dir
+
     normal = _fit_normal_dir(cfg)
-    run_dir = new_run_dir(cfg.out, "anomaly")
-    save_config(run_dir, cfg)
+    # Under --devices N the N processes start here; rank 0 creates the folder and alone writes files.
+    fabric = make_fabric(cfg.device, cfg.devices, cfg.precision, num_nodes=cfg.num_nodes)
+    run_dir = shared_run_dir(fabric, cfg.out, "anomaly")
+    if fabric.global_rank == 0:
+        save_config(run_dir, cfg)
     info(f"[anomaly] fitting on normal images in {normal} -> {run_dir}")
     det = ReconstructionDetector(**{k: getattr(cfg, k) for k in DETECTOR_KEYS}, run_dir=str(run_dir))
     det.fit(str(normal), anomalies=None if cfg.val_anomalous is None else str(cfg.val_anomalous))
+    if fabric.global_rank != 0:
+        return FitResult(det, run_dir, normal, {})
     det.save(run_dir / DETECTOR_FILE)
     th = det.threshold_info_
     interval = th.false_alarm_interval()

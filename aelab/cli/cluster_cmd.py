@@ -26,6 +26,7 @@ def _cli_function(config_cls, run):
     params = [inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=hints[f.name],
                                 default=inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default)
               for f in dataclasses.fields(config_cls)]
+    params.sort(key=lambda p: p.default is not inspect.Parameter.empty)  # the required input first
 
     def cluster(*args, **kwargs) -> Path:
         with warnings.catch_warnings():
@@ -41,7 +42,8 @@ def _cli_function(config_cls, run):
 
     cluster.__signature__ = inspect.Signature(params, return_annotation=Path)
     cluster.__annotations__ = {**hints, "return": Path}
-    doc = (config_cls.__doc__ or "").replace("Attributes:", "Args:")
+    docs = [c.__doc__ for c in config_cls.__mro__ if c.__doc__ and "Attributes:" in c.__doc__]
+    doc = docs[0].split("Attributes:")[0] + "Args:" + "".join(d.split("Attributes:", 1)[1].rstrip() for d in docs) + "\n"
     cluster.__doc__ = doc + "\n    Returns:\n        The run folder.\n"
     return cluster
 

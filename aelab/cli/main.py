@@ -78,10 +78,23 @@ def _dispatch(cfg) -> Any:
     values = {k: v for k, v in vars(ns).items() if k not in ("config", "__path__")}
     func: Callable = _load(func_ref)
     if config_ref is not None:
-        cls = _load(config_ref)
-        names = {f.name for f in dataclasses.fields(cls)}
-        return func(cls(**{k: v for k, v in values.items() if k in names}))
+        return func(_settings(_load(config_ref), values))
     return func(**values)
+
+
+def _settings(cls, values: dict) -> Any:
+    """The dataclass ``cls`` from parsed values; nested settings (``--cluster.classes``) become their dataclasses."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in values:
+            value = values[f.name]
+            if dataclasses.is_dataclass(hints[f.name]) and not dataclasses.is_dataclass(value):
+                value = _settings(hints[f.name], dict(vars(value)) if not isinstance(value, dict) else value)
+            kwargs[f.name] = value
+    return cls(**kwargs)
 
 
 def _bool_flags() -> set[str]:
@@ -97,6 +110,11 @@ def _bool_flags() -> set[str]:
     return names
 
 
+#: ``aelab run`` flags renamed when study 2b and 3 got their own settings (kept for one release, with a warning).
+RENAMED = {"cluster_classes": "cluster.classes", "cluster_ratio": "cluster.ratio", "normal_class": "anomaly.normal_class",
+           "anomaly_epochs": "anomaly.epochs"}
+
+
 def _normalise_argv(argv: list[str]) -> list[str]:
     """Accept ``--init-from`` as well as ``--init_from``, and a bare ``--force`` as ``--force true``."""
     bools = _bool_flags()
@@ -105,6 +123,9 @@ def _normalise_argv(argv: list[str]) -> list[str]:
         if arg.startswith("--") and len(arg) > 2:
             name, eq, value = arg[2:].partition("=")
             name = name.replace("-", "_")
+            if argv[:1] == ["run"] and name in RENAMED:
+                print(f"aelab: warning: --{name} is now --{RENAMED[name]}; the old name goes in the next release", file=sys.stderr)
+                name = RENAMED[name]
             arg = "--" + name + eq + value
             nxt = argv[i + 1] if i + 1 < len(argv) else None
             if not eq and name in bools and (nxt is None or nxt.startswith("-") or nxt.lower() not in ("true", "false")):

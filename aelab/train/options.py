@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -57,7 +57,6 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "precision": (lambda v: v in PRECISIONS, "one of " + ", ".join(PRECISIONS)),
     "pretrain_epochs": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
     "finetune_epochs": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
-    "anomaly_epochs": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
     "demo_unlabelled": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
     "demo_labelled_per_class": (lambda v: _int(v) and v >= 2, "an integer >= 2"),
     "demo_test": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
@@ -73,6 +72,9 @@ def validate_options(options: Any) -> None:
     """
     for f in fields(options):
         value = getattr(options, f.name)
+        if is_dataclass(value):
+            validate_options(value)  # nested settings (aelab run's --cluster.*, --anomaly.*)
+            continue
         if value is None and f.default is None:
             continue
         rule = _RULES.get(f.name)

@@ -16,7 +16,7 @@ from aelab.train.engine import shared_run_dir
 from aelab.train.inference import launch_inference, load_images_once, sharded_forward
 from aelab.train.options import RunOptions, require, resolve_sources
 
-__all__ = ["EmbedConfig", "PredictConfig", "PredictResult", "embed", "predict", "predict_result"]
+__all__ = ["EmbedConfig", "EmbedResult", "PredictConfig", "PredictResult", "embed", "embed_result", "predict", "predict_result"]
 
 
 @dataclass
@@ -157,8 +157,23 @@ def _embed_groups(cfg: EmbedConfig) -> list[tuple[list[Path], list[str], Path]]:
     return groups
 
 
+@dataclass
+class EmbedResult:
+    """What `embed_result` wrote: the run folder and, on rank 0, the embeddings with their file names and labels."""
+
+    run_dir: Path
+    embeddings: np.ndarray | None = None
+    names: list[str] | None = None
+    labels: list[str] | None = None
+
+
 def embed(cfg: EmbedConfig) -> Path:
     """Write ``embeddings.npy`` ``(N, D)`` float32 and ``embeddings.csv`` (``filename,label``)."""
+    return embed_result(cfg).run_dir
+
+
+def embed_result(cfg: EmbedConfig) -> EmbedResult:
+    """`embed`, also returning the embeddings (so a caller does not read back the files just written)."""
     from aelab.data import Preprocessing
 
     if cfg.model is None:
@@ -181,10 +196,10 @@ def embed(cfg: EmbedConfig) -> Path:
         res = sharded_forward(fabric, model, prep, data.images, batch_size=cfg.batch_size, want=("embedding",), pooling=cfg.pooling)
         chunks.append(res.embedding)
     if fabric.global_rank != 0:
-        return run_dir  # only rank 0 writes
+        return EmbedResult(run_dir)  # only rank 0 writes
     emb = np.concatenate(chunks).astype(np.float32)
     save_config(run_dir, cfg)
     np.save(run_dir / "embeddings.npy", emb)
     write_csv(run_dir / "embeddings.csv", ["filename", "label"], zip(names, labels))
     info(f"[embed] {emb.shape[0]} embeddings of dimension {emb.shape[1]} -> {run_dir}")
-    return run_dir
+    return EmbedResult(run_dir, emb, names, labels)

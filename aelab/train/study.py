@@ -48,6 +48,13 @@ COLUMNS = ["method", "description", "uses_unlabelled", "labels_per_class", "val_
 VALIDATION = "a stratified hold-out of the labelled images (the same for every method)"
 
 
+def _finetune_default(name: str):
+    """`FinetuneConfig`'s default: the one declaration of the network and split settings study 1 passes on."""
+    from aelab.train.finetune import FinetuneConfig
+
+    return FinetuneConfig.__dataclass_fields__[name].default
+
+
 @dataclass
 class ClassificationStudyConfig(RunOptions):
     """Settings of study 1 (defaults: the whole table in about 7 minutes on a 2-core CPU with the demo data).
@@ -67,16 +74,16 @@ class ClassificationStudyConfig(RunOptions):
     """
 
     methods: str = "supervised,course,course-noaug,fixmatch,vicreg,label-spreading"
-    preset: str = "small"
-    image_size: int | None = None
-    channels: int = 3
+    preset: str = _finetune_default("preset")
+    image_size: int | None = _finetune_default("image_size")
+    channels: int = _finetune_default("channels")
     pretrain_epochs: int = 15
     finetune_epochs: int = 100
     supervised_augment: str = "strong"
     fixmatch_epochs: int = 30
     vicreg_epochs: int = 8
     course_augment: str = "course"
-    val_fraction: float = 0.2
+    val_fraction: float = _finetune_default("val_fraction")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -156,7 +163,8 @@ def _finetune_and_predict(name: str, cfg: ClassificationStudyConfig, data: Path,
     result = MethodResult(name, trained.val_acc, trained.n_val, _labels_per_class(data), run=str(trained.run_dir))
     if resolve_layout(data).test is not None:
         pred = predict_result(PredictConfig(model=str(trained.run_dir), data=str(data), out=str(trained.run_dir / "predict"),
-                                            device=cfg.device, seed=cfg.seed, strict=cfg.strict))
+                                            device=cfg.device, devices=cfg.devices, num_nodes=cfg.num_nodes, seed=cfg.seed,
+                                            strict=cfg.strict))
         result.test_acc = pred.metrics.get("accuracy")
         result.predictions = str(pred.predictions)
     result.seconds = round(time.perf_counter() - t0, 2)

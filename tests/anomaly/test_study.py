@@ -244,3 +244,25 @@ def test_score_and_evaluate_with_two_processes_equal_one_process_byte_for_byte(m
         if name.endswith((".csv", ".json", ".npy")):
             assert (two / name).read_bytes() == (one / name).read_bytes(), name
     assert json.loads((two / "e" / "metrics.json").read_text())["pixel_auroc"] is not None  # maps gathered for pixel AUROC
+
+
+@pytest.mark.slow
+def test_anomaly_fit_with_two_processes_writes_one_run(demo_root, tmp_path):
+    """`aelab anomaly fit --devices 2` (two CPU processes, gloo): one run folder, written once by rank 0."""
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "fit"
+    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    r = subprocess.run([sys.executable, "-m", "aelab.cli.main", "anomaly", "fit", "--normal", str(demo_root / "anomaly" / "normal"),
+                        "--preset", "tiny", "--epochs", "2", "--device", "cpu", "--devices", "2", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [row["epoch"] for row in csv.DictReader(open(out / "metrics.csv"))] == ["0", "1"]
+    assert r.stderr.count("[anomaly] threshold") == 1
+    from aelab.anomaly import ReconstructionDetector
+
+    det = ReconstructionDetector.load(out / "detector.ckpt")
+    assert np.isfinite(det.threshold_) and len(det.decision_function(str(demo_root / "anomaly" / "anomalous"))) == 20

@@ -16,8 +16,10 @@ class _Skip(Exception):
 
 
 def _ctx(data: Path, run_dir: Path):
-    cfg = SimpleNamespace(preset="tiny", channels=1, image_size=None, anomaly_epochs=2, device="cpu", seed=0,
-                          precision="32-true", normal_class="auto")
+    from aelab.pipeline_anomaly import AnomalyStudySettings
+
+    cfg = SimpleNamespace(preset="tiny", channels=1, image_size=None, anomaly=AnomalyStudySettings(epochs=2), device="cpu", seed=0,
+                          precision="32-true")
 
     def sub(name: str) -> Path:
         path = run_dir / name

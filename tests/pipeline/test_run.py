@@ -10,8 +10,9 @@ import pytest
 import aelab.pipeline as pipeline
 from aelab.cli.main import main
 from aelab.pipeline import RunConfig, run_all
+from aelab.pipeline_anomaly import AnomalyStudySettings
 
-TINY = dict(preset="tiny", pretrain_epochs=1, finetune_epochs=2, fixmatch_epochs=1, vicreg_epochs=1, anomaly_epochs=2,
+TINY = dict(preset="tiny", pretrain_epochs=1, finetune_epochs=2, fixmatch_epochs=1, vicreg_epochs=1, anomaly=AnomalyStudySettings(epochs=2),
             demo_unlabelled=150, demo_labelled_per_class=6, demo_test=60, device="cpu")
 METHODS = ["supervised", "course", "course-noaug", "fixmatch", "vicreg", "label-spreading"]
 
