@@ -86,11 +86,15 @@ print("RESULT " + json.dumps({"seconds": total, "peak_anon_mib": peak[0] / 1024,
 def run_decode(folder: Path, cache: Path, log: Path, interrupt_after: float | None) -> tuple[float, int]:
     """One decode with stderr on a pseudo-terminal (so tqdm draws its bar, saved to ``log``);
     SIGINT (what Ctrl-C sends) after ``interrupt_after`` seconds."""
+    import fcntl
     import pty
+    import struct
+    import termios
     import threading
 
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a 120-column terminal
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", DECODE_CHILD, str(folder), str(cache)], env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)
@@ -138,7 +142,7 @@ def part1(args, folder: Path, cache: Path, work: Path) -> dict:
     paths = list_images(folder)
     rows = np.random.default_rng(0).choice(len(paths), args.check, replace=False)
     same = all(np.array_equal(images[i], decode_image(paths[i], 28, 1)) for i in rows)
-    shown = [ln for ln in log1.replace("\r", "\n").splitlines() if "decoding images" in ln]
+    shown = [ln for ln in log1.replace("\r", "\n").splitlines() if "decoding images:" in ln and "%|" in ln]
     print("decode log, first run:", shown[:1], shown[-1:], file=sys.stderr, flush=True)
     return dict(first_s=t_int, first_rc=rc_int, done_at_interrupt=done, second_s=t_res, second_rc=rc_res,
                 resumed=resumed[:1], bar_drawn=bool(shown), rows_checked=int(args.check),
