@@ -46,6 +46,7 @@ from aelab.anomaly.scores import (
     smooth_maps,
 )
 from aelab.anomaly.thresholds import THRESHOLD_RULES, Threshold, choose_threshold
+from aelab.data.rows import RowReader
 from aelab.errors import AelabError, DataError
 from aelab.models import ModelConfig, build_model, preset_config
 from aelab.runs import set_seed, to_plain
@@ -200,24 +201,24 @@ class ReconstructionDetector(BaseEstimator):
             else:
                 run_dir = Path(self.run_dir)  # the caller's run folder (it may already hold config.yaml)
                 run_dir.mkdir(parents=True, exist_ok=True)
-            self._train(images[train_idx], images[val_idx], run_dir)
+            self._train(images, train_idx, val_idx, run_dir)
         self.run_dir_ = None if self.run_dir is None else run_dir
         paths = data.paths
         self.train_files_ = None if paths is None else [str(paths[i]) for i in train_idx]
         self.val_files_ = None if paths is None else [str(paths[i]) for i in val_idx]
         self.skipped_ = [(str(p), r) for p, r in data.skipped]
         # Medians of all base scores, so the score kind can be switched after fitting.
-        val_base = self._base_scores(images[val_idx], BASE_KINDS)
+        val_base = self._base_scores(images, BASE_KINDS, index=val_idx)
         val_base.pop("loss")
         self.score_medians_ = normal_medians(val_base)
         self.val_scores_ = combine_scores(val_base, self.score, self.score_medians_)
         self.set_threshold(anomalies=anomalies)
-        self.decision_scores_ = self._score(images[train_idx])[0]
+        self.decision_scores_ = self._score(images, index=train_idx)[0]
         self.labels_ = self.threshold_info_.predict(self.decision_scores_)
         return self
 
-    def _train(self, train: np.ndarray, val: np.ndarray, run_dir: Path) -> None:
-        """One aelab training stage (the composition of ``aelab.train.pretrain``)."""
+    def _train(self, images: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, run_dir: Path) -> None:
+        """One aelab training stage (the composition of ``aelab.train.pretrain``); rows are read by index."""
         set_seed(self.seed)
         prep = self.preprocessing_
         fabric = make_fabric(self.device, self.devices, self.precision)
@@ -225,8 +226,11 @@ class ReconstructionDetector(BaseEstimator):
         optimizer = torch.optim.AdamW(raw_model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.epochs, 1))
         model, optimizer = fabric.setup(raw_model, optimizer)
-        train_loader = fabric.setup_dataloaders(make_loader(train, batch_size=self.batch_size, shuffle=True, seed=self.seed, drop_last=True))
-        val_loader = fabric.setup_dataloaders(make_loader(val, batch_size=max(self.batch_size, 256)), use_distributed_sampler=False)
+        rows = RowReader(images)  # one reader: train and validation share its mapping
+        train_loader = fabric.setup_dataloaders(make_loader(
+            rows, index=train_idx, batch_size=self.batch_size, shuffle=True, seed=self.seed, drop_last=True))
+        val_loader = fabric.setup_dataloaders(make_loader(
+            rows, index=val_idx, batch_size=max(self.batch_size, 256)), use_distributed_sampler=False)
         gen = torch.Generator().manual_seed(self.seed + fabric.global_rank)
 
         def train_step(batch):
@@ -281,11 +285,15 @@ class ReconstructionDetector(BaseEstimator):
         if not hasattr(self, "model_"):
             raise AelabError("this ReconstructionDetector is not fitted yet: call fit() or ReconstructionDetector.load()")
 
-    def _base_scores(self, images: np.ndarray, kinds: tuple[str, ...], chunk: int = 512) -> dict[str, np.ndarray]:
-        """Base scores of ``kinds`` plus ``"loss"``, the plain per-image MSE (the course report's loss)."""
+    def _base_scores(self, images: np.ndarray, kinds: tuple[str, ...], chunk: int = 512,
+                     index: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Base scores of ``kinds`` plus ``"loss"``, the plain per-image MSE (the course report's loss),
+        of ``images`` (or of its rows ``index``, read chunk by chunk)."""
         prep, device, parts = self.preprocessing_, pick_device(self.device), []
-        for start in range(0, len(images), chunk):  # chunks bound the memory of reconstructions
-            x = images[start : start + chunk]
+        rows = None if index is None else RowReader(images)
+        n = len(images) if index is None else len(index)
+        for start in range(0, n, chunk):  # chunks bound the memory of reconstructions
+            x = images[start : start + chunk] if rows is None else rows.gather(index[start : start + chunk]).numpy()
             rec = batched_forward(self.model_, prep, x, device=device, batch_size=min(chunk, 256), want=("reconstruction",))
             target, recon = prep.target(x), torch.from_numpy(rec.reconstruction)
             part = base_scores(target, recon, self.ssim_window, kinds, self.reduction, self.top_k, self.smoothing)
@@ -293,8 +301,8 @@ class ReconstructionDetector(BaseEstimator):
             parts.append(part)
         return {k: np.concatenate([p[k] for p in parts]) for k in (*kinds, "loss")}
 
-    def _score(self, images: np.ndarray, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
-        base = self._base_scores(images, needed_kinds(self.score), chunk)
+    def _score(self, images: np.ndarray, chunk: int = 512, index: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        base = self._base_scores(images, needed_kinds(self.score), chunk, index=index)
         return combine_scores(base, self.score, self.score_medians_), base["loss"]
 
     def score_images(self, X: Any) -> ScoreResult:

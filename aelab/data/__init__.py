@@ -24,6 +24,7 @@ from aelab.data.mvtec import (
     read_mvtec,
 )
 from aelab.data.preprocess import Preprocessing
+from aelab.data.rows import RowReader
 
 __all__ = [
     "AUGMENTATION_PRESETS",
@@ -35,6 +36,7 @@ __all__ = [
     "ImageSet",
     "LabelledFiles",
     "Preprocessing",
+    "RowReader",
     "build_augmentation",
     "decode_image",
     "default_cache_dir",

@@ -59,7 +59,7 @@ def build_classifier_stage(cfg, fabric, raw_model, prep, data) -> dict[str, Any]
     model, optimizer, scheduler = _optimiser(cfg, fabric, raw_model)
     # Every process validates on all images so that the best epoch is the same everywhere.
     val_loader = fabric.setup_dataloaders(
-        make_loader(data.images[val_idx], data.labels[val_idx], batch_size=256), use_distributed_sampler=False)
+        make_loader(data.images, data.labels, batch_size=256, index=val_idx), use_distributed_sampler=False)
     augment = build_augmentation(cfg.augment, prep.image_size).to(fabric.device)
     frozen = (*raw_model.encoders, raw_model.bottleneck) if cfg.freeze_encoder else ()
     w = cfg.resolved_recon_weight()
@@ -71,8 +71,8 @@ def build_classifier_stage(cfg, fabric, raw_model, prep, data) -> dict[str, Any]
     else:
         step = _labelled_step(cfg, model, prep, augment, frozen, w)
         loader = fabric.setup_dataloaders(make_loader(
-            data.images[train_idx], data.labels[train_idx], batch_size=cfg.batch_size, shuffle=True,
-            seed=cfg.seed, drop_last=True))
+            data.images, data.labels, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
+            index=train_idx))
     validate = _validator(ema.module if ema is not None else model, prep, val_loader, w)
     return dict(model=model, raw_model=raw_model, optimizer=optimizer, scheduler=scheduler, train_loader=loader,
                 train_step=step, validate=validate, ema=ema, n_val=int(len(val_idx)))
@@ -103,8 +103,8 @@ def _fixmatch_step(cfg, fabric, model, prep, data, train_idx: np.ndarray, weak, 
     The loader walks the unlabelled images (an epoch is one pass over them); the labelled batch of
     step t is drawn by `LabelledStream` from (seed, rank, t), so a resumed run draws the same ones.
     """
-    labelled = LabelledStream(torch.as_tensor(data.images[train_idx]), torch.as_tensor(data.labels[train_idx]),
-                              cfg.batch_size, cfg.seed, fabric.global_rank)
+    labelled = LabelledStream(data.images, torch.as_tensor(data.labels), cfg.batch_size, cfg.seed, fabric.global_rank,
+                              index=train_idx)
     loader = fabric.setup_dataloaders(make_loader(
         data.unlabelled, batch_size=cfg.batch_size * cfg.unlabelled_ratio, shuffle=True, seed=cfg.seed, drop_last=True))
 

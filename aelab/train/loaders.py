@@ -1,4 +1,4 @@
-"""Batches straight from the decoded uint8 array: one slice per batch, no per-image Python work."""
+"""Batches straight from the decoded uint8 array (or its memory map): one gather per batch, no per-image Python work."""
 
 from __future__ import annotations
 
@@ -8,31 +8,41 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from aelab.data.rows import as_reader
+
 __all__ = ["UInt8Dataset", "EpochShuffleSampler", "make_loader", "split_indices"]
 
 
 class UInt8Dataset(Dataset):
-    """Images ``(N, C, H, W)`` uint8 (and optional int64 labels) indexed a whole batch at a time.
+    """Rows ``index`` of images ``(N, C, H, W)`` uint8 (and optional int64 labels), read a whole batch at a time.
 
-    ``__getitems__`` lets the standard ``DataLoader`` (and so Lightning's distributed sampler
-    injection) fetch a batch with one tensor index instead of N ``__getitem__`` calls and a collate.
+    ``images`` is not copied: it may be the memory map of the decode cache (or a `RowReader`
+    over several arrays), and a batch reads only its own rows (`aelab.data.RowReader`), so memory
+    does not grow with the data set. ``labels`` are aligned with ``images`` (row ``index[i]`` has
+    label ``labels[index[i]]``). ``__getitems__`` lets the standard ``DataLoader`` (and so
+    Lightning's distributed sampler injection: each rank reads only its share) fetch a batch with
+    one gather instead of N ``__getitem__`` calls and a collate.
     """
 
-    def __init__(self, images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor | None = None):
-        self.images = torch.as_tensor(images)
+    def __init__(self, images, labels: np.ndarray | torch.Tensor | None = None, index: np.ndarray | None = None):
+        self.rows = as_reader(images)
+        self.index = None if index is None else np.asarray(index, dtype=np.int64)
         self.labels = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.long)
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.rows) if self.index is None else len(self.index)
 
     def __getitem__(self, i: int) -> Any:
         return self.__getitems__([i])
 
     def __getitems__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor]:
-        index = torch.as_tensor(idx, dtype=torch.long)
+        rows = np.asarray(idx, dtype=np.int64)
+        if self.index is not None:
+            rows = self.index[rows]
+        x = self.rows.gather(rows)
         if self.labels is None:
-            return (self.images[index],)
-        return self.images[index], self.labels[index]
+            return (x,)
+        return x, self.labels[torch.from_numpy(rows)]
 
 
 def _as_batch(batch: Any) -> Any:
@@ -60,15 +70,19 @@ class EpochShuffleSampler(Sampler[int]):
 
 
 def make_loader(
-    images: np.ndarray | torch.Tensor,
+    images,
     labels: np.ndarray | None = None,
     batch_size: int = 64,
     shuffle: bool = False,
     seed: int = 0,
     drop_last: bool = False,
+    index: np.ndarray | None = None,
 ) -> DataLoader:
-    """A ``DataLoader`` over uint8 images; batches are ``(x_uint8,)`` or ``(x_uint8, y)``."""
-    ds = UInt8Dataset(images, labels)
+    """A ``DataLoader`` over rows ``index`` (default all) of uint8 images; batches are ``(x_uint8,)`` or ``(x_uint8, y)``.
+
+    ``images``: an array, tensor, memory map or `aelab.data.RowReader`; rows are read per batch.
+    """
+    ds = UInt8Dataset(images, labels, index)
     sampler = EpochShuffleSampler(len(ds), seed, shuffle)
     # Never drop the only batch of a tiny data set.
     drop = drop_last and len(ds) > batch_size

@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from aelab.data.rows import RowReader
 from aelab.errors import AelabError
 from aelab.models import build_model, preset_config
 from aelab.progress import info
@@ -82,14 +82,16 @@ class PretrainConfig(RunOptions):
     resume: str | None = None
 
 
-def _images(cfg: PretrainConfig, prep) -> np.ndarray:
+def _images(cfg: PretrainConfig, prep) -> RowReader:
+    """The pretraining images, read by index from the decode cache (nothing is copied into memory)."""
     from aelab.data import load_images, scan_labelled
 
     src = resolve_sources(cfg.data, unlabelled=cfg.unlabelled, labelled=cfg.labelled)
-    images = prep.load(require(src.unlabelled, "unlabelled", "--unlabelled"), recursive=cfg.recursive, strict=cfg.strict).images
+    parts = [prep.load(require(src.unlabelled, "unlabelled", "--unlabelled"), recursive=cfg.recursive, strict=cfg.strict).images]
     if cfg.include_labelled:
         lab = scan_labelled(require(src.labelled, "labelled", "--labelled"))
-        images = np.concatenate([images, load_images(lab.paths, prep.image_size, prep.channels, strict=cfg.strict).images])
+        parts.append(load_images(lab.paths, prep.image_size, prep.channels, strict=cfg.strict).images)
+    images = RowReader(parts)
     if len(images) < 2:
         raise AelabError(f"pretraining needs at least 2 images, found {len(images)}")
     return images
@@ -166,11 +168,12 @@ def _stage(cfg, fabric, raw_model, prep, images, augment) -> dict:
     optimizer = torch.optim.AdamW(raw_model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
     model, optimizer = fabric.setup(raw_model, optimizer)
-    train_loader = fabric.setup_dataloaders(
-        make_loader(images[train_idx], batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True))
-    val_images = images[val_idx] if len(val_idx) else images[train_idx]
+    # Rows are read by index, batch by batch: each process reads only its share of the training rows.
+    train_loader = fabric.setup_dataloaders(make_loader(
+        images, index=train_idx, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True))
     # Every process validates on all images so that early stopping decides the same everywhere.
-    val_loader = fabric.setup_dataloaders(make_loader(val_images, batch_size=max(cfg.batch_size, 256)), use_distributed_sampler=False)
+    val_loader = fabric.setup_dataloaders(make_loader(
+        images, index=val_idx if len(val_idx) else train_idx, batch_size=max(cfg.batch_size, 256)), use_distributed_sampler=False)
     if cfg.objective == "denoise":
         train_step, validate = _denoise_steps(cfg, model, prep, augment, val_loader)
     else:

@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from aelab.data.rows import as_reader
 
 __all__ = ["fixmatch_unlabelled_loss", "ModelEMA", "LabelledStream"]
 
@@ -89,14 +92,19 @@ class LabelledStream:
 
     FixMatch steps through the unlabelled images and draws a labelled batch at every step; making
     that draw a function of the global step keeps ``--resume`` exact without saving a sampler.
+    ``images`` (an array, memory map or tensor) is read by row, only the rows of each batch;
+    ``index``, when given, lists the rows of ``images`` (and ``labels``) to draw from.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int, rank: int = 0):
-        self.images, self.labels = images, labels
-        self.batch_size = min(batch_size, len(labels))
+    def __init__(self, images, labels: torch.Tensor, batch_size: int, seed: int, rank: int = 0,
+                 index: np.ndarray | None = None):
+        self.rows = as_reader(images)
+        self.labels = torch.as_tensor(labels)
+        self.index = np.arange(len(self.labels)) if index is None else np.asarray(index, dtype=np.int64)
+        self.batch_size = min(batch_size, len(self.index))
         self.seed, self.rank = seed, rank
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         g = torch.Generator().manual_seed(((self.seed * 1_000_003) + self.rank * 7919 + step) % (2**63))
-        idx = torch.randperm(len(self.labels), generator=g)[: self.batch_size]
-        return self.images[idx], self.labels[idx]
+        rows = self.index[torch.randperm(len(self.index), generator=g)[: self.batch_size].numpy()]
+        return self.rows.gather(rows), self.labels[torch.from_numpy(rows)]
