@@ -104,11 +104,11 @@ class ReconstructionDetector(BaseEstimator):
     def __init__(
         self, *, preset: str = "small", image_size: int | None = None, channels: int | None = None,
         width: int | None = None, depth: int | None = 4, skip_connections: bool = False,
-        score: str = "mse+gms", reduction: str = "topk", top_k: float = 0.01, smoothing: float = 0.0,
+        score: str = "mse+gms", reduction: str = "topk", top_k: float = 0.005, smoothing: float = 0.0,
         ssim_window: int = 7, contamination: float = 0.01, threshold: float | None = None,
-        threshold_rule: str = "auto", epochs: int = 60, batch_size: int = 32, lr: float = 1e-3,
+        threshold_rule: str = "auto", epochs: int = 100, batch_size: int = 32, lr: float = 1e-3,
         weight_decay: float = 1e-4, corruption: str = "structured", noise_factor: float = 0.0,
-        val_fraction: float = 0.2, patience: int = 5,
+        val_fraction: float = 0.2, patience: int = 20,
         recursive: bool = False, strict: bool = False, seed: int = 0, device: str = "auto", devices: int = 1,
         precision: str = "auto", run_dir: str | None = None,
     ):

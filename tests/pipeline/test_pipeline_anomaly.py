@@ -1,4 +1,4 @@
-"""Study 3 of `aelab run` (`aelab.pipeline_anomaly`) on data in the MVTec AD layout under ROOT/anomaly."""
+"""Study 3 of `aelab run` (`aelab.pipeline_anomaly`) on data in the MVTec AD layout: under ROOT/anomaly, and ROOT itself."""
 
 from __future__ import annotations
 
@@ -55,3 +55,29 @@ def test_no_anomaly_data_is_a_skip_with_a_reason(tmp_path):
     (tmp_path / "data" / "test").mkdir(parents=True)
     with pytest.raises(_Skip, match="no anomaly folder"):
         run_anomaly_study(_ctx(tmp_path / "data", tmp_path / "run"), _Skip)
+
+
+def test_aelab_run_on_an_mvtec_root_runs_study_3_with_pixel_metrics(tmp_path):
+    """`aelab run --data ROOT` with ROOT itself in the MVTec AD layout (README, "Your own data")."""
+    from aelab.data.mvtec import make_mvtec_like
+    from aelab.pipeline import RunConfig, run_all
+
+    root = make_mvtec_like(tmp_path / "bottle", n_train=30, n_test_good=6, n_per_defect=2)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run = run_all(RunConfig(data=str(root), out=str(tmp_path / "run"), preset="tiny", channels=1,
+                                methods="supervised", anomaly_epochs=2, device="cpu"))
+    finally:
+        torch.set_num_threads(n)
+    stages = json.loads((run / "stages.json").read_text())
+    assert stages["anomaly"]["status"] == "done", stages["anomaly"]
+    summary = json.loads((run / "anomaly" / "summary.json").read_text())
+    assert summary["normal"] == "MVTec AD layout bottle/train/good" and summary["data_dir"] == str(root)
+    assert (summary["n_normal_test"], summary["n_anomalous"]) == (6, 6)
+    assert set(summary["noskip"]["per_defect_auroc"]) == {"blob", "missing", "scratch"} and 0 <= summary["noskip"]["aupro"] <= 1
+    report = json.loads((run / "report.json").read_text())
+    section3 = next(s for s in report["sections"] if s["id"] == "3")
+    assert section3["skipped_reason"] is None
+    # Study 1 has no labelled images here: it does not run, and the run still ends with its report.
+    assert stages["supervised"]["status"] in ("failed", "skipped") and (run / "report.html").is_file()
