@@ -159,9 +159,16 @@ def _stage_data(ctx: _Ctx) -> dict:
             **{k: (str(v) if v else None) for k, v in asdict(layout).items() if k != "root"}}
 
 
+def _need(ctx: _Ctx, part: str, why: str) -> None:
+    """Skip the stage (with the reason in the report) when the data lack a folder of the course layout."""
+    if not ctx.results.get("data", {}).get(part):
+        raise Skip(f"the data have no {'dev/' if part in ('labelled', 'unlabelled') else ''}{part} folder ({why})")
+
+
 def _stage_pretrain(ctx: _Ctx) -> dict:
     from aelab.train.study import pretrain_denoise
 
+    _need(ctx, "unlabelled", "the course report's pretraining learns from unlabelled images")
     return {"run": str(pretrain_denoise(ctx.cfg, ctx.data, ctx.sub("pretrain")))}
 
 
@@ -169,6 +176,7 @@ def _method_stage(method: str) -> Callable[[_Ctx], dict]:
     def stage(ctx: _Ctx) -> dict:
         from aelab.train.study import as_row, run_method
 
+        _need(ctx, "labelled", "study 1 trains on labelled images")
         pre = ctx.results.get("pretrain", {}).get("run")
         ctx.sub(method)
         try:
