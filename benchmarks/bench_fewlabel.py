@@ -64,7 +64,6 @@ def curve(labels: int, seed: int, cfg: ClassificationStudyConfig, epochs: list[i
     """Test accuracy of FixMatch's EMA model at the end of the given epochs of ONE default-budget run."""
     from unittest import mock
 
-
     from aelab.data import Preprocessing, image_ids, read_labels_csv, resolve_layout, scan_labelled
     from aelab.train import classify
     from aelab.train.finetune import FinetuneConfig, finetune_result
