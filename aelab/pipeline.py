@@ -44,7 +44,7 @@ class RunConfig(ClassificationStudyConfig):
             classes 2,5,8 (else the first three) subsampled to 2:1:1; every method of the study (EKM,
             k-means, the course report's softmax variant, semi-supervised EKM) is run, so ``method`` is not used.
         anomaly: study 3 (``--anomaly.NAME``, as `aelab anomaly fit`'s flags, plus ``normal_class``); 30 epochs
-            (the detector's default is 60) to keep the whole run under 10 minutes on a laptop CPU.
+            (the detector's default is 100) to keep the whole run under 10 minutes on a laptop CPU.
         demo_unlabelled: demo data: number of unlabelled images.
         demo_labelled_per_class: demo data: labelled images per class.
         demo_test: demo data: number of test images.

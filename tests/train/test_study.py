@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from aelab.data import make_demo_data
 from aelab.train.study import ClassificationStudyConfig, classification_study
@@ -24,8 +25,13 @@ def few_labels(tmp_path_factory):
 @pytest.mark.slow
 def test_semi_supervised_beats_supervised_only_with_few_labels(few_labels, tmp_path):
     cfg = ClassificationStudyConfig(methods="supervised,fixmatch,label-spreading", preset="tiny", channels=1,
-                                    finetune_epochs=100, fixmatch_epochs=15, val_fraction=0.34, device="cpu")
-    result = classification_study(cfg, few_labels, tmp_path / "run")
+                                    finetune_epochs=100, fixmatch_epochs=25, val_fraction=0.34, device="cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same numbers on every machine (measured: fixmatch 0.725 vs supervised 0.58; 2 threads: 0.735 vs 0.515)
+    try:
+        result = classification_study(cfg, few_labels, tmp_path / "run")
+    finally:
+        torch.set_num_threads(threads)
     acc = {r.method: r.test_acc for r in result.rows}
     # Same network, labels, split and seed: the unlabelled images are worth many points here.
     assert acc["fixmatch"] > acc["supervised"] + 0.05, acc
