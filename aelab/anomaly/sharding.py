@@ -10,13 +10,10 @@ one all-gather per output puts the rows back in file order, and only rank 0 writ
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-
-from aelab.errors import AelabError
 
 __all__ = ["launch", "images_once", "per_image", "run_dir_once", "is_writer"]
 
@@ -48,22 +45,9 @@ def run_dir_once(fabric, out, verb: str) -> Path:
 
 def images_once(fabric, det, X):
     """``det.as_images(X)`` on rank 0 first (it decodes and fills the cache), then on the other ranks."""
-    if fabric is None or fabric.world_size == 1:
-        return det.as_images(X)
-    data, failure = None, None
-    if fabric.global_rank == 0:
-        try:
-            data = det.as_images(X)
-        except AelabError as exc:
-            failure = str(exc)
-    failure = fabric.broadcast(failure, src=0)
-    if failure is not None:
-        raise AelabError(failure)
-    if fabric.global_rank != 0:
-        with warnings.catch_warnings():  # rank 0 already said which files it skipped
-            warnings.simplefilter("ignore", UserWarning)
-            data = det.as_images(X)
-    return data
+    from aelab.train.inference import rank0_first
+
+    return rank0_first(fabric, lambda: det.as_images(X))
 
 
 def per_image(fabric, fn: Callable[[int, int], tuple], n: int, batch_size: int) -> tuple:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -103,17 +104,15 @@ def shard_range(n: int, batch_size: int, rank: int, world: int) -> tuple[int, in
     return min(n, rank * block), min(n, (rank + 1) * block), block
 
 
-def load_images_once(fabric, paths, image_size: int, channels: int, strict: bool = False):
-    """`aelab.data.load_images` on rank 0 first (it decodes and fills the disk cache), then on the
-    other ranks, which read the memory-mapped cache (each only touches the rows it runs)."""
-    from aelab.data import load_images
-
-    if fabric.world_size == 1:
-        return load_images(paths, image_size, channels, strict=strict)
+def rank0_first(fabric, load: Callable[[], Any]) -> Any:
+    """``load()`` on rank 0 first (it decodes and fills the disk cache), then on the other ranks, which
+    read the memory-mapped cache; an `AelabError` on rank 0 is raised on every rank (none waits forever)."""
+    if fabric is None or fabric.world_size == 1:
+        return load()
     data, failure = None, None
     if fabric.global_rank == 0:
         try:
-            data = load_images(paths, image_size, channels, strict=strict)
+            data = load()
         except AelabError as exc:
             failure = str(exc)
     failure = fabric.broadcast(failure, src=0)
@@ -122,8 +121,15 @@ def load_images_once(fabric, paths, image_size: int, channels: int, strict: bool
     if fabric.global_rank != 0:
         with warnings.catch_warnings():  # rank 0 already said which files it skipped
             warnings.simplefilter("ignore", UserWarning)
-            data = load_images(paths, image_size, channels, strict=strict)
+            data = load()
     return data
+
+
+def load_images_once(fabric, paths, image_size: int, channels: int, strict: bool = False):
+    """`aelab.data.load_images` through `rank0_first` (each rank only touches the rows it runs)."""
+    from aelab.data import load_images
+
+    return rank0_first(fabric, lambda: load_images(paths, image_size, channels, strict=strict))
 
 
 def sharded_forward(
