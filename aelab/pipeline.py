@@ -88,19 +88,9 @@ class _Group:
 
     def from_rank0(self, fn: Callable[[], Any]) -> Any:
         """``fn()`` on rank 0; every rank gets its value, or its `AelabError` (so no rank waits forever)."""
-        made: tuple[str, Any] | None = None
-        if self.rank == 0:
-            try:
-                made = ("ok", fn())
-            except AelabError as exc:
-                made = ("error", str(exc))
-        if self.fabric is not None:
-            made = self.fabric.broadcast(made, src=0)
-        status, value = made
-        if status == "error":
-            raise AelabError(value)
-        return value
+        from aelab.train.engine import from_rank0
 
+        return from_rank0(self.fabric, fn)
 
     def leave(self) -> bool:
         """All processes leave the process group together (one that just exits aborts in gloo); True on the

@@ -26,7 +26,7 @@ from aelab.errors import AelabError
 from aelab.progress import info, progress
 from aelab.train.checkpoint import load_checkpoint, save_checkpoint
 
-__all__ = ["make_fabric", "FitState", "fit_loop", "resolve_precision", "shared_run_dir", "start_run"]
+__all__ = ["make_fabric", "FitState", "fit_loop", "from_rank0", "resolve_precision", "shared_run_dir", "start_run"]
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -67,6 +67,25 @@ def make_fabric(device: str = "auto", devices: int | str = 1, precision: str = "
     return fabric
 
 
+def from_rank0(fabric, fn: Callable[[], Any]) -> Any:
+    """``fn()`` on rank 0; every rank gets its (picklable) value, or its `AelabError`, so none waits forever.
+
+    ``fabric`` None (one process without a launched Fabric) just calls ``fn``.
+    """
+    made: tuple[str, Any] | None = None
+    if fabric is None or fabric.global_rank == 0:
+        try:
+            made = ("ok", fn())
+        except AelabError as exc:
+            made = ("error", str(exc))
+    if fabric is not None and fabric.world_size > 1:
+        made = fabric.broadcast(made, src=0)
+    status, value = made
+    if status == "error":
+        raise AelabError(value)
+    return value
+
+
 def shared_run_dir(fabric, out, verb: str) -> Path:
     """Rank 0 creates the run folder (`aelab.runs.new_run_dir`) and every rank gets its path.
 
@@ -74,18 +93,7 @@ def shared_run_dir(fabric, out, verb: str) -> Path:
     """
     from aelab.runs import new_run_dir
 
-    made: tuple[str, str] | None = None
-    if fabric.global_rank == 0:
-        try:
-            made = ("ok", str(new_run_dir(out, verb)))
-        except AelabError as exc:
-            made = ("error", str(exc))
-    if fabric.world_size > 1:
-        made = fabric.broadcast(made, src=0)
-    status, value = made
-    if status == "error":
-        raise AelabError(value)
-    return Path(value)
+    return Path(from_rank0(fabric, lambda: str(new_run_dir(out, verb))))
 
 
 def start_run(fabric, cfg, verb: str, run_dir: Path | None) -> Path:
