@@ -38,6 +38,8 @@ import torch
 from aelab.data import make_demo_data
 from aelab.train.study import ClassificationStudyConfig, classification_study
 
+N_TEST = 500  # --n-test: a larger test set for tuning runs (it changes the unlabelled draw)
+
 
 def demo(labels: int, seed: int, work: Path) -> Path:
     """The demo data of one budget and seed. Study 1 does not use the anomaly folders; 100 labels per class
@@ -45,8 +47,8 @@ def demo(labels: int, seed: int, work: Path) -> Path:
     omits them (the labelled and test draws come first and do not change; the unlabelled ones do)."""
     data = work / f"data_{labels}_{seed}"
     if not data.exists():
-        room = 10 * labels + 3000 + 500 + 600 <= 5000
-        make_demo_data(data, seed=seed, labelled_per_class=labels, n_unlabelled=3000, n_test=500,
+        room = 10 * labels + 3000 + N_TEST + 600 <= 5000
+        make_demo_data(data, seed=seed, labelled_per_class=labels, n_unlabelled=3000, n_test=N_TEST,
                        **({} if room else dict(n_anomaly_normal=0, n_anomalous=0)))
     return data
 
@@ -90,7 +92,9 @@ def curve(labels: int, seed: int, cfg: ClassificationStudyConfig, epochs: list[i
                     pred = torch.cat([net(prep.model_input(b)).logits.argmax(1) for b in x.split(256)])
                 points.append(dict(labels=labels, seed=seed, epoch=epoch[0], seconds=round(time.perf_counter() - t0, 1),
                                    cpu_seconds=round(time.process_time() - c0, 1),
-                                   val_acc=out["val_acc"], test_acc=float((pred == y).float().mean())))
+                                   val_acc=out["val_acc"], test_acc=float((pred == y).float().mean()),
+                                   errors_by_class=torch.bincount(y[pred != y], minlength=len(classes)).tolist(),
+                                   confusions=_confusions(y, pred, classes)))
                 print(json.dumps(points[-1]), file=sys.stderr, flush=True)
             return out
 
@@ -101,6 +105,29 @@ def curve(labels: int, seed: int, cfg: ClassificationStudyConfig, epochs: list[i
             data=str(data), method="fixmatch", epochs=max(epochs), preset=cfg.preset, channels=cfg.channels,
             val_fraction=cfg.val_fraction, seed=seed, device=cfg.device, out=str(work / f"curve_{labels}_{seed}"), **fixmatch))
     return points
+
+
+def _confusions(truth: torch.Tensor, pred: torch.Tensor, classes: list[str], top: int = 4) -> str:
+    """The most frequent (true → predicted) errors, e.g. ``"7→1: 9, 4→9: 3"``."""
+    wrong = truth != pred
+    pairs = torch.stack([truth[wrong], pred[wrong]], 1).tolist()
+    counts = {}
+    for t, p in pairs:
+        counts[(t, p)] = counts.get((t, p), 0) + 1
+    best = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+    return ", ".join(f"{classes[t]}→{classes[p]}: {n}" for (t, p), n in best)
+
+
+def _settings(pairs: list[str]) -> dict:
+    """``NAME=VALUE`` pairs as FinetuneConfig keyword arguments, each VALUE read as its field's type."""
+    from aelab.train.finetune import FinetuneConfig
+
+    out = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        kind = type(FinetuneConfig.__dataclass_fields__[name].default)
+        out[name] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    return out
 
 
 def plot_curve(rows: list[dict], path: Path) -> None:
@@ -145,10 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fixmatch-epochs", default=None, help="comma list: one fixmatch run per value (accuracy vs time)")
     ap.add_argument("--curve", default=None, help="comma list of epochs: one fixmatch run, its EMA model scored at each")
     ap.add_argument("--threshold", type=float, default=None, help="--curve only: fixmatch's confidence threshold tau")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="--curve only: a fine-tuning setting of the FixMatch run (e.g. distribution_alignment=true); repeatable")
+    ap.add_argument("--n-test", type=int, default=500, help="test images (tuning only: a larger test set changes the unlabelled draw)")
     ap.add_argument("--plot", default=None, help="--curve only: also draw test accuracy against minutes into this PNG")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--json", default=None, help="also write every row to this JSON file")
     args = ap.parse_args(argv)
+    global N_TEST
+    N_TEST = args.n_test
     if args.threads:
         torch.set_num_threads(args.threads)
     base = ClassificationStudyConfig(methods=args.methods, device="cpu")
@@ -160,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             for labels in map(int, args.labels.split(",")):
                 for seed in map(int, args.seeds.split(",")):
                     extra = {} if args.threshold is None else dict(threshold=args.threshold)
+                    extra.update(_settings(args.set))
                     rows += curve(labels, seed, base, sorted(map(int, args.curve.split(","))), Path(tmp), **extra)
         print("| labels/class | seed | epoch | test accuracy (EMA) | val accuracy | CPU seconds | wall seconds |\n"
               "|---:|---:|---:|---:|---:|---:|---:|")

@@ -11,10 +11,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from aelab.errors import AelabError
 from aelab.train.loaders import make_loader, split_indices
-from aelab.train.semi import LabelledStream, ModelEMA, fixmatch_unlabelled_loss
+from aelab.train.semi import CurriculumThresholds, DistributionAlignment, LabelledStream, ModelEMA, fixmatch_unlabelled_loss
 
 __all__ = ["build_classifier_stage"]
 
@@ -63,11 +64,11 @@ def build_classifier_stage(cfg, fabric, raw_model, prep, data) -> dict[str, Any]
     augment = build_augmentation(cfg.augment, prep.image_size).to(fabric.device)
     frozen = (*raw_model.encoders, raw_model.bottleneck) if cfg.freeze_encoder else ()
     w = cfg.resolved_recon_weight()
-    ema = None
+    ema = train_state = None
     if cfg.method == "fixmatch":
         ema = ModelEMA(raw_model, cfg.ema_decay).to(fabric.device) if cfg.ema_decay > 0 else None
         strong = build_augmentation(cfg.strong_augment, prep.image_size).to(fabric.device)
-        step, loader = _fixmatch_step(cfg, fabric, model, prep, data, train_idx, augment, strong, w)
+        step, loader, train_state = _fixmatch_step(cfg, fabric, model, prep, data, train_idx, augment, strong, w)
     else:
         step = _labelled_step(cfg, model, prep, augment, frozen, w)
         loader = fabric.setup_dataloaders(make_loader(
@@ -75,7 +76,7 @@ def build_classifier_stage(cfg, fabric, raw_model, prep, data) -> dict[str, Any]
             index=train_idx))
     validate = _validator(ema.module if ema is not None else model, prep, val_loader, w)
     return dict(model=model, raw_model=raw_model, optimizer=optimizer, scheduler=scheduler, train_loader=loader,
-                train_step=step, validate=validate, ema=ema, n_val=int(len(val_idx)))
+                train_step=step, validate=validate, ema=ema, train_state=train_state, n_val=int(len(val_idx)))
 
 
 def _labelled_step(cfg, model, prep, augment, frozen, w: float):
@@ -105,8 +106,18 @@ def _fixmatch_step(cfg, fabric, model, prep, data, train_idx: np.ndarray, weak, 
     """
     labelled = LabelledStream(data.images, torch.as_tensor(data.labels), cfg.batch_size, cfg.seed, fabric.global_rank,
                               index=train_idx)
+    n_unlabelled = len(data.unlabelled)
+    # Row numbers travel with the images (as their "labels") for FlexMatch's per-image memory.
     loader = fabric.setup_dataloaders(make_loader(
-        data.unlabelled, batch_size=cfg.batch_size * cfg.unlabelled_ratio, shuffle=True, seed=cfg.seed, drop_last=True))
+        data.unlabelled, np.arange(n_unlabelled), batch_size=cfg.batch_size * cfg.unlabelled_ratio, shuffle=True, seed=cfg.seed,
+        drop_last=True))
+    curriculum = None
+    if cfg.class_thresholds:
+        curriculum = CurriculumThresholds(n_unlabelled, len(data.classes), cfg.threshold).to(fabric.device)
+    align = None
+    if cfg.distribution_alignment:
+        counts = np.bincount(np.asarray(data.labels)[train_idx], minlength=len(data.classes))
+        align = DistributionAlignment(torch.as_tensor(counts, dtype=torch.float32)).to(fabric.device)
 
     def train_step(batch, step: int):
         x, y = labelled.batch(step)
@@ -118,7 +129,7 @@ def _fixmatch_step(cfg, fabric, model, prep, data, train_idx: np.ndarray, weak, 
         n, m = len(xl), len(u)
         logits_l, logits_w, logits_s = out.logits[:n], out.logits[n:n + m], out.logits[n + m:]
         ce = F.cross_entropy(logits_l.float(), y)
-        lu, mask = fixmatch_unlabelled_loss(logits_w, logits_s, cfg.threshold)
+        lu, mask = fixmatch_unlabelled_loss(logits_w, logits_s, cfg.threshold, align, curriculum, batch[1])
         loss = ce + cfg.unlabelled_weight * lu
         losses = {"ce": ce, "unlabelled": lu, "mask_rate": mask.mean()}
         if w > 0:
@@ -126,4 +137,5 @@ def _fixmatch_step(cfg, fabric, model, prep, data, train_idx: np.ndarray, weak, 
             loss, losses["mse"] = (1 - w) * loss + w * mse, mse
         return {"loss": loss, **losses}
 
-    return train_step, loader
+    state = nn.ModuleDict({k: v for k, v in (("curriculum", curriculum), ("align", align)) if v is not None})
+    return train_step, loader, state if len(state) else None

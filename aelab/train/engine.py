@@ -163,6 +163,7 @@ class _Loop:
     desc: str
     ema: Any = None
     tiebreak: str | None = None  # "later", or a "min" metric that decides between epochs equal on ``monitor``
+    train_state: Any = None  # a module whose buffers the train step updates (FlexMatch, distribution alignment)
     state: FitState = field(default_factory=FitState)
     metrics_file: Any = None  # RunMetricsLogger of metrics.csv, attached after a resume is restored
 
@@ -176,6 +177,8 @@ class _Loop:
         if self.ema is not None:
             self.ema.module.load_state_dict(ckpt["state_dict"])
             self.ema.updates.fill_(int(ckpt.get("ema_updates", 0)))
+        if self.train_state is not None and ckpt.get("train_state") is not None:
+            self.train_state.load_state_dict(ckpt["train_state"])
         # Fabric's optimizer wrapper keeps a copy of the state dict attributes: load into the real one.
         getattr(self.optimizer, "optimizer", self.optimizer).load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None and ckpt.get("scheduler") is not None:
@@ -193,6 +196,7 @@ class _Loop:
             state_dict=weights,  # what predict/embed load: the averaged weights when there is an EMA
             train_state_dict=None if self.ema is None else self.raw_model.state_dict(),
             ema_updates=None if self.ema is None else int(self.ema.updates),
+            train_state=None if self.train_state is None else self.train_state.state_dict(),
             optimizer=self.optimizer.state_dict(),
             scheduler=None if self.scheduler is None else self.scheduler.state_dict(),
             rng_state=torch.get_rng_state(),
@@ -264,7 +268,7 @@ class _Loop:
 
 def fit_loop(*, fabric, model, raw_model, optimizer, scheduler, train_loader, train_step, validate, epochs: int,
              run_dir: Path, monitor: str, mode: str, patience: int, payload: dict[str, Any], resume: bool = False,
-             min_delta: float = 0.0, desc: str = "train", ema=None, tiebreak: str | None = None) -> FitState:
+             min_delta: float = 0.0, desc: str = "train", ema=None, tiebreak: str | None = None, train_state=None) -> FitState:
     """Train for up to ``epochs`` epochs; save ``last.ckpt`` every epoch and ``best.ckpt`` on improvement.
 
     ``train_step(batch)`` or ``train_step(batch, step)`` (``step`` = optimiser steps so far) returns a
@@ -273,13 +277,14 @@ def fit_loop(*, fabric, model, raw_model, optimizer, scheduler, train_loader, tr
     config) goes into every checkpoint; ``tiebreak`` decides between epochs with the same ``monitor``
     value: ``"later"`` (the later epoch wins, and a tie does not count against ``patience``) or the
     name of a lower-is-better metric. With 40 validation images accuracy ties often. ``ema`` (a `aelab.train.semi.ModelEMA`) is updated after
-    every step and its weights are the checkpoint's ``state_dict``. Metrics go to every logger of
-    ``fabric`` (``metrics.csv`` always). With ``resume``, model, EMA, optimizer, scheduler, RNG and
+    every step and its weights are the checkpoint's ``state_dict``; ``train_state`` (a module whose buffers
+    ``train_step`` updates) is saved and restored with the rest. Metrics go to every logger of
+    ``fabric`` (``metrics.csv`` always). With ``resume``, model, EMA, train state, optimizer, scheduler, RNG and
     early-stopping state come from ``run_dir/last.ckpt``, so the run ends with the same weights as
     an uninterrupted one.
     """
     loop = _Loop(fabric, model, raw_model, optimizer, scheduler, train_loader, train_step, validate, epochs,
-                 Path(run_dir), monitor, mode, patience, payload, min_delta, desc, ema, tiebreak)
+                 Path(run_dir), monitor, mode, patience, payload, min_delta, desc, ema, tiebreak, train_state)
     if resume:
         loop.restore()
     from aelab.train.loggers import RunMetricsLogger

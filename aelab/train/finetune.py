@@ -7,7 +7,8 @@ Methods (``--method``):
 - ``course``: the course report's method: ``w·MSE + (1−w)·CE`` on the labelled images, usually
   from a denoising-pretrained network (``--init-from``).
 - ``fixmatch``: FixMatch-style consistency on labelled + unlabelled images (Sohn et al. 2020, see
-  `aelab.train.semi`), evaluated with an exponential moving average of the weights.
+  `aelab.train.semi`) with FlexMatch's class-wise thresholds (Zhang et al. 2021; ``--class_thresholds
+  false`` for FixMatch's single one), evaluated with an exponential moving average of the weights.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ class FinetuneConfig(RunOptions):
         unlabelled_ratio: fixmatch: unlabelled images per labelled image in a step (mu).
         unlabelled_weight: fixmatch: weight of the unlabelled loss (lambda_u).
         strong_augment: fixmatch: augmentation of the strong views.
+        class_thresholds: fixmatch: a confidence threshold per class, lower for classes with few confident pseudo-labels
+            so far (FlexMatch's curriculum pseudo-labelling); threshold is the highest. False = one threshold for all (plain FixMatch).
+        distribution_alignment: fixmatch: rescale the unlabelled predictions towards the labelled images' class shares before
+            thresholding (ReMixMatch's distribution alignment).
         ema_decay: fixmatch: decay of the weight average used for validation and prediction (0 = no average).
         epochs: maximum number of epochs (fixmatch: passes over the unlabelled images).
         batch_size: labelled images per step.
@@ -84,6 +89,8 @@ class FinetuneConfig(RunOptions):
     unlabelled_ratio: int = 3
     unlabelled_weight: float = 1.0
     strong_augment: str = "strong"
+    distribution_alignment: bool = False
+    class_thresholds: bool = True
     ema_decay: float = 0.99
     epochs: int = 30
     batch_size: int = 32

@@ -9,7 +9,7 @@ test folder. Methods:
 ``course``          the course report's method: denoising-autoencoder pretraining on the
                     unlabelled images, then ``0.5·MSE + 0.5·CE`` with the report's augmentation
 ``course-noaug``    the same without augmentation (what augmentation adds)
-``fixmatch``        semi-supervised FixMatch-style consistency (Sohn et al. 2020)
+``fixmatch``        semi-supervised FixMatch-style consistency (Sohn et al. 2020), FlexMatch's class thresholds
 ``vicreg``          self-supervised VICReg pretraining (Bardes et al. 2022), then supervised fine-tuning
 ``label-spreading`` classical reference: LabelSpreading on a PCA of the pixels (scikit-learn)
 ==================  ==========================================================================
@@ -39,7 +39,8 @@ METHODS: dict[str, tuple[str, bool]] = {  # name -> (description, uses the unlab
     "supervised": ("supervised only: random weights, cross-entropy, strong augmentation (no flips)", False),
     "course": ("the course report's method: denoising pretraining, then 0.5·MSE + 0.5·CE with its augmentation", True),
     "course-noaug": ("the course report's method without augmentation", True),
-    "fixmatch": ("semi-supervised: FixMatch-style consistency on the unlabelled images (Sohn et al. 2020)", True),
+    "fixmatch": ("semi-supervised: FixMatch-style consistency on the unlabelled images (Sohn et al. 2020) "
+                 "with FlexMatch's class-wise thresholds (Zhang et al. 2021)", True),
     "vicreg": ("self-supervised VICReg pretraining (Bardes et al. 2022), then supervised fine-tuning", True),
     "label-spreading": ("classical reference: LabelSpreading on a 50-component PCA of the pixels", True),
 }

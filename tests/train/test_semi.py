@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from aelab.train.semi import LabelledStream, ModelEMA, fixmatch_unlabelled_loss
+from aelab.train.semi import CurriculumThresholds, DistributionAlignment, LabelledStream, ModelEMA, fixmatch_unlabelled_loss
 
 
 def _reference(weak: np.ndarray, strong: np.ndarray, tau: float) -> float:
@@ -41,6 +41,55 @@ def test_only_confident_images_become_pseudo_labels():
     assert strong.grad[0, 0] < 0 and strong.grad[2, 2] < 0
     # Above every confidence, nothing is learned from the unlabelled images.
     assert float(fixmatch_unlabelled_loss(weak, strong, threshold=1.0)[0]) == 0.0
+
+
+def _flexmatch_reference(latest: np.ndarray, n_classes: int, tau: float) -> np.ndarray:
+    """Eqs. (6), (11), (7) of Zhang et al. (2021) in plain numpy, one class at a time."""
+    sigma = np.array([np.sum(latest == c) for c in range(n_classes)], dtype=float)
+    unused = np.sum(latest == -1)
+    beta = sigma / max(sigma.max(), unused, 1)
+    return np.array([b / (2 - b) * tau for b in beta])
+
+
+def test_class_thresholds_follow_flexmatch_and_set_the_mask():
+    rng = np.random.default_rng(1)
+    n, k, tau = 50, 4, 0.9
+    ct = CurriculumThresholds(n, k, tau)
+    latest = np.full(n, -1)
+    for _ in range(12):
+        idx = rng.choice(n, size=8, replace=False)
+        logits = rng.normal(size=(8, k)) * 4
+        q = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        expected = _flexmatch_reference(latest, k, tau)
+        assert np.allclose(ct.thresholds().numpy(), expected, atol=1e-6)
+        # Each image's threshold is its pseudo-label's class threshold, from before this batch.
+        _, mask = fixmatch_unlabelled_loss(torch.tensor(logits), torch.zeros(8, k), tau, curriculum=ct, index=torch.tensor(idx))
+        assert mask.numpy().tolist() == (q.max(1) >= expected[q.argmax(1)]).astype(float).tolist()
+        sure = q.max(1) >= tau
+        latest[idx[sure]] = q.argmax(1)[sure]
+    assert (latest >= 0).sum() > n // 2  # the reference really moved
+    assert np.array_equal(ct.latest.numpy(), latest)
+    # By hand: sigma = (3, 1, 0), one image unseen -> beta = (1, 1/3, 0) -> T = tau * (1, 1/5, 0).
+    small = CurriculumThresholds(5, 3, 0.9)
+    small.latest.copy_(torch.tensor([0, 0, 0, 1, -1]))
+    assert np.allclose(small.thresholds().numpy(), [0.9, 0.18, 0.0])
+
+
+def test_distribution_alignment_matches_remixmatch():
+    rng = np.random.default_rng(2)
+    prior = np.array([0.5, 0.3, 0.2])
+    da = DistributionAlignment(torch.tensor(prior * 10), momentum=0.9)  # counts are normalised
+    running = prior.copy()
+    for _ in range(5):
+        logits = rng.normal(size=(16, 3)) * 2
+        p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        running = 0.9 * running + 0.1 * p.mean(0)
+        q = p * prior / running
+        q /= q.sum(1, keepdims=True)
+        assert np.allclose(da(torch.tensor(p, dtype=torch.float32)).numpy(), q, atol=1e-5)
+    # A model that predicts (0.6, 0.3, 0.1) for every image, against a uniform prior, is aligned to uniform.
+    da = DistributionAlignment(torch.ones(3), momentum=0.0)
+    assert torch.allclose(da(torch.tensor([[0.6, 0.3, 0.1]] * 20)), torch.full((20, 3), 1 / 3))
 
 
 def test_weak_view_gets_no_gradient():

@@ -114,10 +114,14 @@ def test_best_checkpoint_is_the_epoch_with_the_highest_validation_accuracy(pretr
     assert best["metrics"]["val_acc"] == max(accs)
 
 
-def test_finetune_resume_reaches_the_same_weights(pretrained, data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", ["course", "fixmatch"])
+def test_finetune_resume_reaches_the_same_weights(pretrained, data, tmp_path, monkeypatch, method):
+    """FixMatch also restores what its class thresholds remember about each unlabelled image."""
     from aelab.runs import MetricsLogger
 
-    cfg = dict(init_from=str(pretrained), data=str(data), epochs=3, patience=10, augment="course", **TINY)
+    cfg = dict(init_from=str(pretrained), data=str(data), epochs=3, patience=10, augment="course", method=method, **TINY)
+    if method == "fixmatch":
+        cfg["threshold"] = 0.4  # the tiny net is never 95 % sure in 3 epochs: let the thresholds learn something
     full = finetune(FinetuneConfig(out=str(tmp_path / "full"), **cfg))
     original = MetricsLogger.log
 
@@ -135,6 +139,10 @@ def test_finetune_resume_reaches_the_same_weights(pretrained, data, tmp_path, mo
     b = torch.load(resumed / "last.ckpt", weights_only=True)["state_dict"]
     for k in a:
         torch.testing.assert_close(b[k], a[k], msg=k)
+    if method == "fixmatch":
+        remembered = torch.load(full / "last.ckpt", weights_only=True)["train_state"]["curriculum.latest"]
+        assert (remembered >= 0).any() and (remembered < 0).any()  # some images confidently pseudo-labelled, some not
+        assert torch.equal(torch.load(resumed / "last.ckpt", weights_only=True)["train_state"]["curriculum.latest"], remembered)
 
 
 def _checkpoint_with_classes(path, classes):
