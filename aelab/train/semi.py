@@ -15,7 +15,7 @@ aelab's default replaces the single τ by FlexMatch's class-wise thresholds (Zha
 Boosting Semi-Supervised Learning with Curriculum Pseudo Labeling", NeurIPS 2021; `CurriculumThresholds`):
 with 5 labels per digit, plain FixMatch locked a group of 7s onto the pseudo-label 2 early on and
 reinforced it; lower thresholds for the classes with few confident pseudo-labels let those images
-be learnt as 7s first (benchmarks/README.md, "Why 5 labels per class missed 0.97"). ReMixMatch's
+be learnt as 7s first (benchmarks/README.md, "5 labels per class: what plain FixMatch got wrong"). ReMixMatch's
 distribution alignment (`DistributionAlignment`, Berthelot et al. 2020) is available and off: it assumes
 the unlabelled images have the labelled images' class shares, which the demo data (and many folders)
 do not.
