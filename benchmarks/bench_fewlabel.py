@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threshold", type=float, default=None, help="--curve only: fixmatch's confidence threshold tau")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="--curve only: a fine-tuning setting of the FixMatch run (e.g. distribution_alignment=true); repeatable")
+    ap.add_argument("--plain-fixmatch", action="store_true",
+                    help="FixMatch with one confidence threshold (no FlexMatch class thresholds): the earlier default")
     ap.add_argument("--n-test", type=int, default=500, help="test images (tuning only: a larger test set changes the unlabelled draw)")
     ap.add_argument("--plot", default=None, help="--curve only: also draw test accuracy against minutes into this PNG")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     N_TEST = args.n_test
     if args.threads:
         torch.set_num_threads(args.threads)
-    base = ClassificationStudyConfig(methods=args.methods, device="cpu")
+    base = ClassificationStudyConfig(methods=args.methods, device="cpu", fixmatch_class_thresholds=not args.plain_fixmatch)
     variants = [base] if not args.fixmatch_epochs else [
         replace(base, methods="fixmatch", fixmatch_epochs=int(e)) for e in args.fixmatch_epochs.split(",")]
     rows: list[dict] = []
@@ -192,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             for labels in map(int, args.labels.split(",")):
                 for seed in map(int, args.seeds.split(",")):
                     extra = {} if args.threshold is None else dict(threshold=args.threshold)
-                    extra.update(_settings(args.set))
+                    extra.update(_settings(args.set), **({"class_thresholds": False} if args.plain_fixmatch else {}))
                     rows += curve(labels, seed, base, sorted(map(int, args.curve.split(","))), Path(tmp), **extra)
         print("| labels/class | seed | epoch | test accuracy (EMA) | val accuracy | CPU seconds | wall seconds |\n"
               "|---:|---:|---:|---:|---:|---:|---:|")

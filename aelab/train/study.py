@@ -69,6 +69,8 @@ class ClassificationStudyConfig(RunOptions):
         finetune_epochs: maximum epochs of each supervised fine-tune (the course methods stop early after 10 without progress).
         supervised_augment: augmentation of the supervised-only and VICReg fine-tunes (strong: shifts, small turns, Cutout; no flips).
         fixmatch_epochs: passes over the unlabelled images of the semi-supervised method.
+        fixmatch_class_thresholds: the semi-supervised method's confidence threshold per class (FlexMatch);
+            false = one threshold for every class (plain FixMatch).
         vicreg_epochs: epochs of self-supervised pretraining.
         course_augment: augmentation of the course report's method (its own list by default).
         val_fraction: share of each class held out to pick checkpoints and the submitted method.
@@ -82,6 +84,7 @@ class ClassificationStudyConfig(RunOptions):
     finetune_epochs: int = 100
     supervised_augment: str = "strong"
     fixmatch_epochs: int = 30
+    fixmatch_class_thresholds: bool = _finetune_default("class_thresholds")
     vicreg_epochs: int = 8
     course_augment: str = "course"
     val_fraction: float = _finetune_default("val_fraction")
@@ -223,7 +226,8 @@ def run_method(method: str, cfg: ClassificationStudyConfig, data: Path, layout: 
                                      patience=cfg.finetune_epochs, augment=cfg.supervised_augment)
     if method == "fixmatch":
         _require_unlabelled(data, method)
-        return _finetune_and_predict(method, cfg, data, stage, method="fixmatch", epochs=cfg.fixmatch_epochs)
+        return _finetune_and_predict(method, cfg, data, stage, method="fixmatch", epochs=cfg.fixmatch_epochs,
+                                     class_thresholds=cfg.fixmatch_class_thresholds)
     if method == "vicreg":
         _require_unlabelled(data, method)
         from aelab.train.pretrain import PretrainConfig, pretrain
