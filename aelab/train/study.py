@@ -40,7 +40,7 @@ METHODS: dict[str, tuple[str, bool]] = {  # name -> (description, uses the unlab
     "course": ("the course report's method: denoising pretraining, then 0.5·MSE + 0.5·CE with its augmentation", True),
     "course-noaug": ("the course report's method without augmentation", True),
     "fixmatch": ("semi-supervised: FixMatch-style consistency on the unlabelled images (Sohn et al. 2020) "
-                 "with FlexMatch's class-wise thresholds (Zhang et al. 2021)", True),
+                 "with FlexMatch's class-wise thresholds (Zhang et al. 2021) unless fixmatch_class_thresholds is false", True),
     "vicreg": ("self-supervised VICReg pretraining (Bardes et al. 2022), then supervised fine-tuning", True),
     "label-spreading": ("classical reference: LabelSpreading on a 50-component PCA of the pixels", True),
 }
