@@ -12,6 +12,7 @@ import torch
 
 from aelab.cli import main as cli_main
 from aelab.runs import read_csv_rows
+from tests.processes import run_processes
 
 
 @contextlib.contextmanager
@@ -214,10 +215,6 @@ def _two_process_worker(rank, port, model, root, out):
 @pytest.mark.slow
 def test_score_and_evaluate_with_two_processes_equal_one_process_byte_for_byte(mvtec_fit, mvtec_root, tmp_path):
     """15 test images in batches of 4: rank 0 scores 8, rank 1 the last 7; maps, scores and metrics gathered in file order."""
-    import time
-
-    import torch.multiprocessing as mp
-
     from aelab.anomaly.study import AnomalyEvaluateConfig, AnomalyScoreConfig, anomaly_evaluate, anomaly_score
 
     model, root = str(mvtec_fit.run_dir), str(mvtec_root)
@@ -225,15 +222,7 @@ def test_score_and_evaluate_with_two_processes_equal_one_process_byte_for_byte(m
         anomaly_score(AnomalyScoreConfig(model=model, images=f"{root}/test", recursive=True, device="cpu", batch_size=4,
                                          out=str(tmp_path / "one" / "s")))
         anomaly_evaluate(AnomalyEvaluateConfig(model=model, data=root, device="cpu", batch_size=4, out=str(tmp_path / "one" / "e")))
-    # fork: the children need not re-import torch and aelab (seconds each on a busy machine)
-    ctx = mp.start_processes(_two_process_worker, args=(_free_port(), model, root, str(tmp_path / "two")), nprocs=2,
-                             join=False, start_method="fork")
-    deadline = time.monotonic() + 300  # never hang the suite
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("the two scoring processes did not finish in 300 s")
+    run_processes(_two_process_worker, (_free_port(), model, root, str(tmp_path / "two")), "scoring")
     one, two = tmp_path / "one", tmp_path / "two"
     listing = lambda base: sorted(str(p.relative_to(base)) for p in base.rglob("*")  # noqa: E731
                                   if p.is_file() and p.name not in (".aelab.lock", "config.yaml"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 import warnings
 
 import numpy as np
@@ -13,6 +12,7 @@ from aelab.cluster import EquilibriumKMeans, MiniBatchEquilibriumKMeans, SemiSup
 from aelab.cluster.core import EKMStats
 from aelab.cluster.distributed import GatheredRows, allreduce_stats, gather_rows, shard_bounds
 from tests.cluster.cluster_data import imbalanced_balls
+from tests.processes import run_processes
 
 START = [0, 650, 700]  # the same start in one and two processes: rows of the big, small and middle ball
 MB = dict(batch_size=64, max_iter=15, tol=1e-9, random_state=3)  # 12 global batches per epoch, split unevenly
@@ -69,22 +69,12 @@ def _worker(rank, world, init_file, out_dir, X, y):
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    import torch.multiprocessing as mp
-
     X, y_true = imbalanced_balls((600, 30, 90))
     y = np.full(len(X), -1)
     for k in range(3):  # a few labels per class, spread over both shards
         y[np.flatnonzero(y_true == k)[::15]] = k
     tmp = tmp_path_factory.mktemp("dist")
-    # fork: the children need not re-import torch and aelab (seconds each on a busy machine)
-    ctx = mp.start_processes(_worker, args=(2, str(tmp / "init"), str(tmp), X, y), nprocs=2, join=False,
-                             start_method="fork")
-    deadline = time.monotonic() + 300  # never hang the suite
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("the two EKM processes did not finish in 300 s")
+    run_processes(_worker, (2, str(tmp / "init"), str(tmp), X, y), "EKM")
     return X, y, [dict(np.load(tmp / f"rank{r}.npz")) for r in range(2)]
 
 

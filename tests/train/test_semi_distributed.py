@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
-import pytest
 import torch
 
 from aelab.train.semi import CurriculumThresholds, DistributionAlignment
+from tests.processes import run_processes
 
 N, K, STEPS, B = 40, 4, 6, 8  # each step: B images per process, 2B in all
 
@@ -49,16 +48,7 @@ def _worker(rank, world, init_file, out_dir):
 
 
 def test_two_processes_remember_and_align_as_one(tmp_path):
-    import torch.multiprocessing as mp
-
-    ctx = mp.start_processes(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=False,
-                             start_method="fork")
-    deadline = time.monotonic() + 120
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("the two processes did not finish in 120 s")
+    run_processes(_worker, (2, str(tmp_path / "init"), str(tmp_path)), "FlexMatch", timeout=120)
     thresholds, latest, running, aligned = _replay(slice(None))  # one process, all 2B images per step
     assert (latest >= 0).sum() > N // 4 and thresholds[-1].max() > 0  # the memory really filled up
     for r in range(2):
