@@ -20,7 +20,7 @@ from aelab.errors import AelabError
 __all__ = ["AUGMENTATION_PRESETS", "build_augmentation", "BatchAugmentation"]
 
 #: Preset names accepted by `build_augmentation`.
-AUGMENTATION_PRESETS: tuple[str, ...] = ("none", "weak", "strong", "light", "course")
+AUGMENTATION_PRESETS: tuple[str, ...] = ("none", "weak", "strong", "weak-flip", "strong-flip", "light", "course")
 
 #: Old spellings still accepted for one release (with a warning).
 DEPRECATED_PRESETS = {"seed": "course"}
@@ -67,6 +67,8 @@ def build_augmentation(preset: str, image_size: int) -> nn.Module:
         ``weak``: translation by up to 12.5 % of the side, no flips (the default: keeps a 6 a 6).
         ``strong``: rotation, shear, zoom, shift, brightness/contrast and Cutout, no flips (the
         strong policy of the semi-supervised method; see `aelab.data.policies`).
+        ``weak-flip``, ``strong-flip``: the same with a horizontal flip and reflection padding, for photos
+        (``auto`` in the training settings picks these for colour images, see `aelab.data.kind`).
         ``light``: horizontal flip, random resized crop with scale (0.8, 1).
         ``course``: the course report's list (formerly ``seed``): horizontal and vertical flips, rotation up to 15
         degrees, random resized crop with scale (0.8, 1), colour jitter 0.2/0.2/0.2/0.1
@@ -96,10 +98,11 @@ def build_augmentation(preset: str, image_size: int) -> nn.Module:
 
     import kornia.augmentation as K
 
-    if preset in ("weak", "strong"):
+    if preset in ("weak", "strong", "weak-flip", "strong-flip"):
         from aelab.data.policies import strong_policy, weak_policy
 
-        policy = weak_policy() if preset == "weak" else strong_policy()
+        flip = preset.endswith("-flip")
+        policy = weak_policy(flip) if preset.startswith("weak") else strong_policy(flip)
         return BatchAugmentation(policy, policy)
     size = (int(image_size), int(image_size))
     if preset == "light":

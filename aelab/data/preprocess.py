@@ -77,6 +77,16 @@ class Preprocessing:
             if any(s <= 0 for s in self.std):
                 raise AelabError(f"std must be > 0, got {list(self.std)}")
 
+    def fitted(self, images, sample: int = 2000, seed: int = 0) -> "Preprocessing":
+        """A copy whose mean/std are the per-channel statistics of ``images`` (uint8 ``(N, C, H, W)`` or a
+        `RowReader`), from up to ``sample`` of them: the network input then has mean 0 and std 1 per channel."""
+        n = len(images)
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False))
+        x = np.asarray(images.gather(rows) if hasattr(images, "gather") else images[rows], dtype=np.float64) / 255.0
+        mean = x.mean(axis=(0, 2, 3))
+        std = np.maximum(x.std(axis=(0, 2, 3)), 1e-3)
+        return Preprocessing(self.image_size, self.channels, tuple(mean.tolist()), tuple(std.tolist()))
+
     # --- tensors ---------------------------------------------------------------------------------
 
     def _check(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:

@@ -48,6 +48,8 @@ class ModelConfig:
             BatchNorm1d of the embedding), ``"linear"`` or ``"none"``.
         head_hidden: hidden units of the mlp head (default: bottleneck channels, 1024 in the seed).
         dropout: dropout of the mlp head.
+        stem: output channels of a fixed first layer that PCA-whitens 3×3 patches (`aelab.models.whiten`),
+            fitted on the training images before training (0 = none; even: each direction with both signs).
     """
 
     in_channels: int = 3
@@ -59,6 +61,7 @@ class ModelConfig:
     head: str = "mlp"
     head_hidden: int | None = None
     dropout: float = 0.5
+    stem: int = 0
 
     def validate(self) -> None:
         if self.in_channels not in (1, 3):
@@ -74,6 +77,8 @@ class ModelConfig:
             raise AelabError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         if self.num_classes < 0:
             raise AelabError(f"num_classes must be >= 0, got {self.num_classes}")
+        if self.stem < 0 or self.stem % 2:
+            raise AelabError(f"stem must be 0 or a positive even number of channels, got {self.stem}")
         if not 0.0 <= self.dropout < 1.0:
             raise AelabError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -141,16 +146,21 @@ class ResUNetAutoencoder(nn.Module):
         head: str = "mlp",
         head_hidden: int | None = None,
         dropout: float = 0.5,
+        stem: int = 0,
     ):
         super().__init__()
         self.config = ModelConfig(
-            in_channels, width, depth, image_size, num_classes, skip_connections, head, head_hidden, dropout
+            in_channels, width, depth, image_size, num_classes, skip_connections, head, head_hidden, dropout, stem
         )
         self.config.validate()
         chans = [width * 2**i for i in range(depth)]
         bottleneck_ch = width * 2**depth
+        self.stem = None
+        if stem:
+            self.stem = nn.Conv2d(in_channels, stem, kernel_size=3, padding=1)
+            self.stem.requires_grad_(False)  # fitted on the data (`fit_stem`), never trained
         self.encoders = nn.ModuleList(
-            ResidualBlock(cin, cout) for cin, cout in zip([in_channels] + chans[:-1], chans)
+            ResidualBlock(cin, cout) for cin, cout in zip([stem or in_channels] + chans[:-1], chans)
         )
         self.pool = nn.MaxPool2d(2, 2)
         self.bottleneck = ResidualBlock(chans[-1], bottleneck_ch)
@@ -181,8 +191,19 @@ class ResUNetAutoencoder(nn.Module):
         layers += [nn.Linear(self.embedding_dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, num_classes)]
         return nn.Sequential(*layers)
 
+    def fit_stem(self, x: torch.Tensor, seed: int = 0) -> None:
+        """Fit the whitening layer (if the network has one) on network inputs ``x`` ``(N, C, H, W)``."""
+        if self.stem is not None:
+            from aelab.models.whiten import patch_whitening
+
+            w, b = patch_whitening(x, self.stem.out_channels // 2, seed=seed)
+            self.stem.weight.copy_(w)
+            self.stem.bias.copy_(b)
+
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Bottleneck map ``(B, bottleneck_channels, H/2^depth, W/2^depth)`` and the skip maps."""
+        if self.stem is not None:
+            x = self.stem(x)
         skips = []
         for enc in self.encoders:
             x = enc(x)

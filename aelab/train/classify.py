@@ -53,6 +53,7 @@ def _validator(model, prep, val_loader, w: float):
 def build_classifier_stage(cfg, fabric, raw_model, prep, data) -> dict[str, Any]:
     """The training-stage pieces for ``cfg.method`` (see `aelab.train.finetune`)."""
     from aelab.data import build_augmentation
+    from aelab.data.kind import resolve_augment
 
     train_idx, val_idx = split_indices(len(data.labels), cfg.val_fraction, cfg.seed, data.labels)
     if len(val_idx) == 0:
@@ -61,13 +62,14 @@ def build_classifier_stage(cfg, fabric, raw_model, prep, data) -> dict[str, Any]
     # Every process validates on all images so that the best epoch is the same everywhere.
     val_loader = fabric.setup_dataloaders(
         make_loader(data.images, data.labels, batch_size=256, index=val_idx), use_distributed_sampler=False)
-    augment = build_augmentation(cfg.augment, prep.image_size).to(fabric.device)
+    augment = build_augmentation(resolve_augment(cfg.augment, data.images), prep.image_size).to(fabric.device)
     frozen = (*raw_model.encoders, raw_model.bottleneck) if cfg.freeze_encoder else ()
     w = cfg.resolved_recon_weight()
     ema = train_state = None
     if cfg.method == "fixmatch":
         ema = ModelEMA(raw_model, cfg.ema_decay).to(fabric.device) if cfg.ema_decay > 0 else None
-        strong = build_augmentation(cfg.strong_augment, prep.image_size).to(fabric.device)
+        strong = build_augmentation(resolve_augment(cfg.strong_augment, data.images, "strong"), prep.image_size)
+        strong = strong.to(fabric.device)
         step, loader, train_state = _fixmatch_step(cfg, fabric, model, prep, data, train_idx, augment, strong, w)
     else:
         step = _labelled_step(cfg, model, prep, augment, frozen, w)

@@ -132,6 +132,7 @@ class FitState:
     best_tiebreak: float | None = None  # the secondary metric at the best epoch
     bad_epochs: int = 0
     step: int = 0  # optimiser steps so far
+    planned_epochs: int | None = None  # epochs a time budget allows, fixed after the first epoch
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -166,6 +167,7 @@ class _Loop:
     train_state: Any = None  # a module whose buffers the train step updates (FlexMatch, distribution alignment)
     state: FitState = field(default_factory=FitState)
     metrics_file: Any = None  # RunMetricsLogger of metrics.csv, attached after a resume is restored
+    budget_s: float | None = None  # seconds this stage may take; None = all ``epochs``
 
     def __post_init__(self) -> None:
         self._step_takes_index = len(inspect.signature(self.train_step).parameters) >= 2
@@ -187,6 +189,8 @@ class _Loop:
         if ckpt.get("cuda_rng_state") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["cuda_rng_state"])
         self.state = FitState(**ckpt["fit_state"])
+        if self.state.planned_epochs is not None:
+            self.epochs = self.state.planned_epochs
         info(f"[{self.desc}] resuming {self.run_dir} after epoch {self.state.epoch}")
 
     def save(self, epoch: int, row: dict[str, Any], improved: bool) -> None:
@@ -230,6 +234,19 @@ class _Loop:
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
         return {f"train_{k}": v / max(count, 1) for k, v in sums.items()}
 
+    def plan(self, first_epoch_s: float) -> None:
+        """Fit the stage into ``budget_s``: as many epochs as the first one's time allows (at least 1, at
+        most ``epochs``), decided on rank 0 and shared; the cosine schedule is stretched to end with them."""
+        planned = max(1, min(self.epochs, int(self.budget_s // max(first_epoch_s, 1e-6))))
+        if self.fabric.world_size > 1:
+            planned = int(self.fabric.broadcast(planned, src=0))
+        if planned != self.epochs:
+            info(f"[{self.desc}] budget {self.budget_s / 60:.1f} min: {planned} epochs of {first_epoch_s:.1f} s "
+                 f"(of at most {self.epochs})")
+        self.epochs = self.state.planned_epochs = planned
+        if self.scheduler is not None and hasattr(self.scheduler, "T_max"):
+            self.scheduler.T_max = planned
+
     def epoch(self, epoch: int) -> bool:
         """Train and validate one epoch, log it, save checkpoints; True when training should stop."""
         t0 = time.perf_counter()
@@ -252,6 +269,8 @@ class _Loop:
         else:
             st.bad_epochs += 1
         st.epoch = epoch + 1
+        if epoch == 0 and self.budget_s is not None:
+            self.plan(row["seconds"])
         st.history.append(dict(row))
         numbers = {k: v for k, v in row.items() if isinstance(v, (int, float))}
         self.metrics_file.log_metrics(numbers, step=epoch)
@@ -268,7 +287,8 @@ class _Loop:
 
 def fit_loop(*, fabric, model, raw_model, optimizer, scheduler, train_loader, train_step, validate, epochs: int,
              run_dir: Path, monitor: str, mode: str, patience: int, payload: dict[str, Any], resume: bool = False,
-             min_delta: float = 0.0, desc: str = "train", ema=None, tiebreak: str | None = None, train_state=None) -> FitState:
+             min_delta: float = 0.0, desc: str = "train", ema=None, tiebreak: str | None = None, train_state=None,
+             budget_s: float | None = None) -> FitState:
     """Train for up to ``epochs`` epochs; save ``last.ckpt`` every epoch and ``best.ckpt`` on improvement.
 
     ``train_step(batch)`` or ``train_step(batch, step)`` (``step`` = optimiser steps so far) returns a
@@ -281,20 +301,23 @@ def fit_loop(*, fabric, model, raw_model, optimizer, scheduler, train_loader, tr
     ``train_step`` updates) is saved and restored with the rest. Metrics go to every logger of
     ``fabric`` (``metrics.csv`` always). With ``resume``, model, EMA, train state, optimizer, scheduler, RNG and
     early-stopping state come from ``run_dir/last.ckpt``, so the run ends with the same weights as
-    an uninterrupted one.
+    an uninterrupted one. ``budget_s`` (seconds) caps the stage's time: after the first epoch the number of
+    epochs becomes what the budget allows at that epoch's speed (at most ``epochs``), and the learning-rate
+    schedule ends with them.
     """
     loop = _Loop(fabric, model, raw_model, optimizer, scheduler, train_loader, train_step, validate, epochs,
-                 Path(run_dir), monitor, mode, patience, payload, min_delta, desc, ema, tiebreak, train_state)
+                 Path(run_dir), monitor, mode, patience, payload, min_delta, desc, ema, tiebreak, train_state,
+                 budget_s=budget_s)
     if resume:
         loop.restore()
     from aelab.train.loggers import RunMetricsLogger
 
     loop.metrics_file = RunMetricsLogger(loop.run_dir, start_epoch=loop.state.epoch, rank=fabric.global_rank)
     stopped = loop.state.epoch > 0 and loop.state.bad_epochs >= patience
-    for epoch in range(loop.state.epoch, epochs):
-        if stopped:
-            break
+    epoch = loop.state.epoch
+    while epoch < loop.epochs and not stopped:  # loop.epochs: the budget's plan may lower it after epoch 1
         stopped = loop.epoch(epoch)
+        epoch += 1
     if fabric.is_global_zero:
         for logger in fabric.loggers:
             logger.finalize("success")

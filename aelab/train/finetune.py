@@ -45,18 +45,20 @@ class FinetuneConfig(RunOptions):
         preset: network when starting from random weights: tiny, small or course (the report's 49M-parameter net, for GPUs); ignored with --init-from.
         image_size: override the preset's input size (random weights only).
         channels: 1 or 3 (random weights only; with --init-from the checkpoint's preprocessing is used).
+        stem: channels of the fixed patch-whitening first layer (random weights only; none = the preset's, 0 = none).
         head: classifier head on the flattened bottleneck: bn-mlp (an MLP after a BatchNorm of the embedding;
             trains far better from pretrained weights), mlp (exactly the course report's), linear.
         dropout: dropout of the mlp head.
         freeze_encoder: train only the head and decoder; the pretrained encoder stays fixed.
         recon_weight: w in (1-w)*classification + w*MSE; none = 0.5 for course, 0 for supervised and fixmatch.
-        augment: augmentation of the labelled images: weak (small shifts, the default), none, strong, light or
+        augment: augmentation of the labelled images: auto (weak-flip for colour photos, weak for grey images such as
+            digits), weak (small shifts), weak-flip (shifts and horizontal flips), none, strong, strong-flip, light or
             course (the report's list: its vertical flips and rotations turn 6s into 9s).
         noise_factor: Gaussian input noise during fine-tuning (0 = none).
         threshold: fixmatch: confidence a prediction on a weakly augmented unlabelled image needs to become its pseudo-label (tau).
         unlabelled_ratio: fixmatch: unlabelled images per labelled image in a step (mu).
         unlabelled_weight: fixmatch: weight of the unlabelled loss (lambda_u).
-        strong_augment: fixmatch: augmentation of the strong views.
+        strong_augment: fixmatch: augmentation of the strong views (auto: strong-flip for colour photos, strong for grey images).
         class_thresholds: fixmatch: a confidence threshold per class, lower for classes with few confident pseudo-labels
             so far (FlexMatch's curriculum pseudo-labelling); threshold is the highest. False = one threshold for all (plain FixMatch).
         distribution_alignment: fixmatch: rescale the unlabelled predictions towards the labelled images' class shares before
@@ -69,6 +71,7 @@ class FinetuneConfig(RunOptions):
         val_fraction: share of each class held out for validation; the best checkpoint has the highest validation accuracy.
         patience: stop after this many epochs without a higher validation accuracy.
         resume: continue an interrupted run from RUN/last.ckpt.
+        budget: minutes this stage may take: after the first epoch, as many epochs as fit (at most --epochs); none = all epochs.
     """
 
     method: str = "supervised"
@@ -79,16 +82,17 @@ class FinetuneConfig(RunOptions):
     preset: str = "small"
     image_size: int | None = None
     channels: int = 3
+    stem: int | None = None
     head: str = "bn-mlp"
     dropout: float = 0.5
     freeze_encoder: bool = False
     recon_weight: float | None = None
-    augment: str = "weak"
+    augment: str = "auto"
     noise_factor: float = 0.0
     threshold: float = 0.95
     unlabelled_ratio: int = 3
     unlabelled_weight: float = 1.0
-    strong_augment: str = "strong"
+    strong_augment: str = "auto"
     distribution_alignment: bool = False
     class_thresholds: bool = True
     ema_decay: float = 0.99
@@ -99,6 +103,7 @@ class FinetuneConfig(RunOptions):
     val_fraction: float = 0.2
     patience: int = 10
     resume: str | None = None
+    budget: float | None = None
 
     def resolved_recon_weight(self) -> float:
         if self.recon_weight is not None:
@@ -127,7 +132,7 @@ def _initial_model(cfg: FinetuneConfig, num_classes: int):
     if cfg.init_from is None:
         model_cfg = preset_config(
             cfg.preset, image_size=cfg.image_size, in_channels=cfg.channels, num_classes=num_classes,
-            head=cfg.head, dropout=cfg.dropout,
+            head=cfg.head, dropout=cfg.dropout, stem=cfg.stem,
         )
         return build_model(model_cfg), model_cfg, Preprocessing(image_size=model_cfg.image_size, channels=model_cfg.in_channels)
     ckpt = load_checkpoint(cfg.init_from)
@@ -204,6 +209,10 @@ def finetune_result(cfg: FinetuneConfig) -> FinetuneResult:
     set_seed(cfg.seed)
     raw_model, model_cfg, prep = _initial_model(cfg, len(_classes_for(cfg)))
     data = _load_data(cfg, prep)
+    if cfg.init_from is None:  # input statistics (and the whitening layer) from the images this method may use
+        from aelab.train.loaders import fit_input_layer
+
+        prep = fit_input_layer(raw_model, prep, data.unlabelled if data.unlabelled is not None else data.images, cfg.seed)
     fabric = make_fabric(cfg.device, cfg.devices, cfg.precision, num_nodes=cfg.num_nodes)
     run_dir = start_run(fabric, cfg, "finetune", run_dir if resume else None)
     info(f"[finetune] {cfg.method}: {len(data.labels)} labelled images, {len(data.classes)} classes"
@@ -221,7 +230,8 @@ def finetune_result(cfg: FinetuneConfig) -> FinetuneResult:
     keep_last = cfg.method == "fixmatch"
     state = fit_loop(fabric=fabric, run_dir=run_dir, monitor="val_acc", mode="max", tiebreak="later",
                      patience=cfg.epochs if keep_last else cfg.patience, min_delta=-2.0 if keep_last else 0.0,
-                     payload=payload, resume=resume, desc="finetune", epochs=cfg.epochs, **stage)
+                     payload=payload, resume=resume, desc="finetune", epochs=cfg.epochs,
+                     budget_s=None if cfg.budget is None else 60.0 * cfg.budget, **stage)
     info(f"[finetune] best val_acc {state.best:.4f} at epoch {state.best_epoch + 1} "
          f"({payload['n_val']} validation images); checkpoint {run_dir / 'best.ckpt'}")
     return FinetuneResult(Path(run_dir), float(state.best), state.best_epoch, int(payload["n_val"]))

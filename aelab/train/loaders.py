@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from aelab.data.rows import as_reader
 
-__all__ = ["UInt8Dataset", "EpochShuffleSampler", "make_loader", "split_indices"]
+__all__ = ["UInt8Dataset", "EpochShuffleSampler", "fit_input_layer", "make_loader", "split_indices"]
 
 
 class UInt8Dataset(Dataset):
@@ -111,3 +111,19 @@ def split_indices(
         val.extend(idx[:n_val])
         train.extend(idx[n_val:])
     return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(val, dtype=np.int64))
+
+
+def fit_input_layer(raw_model, prep, images, seed: int = 0, sample: int = 2000):
+    """Fit what the network's input depends on to the training images, before training from random weights.
+
+    The per-channel mean/std of ``images`` become the preprocessing's (stored with the model), and the
+    network's fixed whitening layer, if it has one, is fitted on up to ``sample`` of them. Returns the
+    new `Preprocessing`.
+    """
+    prep = prep.fitted(images, sample=sample, seed=seed)
+    if getattr(raw_model, "stem", None) is not None:
+        n = len(images)
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False))
+        x = images.gather(rows) if hasattr(images, "gather") else torch.from_numpy(np.asarray(images[rows]))
+        raw_model.fit_stem(prep.model_input(x), seed=seed)
+    return prep

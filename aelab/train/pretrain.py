@@ -47,6 +47,7 @@ class PretrainConfig(RunOptions):
         channels: 1 (grayscale) or 3 (RGB); every image is converted to this.
         width: override the preset's first-block width.
         depth: override the preset's number of poolings.
+        stem: channels of the fixed patch-whitening first layer (none = the preset's, 0 = none).
         skip_connections: keep the U-Net skip connections.
         epochs: maximum number of epochs.
         batch_size: images per step.
@@ -57,6 +58,7 @@ class PretrainConfig(RunOptions):
         val_fraction: share of images held out for validation (early stopping, best checkpoint).
         patience: stop after this many epochs without a lower validation loss.
         resume: continue an interrupted run from RUN/last.ckpt (its saved config is used).
+        budget: minutes this stage may take: after the first epoch, as many epochs as fit (at most --epochs); none = all epochs.
     """
 
     objective: str = "denoise"
@@ -70,6 +72,7 @@ class PretrainConfig(RunOptions):
     channels: int = 3
     width: int | None = None
     depth: int | None = None
+    stem: int | None = None
     skip_connections: bool = True
     epochs: int = 10
     batch_size: int = 64
@@ -80,6 +83,7 @@ class PretrainConfig(RunOptions):
     val_fraction: float = 0.1
     patience: int = 3
     resume: str | None = None
+    budget: float | None = None
 
 
 def _images(cfg: PretrainConfig, prep) -> RowReader:
@@ -140,7 +144,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     set_seed(cfg.seed)
     model_cfg = preset_config(
         cfg.preset, image_size=cfg.image_size, width=cfg.width, depth=cfg.depth,
-        in_channels=cfg.channels, num_classes=0, head="none", skip_connections=cfg.skip_connections,
+        in_channels=cfg.channels, num_classes=0, head="none", skip_connections=cfg.skip_connections, stem=cfg.stem,
     )
     prep = Preprocessing(image_size=model_cfg.image_size, channels=model_cfg.in_channels)
     images = _images(cfg, prep)
@@ -148,17 +152,24 @@ def pretrain(cfg: PretrainConfig) -> Path:
     run_dir = start_run(fabric, cfg, "pretrain", run_dir if resume else None)
     info(f"[pretrain] {cfg.objective}: {len(images)} images {prep.image_size}x{prep.image_size}x{prep.channels} -> {run_dir}")
     raw_model = build_model(model_cfg)
+    from aelab.train.loaders import fit_input_layer
+
+    prep = fit_input_layer(raw_model, prep, images, cfg.seed)
     if cfg.objective == "vicreg":
         from aelab.train.selfsup import make_projector
 
         raw_model.projector = make_projector(raw_model.bottleneck_channels)
     write_model_summary(fabric, raw_model, run_dir)
-    augment = build_augmentation(cfg.augment or ("strong" if cfg.objective == "vicreg" else "none"), prep.image_size)
+    from aelab.data.kind import resolve_augment
+
+    default = resolve_augment("auto", images, "strong") if cfg.objective == "vicreg" else "none"
+    augment = build_augmentation(cfg.augment or default, prep.image_size)
     stage = _stage(cfg, fabric, raw_model, prep, images, augment.to(fabric.device))
     payload = dict(model_config=model_cfg.to_dict(), preprocessing=prep.to_dict(), classes=None,
                    stage="pretrain", objective=cfg.objective, config=asdict(cfg))
     state = fit_loop(fabric=fabric, epochs=cfg.epochs, run_dir=run_dir, monitor="val_loss", mode="min",
-                     patience=cfg.patience, payload=payload, resume=resume, desc="pretrain", **stage)
+                     patience=cfg.patience, payload=payload, resume=resume, desc="pretrain",
+                     budget_s=None if cfg.budget is None else 60.0 * cfg.budget, **stage)
     info(f"[pretrain] best val_loss {state.best:.5f} at epoch {state.best_epoch + 1}; checkpoint {run_dir / 'best.ckpt'}")
     return run_dir
 

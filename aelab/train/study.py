@@ -46,6 +46,12 @@ METHODS: dict[str, tuple[str, bool]] = {  # name -> (description, uses the unlab
 }
 COLUMNS = ["method", "description", "uses_unlabelled", "labels_per_class", "val_acc", "n_val", "test_acc", "seconds", "run",
            "note"]
+#: How study 1's time budget is shared among its training stages (relative weights): the semi-supervised
+#: method, which reads every unlabelled image several times per step, gets half of the full table's.
+BUDGET_SHARES = {"pretrain": 2, "course": 1, "course-noaug": 1, "supervised": 1, "fixmatch": 8,
+                 "vicreg_pretrain": 2, "vicreg": 1}
+_STAGES_OF = {"course": ("pretrain", "course"), "course-noaug": ("pretrain", "course-noaug"), "supervised": ("supervised",),
+              "fixmatch": ("fixmatch",), "vicreg": ("vicreg_pretrain", "vicreg")}
 VALIDATION = "a stratified hold-out of the labelled images (the same for every method)"
 
 
@@ -74,6 +80,9 @@ class ClassificationStudyConfig(RunOptions):
         vicreg_epochs: epochs of self-supervised pretraining.
         course_augment: augmentation of the course report's method (its own list by default).
         val_fraction: share of each class held out to pick checkpoints and the submitted method.
+        budget: minutes the training stages of study 1 may take together (each stage gets a fixed share, see
+            BUDGET_SHARES; its epochs come from its first epoch's measured time, at most the epochs above);
+            none = always the epochs above.
     """
 
     methods: str = "supervised,course,course-noaug,fixmatch,vicreg,label-spreading"
@@ -88,10 +97,18 @@ class ClassificationStudyConfig(RunOptions):
     vicreg_epochs: int = 8
     course_augment: str = "course"
     val_fraction: float = _finetune_default("val_fraction")
+    budget: float | None = 12.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.method_list()  # unknown methods: one line, before anything runs
+
+    def minutes(self, stage: str) -> float | None:
+        """The share of ``budget`` of one training stage (`BUDGET_SHARES`), among the stages the chosen methods run."""
+        if self.budget is None:
+            return None
+        stages = {st for m in self.method_list() for st in _STAGES_OF.get(m, ())}
+        return self.budget * BUDGET_SHARES[stage] / sum(BUDGET_SHARES[st] for st in stages)
 
     def method_list(self) -> list[str]:
         names = [m.strip() for m in self.methods.split(",") if m.strip()]
@@ -152,7 +169,7 @@ def pretrain_denoise(cfg: ClassificationStudyConfig, data: Path, out: Path) -> P
     from aelab.train.pretrain import PretrainConfig, pretrain
 
     return pretrain(PretrainConfig(data=str(data), preset=cfg.preset, channels=cfg.channels, image_size=cfg.image_size,
-                                   epochs=cfg.pretrain_epochs, out=str(out), **_engine(cfg)))
+                                   epochs=cfg.pretrain_epochs, out=str(out), budget=cfg.minutes("pretrain"), **_engine(cfg)))
 
 
 def _finetune_and_predict(name: str, cfg: ClassificationStudyConfig, data: Path, out: Path, **settings) -> MethodResult:
@@ -162,7 +179,7 @@ def _finetune_and_predict(name: str, cfg: ClassificationStudyConfig, data: Path,
 
     t0 = time.perf_counter()
     ft = FinetuneConfig(data=str(data), preset=cfg.preset, channels=cfg.channels, image_size=cfg.image_size,
-                        val_fraction=cfg.val_fraction, out=str(out), **settings, **_engine(cfg))
+                        val_fraction=cfg.val_fraction, out=str(out), budget=cfg.minutes(name), **settings, **_engine(cfg))
     trained = finetune_result(ft)
     result = MethodResult(name, trained.val_acc, trained.n_val, _labels_per_class(data), run=str(trained.run_dir))
     if resolve_layout(data).test is not None:
@@ -235,7 +252,8 @@ def run_method(method: str, cfg: ClassificationStudyConfig, data: Path, layout: 
         t0 = time.perf_counter()
         pre = pretrain(PretrainConfig(data=str(data), objective="vicreg", preset=cfg.preset, channels=cfg.channels,
                                       image_size=cfg.image_size, epochs=cfg.vicreg_epochs, batch_size=128,
-                                      patience=cfg.vicreg_epochs, out=str(layout.stage("vicreg_pretrain")), **_engine(cfg)))
+                                      patience=cfg.vicreg_epochs, out=str(layout.stage("vicreg_pretrain")),
+                                      budget=cfg.minutes("vicreg_pretrain"), **_engine(cfg)))
         res = _finetune_and_predict(method, cfg, data, stage, method="supervised", init_from=str(pre), epochs=cfg.finetune_epochs,
                                     patience=cfg.finetune_epochs, augment=cfg.supervised_augment)
         res.seconds = round(time.perf_counter() - t0, 2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -67,7 +68,7 @@ def test_course_preset_jitters_brightness_per_sample_for_gray_and_rgb():
 
 
 def test_unknown_preset_lists_valid_ones():
-    with pytest.raises(AelabError, match="none, weak, strong, light, course"):
+    with pytest.raises(AelabError, match="none, weak, strong, weak-flip, strong-flip, light, course"):
         build_augmentation("heavy", 32)
 
 
@@ -115,3 +116,38 @@ def test_weak_policy_is_a_pure_shift():
     x = _rotation_probe()[:8]
     y = build_augmentation("weak", 32)(x)
     assert torch.allclose(y.sum((1, 2, 3)), x.sum((1, 2, 3)), rtol=0.2)
+
+
+def _left_probe(n: int = 64) -> torch.Tensor:
+    x = torch.zeros(n, 3, 32, 32)
+    x[:, :, 8:24, 2:14] = 1.0  # a bright block in the left half
+    return x
+
+
+@pytest.mark.parametrize("preset", ["weak-flip", "strong-flip"])
+def test_photo_policies_mirror_about_half_the_images_and_keep_them_upright(preset):
+    torch.manual_seed(0)
+    y = build_augmentation(preset, 32)(_left_probe())
+    left, right = y[..., :16].sum((1, 2, 3)), y[..., 16:].sum((1, 2, 3))
+    mirrored = int((right > left).sum())
+    assert 16 <= mirrored <= 48  # p = 1/2 over 64 images
+    y = build_augmentation(preset, 32)(_rotation_probe())
+    assert bool((y[:, :, :16].sum((1, 2, 3)) > y[:, :, 16:].sum((1, 2, 3))).all())  # never upside down
+
+
+def test_weak_flip_pads_by_reflection_so_no_black_border_comes_in():
+    torch.manual_seed(0)
+    y = build_augmentation("weak-flip", 32)(torch.full((32, 3, 32, 32), 0.7))
+    assert torch.allclose(y, torch.full_like(y, 0.7), atol=1e-5)  # zero padding would bring in black
+
+
+def test_auto_augmentation_flips_photos_and_not_grey_images():
+    from aelab.data.kind import image_kind, resolve_augment
+
+    rng = np.random.default_rng(0)
+    grey = np.repeat(rng.integers(0, 256, (20, 1, 16, 16), dtype=np.uint8), 3, axis=1)
+    photo = rng.integers(0, 256, (20, 3, 16, 16), dtype=np.uint8)
+    assert (image_kind(grey), image_kind(photo)) == ("grey", "photo")
+    assert resolve_augment("auto", grey) == "weak" and resolve_augment("auto", grey, "strong") == "strong"
+    assert resolve_augment("auto", photo) == "weak-flip" and resolve_augment("auto", photo, "strong") == "strong-flip"
+    assert resolve_augment("course", photo) == "course"

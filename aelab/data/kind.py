@@ -1,0 +1,48 @@
+"""What kind of images a folder holds, and the augmentation that suits them.
+
+The rule (stated in the report): images whose colour channels differ are **photos**; images whose
+channels are equal (grey scans, digits, documents, single-channel data) are **grey**. Photos of
+objects keep their class when mirrored left-right, so their augmentations flip (``weak-flip``,
+``strong-flip``); a mirrored digit or letter is another symbol or none, so grey images are only
+shifted, turned a little and cut out (``weak``, ``strong``). On CIFAR-10 photos the flips are worth
+several points of test accuracy, on MNIST digits they cost some (benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["COLOUR_THRESHOLD", "image_kind", "augmentation_for", "resolve_augment"]
+
+#: Mean absolute difference between colour channels (in 0..255 units) above which images count as photos.
+#: MNIST digits loaded as RGB give 0; CIFAR-10 photos about 18.
+COLOUR_THRESHOLD = 4.0
+
+
+def image_kind(images: np.ndarray, sample: int = 512) -> str:
+    """``"photo"`` when the images have colour, else ``"grey"``; ``images``: uint8 ``(N, C, H, W)`` or a `RowReader`.
+
+    Looks at up to ``sample`` images spread over the set (the rows are read, not the whole set).
+
+    Example:
+        >>> grey = np.repeat(np.random.default_rng(0).integers(0, 255, (4, 1, 8, 8), dtype=np.uint8), 3, axis=1)
+        >>> image_kind(grey), image_kind(np.random.default_rng(0).integers(0, 255, (4, 3, 8, 8), dtype=np.uint8))
+        ('grey', 'photo')
+    """
+    shape = tuple(images.shape)
+    if len(shape) != 4 or shape[1] != 3 or shape[0] == 0:
+        return "grey"
+    rows = np.unique(np.linspace(0, shape[0] - 1, min(sample, shape[0])).astype(int))
+    x = np.asarray(images.gather(rows) if hasattr(images, "gather") else images[rows], dtype=np.float32)
+    spread = (np.abs(x[:, 0] - x[:, 1]) + np.abs(x[:, 1] - x[:, 2])).mean() / 2
+    return "photo" if spread > COLOUR_THRESHOLD else "grey"
+
+
+def augmentation_for(kind: str, strength: str = "weak") -> str:
+    """The augmentation preset for ``kind`` (``photo``/``grey``) and ``strength`` (``weak``/``strong``)."""
+    return f"{strength}-flip" if kind == "photo" else strength
+
+
+def resolve_augment(preset: str, images: np.ndarray, strength: str = "weak") -> str:
+    """``preset`` itself, or for ``"auto"`` the preset `augmentation_for` gives for these images."""
+    return augmentation_for(image_kind(images), strength) if preset == "auto" else preset
