@@ -180,11 +180,11 @@ def _method_stage(method: str) -> Callable[[_Ctx], dict]:
 
 def _stage_predict(ctx: _Ctx) -> dict:
     """Table 1b and the submission: the method with the best validation accuracy."""
-    from aelab.train.study import summarize
+    from aelab.train.study import study_settings, summarize
 
     rows = [MethodResult(**ctx.results[m]) for m in ctx.cfg.method_list() if ctx.results.get(m)]
     skipped = {m: (ctx.stages.get(m) or {}).get("reason") or "did not run" for m in ctx.cfg.method_list() if not ctx.results.get(m)}
-    result = summarize(rows, ctx.layout, skipped)
+    result = summarize(rows, ctx.layout, skipped, study_settings(ctx.cfg, ctx.data))
     chosen_run = next((r.run for r in rows if r.method == result.chosen and r.run), None)
     best_run = max((r for r in rows if r.run), key=lambda r: r.val_acc, default=None)
     # Study 2 embeds with the submitted network, or the best network when label spreading won.

@@ -44,5 +44,8 @@ def augmentation_for(kind: str, strength: str = "weak") -> str:
 
 
 def resolve_augment(preset: str, images: np.ndarray, strength: str = "weak") -> str:
-    """``preset`` itself, or for ``"auto"`` the preset `augmentation_for` gives for these images."""
+    """``preset`` itself, or for ``"auto"`` (``"auto-strong"``: strength strong) the preset `augmentation_for`
+    gives for these images."""
+    if preset == "auto-strong":
+        preset, strength = "auto", "strong"
     return augmentation_for(image_kind(images), strength) if preset == "auto" else preset

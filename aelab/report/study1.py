@@ -130,6 +130,27 @@ def _validation_sentence(methods: list[dict], chosen: dict) -> str:
     return text
 
 
+def _settings_sentences(settings: dict) -> list[str]:
+    """The kind of images and the augmentation it chose, and the time budget (``study1/chosen.json``'s settings)."""
+    out = []
+    if settings.get("images"):
+        kind = "colour photos" if settings["images"] == "photo" else "grey images (such as digits or documents)"
+        flip = "mirror each image left-right at random" if settings["images"] == "photo" else "never mirror an image"
+        out.append(f"The images are {kind} by aelab's rule ({settings.get('rule', '')}), so the training augmentations "
+                   f"{flip}: {settings.get('weak_augmentation')} for labelled and weak views, "
+                   f"{settings.get('strong_augmentation')} for strong views.")
+    if settings.get("budget_minutes"):
+        shares = settings.get("budget_shares") or {}
+        total = sum(shares.values()) or 1
+        parts = ", ".join(f"{st} {settings['budget_minutes'] * w / total:.1f}" for st, w in shares.items())
+        out.append(f"Study 1's training had a budget of {settings['budget_minutes']:g} minutes, shared among its stages "
+                   f"({parts} minutes); each stage ran as many epochs as its first epoch's time allowed within its share "
+                   "(at most its configured epochs). The seconds column is what each method spent, prediction included.")
+    elif "budget_minutes" in settings:
+        out.append("Study 1 ran without a time budget: every stage ran its configured epochs.")
+    return out
+
+
 def _section_1b_methods(run_dir: Path, methods: list[dict]) -> Section:
     rows = [[m["method"], m["description"], "yes" if m["uses_unlabelled"] else "no", m["labels_per_class"],
              m["val_acc"], m["n_val"], m["test_acc"], m["seconds"]] for m in methods]
@@ -152,6 +173,7 @@ def _section_1b_methods(run_dir: Path, methods: list[dict]) -> Section:
     blocks = [Table(columns, rows,
                     caption="Methods on the same data, seed and budget (study1/methods.csv)", reading=reading),
               Paragraph(_validation_sentence(methods, chosen))]
+    blocks += [Paragraph(text) for text in _settings_sentences(chosen.get("settings") or {})]
     if chosen.get("method"):
         why = f" ({chosen['reason']})" if chosen.get("reason") else ""
         blocks.append(Paragraph(f"predictions.csv was written with {chosen['method']}{why}."))

@@ -115,7 +115,8 @@ def _fixmatch_step(cfg, fabric, model, prep, data, train_idx: np.ndarray, weak, 
         drop_last=True))
     curriculum = None
     if cfg.class_thresholds:
-        curriculum = CurriculumThresholds(n_unlabelled, len(data.classes), cfg.threshold).to(fabric.device)
+        curriculum = CurriculumThresholds(n_unlabelled, len(data.classes), cfg.threshold, cfg.threshold_floor)
+        curriculum = curriculum.to(fabric.device)
     align = None
     if cfg.distribution_alignment:
         counts = np.bincount(np.asarray(data.labels)[train_idx], minlength=len(data.classes))

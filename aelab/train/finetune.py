@@ -52,7 +52,7 @@ class FinetuneConfig(RunOptions):
         freeze_encoder: train only the head and decoder; the pretrained encoder stays fixed.
         recon_weight: w in (1-w)*classification + w*MSE; none = 0.5 for course, 0 for supervised and fixmatch.
         augment: augmentation of the labelled images: auto (weak-flip for colour photos, weak for grey images such as
-            digits), weak (small shifts), weak-flip (shifts and horizontal flips), none, strong, strong-flip, light or
+            digits), auto-strong (strong-flip or strong), weak (small shifts), weak-flip (shifts and horizontal flips), none, strong, strong-flip, light or
             course (the report's list: its vertical flips and rotations turn 6s into 9s).
         noise_factor: Gaussian input noise during fine-tuning (0 = none).
         threshold: fixmatch: confidence a prediction on a weakly augmented unlabelled image needs to become its pseudo-label (tau).
@@ -61,6 +61,8 @@ class FinetuneConfig(RunOptions):
         strong_augment: fixmatch: augmentation of the strong views (auto: strong-flip for colour photos, strong for grey images).
         class_thresholds: fixmatch: a confidence threshold per class, lower for classes with few confident pseudo-labels
             so far (FlexMatch's curriculum pseudo-labelling); threshold is the highest. False = one threshold for all (plain FixMatch).
+        threshold_floor: fixmatch with class thresholds: the lowest threshold any class gets, also before any class is
+            learnt (0 = FlexMatch's rule, which accepts every pseudo-label at the start).
         distribution_alignment: fixmatch: rescale the unlabelled predictions towards the labelled images' class shares before
             thresholding (ReMixMatch's distribution alignment).
         ema_decay: fixmatch: decay of the weight average used for validation and prediction (0 = no average).
@@ -93,6 +95,7 @@ class FinetuneConfig(RunOptions):
     unlabelled_ratio: int = 3
     unlabelled_weight: float = 1.0
     strong_augment: str = "auto"
+    threshold_floor: float = 0.5
     distribution_alignment: bool = False
     class_thresholds: bool = True
     ema_decay: float = 0.99
@@ -120,6 +123,8 @@ def _check(cfg: FinetuneConfig) -> None:
         raise AelabError(f"recon_weight must be in [0, 1], got {cfg.recon_weight}")
     if not 0.0 < cfg.threshold <= 1.0:
         raise AelabError(f"threshold must be in (0, 1], got {cfg.threshold}")
+    if not 0.0 <= cfg.threshold_floor <= cfg.threshold:
+        raise AelabError(f"threshold_floor must be in [0, threshold], got {cfg.threshold_floor}")
     if cfg.unlabelled_ratio < 1:
         raise AelabError(f"unlabelled_ratio must be >= 1, got {cfg.unlabelled_ratio}")
     if not 0.0 <= cfg.ema_decay < 1.0:

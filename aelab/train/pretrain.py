@@ -54,7 +54,8 @@ class PretrainConfig(RunOptions):
         lr: AdamW learning rate (cosine-annealed to 0 over the epochs).
         weight_decay: AdamW weight decay.
         noise_factor: denoise: std of the Gaussian noise added to the input; 0 = plain autoencoder.
-        augment: augmentation: none, weak, strong, light or course; none = the objective's default (denoise: none, vicreg: strong).
+        augment: augmentation: none, auto, auto-strong, weak, strong, weak-flip, strong-flip, light or course; none = the
+            objective's default (denoise: none, vicreg: auto-strong, i.e. strong-flip for colour photos, strong for grey images).
         val_fraction: share of images held out for validation (early stopping, best checkpoint).
         patience: stop after this many epochs without a lower validation loss.
         resume: continue an interrupted run from RUN/last.ckpt (its saved config is used).
@@ -162,8 +163,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
     write_model_summary(fabric, raw_model, run_dir)
     from aelab.data.kind import resolve_augment
 
-    default = resolve_augment("auto", images, "strong") if cfg.objective == "vicreg" else "none"
-    augment = build_augmentation(cfg.augment or default, prep.image_size)
+    default = "auto-strong" if cfg.objective == "vicreg" else "none"
+    augment = build_augmentation(resolve_augment(cfg.augment or default, images), prep.image_size)
     stage = _stage(cfg, fabric, raw_model, prep, images, augment.to(fabric.device))
     payload = dict(model_config=model_cfg.to_dict(), preprocessing=prep.to_dict(), classes=None,
                    stage="pretrain", objective=cfg.objective, config=asdict(cfg))

@@ -102,6 +102,11 @@ class CurriculumThresholds(nn.Module):
     ``T(c) = M(β(c)) · τ``: low for every class at the start, low for classes still hard later,
     τ for the classes learnt best. Under several processes each remembers every process's images.
 
+    ``floor`` keeps a threshold under which no pseudo-label is accepted, ``T(c) = floor + (τ − floor) · M(β(c))``
+    (``floor`` 0 is FlexMatch's rule). Without it every prediction passes at the start, when no class is
+    learnt yet: on photos, where the first predictions are mostly wrong, the network then learns its own
+    mistakes (benchmarks/README.md, "Study 1 on photos").
+
     Example:
         >>> ct = CurriculumThresholds(n_images=4, n_classes=2, threshold=0.9)
         >>> ct.thresholds().tolist()          # nothing learnt yet: every prediction counts
@@ -111,9 +116,9 @@ class CurriculumThresholds(nn.Module):
         [0.9, 0.3]
     """
 
-    def __init__(self, n_images: int, n_classes: int, threshold: float):
+    def __init__(self, n_images: int, n_classes: int, threshold: float, floor: float = 0.0):
         super().__init__()
-        self.n_classes, self.threshold = n_classes, threshold
+        self.n_classes, self.threshold, self.floor = n_classes, threshold, floor
         self.register_buffer("latest", torch.full((n_images,), -1, dtype=torch.long))
 
     def thresholds(self) -> torch.Tensor:
@@ -121,7 +126,7 @@ class CurriculumThresholds(nn.Module):
         sigma = torch.bincount(learnt, minlength=self.n_classes).float()
         unseen = float(len(self.latest) - len(learnt))
         beta = sigma / max(float(sigma.max()), unseen, 1.0)
-        return self.threshold * beta / (2.0 - beta)
+        return self.floor + (self.threshold - self.floor) * beta / (2.0 - beta)
 
     @torch.no_grad()
     def update(self, index: torch.Tensor, confidence: torch.Tensor, pseudo: torch.Tensor) -> None:
