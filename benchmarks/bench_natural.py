@@ -105,8 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = {}
     for pair in args.set:
         name, value = pair.split("=", 1)
-        settings[name] = json.loads(value) if value[:1] in "0123456789-[{tfn" and value not in ("fixmatch",) else value
-    base = ClassificationStudyConfig(methods=args.methods, device="cpu", budget=args.budget, **settings)
+        try:
+            settings[name] = json.loads(value)  # numbers, true/false, null
+        except json.JSONDecodeError:
+            settings[name] = value  # a word: a preset, a device, a method list
+    base = ClassificationStudyConfig(**{"methods": args.methods, "device": "cpu", "budget": args.budget, **settings})
     budgets = [float(b) for b in args.budgets.split(",")] if args.budgets else [args.budget]
     rows: list[dict] = []
     for labels in map(int, args.labels.split(",")):

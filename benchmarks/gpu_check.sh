@@ -15,6 +15,9 @@
 #   2. benchmarks/bench_data.py (data pipeline, images/s)                    -> bench_data.md
 #   3. benchmarks/bench_train.py --part 1 (whole epochs)                     -> bench_train.md
 #   4. EKM's torch backend on CUDA at n = 10^6 against scikit-learn KMeans   -> ekm_cuda.md, ekm_cuda.json
+#   5. benchmarks/bench_natural.py: study 1 on a CIFAR-10 draw (25 labels per class, 5,000 unlabelled,
+#      2,000 test) at 64x64 with the course preset, supervised and FixMatch, a 4-minute budget
+#      -> natural.md, natural.json (skipped when the archive is missing: CIFAR=path/to/cifar10-train.tar.gz)
 # and summary.md (machine, versions, each step's status and wall time). Put the tables in
 # benchmarks/README.md with the GPU's name.
 set -u -o pipefail
@@ -88,6 +91,16 @@ step run 240 "$PY" -m aelab.cli.main run --preset "$PRESET" --image-size 64 \
 dev_flag() { "$PY" "$1" --help 2>/dev/null | grep -q -- "--device" && echo "--device $DEVICE"; }
 step bench_data 75 bash -c "'$PY' benchmarks/bench_data.py --threads 0 $(dev_flag benchmarks/bench_data.py) $BENCH_ARGS > '$RESULTS/bench_data.md'"
 step bench_train 90 bash -c "'$PY' benchmarks/bench_train.py --part 1 --threads 0 $(dev_flag benchmarks/bench_train.py) $BENCH_ARGS > '$RESULTS/bench_train.md'"
+
+# 5. The natural-image benchmark at 64 px (run before step 4).
+CIFAR="${CIFAR:-$HERE/../shared/data/cifar10-train.tar.gz}"
+if [ -e "$CIFAR" ]; then
+    step natural 330 bash -c "'$PY' benchmarks/bench_natural.py --labels 25 --seeds 0 --methods supervised,fixmatch \
+        --budget 4 --set preset=$PRESET --set image_size=64 --set device=$DEVICE --set precision=bf16-mixed --source '$CIFAR' \
+        --work '$RESULTS/natural' --json '$RESULTS/natural.json' > '$RESULTS/natural.md'"
+else
+    echo "| natural | skipped: no CIFAR-10 archive at $CIFAR | 0 |" >>"$SUMMARY"
+fi
 
 # 4. EKM (torch backend, CUDA) against scikit-learn's KMeans at n = 10^6.
 step ekm_cuda 60 "$PY" - "$RESULTS" "$DEVICE" <<'EOF'
