@@ -79,13 +79,24 @@ class Preprocessing:
 
     def fitted(self, images, sample: int = 2000, seed: int = 0) -> "Preprocessing":
         """A copy whose mean/std are the per-channel statistics of ``images`` (uint8 ``(N, C, H, W)`` or a
-        `RowReader`), from up to ``sample`` of them: the network input then has mean 0 and std 1 per channel."""
+        `RowReader`), from up to ``sample`` of them: the network input then has mean 0 and std 1 per channel.
+
+        Read 256 rows at a time (sums in float64), so memory stays flat whatever the image size."""
         n = len(images)
         rows = np.sort(np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False))
-        x = np.asarray(images.gather(rows) if hasattr(images, "gather") else images[rows], dtype=np.float64) / 255.0
-        mean = x.mean(axis=(0, 2, 3))
-        std = np.maximum(x.std(axis=(0, 2, 3)), 1e-3)
-        return Preprocessing(self.image_size, self.channels, tuple(mean.tolist()), tuple(std.tolist()))
+        total = np.zeros(self.channels)
+        squares = np.zeros(self.channels)
+        count = 0
+        for lo in range(0, len(rows), 256):
+            part = rows[lo:lo + 256]
+            x = images.gather(part).numpy() if hasattr(images, "gather") else np.asarray(images[part])
+            x = x.astype(np.float32) / 255.0
+            total += x.sum(axis=(0, 2, 3), dtype=np.float64)
+            squares += np.square(x).sum(axis=(0, 2, 3), dtype=np.float64)
+            count += x.shape[0] * x.shape[2] * x.shape[3]
+        mean = total / count
+        std = np.sqrt(np.maximum(squares / count - mean**2, 1e-6))
+        return Preprocessing(self.image_size, self.channels, tuple(mean.tolist()), tuple(np.maximum(std, 1e-3).tolist()))
 
     # --- tensors ---------------------------------------------------------------------------------
 
