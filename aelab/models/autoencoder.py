@@ -14,7 +14,24 @@ from aelab.models.blocks import ResidualBlock
 
 __all__ = ["AutoencoderOutput", "ModelConfig", "ResUNetAutoencoder", "PRESETS", "build_model", "preset_config"]
 
-HEADS = ("mlp", "bn-mlp", "linear", "none")
+HEADS = ("mlp", "bn-mlp", "linear", "pool", "none")
+
+
+class PoolHead(nn.Module):
+    """Global average pooling of the bottleneck map, then a linear layer (the head of ResNets, He et al. 2016).
+
+    Takes the flattened bottleneck ``(B, C·s·s)``; averaging over the ``s×s`` positions makes the class
+    score independent of where in the image the object is, which photos need and a flattened map's MLP
+    has to learn from the few labelled images.
+    """
+
+    def __init__(self, channels: int, num_classes: int):
+        super().__init__()
+        self.channels = channels
+        self.linear = nn.Linear(channels, num_classes)
+
+    def forward(self, flat: torch.Tensor) -> torch.Tensor:
+        return self.linear(flat.view(len(flat), self.channels, -1).mean(-1))
 
 
 class AutoencoderOutput(NamedTuple):
@@ -45,7 +62,8 @@ class ModelConfig:
         skip_connections: U-Net skips (concatenation). Off for anomaly detection, where skips let
             the decoder copy anomalies through.
         head: ``"mlp"`` (Linear → ReLU → Dropout → Linear, the seed's), ``"bn-mlp"`` (the same after a
-            BatchNorm1d of the embedding), ``"linear"`` or ``"none"``.
+            BatchNorm1d of the embedding), ``"linear"``, ``"pool"`` (global average pooling, then linear: `PoolHead`)
+            or ``"none"``.
         head_hidden: hidden units of the mlp head (default: bottleneck channels, 1024 in the seed).
         dropout: dropout of the mlp head.
         stem: output channels of a fixed first layer that PCA-whitens 3×3 patches (`aelab.models.whiten`),
@@ -183,6 +201,8 @@ class ResUNetAutoencoder(nn.Module):
             return None
         if head == "linear":
             return nn.Linear(self.embedding_dim, num_classes)
+        if head == "pool":
+            return PoolHead(self.bottleneck_channels, num_classes)
         layers: list[nn.Module] = []
         if head == "bn-mlp":
             # Standardise the flattened bottleneck first: after pretraining its scale is whatever

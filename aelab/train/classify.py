@@ -115,7 +115,8 @@ def _fixmatch_step(cfg, fabric, model, prep, data, train_idx: np.ndarray, weak, 
         drop_last=True))
     curriculum = None
     if cfg.class_thresholds:
-        curriculum = CurriculumThresholds(n_unlabelled, len(data.classes), cfg.threshold, cfg.threshold_floor)
+        curriculum = CurriculumThresholds(n_unlabelled, len(data.classes), cfg.threshold,
+                                          min(cfg.threshold_floor, cfg.threshold))
         curriculum = curriculum.to(fabric.device)
     align = None
     if cfg.distribution_alignment:

@@ -45,9 +45,11 @@ class FinetuneConfig(RunOptions):
         preset: network when starting from random weights: tiny, small or course (the report's 49M-parameter net, for GPUs); ignored with --init-from.
         image_size: override the preset's input size (random weights only).
         channels: 1 or 3 (random weights only; with --init-from the checkpoint's preprocessing is used).
+        width: channels of the first encoder block (random weights only; none = the preset's).
         stem: channels of the fixed patch-whitening first layer (random weights only; none = the preset's, 0 = none).
         head: classifier head on the flattened bottleneck: bn-mlp (an MLP after a BatchNorm of the embedding;
-            trains far better from pretrained weights), mlp (exactly the course report's), linear.
+            trains far better from pretrained weights), mlp (exactly the course report's), linear, pool (global average
+            pooling of the bottleneck, then linear).
         dropout: dropout of the mlp head.
         freeze_encoder: train only the head and decoder; the pretrained encoder stays fixed.
         recon_weight: w in (1-w)*classification + w*MSE; none = 0.5 for course, 0 for supervised and fixmatch.
@@ -62,7 +64,7 @@ class FinetuneConfig(RunOptions):
         class_thresholds: fixmatch: a confidence threshold per class, lower for classes with few confident pseudo-labels
             so far (FlexMatch's curriculum pseudo-labelling); threshold is the highest. False = one threshold for all (plain FixMatch).
         threshold_floor: fixmatch with class thresholds: the lowest threshold any class gets, also before any class is
-            learnt (0 = FlexMatch's rule, which accepts every pseudo-label at the start).
+            learnt (0 = FlexMatch's rule, which accepts every pseudo-label at the start; at most threshold).
         distribution_alignment: fixmatch: rescale the unlabelled predictions towards the labelled images' class shares before
             thresholding (ReMixMatch's distribution alignment).
         ema_decay: fixmatch: decay of the weight average used for validation and prediction (0 = no average).
@@ -84,6 +86,7 @@ class FinetuneConfig(RunOptions):
     preset: str = "small"
     image_size: int | None = None
     channels: int = 3
+    width: int | None = None
     stem: int | None = None
     head: str = "bn-mlp"
     dropout: float = 0.5
@@ -123,8 +126,8 @@ def _check(cfg: FinetuneConfig) -> None:
         raise AelabError(f"recon_weight must be in [0, 1], got {cfg.recon_weight}")
     if not 0.0 < cfg.threshold <= 1.0:
         raise AelabError(f"threshold must be in (0, 1], got {cfg.threshold}")
-    if not 0.0 <= cfg.threshold_floor <= cfg.threshold:
-        raise AelabError(f"threshold_floor must be in [0, threshold], got {cfg.threshold_floor}")
+    if not 0.0 <= cfg.threshold_floor <= 1.0:
+        raise AelabError(f"threshold_floor must be in [0, 1], got {cfg.threshold_floor}")
     if cfg.unlabelled_ratio < 1:
         raise AelabError(f"unlabelled_ratio must be >= 1, got {cfg.unlabelled_ratio}")
     if not 0.0 <= cfg.ema_decay < 1.0:
@@ -137,7 +140,7 @@ def _initial_model(cfg: FinetuneConfig, num_classes: int):
     if cfg.init_from is None:
         model_cfg = preset_config(
             cfg.preset, image_size=cfg.image_size, in_channels=cfg.channels, num_classes=num_classes,
-            head=cfg.head, dropout=cfg.dropout, stem=cfg.stem,
+            head=cfg.head, dropout=cfg.dropout, stem=cfg.stem, width=cfg.width,
         )
         return build_model(model_cfg), model_cfg, Preprocessing(image_size=model_cfg.image_size, channels=model_cfg.in_channels)
     ckpt = load_checkpoint(cfg.init_from)

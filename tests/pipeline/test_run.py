@@ -69,10 +69,14 @@ def test_report_files_and_sections(run_dir):
     assert sum(len(p.images) for p in pdf.pages) >= 4
     html = (run_dir / "report.html").read_text()
     assert 'src="http' not in html and html.count("data:image/png;base64") >= 4
-    # predictions.csv is the file of the method with the best validation accuracy.
+    # predictions.csv is the file of the submitted method: the benchmarks' first whose validation accuracy the
+    # best one's does not beat beyond the hold-out's noise (aelab.train.study.choose).
+    from aelab.train.study import MethodResult, _indistinguishable
+
     pred = (run_dir / "predictions.csv").read_text()
     chosen = stages["predict"]["result"]["chosen"]
-    assert stages[chosen]["result"]["val_acc"] == max(stages[m]["result"]["val_acc"] for m in METHODS)
+    best = max((MethodResult(**stages[m]["result"]) for m in METHODS), key=lambda r: r.val_acc)
+    assert _indistinguishable(MethodResult(**stages[chosen]["result"]), best)
     assert pred == (run_dir / chosen / ("" if chosen == "label-spreading" else "predict") / "predictions.csv").read_text()
     assert pred.splitlines()[0] == "id,label" and len(pred.splitlines()) == 1 + TINY["demo_test"]
 
