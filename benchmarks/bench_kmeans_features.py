@@ -8,11 +8,13 @@ images and study 1's stratified validation split (``val_fraction`` 0.2, the stud
 on the test images:
 
 - ``pixels``: standardised logistic regression on the raw pixels (C by 3-fold CV);
-- ``kmeans-K`` / ``ekm-K``: `aelab.train.baselines.kmeans_features_baseline` with that learner
-  and K centroids (dictionary on the unlabelled images, logistic regression on the training split).
+- ``kmeans-K`` / ``ekm-K[-sS]``: what `aelab.train.baselines.kmeans_features_baseline` does, with
+  that learner, K centroids (and EKM α scale S): dictionary on the unlabelled images, logistic
+  regression on the training split with C = ``FEATURES_C`` (``--C cv``: 3-fold CV on the split).
 
-Each row reports test accuracy, validation accuracy, the chosen C, and the process CPU seconds
-(the fair time on a shared machine; run with ``OMP_NUM_THREADS=1`` for one-core figures).
+Each row reports test accuracy, validation accuracy, the chosen C, the process CPU seconds of
+fit + encoding + CV (the fair time on a shared machine; run with ``OMP_NUM_THREADS=1`` for
+one-core figures), and (JSON only, untimed) the test accuracy at every C of the grid.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_kmeans_features.py --seeds 0,1 --centroids 400,800,1600
     OMP_NUM_THREADS=1 python benchmarks/bench_kmeans_features.py --seeds 2 --centroids 800 --learners kmeans
@@ -83,12 +85,19 @@ def main() -> None:
     ap.add_argument("--centroids", default="400,800")
     ap.add_argument("--learners", default="kmeans,ekm")
     ap.add_argument("--ekm-scales", default="10", help="EKM α scales to try (KMeansFeatures.ekm_scale)")
+    ap.add_argument("--C", default=None, help="logistic regression C; 'cv' = 3-fold CV over C_GRID; default FEATURES_C")
     ap.add_argument("--no-pixels", action="store_true", help="skip the logistic regression on pixels")
     ap.add_argument("--json", default=None, help="append one JSON line per row to this file")
     args = ap.parse_args()
 
-    from aelab.train.baselines import kmeans_features_baseline, logistic_cv
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
+    from aelab.train.baselines import C_GRID, FEATURES_C, logistic_cv
+    from aelab.train.patch_features import KMeansFeatures
+
+    grid = C_GRID if args.C == "cv" else (FEATURES_C if args.C is None else float(args.C),)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -104,16 +113,20 @@ def main() -> None:
             for name, learner, k, scale in runs:
                 c0, w0 = time.process_time(), time.perf_counter()
                 if learner is None:
-                    flat = lambda a: a.reshape(len(a), -1).astype(np.float32) / 255.0  # noqa: E731
-                    clf, C = logistic_cv(flat(x[tr]), y[tr], seed=seed)
-                    val, pred, note = clf.predict(flat(x[va])), clf.predict(flat(xt)), f"C={C:g}"
+                    def feats(a):
+                        return a.reshape(len(a), -1).astype(np.float32) / 255.0
                 else:
-                    res = kmeans_features_baseline(x, y, tr, va, unl, xt, n_centroids=k, learner=learner, seed=seed,
-                                                   **({} if scale is None else dict(ekm_scale=scale)))
-                    val, pred, note = res.val_pred, res.query_pred, res.note
+                    f = KMeansFeatures(k, learner=learner, random_state=seed, **({} if scale is None else dict(ekm_scale=scale)))
+                    feats = f.fit(unl).transform
+                X, Xt = feats(x), feats(xt)
+                clf, C = logistic_cv(X[tr], y[tr], grid, seed=seed)
+                val, pred = clf.predict(X[va]), clf.predict(Xt)
+                cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+                by_c = {c: round(float(np.mean(make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=1000))
+                                               .fit(X[tr], y[tr]).predict(Xt) == yt)), 3) for c in C_GRID}
                 row = dict(labels=labels, seed=seed, method=name, test_acc=round(float(np.mean(pred == yt)), 4),
-                           val_acc=round(float(np.mean(val == y[va])), 4), n_val=int(len(va)),
-                           cpu_s=round(time.process_time() - c0, 1), wall_s=round(time.perf_counter() - w0, 1), note=note)
+                           val_acc=round(float(np.mean(val == y[va])), 4), n_val=int(len(va)), C=C,
+                           cpu_s=round(cpu, 1), wall_s=round(wall, 1), test_by_C=by_c, note=f"C={C:g}")
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 if args.json:
