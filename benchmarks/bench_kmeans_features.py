@@ -84,7 +84,7 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=2000)
     ap.add_argument("--centroids", default="400,800")
     ap.add_argument("--learners", default="kmeans,ekm")
-    ap.add_argument("--ekm-scales", default="10", help="EKM α scales to try (KMeansFeatures.ekm_scale)")
+    ap.add_argument("--ekm-scales", default="", help="EKM α scales to try (default: KMeansFeatures' ekm_scale)")
     ap.add_argument("--C", default=None, help="logistic regression C; 'cv' = 3-fold CV over C_GRID; default FEATURES_C")
     ap.add_argument("--no-pixels", action="store_true", help="skip the logistic regression on pixels")
     ap.add_argument("--json", default=None, help="append one JSON line per row to this file")
@@ -108,7 +108,7 @@ def main() -> None:
             runs = [] if args.no_pixels else [("pixels", None, None, None)]
             for k in args.centroids.split(","):
                 for lrn in args.learners.split(","):
-                    scales = [None] if lrn == "kmeans" else [float(v) for v in args.ekm_scales.split(",")]
+                    scales = [float(v) for v in args.ekm_scales.split(",")] if lrn == "ekm" and args.ekm_scales else [None]
                     runs += [(f"{lrn}-{k}" + ("" if sc is None else f"-s{sc:g}"), lrn, int(k), sc) for sc in scales]
             for name, learner, k, scale in runs:
                 c0, w0 = time.process_time(), time.perf_counter()
