@@ -187,7 +187,7 @@ def _stage_predict(ctx: _Ctx) -> dict:
     result = summarize(rows, ctx.layout, skipped, study_settings(ctx.cfg, ctx.data))
     chosen_run = next((r.run for r in rows if r.method == result.chosen and r.run), None)
     best_run = max((r for r in rows if r.run), key=lambda r: r.val_acc, default=None)
-    # Study 2 embeds with the submitted network, or the best network when label spreading won.
+    # Study 2 embeds with the submitted network, or the best network when a classical reference won.
     model = chosen_run or (best_run.run if best_run else None)
     out = {"chosen": result.chosen, "reason": result.reason, "methods": "study1/methods.csv",
            "model": None if model is None else Path(model).relative_to(ctx.dir).as_posix()}  # relative: the folder may move

@@ -1,9 +1,13 @@
-"""A classical semi-supervised reference line for study 1: label spreading on a PCA of the pixels.
+"""Classical reference lines for study 1.
 
-Zhou et al., "Learning with Local and Global Consistency" (NIPS 2003), as scikit-learn's
+Label spreading on a PCA of the pixels: Zhou et al., "Learning with Local and Global Consistency" (NIPS 2003), as scikit-learn's
 `LabelSpreading` (kNN kernel): labels diffuse along a k-nearest-neighbour graph over labelled,
 unlabelled and test images. It takes about a tenth of a second, so every network method should
 be compared with it.
+
+Single-layer k-means features (Coates, Lee & Ng, AISTATS 2011; `aelab.train.patch_features`):
+a whitened patch dictionary learned on the unlabelled images, triangle codes pooled over four
+quadrants, then a standardised L2 logistic regression on the labelled images.
 """
 
 from __future__ import annotations
@@ -12,21 +16,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["LabelSpreadingResult", "label_spreading_baseline"]
+__all__ = ["BaselineResult", "LabelSpreadingResult", "kmeans_features_baseline", "label_spreading_baseline", "logistic_cv"]
 
 
 @dataclass
-class LabelSpreadingResult:
+class BaselineResult:
     """Predicted class indices for the validation images and the query (test) images."""
 
     val_pred: np.ndarray
     query_pred: np.ndarray
     seconds: float
+    note: str = ""
+
+
+LabelSpreadingResult = BaselineResult  # the older name
 
 
 def label_spreading_baseline(labelled: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
                              unlabelled: np.ndarray | None, query: np.ndarray | None, n_components: int = 50,
-                             n_neighbors: int = 10, seed: int = 0) -> LabelSpreadingResult:
+                             n_neighbors: int = 10, seed: int = 0) -> BaselineResult:
     """Fit PCA + LabelSpreading on all images with only ``labels[train_idx]`` known.
 
     Args:
@@ -54,4 +62,65 @@ def label_spreading_baseline(labelled: np.ndarray, labels: np.ndarray, train_idx
     model.fit(Z, y)
     pred = model.transduction_
     n_query = 0 if query is None else len(query)
-    return LabelSpreadingResult(pred[val_idx], pred[len(X) - n_query:], time.perf_counter() - t0)
+    return BaselineResult(pred[val_idx], pred[len(X) - n_query:], time.perf_counter() - t0)
+
+
+FEATURES_C = 1e-3  # fixed from benchmarks/bench_kmeans_features.py (CIFAR-10 draws, seeds 0 and 1)
+C_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.1, 1.0)  # inverse L2 strengths tried on standardised features
+
+
+def logistic_cv(X: np.ndarray, y: np.ndarray, c_grid=C_GRID, folds: int = 3, seed: int = 0):
+    """Standardise + multinomial L2 logistic regression, C by stratified ``folds``-fold CV on (X, y) only.
+
+    With fewer than ``folds`` images in some class (or one C given) no CV is run: the
+    middle C of the grid is used. Returns ``(pipeline fitted on all of X, chosen C)``.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def model(C):
+        return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=1000))
+
+    grid = list(c_grid)
+    C = grid[len(grid) // 2]
+    if len(grid) > 1 and np.bincount(y).min() >= folds:
+        cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+        scores = [np.mean(cross_val_score(model(c), X, y, cv=cv)) for c in grid]
+        C = grid[int(np.argmax(scores))]
+    return model(C).fit(X, y), C
+
+
+def kmeans_features_baseline(labelled: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
+                             unlabelled: np.ndarray | None, query: np.ndarray | None, n_centroids: int = 800,
+                             learner: str = "kmeans", C: float | None = FEATURES_C, seed: int = 0,
+                             **feature_options) -> BaselineResult:
+    """Coates et al.'s single-layer features learned on the unlabelled images, then logistic regression.
+
+    Args:
+        labelled, labels, train_idx, val_idx, unlabelled, query: as `label_spreading_baseline`;
+            the dictionary is learned on ``unlabelled`` (on the labelled images when there are none),
+            the classifier on ``labelled[train_idx]`` only.
+        n_centroids: dictionary size K (4K features).
+        learner: ``"kmeans"`` or ``"ekm"`` (Equilibrium K-Means), see `KMeansFeatures`.
+        C: inverse L2 strength of the logistic regression on the standardised features; None = 3-fold
+            CV over `C_GRID` on the training split (with 20 images per class it picked C from 0.001
+            to 1 and lost up to 2 points against the fixed 0.001: benchmarks/README.md).
+        feature_options: further `KMeansFeatures` arguments (patch, stride, n_patches, ekm_scale, ...).
+
+    Returns:
+        `BaselineResult` with predictions for ``val_idx`` and ``query``; ``note`` names the C chosen.
+    """
+    import time
+
+    from aelab.train.patch_features import KMeansFeatures
+
+    t0 = time.perf_counter()
+    source = unlabelled if unlabelled is not None and len(unlabelled) else labelled
+    feats = KMeansFeatures(n_centroids=n_centroids, learner=learner, random_state=seed, **feature_options).fit(source)
+    X = feats.transform(labelled)
+    clf, C = logistic_cv(X[train_idx], labels[train_idx], C_GRID if C is None else (C,), seed=seed)
+    val_pred = clf.predict(X[val_idx]) if len(val_idx) else np.array([], dtype=np.int64)
+    query_pred = clf.predict(feats.transform(query)) if query is not None and len(query) else np.array([], dtype=np.int64)
+    return BaselineResult(val_pred, query_pred, time.perf_counter() - t0, note=f"{learner}, K={n_centroids}, C={C:g}")

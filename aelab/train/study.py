@@ -12,6 +12,8 @@ test folder. Methods:
 ``fixmatch``        semi-supervised FixMatch-style consistency (Sohn et al. 2020), FlexMatch's class thresholds
 ``vicreg``          self-supervised VICReg pretraining (Bardes et al. 2022), then supervised fine-tuning
 ``label-spreading`` classical reference: LabelSpreading on a PCA of the pixels (scikit-learn)
+``kmeans-features`` classical reference: single-layer k-means features (Coates, Lee & Ng 2011)
+                    learned on the unlabelled images, logistic regression
 ==================  ==========================================================================
 
 ``aelab run`` runs one method per stage (so an interrupted run resumes per method);
@@ -44,6 +46,8 @@ METHODS: dict[str, tuple[str, bool]] = {  # name -> (description, uses the unlab
                  "with FlexMatch's class-wise thresholds (Zhang et al. 2021) unless fixmatch_class_thresholds is false", True),
     "vicreg": ("self-supervised VICReg pretraining (Bardes et al. 2022), then supervised fine-tuning", True),
     "label-spreading": ("classical reference: LabelSpreading on a 50-component PCA of the pixels", True),
+    "kmeans-features": ("classical reference: single-layer k-means features (Coates et al. 2011) learned on the "
+                        "unlabelled images, logistic regression", True),
 }
 COLUMNS = ["method", "description", "uses_unlabelled", "labels_per_class", "val_acc", "n_val", "test_acc", "seconds", "run",
            "note"]
@@ -68,7 +72,8 @@ class ClassificationStudyConfig(RunOptions):
     """Settings of study 1 (defaults: the whole table in about 7 minutes on a 2-core CPU with the demo data).
 
     Attributes:
-        methods: comma-separated methods to compare: supervised, course, course-noaug, fixmatch, vicreg, label-spreading.
+        methods: comma-separated methods to compare: supervised, course, course-noaug, fixmatch, vicreg, label-spreading,
+            kmeans-features.
         preset: network size: tiny, small (CPU) or course (the course report's network, for GPUs).
         image_size: square size every image is resized to; none = the preset's.
         channels: 1 or 3 image channels.
@@ -85,9 +90,11 @@ class ClassificationStudyConfig(RunOptions):
         budget: minutes the training stages of study 1 may take together (each stage gets a fixed share, see
             BUDGET_SHARES; its epochs come from its first epoch's measured time, at most the epochs above);
             none = always the epochs above.
+        kmeans_features_centroids: dictionary size K of the k-means features method (4K features).
+        kmeans_features_learner: its dictionary learner: kmeans (scikit-learn) or ekm (Equilibrium K-Means).
     """
 
-    methods: str = "supervised,course,course-noaug,fixmatch,vicreg,label-spreading"
+    methods: str = "supervised,course,course-noaug,fixmatch,vicreg,label-spreading,kmeans-features"
     preset: str = _finetune_default("preset")
     image_size: int | None = _finetune_default("image_size")
     channels: int = _finetune_default("channels")
@@ -100,9 +107,15 @@ class ClassificationStudyConfig(RunOptions):
     course_augment: str = "course"
     val_fraction: float = _finetune_default("val_fraction")
     budget: float | None = 12.0
+    kmeans_features_centroids: int = 800
+    kmeans_features_learner: str = "kmeans"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.kmeans_features_learner not in ("kmeans", "ekm"):
+            raise AelabError(f"kmeans_features_learner must be kmeans or ekm, got {self.kmeans_features_learner!r}")
+        if self.kmeans_features_centroids < 2:
+            raise AelabError(f"kmeans_features_centroids must be at least 2, got {self.kmeans_features_centroids}")
         self.method_list()  # unknown methods: one line, before anything runs
 
     def minutes(self, stage: str) -> float | None:
@@ -130,7 +143,7 @@ class MethodResult:
     labels_per_class: str
     test_acc: float | None = None
     seconds: float = 0.0
-    run: str | None = None  # the fine-tune run folder (None for label spreading)
+    run: str | None = None  # the fine-tune run folder (None for the classical references)
     predictions: str | None = None  # its predictions.csv, when the data have a test folder
 
     @property
@@ -194,10 +207,11 @@ def _finetune_and_predict(name: str, cfg: ClassificationStudyConfig, data: Path,
     return result
 
 
-def _label_spreading(cfg: ClassificationStudyConfig, data: Path, layout: RunLayout) -> MethodResult:
+def _classical(cfg: ClassificationStudyConfig, data: Path, layout: RunLayout, name: str, baseline_fn) -> MethodResult:
+    """A classical reference row: ``baseline_fn`` (the signature of `label_spreading_baseline`) on the
+    decoded images at the preset's size, the same split as the networks; writes its ``predictions.csv``."""
     from aelab.data import Preprocessing, image_ids, load_images, read_labels_csv, resolve_layout, scan_labelled
     from aelab.models import preset_config
-    from aelab.train.baselines import label_spreading_baseline
     from aelab.train.loaders import split_indices
 
     t0 = time.perf_counter()
@@ -211,12 +225,10 @@ def _label_spreading(cfg: ClassificationStudyConfig, data: Path, layout: RunLayo
     unl = prep.load(lay.unlabelled, strict=cfg.strict).images if lay.unlabelled is not None else None
     test = prep.load(lay.test, strict=cfg.strict) if lay.test is not None else None
     train_idx, val_idx = split_indices(len(labels), cfg.val_fraction, cfg.seed, labels)
-    res = label_spreading_baseline(images.images, labels, train_idx, val_idx, unl, None if test is None else test.images,
-                                   seed=cfg.seed)
-    out = MethodResult("label-spreading", float(np.mean(res.val_pred == labels[val_idx])), int(len(val_idx)),
-                       _labels_per_class(data))
+    res = baseline_fn(images.images, labels, train_idx, val_idx, unl, None if test is None else test.images, seed=cfg.seed)
+    out = MethodResult(name, float(np.mean(res.val_pred == labels[val_idx])), int(len(val_idx)), _labels_per_class(data))
     if test is not None:
-        folder = layout.stage("label-spreading")
+        folder = layout.stage(name)
         names = [lab.classes[p] for p in res.query_pred]
         write_csv(folder / "predictions.csv", ["id", "label"], zip(image_ids(test.paths), names))
         out.predictions = str(folder / "predictions.csv")
@@ -233,7 +245,17 @@ def run_method(method: str, cfg: ClassificationStudyConfig, data: Path, layout: 
     """Run one method of the table; ``pretrained`` is the denoising pretraining the course methods start from."""
     stage = layout.stage(method)
     if method == "label-spreading":
-        return _label_spreading(cfg, data, layout)
+        from aelab.train.baselines import label_spreading_baseline
+
+        return _classical(cfg, data, layout, method, label_spreading_baseline)
+    if method == "kmeans-features":
+        from functools import partial
+
+        from aelab.train.baselines import kmeans_features_baseline
+
+        _require_unlabelled(data, method)
+        return _classical(cfg, data, layout, method, partial(kmeans_features_baseline, n_centroids=cfg.kmeans_features_centroids,
+                                                             learner=cfg.kmeans_features_learner))
     if method in ("course", "course-noaug"):
         if pretrained is None:
             pretrained = pretrain_denoise(cfg, data, layout.stage("pretrain"))

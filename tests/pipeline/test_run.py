@@ -13,8 +13,8 @@ from aelab.pipeline import RunConfig, run_all
 from aelab.pipeline_anomaly import AnomalyStudySettings
 
 TINY = dict(preset="tiny", pretrain_epochs=1, finetune_epochs=2, fixmatch_epochs=1, vicreg_epochs=1, anomaly=AnomalyStudySettings(epochs=2),
-            demo_unlabelled=150, demo_labelled_per_class=6, demo_test=60, device="cpu")
-METHODS = ["supervised", "course", "course-noaug", "fixmatch", "vicreg", "label-spreading"]
+            demo_unlabelled=150, demo_labelled_per_class=6, demo_test=60, device="cpu", kmeans_features_centroids=32)
+METHODS = ["supervised", "course", "course-noaug", "fixmatch", "vicreg", "label-spreading", "kmeans-features"]
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_report_files_and_sections(run_dir):
     chosen = stages["predict"]["result"]["chosen"]
     best = max((MethodResult(**stages[m]["result"]) for m in METHODS), key=lambda r: r.val_acc)
     assert _indistinguishable(MethodResult(**stages[chosen]["result"]), best)
-    assert pred == (run_dir / chosen / ("" if chosen == "label-spreading" else "predict") / "predictions.csv").read_text()
+    assert pred == (run_dir / chosen / ("" if chosen in ("label-spreading", "kmeans-features") else "predict") / "predictions.csv").read_text()
     assert pred.splitlines()[0] == "id,label" and len(pred.splitlines()) == 1 + TINY["demo_test"]
 
 

@@ -1,0 +1,138 @@
+"""Single-layer k-means features (Coates, Lee & Ng 2011): encoding, whitening, and the study-1 row."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from aelab.train.baselines import kmeans_features_baseline
+from aelab.train.patch_features import KMeansFeatures, normalise_patches, sample_patches
+
+
+def _smooth_images(n, size=12, channels=3, seed=0):
+    """Random images with correlated neighbouring pixels (so whitening has work to do)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, channels, size + 2, size + 2))
+    x = (x[:, :, 1:-1, 1:-1] * 2 + x[:, :, :-2, 1:-1] + x[:, :, 2:, 1:-1] + x[:, :, 1:-1, :-2] + x[:, :, 1:-1, 2:])
+    return np.clip(128 + 25 * x, 0, 255).astype(np.uint8)
+
+
+def _reference_transform(f: KMeansFeatures, images: np.ndarray) -> np.ndarray:
+    """The paper's encoding, one patch at a time: normalise, whiten, z_k = ‖x − c_k‖, f_k = max(0, mean(z) − z_k),
+    summed over the four quadrants of the map (first half = ceil(rows / 2), as the demo's round(rows/2))."""
+    N, C, H, W = images.shape
+    p, s = f.patch, f.stride
+    rows, cols = (H - p) // s + 1, (W - p) // s + 1
+    K = len(f.centroids_)
+    out = np.zeros((N, 4, K))
+    for n in range(N):
+        for i in range(rows):
+            for j in range(cols):
+                x = images[n, :, i * s : i * s + p, j * s : j * s + p].astype(np.float64).reshape(-1)
+                x = (x - x.mean()) / np.sqrt(x.var(ddof=1) + 10.0)
+                x = (x - f.mean_) @ f.whiten_
+                z = np.sqrt(((x[None, :] - f.centroids_) ** 2).sum(1))
+                code = np.maximum(0.0, z.mean() - z)
+                q = 2 * (i >= (rows + 1) // 2) + (j >= (cols + 1) // 2)
+                out[n, q] += code
+    return out.reshape(N, 4 * K)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_encoding_matches_a_patch_by_patch_reference(stride):
+    images = _smooth_images(40, size=11)
+    f = KMeansFeatures(n_centroids=7, patch=3, stride=stride, n_patches=2000, random_state=0).fit(images)
+    got = f.transform(images[:2])
+    want = _reference_transform(f, images[:2])
+    assert got.shape == (2, 28)
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-3)
+    assert (got >= 0).all() and (got > 0).any()
+
+
+def test_zca_whitening_gives_identity_covariance_on_the_patches():
+    images = _smooth_images(200, size=12)
+    f = KMeansFeatures(n_centroids=4, patch=4, n_patches=20_000, zca_eps=1e-6, random_state=0).fit(images)
+    x = normalise_patches(sample_patches(images, 20_000, 4, np.random.default_rng(0)))
+    raw = np.cov(x, rowvar=False)
+    cov = np.cov((x - f.mean_) @ f.whiten_, rowvar=False)
+    d = cov.shape[0]
+    # every normalised patch sums to 0, so whitening can only reach the identity on the other d − 1 directions
+    ones = np.ones((d, 1)) / np.sqrt(d)
+    np.testing.assert_allclose(cov, np.eye(d) - ones @ ones.T, atol=1e-3)
+    assert np.abs(raw - np.eye(d)).max() > 0.3  # the raw patches were far from white
+    # with the paper's ε = 0.1 the eigenvalues become λ / (λ + 0.1)
+    g = KMeansFeatures(n_centroids=4, patch=4, n_patches=20_000, random_state=0).fit(images)
+    lam = np.linalg.eigvalsh(raw)
+    np.testing.assert_allclose(np.linalg.eigvalsh(np.cov((x - g.mean_) @ g.whiten_, rowvar=False)),
+                               np.sort(np.clip(lam, 0, None) / (np.clip(lam, 0, None) + 0.1)), atol=1e-3)
+
+
+def _texture_classes(n_per_class, size=16, seed=0):
+    """Three classes of texture with random phase, frequency, brightness and contrast: horizontal
+    stripes, vertical stripes, checkerboard. Class means are flat, so pixel positions carry little."""
+    rng = np.random.default_rng(seed)
+    ii, jj = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    images, labels = [], []
+    for label in range(3):
+        for _ in range(n_per_class):
+            w = rng.uniform(0.6, 1.4)
+            a, b = rng.uniform(0, 2 * np.pi, 2)
+            pattern = [np.sin(w * ii + a), np.sin(w * jj + a), np.sin(w * ii + a) * np.sin(w * jj + b)][label]
+            img = rng.uniform(80, 170) + rng.uniform(30, 70) * pattern + rng.normal(0, 12, (size, size))
+            images.append(np.repeat(np.clip(img, 0, 255)[None], 3, 0))
+            labels.append(label)
+    return np.asarray(images, dtype=np.uint8), np.asarray(labels)
+
+
+@pytest.mark.parametrize("learner", ["kmeans", "ekm"])
+def test_features_and_logistic_regression_beat_chance_on_textures(learner):
+    x, y = _texture_classes(40, seed=0)
+    unl, _ = _texture_classes(60, seed=1)
+    query, y_query = _texture_classes(30, seed=2)
+    train_idx = np.arange(0, len(y), 2)
+    val_idx = np.arange(1, len(y), 2)
+    res = kmeans_features_baseline(x, y, train_idx, val_idx, unl, query, n_centroids=24, learner=learner, seed=0,
+                                   patch=5, n_patches=5000)
+    assert res.query_pred.shape == y_query.shape and res.val_pred.shape == val_idx.shape
+    assert np.mean(res.query_pred == y_query) >= 0.8  # chance: 1/3
+    assert np.mean(res.val_pred == y[val_idx]) >= 0.8
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="learner"):
+        KMeansFeatures(learner="spectral")
+    with pytest.raises(RuntimeError, match="not fitted"):
+        KMeansFeatures().transform(np.zeros((1, 1, 8, 8), np.uint8))
+
+
+def test_study_method_writes_predictions_with_id_and_label(demo_root, tmp_path):
+    from aelab.data import image_ids, list_images, read_labels_csv
+    from aelab.train.study import ClassificationStudyConfig, classification_study
+
+    cfg = ClassificationStudyConfig(methods="kmeans-features", channels=1, kmeans_features_centroids=16, device="cpu")
+    result = classification_study(cfg, demo_root, tmp_path / "run")
+    (row,) = result.rows
+    assert row.method == "kmeans-features" and row.uses_unlabelled and row.run is None
+    with open(row.predictions, newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader)
+        body = list(reader)
+    assert header == ["id", "label"]
+    test_ids = image_ids(list_images(demo_root / "test"))
+    assert [r[0] for r in body] == test_ids
+    classes = sorted(p.name for p in (demo_root / "dev" / "labelled").iterdir())
+    assert {r[1] for r in body} <= set(classes)
+    truth = read_labels_csv(demo_root / "test_labels.csv")
+    assert row.test_acc == pytest.approx(np.mean([truth[i] == lab for i, lab in body]))
+    assert row.test_acc > 0.3  # digits, 4 labelled per class: chance is 0.1
+    assert result.chosen == "kmeans-features" and (tmp_path / "run" / "predictions.csv").exists()
+
+
+def test_unknown_learner_is_one_line():
+    from aelab.errors import AelabError
+    from aelab.train.study import ClassificationStudyConfig
+
+    with pytest.raises(AelabError, match="kmeans_features_learner"):
+        ClassificationStudyConfig(kmeans_features_learner="dbscan")
