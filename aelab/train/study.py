@@ -29,7 +29,7 @@ import numpy as np
 from aelab.errors import AelabError, NoUnlabelledImages
 from aelab.layout import RunLayout
 from aelab.progress import info
-from aelab.runs import write_csv, write_json
+from aelab.runs import atomic_write_bytes, write_csv, write_json
 from aelab.train.options import RunOptions
 
 __all__ = ["METHODS", "ClassificationStudyConfig", "MethodResult", "StudyResult", "classification_study",
@@ -256,8 +256,6 @@ _PREFERENCE = ("fixmatch", "vicreg", "supervised", "course", "course-noaug", "la
 
 def summarize(rows: list[MethodResult], layout: RunLayout, skipped: dict[str, str] | None = None) -> StudyResult:
     """Write table 1b (``study1/methods.csv``), pick the submitted method and copy its ``predictions.csv``."""
-    import shutil
-
     def rel(path: str | None) -> str:
         if not path:
             return ""
@@ -278,7 +276,7 @@ def summarize(rows: list[MethodResult], layout: RunLayout, skipped: dict[str, st
     best = max(candidates, key=lambda r: (r.val_acc, -rank.get(r.method, len(rank))))
     reason = (f"highest validation accuracy ({best.val_acc:.3f} on {best.n_val} held-out labelled images; "
               "ties go to the method that uses the unlabelled images)")
-    shutil.copyfile(best.predictions, layout.predictions)
+    atomic_write_bytes(layout.predictions, Path(best.predictions).read_bytes())
     write_json(layout.chosen_json, {"method": best.method, "reason": reason, "val_acc": best.val_acc,
                                     "n_val": best.n_val, "validation": VALIDATION})
     info(f"[study 1] predictions.csv from {best.method}: {reason}")
