@@ -311,7 +311,7 @@ def _run_stage(ctx: _Ctx, name: str, fn: Callable[[_Ctx], dict]) -> dict:
         if name in CRITICAL:
             raise
         if ctx.rank == 0:
-            ctx.layout.error_file(name).write_text(traceback.format_exc())
+            atomic_write_text(ctx.layout.error_file(name), traceback.format_exc())
         result, status, reason = {}, "failed", f"failed with {exc.__class__.__name__}: {exc} (see {name}.error.txt)"
         info(f"[run] {name}: {reason}")
     elapsed = time.perf_counter() - t0

@@ -40,6 +40,10 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_torch_save",
+    "atomic_save_npy",
+    "atomic_savefig",
+    "atomic_save_image",
+    "load_yaml",
     "write_json",
     "set_seed",
     "to_plain",
@@ -146,6 +150,7 @@ def _mkdir(path: Path) -> None:
 LOCK_NAME = ".aelab.lock"
 
 _HELD: dict[str, tuple[int, int, int]] = {}  # resolved folder -> (fd, inode of its lock file, pid of the holder)
+_ROOTS: dict[str, str] = {}  # resolved folder -> the folder as it was named (its links not followed)
 
 
 def lock_run_dir(path: str | os.PathLike) -> Path:
@@ -166,9 +171,11 @@ def lock_run_dir(path: str | os.PathLike) -> Path:
         if _inode(lock) == _HELD[key][1] and _HELD[key][2] == os.getpid():
             return path
         _forget(key)  # the folder was emptied under us (aelab run --force): lock afresh
+    if lock.is_symlink():  # opening it would write the holder's line into the link's target
+        raise AelabError(f"{lock} is a symbolic link; aelab never follows links in a run folder: remove it and try again")
     for _ in range(5):
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except OSError as exc:
             raise AelabError(f"cannot create the lock file {lock}: {exc.strerror or exc}") from None
         if not _try_lock(fd):
@@ -180,6 +187,7 @@ def lock_run_dir(path: str | os.PathLike) -> Path:
             continue
         _write_holder(fd)
         _HELD[key] = (fd, _inode_fd(fd), os.getpid())
+        _ROOTS[key] = os.path.abspath(path)
         return path
     raise AelabError(f"cannot lock {path}: its lock file keeps changing")
 
@@ -208,6 +216,7 @@ atexit.register(release_run_dirs)
 
 
 def _forget(key: str) -> None:
+    _ROOTS.pop(key, None)
     fd, _, _ = _HELD.pop(key)
     try:
         os.close(fd)  # closing the descriptor drops the flock
@@ -316,14 +325,21 @@ def to_plain(obj: Any) -> Any:
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any], mode: int = 0o644) -> None:
     """Call ``write(fh)`` on a temporary file beside ``path``, then rename it into place.
 
-    Readers never see half a file, and an interrupted write leaves the old file intact.
+    This is the one writer of every file aelab puts in a run folder. Readers never see half a
+    file, and an interrupted write leaves the old file intact. A symbolic link at ``path`` is
+    replaced, never followed (``rename(2)`` replaces the link itself), so a link planted in a
+    run folder cannot make aelab overwrite the file it points to; a linked folder inside a run
+    folder this process holds (`lock_run_dir`) is refused (see `_check_no_links`). An
+    ``OSError`` (a full disk, a read-only folder), also one that torch's writer reports as a
+    ``RuntimeError`` raised while handling it, becomes one `AelabError` line naming the file.
     """
     path = Path(path)
+    _check_no_links(path)
     _mkdir(path.parent)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
-        raise AelabError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise _write_error(path, exc) from None
     try:
         os.chmod(tmp, mode)  # mkstemp makes 0600; outputs and caches should stay readable
         with os.fdopen(fd, "wb") as fh:
@@ -334,9 +350,49 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any], mode
     except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(exc, OSError):  # a full disk, a read-only folder: one line naming the file
-            raise AelabError(f"cannot write {path}: {exc.strerror or exc}") from None
+        cause = _os_error(exc)
+        if cause is not None:  # a full disk, a read-only folder: one line naming the file
+            raise _write_error(path, cause) from None
         raise
+
+
+def _os_error(exc: BaseException | None) -> OSError | None:
+    """``exc`` when it is an ``OSError``; else the ``OSError`` a ``RuntimeError`` was raised from or while
+    handling (torch's writer: ``RuntimeError: [enforce fail ...] unexpected pos`` over ``[Errno 28]``)."""
+    for _ in range(8):
+        if exc is None or isinstance(exc, OSError):
+            return exc
+        if not isinstance(exc, RuntimeError):
+            return None
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _write_error(path: Path, exc: OSError) -> AelabError:
+    import errno
+
+    if exc.errno == errno.ENOSPC:
+        return AelabError(f"no space left on device writing {path}")
+    return AelabError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def _check_no_links(path: Path) -> None:
+    """Refuse to write below a linked folder inside a run folder this process holds.
+
+    ``RUN/figures -> ~/`` would otherwise put ``figures/training_curves.png`` into the home
+    folder (replacing a file of that name there). The run folder itself may be a link (a run on
+    another disk); the folders aelab makes inside it never are.
+    """
+    target = os.path.abspath(path.parent)
+    for root in _ROOTS.values():
+        if target != root and not target.startswith(root.rstrip(os.sep) + os.sep):
+            continue
+        folder = root
+        for part in Path(os.path.relpath(target, root)).parts:
+            folder = os.path.join(folder, part)
+            if os.path.islink(folder):
+                raise AelabError(f"{folder} is a symbolic link; aelab writes only inside the run folder {root} and "
+                                 "never follows links there: remove it and try again")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -356,6 +412,25 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
+def atomic_save_npy(path: str | os.PathLike, array: Any) -> None:
+    """``np.save`` through a temporary file and an atomic rename (no pickles)."""
+    atomic_write(path, lambda fh: np.save(fh, np.asarray(array), allow_pickle=False))
+
+
+def atomic_savefig(fig: Any, path: str | os.PathLike, **kwargs: Any) -> None:
+    """``fig.savefig`` through a temporary file and an atomic rename; the format comes from the suffix."""
+    fmt = kwargs.pop("format", None) or Path(path).suffix.lstrip(".").lower() or "png"
+    atomic_write(path, lambda fh: fig.savefig(fh, format=fmt, **kwargs))
+
+
+def atomic_save_image(image: Any, path: str | os.PathLike, **kwargs: Any) -> None:
+    """A Pillow image's ``save`` through a temporary file and an atomic rename; the format comes from the suffix."""
+    from PIL import Image
+
+    fmt = kwargs.pop("format", None) or Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
+    atomic_write(path, lambda fh: image.save(fh, format=fmt, **kwargs))
+
+
 def save_config(run_dir: str | os.PathLike, config: Any, name: str = "config.yaml") -> Path:
     """Save the resolved configuration (a dataclass or a mapping) as YAML in the run folder."""
     path = Path(run_dir) / name
@@ -368,16 +443,72 @@ def load_config(run_dir: str | os.PathLike, name: str = "config.yaml") -> dict:
     path = Path(run_dir) / name
     try:
         with open(path, encoding="utf-8") as fh:
-            config = yaml.safe_load(fh)
+            config = load_yaml(fh.read(), path)
     except FileNotFoundError:
         raise AelabError(f"{path} not found (is {run_dir} an aelab run folder?)") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise AelabError(f"cannot read {path}: {_first_line(exc)}") from None
     if config is None:
         return {}
     if not isinstance(config, dict):
         raise AelabError(f"{path} is not a mapping of settings (found {type(config).__name__}); was it edited?")
     return config
+
+
+#: Most values a YAML settings file may expand to, aliases (``*name``) counted each time they are used.
+YAML_MAX_NODES = 100_000
+
+
+def load_yaml(text: str, source: str | os.PathLike) -> Any:
+    """``yaml.safe_load(text)``, refusing aliases that expand past `YAML_MAX_NODES` values.
+
+    PyYAML shares an aliased value instead of copying it, so 9 levels of 9 aliases (the "billion
+    laughs" attack) load in microseconds but expand to 9^9 values in anything that walks or
+    copies the settings (jsonargparse, YAML or JSON dumps): minutes of work and gigabytes. The
+    node graph is sized before anything is built; a recursive alias is refused too.
+
+    Raises:
+        AelabError: invalid YAML, or too many values once aliases are expanded; names ``source``.
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}, set()) > YAML_MAX_NODES:
+            raise AelabError(f"{source}: its aliases (*name) expand to more than {YAML_MAX_NODES:,} values; "
+                             "write the settings out instead")
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise AelabError(f"cannot read {source}: {_first_line(exc)}") from None
+    except RecursionError:
+        raise AelabError(f"cannot read {source}: nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: Any, sizes: dict[int, int], open_: set[int]) -> int:
+    """Values ``node`` stands for once every alias is copied out (a cycle counts as too many)."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_:
+        return YAML_MAX_NODES + 1  # a recursive alias expands without end
+    open_.add(key)
+    total = 1
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            total += _expanded_size(k, sizes, open_) + _expanded_size(v, sizes, open_)
+            if total > YAML_MAX_NODES:
+                break
+    elif isinstance(node, yaml.SequenceNode):
+        for v in node.value:
+            total += _expanded_size(v, sizes, open_)
+            if total > YAML_MAX_NODES:
+                break
+    open_.discard(key)
+    sizes[key] = total
+    return total
 
 
 def read_json(path: str | os.PathLike, default: Any = None) -> Any:

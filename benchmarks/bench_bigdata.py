@@ -131,13 +131,13 @@ def part1(args, folder: Path, cache: Path, work: Path) -> dict:
     from aelab.data import decode_image, list_images
 
     t_int, rc_int = run_decode(folder, cache, work / "decode1.log", args.interrupt_after)
-    progress_files = list((cache / "images").glob("*.progress.json"))
+    progress_files = list((cache / "aelab-cache-v1").glob("*.progress.json"))
     done = json.loads(progress_files[0].read_text())["done"] if progress_files else None
     t_res, rc_res = run_decode(folder, cache, work / "decode2.log", None)
     log1 = (work / "decode1.log").read_text(errors="replace")
     log2 = (work / "decode2.log").read_text(errors="replace")
     resumed = [ln.strip() for ln in log2.replace("\r", "\n").splitlines() if "resuming" in ln]
-    entry = next((cache / "images").glob("*.npy"))
+    entry = next((cache / "aelab-cache-v1").glob("*.npy"))
     images = np.load(entry, mmap_mode="r")
     paths = list_images(folder)
     rows = np.random.default_rng(0).choice(len(paths), args.check, replace=False)

@@ -129,7 +129,7 @@ def test_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(AelabError, match=r"cannot write .*out\.txt: No space left on device"):
+    with pytest.raises(AelabError, match=r"no space left on device writing .*out\.txt$"):
         atomic_write_text(tmp_path / "out.txt", "x")
     assert os.listdir(tmp_path) == []  # no temporary file left behind
 
@@ -160,3 +160,61 @@ def test_a_stages_file_holding_a_list_is_one_line(tmp_path):
     with pytest.raises(AelabError, match="holds a JSON list"):
         read_json(tmp_path / "stages.json", default={})
     assert read_json(tmp_path / "missing.json", default={}) == {}
+
+
+def _torch_disk_full(obj, fh):
+    """What torch.save does on a full disk: part of the file, then a RuntimeError raised while
+    handling the OSError (``[enforce fail at inline_container.cc:672] . unexpected pos``)."""
+    fh.write(b"PK\x03\x04 half a checkpoint")
+    try:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    except OSError:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598") from None
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_keeps_the_old_one(tmp_path, monkeypatch):
+    import torch
+
+    from aelab.train.checkpoint import save_checkpoint
+
+    run = tmp_path / "RUN"
+    save_checkpoint(run / "last.ckpt", epoch=3, state_dict={"w": torch.ones(2)})
+    old = (run / "last.ckpt").read_bytes()
+    monkeypatch.setattr(torch, "save", _torch_disk_full)
+    with pytest.raises(AelabError) as info:
+        save_checkpoint(run / "last.ckpt", epoch=4, state_dict={"w": torch.zeros(2)})
+    assert str(info.value) == f"no space left on device writing {run / 'last.ckpt'}"
+    assert (run / "last.ckpt").read_bytes() == old  # the old checkpoint intact
+    assert sorted(os.listdir(run)) == ["last.ckpt"]  # no temporary file left behind
+
+
+def test_a_runtime_error_without_an_os_error_under_it_is_not_hidden(tmp_path, monkeypatch):
+    import torch
+
+    from aelab.train.checkpoint import save_checkpoint
+
+    def bug(obj, fh):
+        raise RuntimeError("a bug, not the disk")
+
+    monkeypatch.setattr(torch, "save", bug)
+    with pytest.raises(RuntimeError, match="a bug"):
+        save_checkpoint(tmp_path / "last.ckpt", epoch=0)
+
+
+def _alias_bomb(levels: int = 9, width: int = 9) -> str:
+    lines = ["a0: &a0 [" + ", ".join(["lol"] * width) + "]"]
+    for i in range(1, levels):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_quickly(tmp_path):
+    import time
+
+    (tmp_path / "config.yaml").write_text(_alias_bomb())
+    t0 = time.perf_counter()
+    with pytest.raises(AelabError, match="expand to more than"):
+        load_config(tmp_path)
+    assert time.perf_counter() - t0 < 2.0
+    (tmp_path / "config.yaml").write_text("a: &x [1, 2]\nb: *x\nseed: 3\n")  # a few aliases are fine
+    assert load_config(tmp_path) == {"a": [1, 2], "b": [1, 2], "seed": 3}

@@ -24,10 +24,10 @@ _CMAP = "inferno"
 
 def _save(fig, path: str | os.PathLike) -> Path:
     from aelab.plotting import literal_text
+    from aelab.runs import atomic_savefig
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    literal_text(fig).savefig(path, dpi=110, bbox_inches="tight")
+    atomic_savefig(literal_text(fig), path, dpi=110, bbox_inches="tight")
     return path
 
 

@@ -28,7 +28,7 @@ from aelab.anomaly.detector import DETECTOR_FILE, ReconstructionDetector
 from aelab.anomaly.metrics import AnomalyEvaluation, evaluate_scores
 from aelab.errors import AelabError, DataError
 from aelab.progress import info
-from aelab.runs import save_config, to_plain, write_csv, write_json
+from aelab.runs import atomic_save_image, atomic_save_npy, save_config, to_plain, write_csv, write_json
 from aelab.train.options import RunOptions
 
 __all__ = [
@@ -302,9 +302,8 @@ def _write_maps(maps: np.ndarray, names: list[str], out: Path) -> float:
     scale = float(np.quantile(maps, 0.999)) or 1.0
     for name, amap in zip(names, maps):
         stem = out / Path(name).with_suffix("")
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        np.save(stem.with_suffix(".npy"), amap.astype(np.float32))
-        Image.fromarray(heatmap_rgb(amap, scale)).save(stem.with_suffix(".png"))
+        atomic_save_npy(stem.with_suffix(".npy"), amap.astype(np.float32))  # never through a link (issue 22)
+        atomic_save_image(Image.fromarray(heatmap_rgb(amap, scale)), stem.with_suffix(".png"))
     return scale
 
 

@@ -31,6 +31,9 @@ def demo_data(
         image_size: Width and height of the written images, in pixels.
         normal_class: The digit that counts as normal in anomaly/.
     """
+    from aelab.train.options import check_option
+
+    check_option("seed", seed)
     layout = make_demo_data(
         out_dir,
         seed=seed,

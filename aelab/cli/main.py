@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     from aelab.runs import release_run_dirs
 
     try:
+        _check_config_files(argv)
         cfg = build_parser().parse_args(argv)
         _dispatch(cfg)
     except AelabError as exc:
@@ -157,6 +158,31 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         release_run_dirs()  # the run folders this command locked
     return 0
+
+
+def _check_config_files(argv: list[str]) -> None:
+    """Read each ``--config FILE`` before jsonargparse does: an empty file and aliases that expand
+    past `aelab.runs.YAML_MAX_NODES` values (a "billion laughs" file) are one line each."""
+    import os
+
+    from aelab.runs import load_yaml
+
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            name = argv[i + 1]
+        elif arg.startswith("--config="):
+            name = arg.split("=", 1)[1]
+        else:
+            continue
+        if not os.path.isfile(name):
+            continue  # jsonargparse says what is wrong (or reads the value as inline YAML)
+        try:
+            with open(name, encoding="utf-8") as fh:
+                text = fh.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise AelabError(f"cannot read --config {name}: {getattr(exc, 'strerror', None) or exc}") from None
+        if load_yaml(text, f"--config {name}") is None:
+            raise AelabError(f"--config {name} is empty (no settings in it): write one NAME: VALUE per line, or leave --config out")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -58,6 +58,30 @@ def _resolve_alpha(alpha, scale, mean_half_sqdist: float) -> float:
     return float(alpha)
 
 
+#: RMS distance of the points to their mean that a fit accepts. Outside it the half squared
+#: distances leave float32's range (screen seeding computes in float32: (1e19)² overflows, (1e-19)²
+#: is subnormal) and, further out, float64's: ``X * 1e200`` made every distance ``inf`` and ended in one
+#: cluster with only overflow warnings.
+SCALE_RANGE = (1e-15, 1e15)
+
+
+def _check_scale(X, mean_half_sqdist: float) -> None:
+    """Refuse data whose scale the fit cannot compute in (see `SCALE_RANGE`), before any ``inf``/``nan``.
+
+    Raises:
+        ValueError: the mean half squared distance overflows, underflows to 0 for points that differ,
+            or puts the RMS distance to the mean outside `SCALE_RANGE`.
+    """
+    rms = float(np.sqrt(2.0 * mean_half_sqdist)) if np.isfinite(mean_half_sqdist) else float("inf")
+    if rms == 0.0 and (X.shape[0] < 2 or not np.any(np.ptp(X, axis=0) > 0)):
+        return  # all points identical: alpha="dvariance" warns and falls back to alpha=scale
+    lo, hi = SCALE_RANGE
+    if not lo <= rms <= hi:
+        raise ValueError(f"X's scale is out of range: the RMS distance of its points to their mean is {rms:.3g} "
+                         f"(accepted: {lo:g} to {hi:g}), so squared distances over- or underflow; divide X by its "
+                         "scale (e.g. its standard deviation, as StandardScaler does) first.")
+
+
 def _check_int(name, value, low):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
@@ -155,6 +179,7 @@ class _SmoothKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMi
         sharded = _sharded(self)
         if sharded:
             be.mean_half_sqdist = dist_ekm.global_mean_half_sqdist(X)
+        _check_scale(X, be.mean_half_sqdist)
         param = self._fit_param(be)
         stats_fn = self._objective_stats(X, y, be)
         if sharded:

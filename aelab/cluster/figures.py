@@ -17,13 +17,13 @@ Example:
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from aelab.plotting import literal_text
+from aelab.runs import atomic_savefig
 
 __all__ = ["plot_clusterings", "plot_ratio_vs_alpha", "project_2d"]
 
@@ -131,8 +131,7 @@ def plot_clusterings(X, results: Sequence | Mapping, *, projection: str = "pca",
         fig.suptitle(suptitle)
     literal_text(fig)  # file and class names are shown as written, never as $math$
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
+        atomic_savefig(fig, path, dpi=120)
     return fig
 
 
@@ -178,6 +177,5 @@ def plot_ratio_vs_alpha(sweep, target_ratio, *, chosen_alpha: float | None = Non
     ax.legend(fontsize=8)
     literal_text(fig)  # file and class names are shown as written, never as $math$
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
+        atomic_savefig(fig, path, dpi=120)
     return fig

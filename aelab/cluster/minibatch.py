@@ -24,6 +24,7 @@ import aelab.cluster.distributed as dist_ekm
 from aelab.cluster.core import EKMStats, centroid_step
 from aelab.cluster.ekm import (
     _check_int,
+    _check_scale,
     _resolve_alpha,
     _seedings,
     _sharded,
@@ -150,6 +151,7 @@ class MiniBatchEquilibriumKMeans(_SmoothKMeans):
         self._dist = _sharded(self)
         if self._dist:
             be.mean_half_sqdist = dist_ekm.global_mean_half_sqdist(X)
+        _check_scale(X, be.mean_half_sqdist)
         self.alpha_ = _resolve_alpha(self.alpha, self.scale, be.mean_half_sqdist)
         return be, (dist_ekm.GatheredRows(X) if self._dist else X)
 

@@ -405,7 +405,9 @@ def run_cluster_study(cfg: ClusterConfig, embeddings: Embeddings | None = None) 
     embedded); ``cfg.input`` then only names their source in config.yaml.
     """
     from aelab.cluster.alpha import parse_ratio
+    from aelab.train.options import validate_options
 
+    validate_options(cfg)  # --seed, --device, --devices by the rules every verb uses, before any folder exists
     method = _method(cfg.method)
     if cfg.projection not in ("pca", "tsne"):
         raise AelabError(f"--projection must be pca or tsne, got {cfg.projection!r}")

@@ -1,6 +1,8 @@
 """The on-disk cache of decoded images: memory-mapped, resumable, keyed safely, bounded in size.
 
-One entry per (file list, target size, channels, decoder) under ``<cache dir>/images/``:
+One entry per (file list, target size, channels, decoder) under ``<cache dir>/aelab-cache-v1/``, a
+folder aelab creates and marks with a ``CACHEDIR.TAG`` file (the Cache Directory Tagging
+Specification, https://bford.info/cachedir/, so backup tools skip it):
 
 - ``<key>.npy``: uint8 ``(N, C, H, W)``, one row per readable file in input order. It is opened
   with ``np.load(mmap_mode="c")``: rows are read from disk when indexed, so a data set larger
@@ -20,6 +22,12 @@ change time (ctime): a file replaced by another of the same size with its modifi
 kept (``cp -p``, ``tar``, ``rsync -t``) has a new ctime (and usually a new inode), so it is
 decoded again. The cache is capped (``$AELAB_CACHE_MAX_GB``, default `DEFAULT_MAX_GB`) by
 evicting the least recently used entries; ``aelab cache clear`` empties it.
+
+Only aelab's own entries are ever deleted: files of the marked folder whose names are an entry's
+(`ENTRY_NAME`: a 32-hex-digit key and one of the suffixes above), never a link, a subfolder or
+anything else the user keeps there, wherever ``$AELAB_CACHE_DIR`` points. (Before 0.1.1 the
+entries lived in ``<cache dir>/images/`` and every file there counted as one; that folder is now
+left alone.)
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import struct
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -38,7 +47,7 @@ from aelab.runs import atomic_write_text
 
 __all__ = [
     "default_cache_dir", "cache_key", "read_entry", "PartialEntry", "entry_lock", "evict", "max_cache_bytes",
-    "cache_clear", "DEFAULT_MAX_GB",
+    "cache_clear", "DEFAULT_MAX_GB", "CACHE_FOLDER", "ENTRY_NAME", "entries_dir",
 ]
 
 #: Default size cap of the cache in GiB (``$AELAB_CACHE_MAX_GB`` overrides it).
@@ -46,6 +55,35 @@ DEFAULT_MAX_GB = 20.0
 #: Bytes reserved at the start of a ``.part`` file for the final ``.npy`` header (version 1.0).
 HEADER_BYTES = 128
 _MAGIC = b"\x93NUMPY\x01\x00"
+#: The folder of the entries inside the cache folder, and the file that marks it as aelab's.
+CACHE_FOLDER = "aelab-cache-v1"
+TAG_NAME = "CACHEDIR.TAG"
+_TAG = ("Signature: 8a477f597d28d172789f06886806bc55\n"
+        "# This file is a cache directory tag created by aelab (decoded images; `aelab cache clear` empties it).\n")
+#: Names of an entry's files: ``<key>.npy|.json|.part|.progress.json|.lock``, and the atomic
+#: writer's temporaries ``.<key>.json.<random>.tmp``. Nothing else in the cache is ever deleted.
+ENTRY_NAME = re.compile(r"(?:(?P<key>[0-9a-f]{32})\.(?:npy|json|part|progress\.json|lock)"
+                        r"|\.(?P<tmpkey>[0-9a-f]{32})\.(?:json|progress\.json)\.[a-z0-9_]+\.tmp)")
+
+
+def entries_dir(cache_dir: str | os.PathLike) -> Path:
+    """The folder of the entries: ``<cache_dir>/aelab-cache-v1`` (marked by `_mark` when first written)."""
+    return Path(cache_dir) / CACHE_FOLDER
+
+
+def _mark(folder: Path) -> None:
+    """Create the entries folder and its ``CACHEDIR.TAG`` (once)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError), open(folder / TAG_NAME, "x", encoding="utf-8") as fh:
+        fh.write(_TAG)  # "x": O_EXCL, so never through a link at that name
+
+
+def _is_marked(folder: Path) -> bool:
+    tag = folder / TAG_NAME
+    try:
+        return not tag.is_symlink() and tag.is_file() and tag.read_text(encoding="utf-8").startswith(_TAG.splitlines()[0])
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def default_cache_dir() -> Path:
@@ -135,7 +173,7 @@ class PartialEntry:
         self.base, self.n_files, self.row_bytes = base, n_files, row_bytes
         self.part, self.progress = base.with_suffix(".part"), base.with_suffix(".progress.json")
         self.done, self.kept, self.skipped = 0, 0, []
-        base.parent.mkdir(parents=True, exist_ok=True)
+        _mark(base.parent)
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             state = json.loads(self.progress.read_text(encoding="utf-8"))
             if state["n_files"] == n_files and state["row_bytes"] == row_bytes and self.part.is_file():
@@ -184,7 +222,7 @@ def entry_lock(base: Path, blocking: bool = True) -> Iterator[bool]:
     except ImportError:  # Windows: no cross-process lock; the atomic renames still keep entries whole
         yield True
         return
-    base.parent.mkdir(parents=True, exist_ok=True)
+    _mark(base.parent)
     with open(base.with_suffix(".lock"), "a+b") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
@@ -197,25 +235,33 @@ def entry_lock(base: Path, blocking: bool = True) -> Iterator[bool]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _entries(images_dir: Path) -> dict[str, list[Path]]:
-    """Files of each entry, by key (atomic-write temporaries ``.<key>.json.*.tmp`` included)."""
+def _entries(folder: Path) -> dict[str, list[Path]]:
+    """Files of each entry, by key: only in a folder aelab marked, only regular files (not links)
+    named as an entry's (`ENTRY_NAME`; atomic-write temporaries included)."""
     groups: dict[str, list[Path]] = {}
-    if images_dir.is_dir():
-        for f in images_dir.iterdir():
-            if f.is_file():
-                groups.setdefault(f.name.lstrip(".").split(".")[0], []).append(f)
+    if not _is_marked(folder):
+        return groups
+    for f in os.scandir(folder):
+        match = ENTRY_NAME.fullmatch(f.name)
+        if match and f.is_file(follow_symlinks=False):
+            groups.setdefault(match["key"] or match["tmpkey"], []).append(Path(f.path))
     return groups
 
 
 def evict(cache_dir: Path, max_bytes: int, keep: Path | None = None) -> int:
     """Delete least recently used entries until the cache is at most ``max_bytes``; returns bytes freed.
 
-    ``keep`` (the entry just used) and entries another process is decoding are never deleted.
+    ``keep`` (the entry just used) and entries another process is decoding are never deleted, nor
+    anything that is not an entry's file (see `_entries`).
     """
-    groups = _entries(Path(cache_dir) / "images")
+    folder = entries_dir(cache_dir)
+    groups = _entries(folder)
     sizes, used = {}, {}
     for key, files in groups.items():
-        stats = [f.stat() for f in files if f.exists()]
+        stats = []
+        for f in files:
+            with contextlib.suppress(OSError):
+                stats.append(f.lstat())
         sizes[key] = sum(s.st_size for s in stats)
         used[key] = max((s.st_mtime for s in stats), default=0.0)
     total, freed = sum(sizes.values()), 0
@@ -224,7 +270,7 @@ def evict(cache_dir: Path, max_bytes: int, keep: Path | None = None) -> int:
             break
         if keep is not None and key == keep.name:
             continue
-        with entry_lock(Path(cache_dir) / "images" / key, blocking=False) as held:
+        with entry_lock(folder / key, blocking=False) as held:
             if not held:
                 continue
             for f in groups[key]:
@@ -238,6 +284,9 @@ def evict(cache_dir: Path, max_bytes: int, keep: Path | None = None) -> int:
 def cache_clear(cache_dir: str | None = None) -> None:
     """Delete every decoded-image cache entry (entries being written by a running command are kept).
 
+    Only aelab's entries are deleted (files named as an entry's in the marked ``aelab-cache-v1``
+    folder), never other files kept in the cache folder.
+
     Args:
         cache_dir: cache folder; default $AELAB_CACHE_DIR, else ~/.cache/aelab.
     """
@@ -245,4 +294,4 @@ def cache_clear(cache_dir: str | None = None) -> None:
 
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     freed = evict(root, 0)
-    info(f"aelab cache: freed {freed / 2**20:.1f} MiB in {root / 'images'}")
+    info(f"aelab cache: freed {freed / 2**20:.1f} MiB in {entries_dir(root)}")

