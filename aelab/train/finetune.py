@@ -46,7 +46,8 @@ class FinetuneConfig(RunOptions):
         image_size: override the preset's input size (random weights only).
         channels: 1 or 3 (random weights only; with --init-from the checkpoint's preprocessing is used).
         width: channels of the first encoder block (random weights only; none = the preset's).
-        stem: channels of the fixed patch-whitening first layer (random weights only; none = the preset's, 0 = none).
+        stem: channels of the fixed patch-whitening first layer (random weights only; none = 24 for colour photos,
+            0 = none, the default for grey images).
         head: classifier head on the flattened bottleneck: auto (pool for colour photos from random weights, else
             bn-mlp), bn-mlp (an MLP after a BatchNorm of the embedding;
             trains far better from pretrained weights), mlp (exactly the course report's), linear, pool (global average
@@ -145,13 +146,13 @@ def _input_format(cfg: FinetuneConfig):
     return Preprocessing.from_dict(load_checkpoint(cfg.init_from)["preprocessing"])
 
 
-def _initial_model(cfg: FinetuneConfig, num_classes: int, head: str):
+def _initial_model(cfg: FinetuneConfig, num_classes: int, head: str, stem: int):
     from aelab.data import Preprocessing
 
     if cfg.init_from is None:
         model_cfg = preset_config(
             cfg.preset, image_size=cfg.image_size, in_channels=cfg.channels, num_classes=num_classes,
-            head=head, dropout=cfg.dropout, stem=cfg.stem, width=cfg.width,
+            head=head, dropout=cfg.dropout, stem=stem, width=cfg.width,
         )
         return build_model(model_cfg), model_cfg, Preprocessing(image_size=model_cfg.image_size, channels=model_cfg.in_channels)
     ckpt = load_checkpoint(cfg.init_from)
@@ -230,7 +231,10 @@ def finetune_result(cfg: FinetuneConfig) -> FinetuneResult:
     _check(cfg)
     set_seed(cfg.seed)
     data = _load_data(cfg, _input_format(cfg))
-    raw_model, model_cfg, prep = _initial_model(cfg, len(data.classes), _resolve_head(cfg, data.images))
+    from aelab.data.kind import resolve_stem
+
+    raw_model, model_cfg, prep = _initial_model(cfg, len(data.classes), _resolve_head(cfg, data.images),
+                                                resolve_stem(cfg.stem, data.images))
     if cfg.init_from is None:  # input statistics (and the whitening layer) from the images this method may use
         from aelab.train.loaders import fit_input_layer
 

@@ -47,7 +47,8 @@ class PretrainConfig(RunOptions):
         channels: 1 (grayscale) or 3 (RGB); every image is converted to this.
         width: override the preset's first-block width.
         depth: override the preset's number of poolings.
-        stem: channels of the fixed patch-whitening first layer (none = the preset's, 0 = none).
+        stem: channels of the fixed patch-whitening first layer (none = 24 for colour photos, 0 = none, the default
+            for grey images).
         skip_connections: keep the U-Net skip connections.
         epochs: maximum number of epochs.
         batch_size: images per step.
@@ -143,12 +144,15 @@ def pretrain(cfg: PretrainConfig) -> Path:
     if cfg.objective not in OBJECTIVES:
         raise AelabError(f"unknown objective {cfg.objective!r}; choose one of {', '.join(OBJECTIVES)}")
     set_seed(cfg.seed)
-    model_cfg = preset_config(
-        cfg.preset, image_size=cfg.image_size, width=cfg.width, depth=cfg.depth,
-        in_channels=cfg.channels, num_classes=0, head="none", skip_connections=cfg.skip_connections, stem=cfg.stem,
-    )
-    prep = Preprocessing(image_size=model_cfg.image_size, channels=model_cfg.in_channels)
+    from aelab.data.kind import resolve_augment, resolve_stem
+
+    fmt = preset_config(cfg.preset, image_size=cfg.image_size, width=cfg.width, depth=cfg.depth, in_channels=cfg.channels)
+    prep = Preprocessing(image_size=fmt.image_size, channels=fmt.in_channels)
     images = _images(cfg, prep)
+    model_cfg = preset_config(
+        cfg.preset, image_size=cfg.image_size, width=cfg.width, depth=cfg.depth, in_channels=cfg.channels,
+        num_classes=0, head="none", skip_connections=cfg.skip_connections, stem=resolve_stem(cfg.stem, images),
+    )
     fabric = make_fabric(cfg.device, cfg.devices, cfg.precision, num_nodes=cfg.num_nodes)
     run_dir = start_run(fabric, cfg, "pretrain", run_dir if resume else None)
     info(f"[pretrain] {cfg.objective}: {len(images)} images {prep.image_size}x{prep.image_size}x{prep.channels} -> {run_dir}")
@@ -161,8 +165,6 @@ def pretrain(cfg: PretrainConfig) -> Path:
 
         raw_model.projector = make_projector(raw_model.bottleneck_channels)
     write_model_summary(fabric, raw_model, run_dir)
-    from aelab.data.kind import resolve_augment
-
     default = "auto-strong" if cfg.objective == "vicreg" else "none"
     augment = build_augmentation(resolve_augment(cfg.augment or default, images), prep.image_size)
     stage = _stage(cfg, fabric, raw_model, prep, images, augment.to(fabric.device))

@@ -151,3 +151,6 @@ def test_auto_augmentation_flips_photos_and_not_grey_images():
     assert resolve_augment("auto", grey) == "weak" and resolve_augment("auto", grey, "strong") == "strong"
     assert resolve_augment("auto", photo) == "weak-flip" and resolve_augment("auto", photo, "strong") == "strong-flip"
     assert resolve_augment("course", photo) == "course"
+    from aelab.data.kind import PHOTO_STEM, resolve_stem
+
+    assert (resolve_stem(None, photo), resolve_stem(None, grey), resolve_stem(0, photo)) == (PHOTO_STEM, 0, 0)
