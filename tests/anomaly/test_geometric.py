@@ -176,3 +176,16 @@ def test_cli_fit_score_evaluate_with_method_geometric(tmp_path):
             assert (ev / "figures" / name).stat().st_size > 0, name
     finally:
         torch.set_num_threads(n)
+
+
+def test_cli_geometric_defaults_are_the_detectors():
+    """One default per option: `--geometric.NAME` defaults are GeometricDetector()'s."""
+    import inspect
+
+    from aelab.anomaly.study import GEOMETRIC_KEYS, SHARED_KEYS
+    from aelab.cli.main import build_parser
+
+    sig = {n: p.default for n, p in inspect.signature(GeometricDetector.__init__).parameters.items() if n != "self"}
+    assert set(GEOMETRIC_KEYS) | set(SHARED_KEYS) == set(sig) - {"run_dir"}
+    parsed = build_parser().parse_args(["anomaly", "fit"])["anomaly"]["fit"]
+    assert parsed["method"] == "auto" and {k: parsed["geometric"][k] for k in GEOMETRIC_KEYS} == {k: sig[k] for k in GEOMETRIC_KEYS}
