@@ -12,8 +12,8 @@ channel, or three equal channels: digits saved as RGB) and for the MVTec AD layo
 where the maps and pixel metrics matter), ``geometric`` for colour photos. The rule was set on
 tuning data only: one-class CIFAR-10 airplane and deer (geometric 0.738 / 0.605, reconstruction
 0.493 / 0.718: means 0.672 against 0.606), not the classes benchmarks/README.md reports; on
-MNIST digits the geometric detector is far behind (digits 0 and 1: 0.871 and 0.776 against 0.999
-and 1.000), so grayscale keeps the reconstruction detector.
+one-class MNIST the geometric detector averages 0.923 (0.776 on the symmetric digit 1) against the
+reconstruction detector's 0.97+, so grayscale keeps the reconstruction detector.
 """
 
 from __future__ import annotations
