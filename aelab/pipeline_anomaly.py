@@ -1,10 +1,13 @@
-"""Study 3 of ``aelab run``: anomaly detectors without and with skip connections, evaluated.
+"""Study 3 of ``aelab run``: the reconstruction detector without and with skip connections and the
+geometric (transformation-prediction) detector, evaluated on the same images.
 
 Composes `aelab.anomaly.study` (``anomaly_fit`` then ``anomaly_evaluate`` on the fitted detector
 it returns) and writes ``anomaly/summary.json``, which the report reads. The data are, in this
 order: a root in the MVTec AD layout (``--data ROOT`` itself, or ``ROOT/anomaly``), with masks
 giving pixel AUROC and PRO; ``ROOT/anomaly/normal`` + ``ROOT/anomaly/anomalous``; or the labelled
-folder of ``normal_class`` (a class name) against ``ROOT/anomaly``.
+folder of ``normal_class`` (a class name) against ``ROOT/anomaly``. The summary names the
+default method for these data (``--anomaly.method``, auto: `aelab.anomaly.methods`) and which
+detector ranks better (image AUROC).
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ __all__ = ["AnomalyStudySettings", "run_anomaly_study"]
 
 @dataclass
 class AnomalyStudySettings(DetectorSettings):
-    """Study 3 of ``aelab run``: which images are normal, and the detector (`DetectorSettings`; the run fits it
-    without and with skip connections, so ``skip_connections`` is not used; the network's preset, image size
-    and channels are the run's ``--preset``, ``--image_size`` and ``--channels``).
+    """Study 3 of ``aelab run``: which images are normal, and the detectors (`DetectorSettings`; the run fits the
+    reconstruction detector without and with skip connections, so ``skip_connections`` is not used, and the
+    geometric detector (``--anomaly.geometric.NAME``); ``method`` only names the default, auto = by the data kind; the
+    network's preset, image size and channels are the run's ``--preset``, ``--image_size`` and ``--channels``).
 
     Attributes:
         normal_class: the normal class (a class name) when the data have no anomaly/normal folder; auto = the first class.
@@ -32,12 +36,14 @@ class AnomalyStudySettings(DetectorSettings):
 
     def detector(self) -> dict:
         """The keyword arguments of `AnomalyFitConfig` these settings fix."""
-        return {k: v for k, v in asdict(self).items() if k not in ("normal_class", "skip_connections")}
+        out = {k: v for k, v in asdict(self).items() if k not in ("normal_class", "skip_connections", "method", "geometric")}
+        return dict(out, geometric=self.geometric)
 
 KEYS = ("normal_loss", "anomaly_loss", "auroc", "average_precision", "f1", "precision", "recall",
         "false_alarm_rate", "threshold", "n_normal", "n_anomalous", "score", "threshold_rule",
         "expected_false_alarm_rate", "false_alarm_interval", "pixel_auroc", "aupro", "per_defect_auroc")
 FIGURES = ("score_histogram", "roc_curve", "cases_normal", "cases_anomalous")
+VARIANTS = (("noskip", "reconstruction", False), ("skip", "reconstruction", True), ("geometric", "geometric", False))
 
 
 def _normal_folder(ctx, layout, skip_exc) -> tuple[Path, str]:
@@ -76,6 +82,7 @@ def _sources(ctx, skip_exc) -> tuple[dict, dict, str]:
 
 
 def run_anomaly_study(ctx, skip_exc) -> dict:
+    from aelab.anomaly.methods import default_method
     from aelab.anomaly.study import (
         AnomalyEvaluateConfig,
         AnomalyFitConfig,
@@ -87,17 +94,22 @@ def run_anomaly_study(ctx, skip_exc) -> dict:
     base = ctx.sub("anomaly")
     summary: dict = {"normal": normal_desc, **{f"{k}_dir": v for k, v in eval_src.items()}}
     figures: list[str] = []
-    for variant, skips in (("noskip", False), ("skip", True)):
+    for variant, method, skips in VARIANTS:
         fit = anomaly_fit(AnomalyFitConfig(
-            **fit_src, preset=ctx.cfg.preset, channels=ctx.cfg.channels, image_size=ctx.cfg.image_size,
+            **fit_src, preset=ctx.cfg.preset, channels=ctx.cfg.channels, image_size=ctx.cfg.image_size, method=method,
             skip_connections=skips, out=str(base / variant), **ctx.cfg.anomaly.detector(), **ctx.engine))
         ev = anomaly_evaluate(AnomalyEvaluateConfig(**eval_src, out=str(base / f"{variant}_eval"), device=ctx.cfg.device,
                                                     seed=ctx.cfg.seed), detector=fit.detector)
-        summary[variant] = {k: v for k, v in ev.metrics.to_dict().items() if k in KEYS}
-        wanted = FIGURES if variant == "noskip" else ("cases_anomalous",)
+        summary[variant] = dict({k: v for k, v in ev.metrics.to_dict().items() if k in KEYS}, method=method)
+        wanted = FIGURES if variant == "noskip" else ("cases_anomalous",) if variant == "skip" else ("roc_curve", "cases_anomalous")
         figures += [p.relative_to(ctx.dir).as_posix() for name, p in ev.figures.items() if name in wanted]
     summary["n_normal_test"] = summary["noskip"]["n_normal"]
     summary["n_anomalous"] = summary["noskip"]["n_anomalous"]
     summary["figures"] = figures
+    summary["default_method"] = default_method(ctx.cfg.anomaly.method, fit_src.get("normal", ""), mvtec="data" in fit_src,
+                                               channels=ctx.cfg.channels)
+    ranks = {"noskip": summary["noskip"]["auroc"], "geometric": summary["geometric"]["auroc"]}
+    summary["better"] = max(ranks, key=ranks.get) if ranks["noskip"] != ranks["geometric"] else "tie"
     write_json(base / "summary.json", summary)
-    return {"summary": str(base / "summary.json"), "auroc": summary["noskip"]["auroc"], "auroc_skip": summary["skip"]["auroc"]}
+    return {"summary": str(base / "summary.json"), "auroc": summary["noskip"]["auroc"], "auroc_skip": summary["skip"]["auroc"],
+            "auroc_geometric": summary["geometric"]["auroc"], "default_method": summary["default_method"]}

@@ -1,8 +1,10 @@
-"""Anomaly detection by reconstruction: an autoencoder fitted on normal images, scores, thresholds, metrics."""
+"""Anomaly detection: an autoencoder (reconstruction) or a transformation classifier (geometric) fitted on normal images; scores, thresholds, metrics."""
 
 from aelab.anomaly.corruption import CORRUPTIONS, structured_corruption
 from aelab.anomaly.detector import DETECTOR_FILE, ReconstructionDetector
+from aelab.anomaly.geometric import GeometricDetector
 from aelab.anomaly.inputs import ImageBatch, Reconstruction, ScoreResult
+from aelab.anomaly.methods import METHODS, default_method, load_detector
 from aelab.anomaly.metrics import METRIC_KEYS, anomaly_metrics
 from aelab.anomaly.scores import (
     BASE_KINDS,
@@ -32,10 +34,12 @@ __all__ = [
     "CORRUPTIONS",
     "DETECTOR_FILE",
     "MAP_KINDS",
+    "METHODS",
     "METRIC_KEYS",
     "REDUCTIONS",
     "SCORE_KINDS",
     "THRESHOLD_RULES",
+    "GeometricDetector",
     "ImageBatch",
     "Reconstruction",
     "ReconstructionDetector",
@@ -46,8 +50,10 @@ __all__ = [
     "choose_threshold",
     "combine_scores",
     "conformal_threshold",
+    "default_method",
     "error_maps",
     "f1_threshold",
+    "load_detector",
     "normal_medians",
     "normalized_score",
     "pixel_errors",

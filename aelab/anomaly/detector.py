@@ -101,6 +101,9 @@ class ReconstructionDetector(BaseEstimator):
         array([1])
     """
 
+    method = "reconstruction"
+    has_maps = True  # per-pixel maps (`anomaly_map`, `reconstruct`); `GeometricDetector` has none
+
     def __init__(
         self, *, preset: str = "small", image_size: int | None = None, channels: int | None = None,
         width: int | None = None, depth: int | None = 4, skip_connections: bool = False,
@@ -383,6 +386,8 @@ class ReconstructionDetector(BaseEstimator):
         ckpt = load_checkpoint(file)
         if ckpt.get("kind") != _KIND:
             raise AelabError(f"{file} is an aelab checkpoint but not an anomaly detector")
+        if ckpt.get("method", "reconstruction") != "reconstruction":
+            raise AelabError(f"{file} is a {ckpt['method']} anomaly detector; load it with aelab.anomaly.load_detector")
         names = set(inspect.signature(cls.__init__).parameters) - {"self"}
         det = cls(**{k: v for k, v in ckpt["config"].items() if k in names})
         if device is not None:

@@ -162,3 +162,25 @@ def reconstruction_panels(
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)
+
+
+def image_panels(images: np.ndarray, labels: Sequence[str], path: str | os.PathLike, title: str | None = None,
+                 columns: int = 6) -> Path:
+    """A grid of images with their labels (file name, score): the case figure of a detector without
+    maps (`aelab.anomaly.GeometricDetector`), in place of `reconstruction_panels`."""
+    from matplotlib.figure import Figure
+
+    n = len(images)
+    cols = max(1, min(columns, n))
+    rows = max(1, -(-n // cols))
+    fig = Figure(figsize=(1.5 * cols, 1.7 * rows + (0.4 if title else 0)))
+    axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
+    for i, ax in enumerate(axes.ravel()):
+        if i < n:
+            _show(ax, images[i])
+            ax.set_title(labels[i], fontsize=6)
+        else:
+            ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

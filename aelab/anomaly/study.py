@@ -25,6 +25,8 @@ import numpy as np
 
 from aelab.anomaly import sharding
 from aelab.anomaly.detector import DETECTOR_FILE, ReconstructionDetector
+from aelab.anomaly.geometric import GeometricDetector
+from aelab.anomaly.methods import default_method, load_detector
 from aelab.anomaly.metrics import AnomalyEvaluation, evaluate_scores
 from aelab.errors import AelabError, DataError
 from aelab.progress import info
@@ -40,6 +42,7 @@ __all__ = [
     "FitResult",
     "ScoreRunResult",
     "DetectorSettings",
+    "GeometricSettings",
     "anomaly_evaluate",
     "anomaly_fit",
     "anomaly_score",
@@ -50,9 +53,53 @@ _SIGNATURE = inspect.signature(ReconstructionDetector.__init__).parameters
 DETECTOR_KEYS: tuple[str, ...] = tuple(n for n in _SIGNATURE if n not in ("self", "run_dir"))
 
 
+_GEOMETRIC = inspect.signature(GeometricDetector.__init__).parameters
+# Parameters of GeometricDetector set by `GeometricSettings` (the rest are shared with the reconstruction detector).
+GEOMETRIC_KEYS: tuple[str, ...] = ("width", "flips", "shift", "augment", "score", "knn", "epochs", "batch_size", "lr",
+                                   "weight_decay", "patience")
+# Shared by both detectors: taken from the top-level settings.
+SHARED_KEYS: tuple[str, ...] = ("image_size", "channels", "contamination", "threshold", "threshold_rule", "val_fraction",
+                                "recursive", "strict", "seed", "device", "devices", "precision")
+
+
 def _default(name: str):
     """The detector's default for ``name``: the one source of every detector option's default."""
     return _SIGNATURE[name].default
+
+
+def _gdefault(name: str):
+    return _GEOMETRIC[name].default
+
+
+@dataclass
+class GeometricSettings:
+    """The geometric detector's own settings (``--geometric.NAME``; defaults = ``GeometricDetector()``'s).
+
+    Attributes:
+        width: channels of the CNN's first block (then 2x and 4x).
+        flips: add a horizontal flip to the 4 rotations (8 transformations).
+        shift: also translate by this many pixels in x and y (3 x 3 grid: 9 times the transformations); 0 = none.
+        augment: random translation of up to this many pixels while training.
+        score: transform (minus the mean log-probability of the right transformation) or knn (feature kNN distance).
+        knn: neighbours of the knn score.
+        epochs: maximum number of epochs.
+        batch_size: images per step.
+        lr: SGD learning rate (Nesterov momentum 0.9, cosine-annealed).
+        weight_decay: SGD weight decay.
+        patience: stop after this many epochs without a lower held-out score.
+    """
+
+    width: int = _gdefault("width")
+    flips: bool = _gdefault("flips")
+    shift: int = _gdefault("shift")
+    augment: int = _gdefault("augment")
+    score: str = _gdefault("score")
+    knn: int = _gdefault("knn")
+    epochs: int = _gdefault("epochs")
+    batch_size: int = _gdefault("batch_size")
+    lr: float = _gdefault("lr")
+    weight_decay: float = _gdefault("weight_decay")
+    patience: int = _gdefault("patience")
 
 
 @dataclass
@@ -62,6 +109,9 @@ class DetectorSettings:
     Shared by ``aelab anomaly fit`` and study 3 of ``aelab run`` (``--anomaly.NAME``).
 
     Attributes:
+        method: auto, reconstruction or geometric (`aelab.anomaly.methods`): auto = reconstruction for grayscale
+            images and the MVTec AD layout, geometric (transformation prediction, image scores only) for colour photos.
+        geometric: the geometric detector's settings (``--geometric.NAME``); the threshold options below serve both.
         width: override the preset's first-block width.
         depth: number of poolings (4: a 2x2 bottleneck at 32x32; benchmarks/README.md); none = the preset's.
         skip_connections: keep the U-Net skips (the course report's network; they let anomalies be copied through).
@@ -103,6 +153,8 @@ class DetectorSettings:
     noise_factor: float = _default("noise_factor")
     val_fraction: float = _default("val_fraction")
     patience: int = _default("patience")
+    method: str = "auto"
+    geometric: GeometricSettings = field(default_factory=GeometricSettings)
 
 
 @dataclass
@@ -133,13 +185,13 @@ class FitResult:
     """A fitted detector and where it was written.
 
     Attributes:
-        detector: the fitted `ReconstructionDetector` (threshold set).
+        detector: the fitted `ReconstructionDetector` or `GeometricDetector` (threshold set).
         run_dir: the run folder (``detector.ckpt``, ``threshold.json``, ``split.csv``, ...).
         normal_dir: the folder of normal images it was fitted on.
         threshold: the summary written to ``threshold.json``.
     """
 
-    detector: ReconstructionDetector
+    detector: ReconstructionDetector | GeometricDetector
     run_dir: Path
     normal_dir: Path
     threshold: dict = field(default_factory=dict)
@@ -205,8 +257,10 @@ def anomaly_fit(cfg: AnomalyFitConfig) -> FitResult:
     run_dir = shared_run_dir(fabric, cfg.out, "anomaly")
     if fabric.global_rank == 0:
         save_config(run_dir, cfg)
-    info(f"[anomaly] fitting on normal images in {normal} -> {run_dir}")
-    det = ReconstructionDetector(**{k: getattr(cfg, k) for k in DETECTOR_KEYS}, run_dir=str(run_dir))
+    method = default_method(cfg.method, normal, mvtec=cfg.normal is None and _mvtec(cfg.data) is not None,
+                            channels=cfg.channels, recursive=cfg.recursive)
+    info(f"[anomaly] fitting a {method} detector on normal images in {normal} -> {run_dir}")
+    det = make_detector(cfg, method, run_dir=str(run_dir))
     det.fit(str(normal), anomalies=None if cfg.val_anomalous is None else str(cfg.val_anomalous))
     if fabric.global_rank != 0:
         return FitResult(det, run_dir, normal, {})
@@ -214,11 +268,11 @@ def anomaly_fit(cfg: AnomalyFitConfig) -> FitResult:
     th = det.threshold_info_
     interval = th.false_alarm_interval()
     summary = dict(
-        th.to_dict(), false_alarm_interval=None if interval is None else list(interval), score=det.score,
-        reduction=det.reduction, contamination=det.contamination,
+        th.to_dict(), false_alarm_interval=None if interval is None else list(interval), method=det.method, score=det.score,
+        reduction=getattr(det, "reduction", None), contamination=det.contamination,
         held_out_false_alarm_rate=float(np.mean(det.val_scores_ > det.threshold_)),
         n_train=len(det.train_files_), n_held_out=len(det.val_files_), n_skipped=len(det.skipped_),
-        best_epoch=det.best_epoch_ + 1, score_medians=det.score_medians_,
+        best_epoch=det.best_epoch_ + 1, score_medians=getattr(det, "score_medians_", None),
     )
     write_json(run_dir / "threshold.json", to_plain(summary))
     rows = [(f, "train") for f in _relative(det.train_files_, normal)]
@@ -230,11 +284,20 @@ def anomaly_fit(cfg: AnomalyFitConfig) -> FitResult:
     return FitResult(det, run_dir, normal, summary)
 
 
-def _load_detector(model: str | None, cfg, detector: ReconstructionDetector | None = None) -> ReconstructionDetector:
+def make_detector(cfg: AnomalyFitConfig, method: str, run_dir: str | None = None):
+    """The unfitted detector of ``method`` (reconstruction or geometric) with the settings of ``cfg``."""
+    if method == "geometric":
+        g = cfg.geometric
+        return GeometricDetector(**{k: getattr(cfg, k) for k in SHARED_KEYS}, **{k: getattr(g, k) for k in GEOMETRIC_KEYS},
+                                 run_dir=run_dir)
+    return ReconstructionDetector(**{k: getattr(cfg, k) for k in DETECTOR_KEYS}, run_dir=run_dir)
+
+
+def _load_detector(model: str | None, cfg, detector=None):
     if detector is None:
         if model is None:
             raise AelabError("no model: pass --model RUN (an `aelab anomaly fit` run folder) or its detector.ckpt")
-        detector = ReconstructionDetector.load(model, device=cfg.device)
+        detector = load_detector(model, device=cfg.device)
     detector.strict, detector.recursive = cfg.strict, cfg.recursive
     if cfg.threshold is not None:
         detector.set_threshold(cfg.threshold, rule="manual")
@@ -284,12 +347,27 @@ def _sharded_scores(fabric, det: ReconstructionDetector, data, batch_size: int, 
     from aelab.anomaly.inputs import ScoreResult
     from aelab.anomaly.sharding import per_image
 
+    def scored(a: int, b: int):
+        s, loss = det._score(data.images[a:b], batch_size)
+        return s, np.full(len(s), np.nan) if loss is None else loss  # no reconstruction: no loss
+
     n = len(data.images)
-    scores, loss = per_image(fabric, lambda a, b: det._score(data.images[a:b], batch_size), n, batch_size)
+    scores, loss = per_image(fabric, scored, n, batch_size)
     th = det.threshold_info_
     res = ScoreResult(scores, loss, th.normalize(scores), th.predict(scores), data.paths, data.skipped)
+    maps = maps and det.has_maps
     amaps = per_image(fabric, lambda a, b: (_maps(det, data.images[a:b], batch_size),), n, batch_size)[0] if maps else None
     return res, amaps
+
+
+def _case_figure(det, images: np.ndarray, labels: list[str], path: Path, title: str, masks: np.ndarray | None = None) -> Path:
+    """image | reconstruction | map | overlay rows for a detector with maps, else a grid of the images."""
+    from aelab.anomaly.figures import image_panels, reconstruction_panels
+
+    if not det.has_maps:
+        return image_panels(images, labels, path, title=title)
+    rec = det.reconstruct(images)
+    return reconstruction_panels(rec.images, rec.reconstruction, rec.error_map, labels, path, title=title, masks=masks)
 
 
 def _write_maps(maps: np.ndarray, names: list[str], out: Path) -> float:
@@ -309,12 +387,11 @@ def _write_maps(maps: np.ndarray, names: list[str], out: Path) -> float:
 
 def anomaly_score(cfg: AnomalyScoreConfig, detector: ReconstructionDetector | None = None) -> ScoreRunResult:
     """Score a folder: ``anomaly_scores.csv`` (``filename,score,normalized_score,is_anomaly``,
-    highest first), ``maps/`` (per image ``<name>.npy`` and a ``<name>.png`` heat map),
-    ``figures/most_anomalous.png`` (image | reconstruction | map | overlay of the ``top``
-    highest) and ``summary.json``. ``detector``: use this fitted detector instead of ``--model``.
+    highest first), ``maps/`` (per image ``<name>.npy`` and a ``<name>.png`` heat map; not for a
+    detector without maps, the geometric one), ``figures/most_anomalous.png`` (image |
+    reconstruction | map | overlay of the ``top`` highest; the images alone without maps) and
+    ``summary.json``. ``detector``: use this fitted detector instead of ``--model``.
     """
-    from aelab.anomaly.figures import reconstruction_panels
-
     det = _load_detector(cfg.model, cfg, detector)
     if cfg.images is None:
         raise AelabError("no images: pass --images DIR")
@@ -333,22 +410,21 @@ def anomaly_score(cfg: AnomalyScoreConfig, detector: ReconstructionDetector | No
         run_dir / "anomaly_scores.csv", ["filename", "score", "normalized_score", "is_anomaly"],
         ((names[i], float(res.scores[i]), float(res.normalized[i]), int(res.is_anomaly[i])) for i in order),
     )
-    scale = _write_maps(maps, names, run_dir / "maps") if cfg.maps else None
+    scale = _write_maps(maps, names, run_dir / "maps") if maps is not None else None
     top = order[: max(cfg.top, 0)]
     if len(top):
-        rec = det.reconstruct(data.images[top])
         labels = [f"{names[i]}\n{det.score} {res.scores[i]:.4g}" for i in top]
-        reconstruction_panels(rec.images, rec.reconstruction, rec.error_map, labels,
-                              run_dir / "figures" / "most_anomalous.png", title=f"most anomalous (threshold {det.threshold_:.4g})")
+        _case_figure(det, data.images[top], labels, run_dir / "figures" / "most_anomalous.png",
+                     title=f"most anomalous (threshold {det.threshold_:.4g})")
     _write_skipped(run_dir, data.skipped)
     n_anom = int(res.is_anomaly.sum())
     write_json(run_dir / "summary.json", dict(
         model=str(cfg.model), images=str(cfg.images), n_images=len(names), n_anomalies=n_anom,
         n_skipped=len(data.skipped), threshold=det.threshold_, threshold_rule=det.threshold_info_.rule, score=det.score,
-        reduction=det.reduction, map_scale=scale,
+        reduction=getattr(det, "reduction", None), method=det.method, map_scale=scale,
     ))
     info(f"[anomaly] {n_anom} of {len(names)} images above the threshold -> {run_dir / 'anomaly_scores.csv'}")
-    return ScoreRunResult(run_dir, len(names), n_anom, run_dir / "maps" if cfg.maps else None, scale)
+    return ScoreRunResult(run_dir, len(names), n_anom, run_dir / "maps" if maps is not None else None, scale)
 
 
 @dataclass
@@ -436,7 +512,7 @@ def _evaluate_masks(maps: np.ndarray | None, eset: _EvalSet, keep: list[int]) ->
 
 
 def _evaluation_figures(det, data_images, res, eset_sel: dict, masks, fig: Path, k: int) -> dict[str, Path]:
-    from aelab.anomaly.figures import reconstruction_panels, roc_figure, score_histogram
+    from aelab.anomaly.figures import roc_figure, score_histogram
 
     y, names = eset_sel["labels"], eset_sel["names"]
     normal, anom = res.scores[y == 0], res.scores[y == 1]
@@ -447,10 +523,9 @@ def _evaluation_figures(det, data_images, res, eset_sel: dict, masks, fig: Path,
         members = np.flatnonzero(y == (group == "anomalous"))
         order = members[np.argsort(sign * res.scores[members], kind="stable")]
         idx = np.r_[order[:k], order[-k:]] if len(order) > 2 * k else order
-        rec = det.reconstruct(data_images[idx])
         labels = [f"{names[i]}\n{res.scores[i]:.4g}" for i in idx]
-        out[f"cases_{group}"] = reconstruction_panels(
-            rec.images, rec.reconstruction, rec.error_map, labels, fig / f"cases_{group}.png",
+        out[f"cases_{group}"] = _case_figure(
+            det, data_images[idx], labels, fig / f"cases_{group}.png",
             title=f"{group}: best (top {min(k, len(order))}) to worst (bottom), by {det.score} score",
             masks=None if masks is None else masks[idx])
     return out
@@ -481,7 +556,8 @@ def anomaly_evaluate(cfg: AnomalyEvaluateConfig, detector: ReconstructionDetecto
     res, maps = _sharded_scores(fabric, det, data, cfg.batch_size, eset.masks is not None)
     masks = _evaluate_masks(maps, eset, keep)
     defects = [eset.defects[i] for i in keep]
-    metrics = evaluate_scores(res.scores, y, det.threshold_info_, loss=res.loss, score=det.score, maps=maps, masks=masks,
+    loss = res.loss if det.has_maps else None  # the geometric detector reconstructs nothing: no losses
+    metrics = evaluate_scores(res.scores, y, det.threshold_info_, loss=loss, score=det.score, maps=maps, masks=masks,
                               defects=defects if len(set(defects) - {"good"}) > 1 else None)
     run_dir = sharding.run_dir_once(fabric, cfg.out, "anomaly-evaluate")
     if not sharding.is_writer(fabric):
@@ -489,7 +565,7 @@ def anomaly_evaluate(cfg: AnomalyEvaluateConfig, detector: ReconstructionDetecto
     save_config(run_dir, cfg)
     names = [eset.names[i] for i in keep]
     write_json(run_dir / "metrics.json", to_plain(dict(
-        metrics.to_dict(), model=str(cfg.model), **eset.source, n_normal_excluded_trained=n_excluded,
+        metrics.to_dict(), method=det.method, model=str(cfg.model), **eset.source, n_normal_excluded_trained=n_excluded,
         n_skipped=len(data.skipped), train_files_known=det.train_files_ is not None)))
     rows = sorted(zip(names, defects, res.scores, res.normalized, res.is_anomaly), key=lambda r: -r[2])
     write_csv(run_dir / "scores.csv", ["filename", "group", "defect", "score", "normalized_score", "is_anomaly"],

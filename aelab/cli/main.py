@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str | None, str, str]] = {
     "embed": ("aelab.train:EmbedConfig", "aelab.train:embed", "write bottleneck embeddings for clustering"),
     "cluster": (None, "aelab.cli.cluster_cmd:cluster", "cluster embeddings with Equilibrium K-Means"),
     "anomaly fit": ("aelab.anomaly.study:AnomalyFitConfig", "aelab.anomaly.study:anomaly_fit",
-                    "fit a reconstruction anomaly detector on normal images (folder, course or MVTec AD layout)"),
+                    "fit an anomaly detector (reconstruction or geometric) on normal images (folder, course or MVTec AD layout)"),
     "anomaly score": ("aelab.anomaly.study:AnomalyScoreConfig", "aelab.anomaly.study:anomaly_score",
                       "score images: anomaly_scores.csv, anomaly maps and a figure"),
     "anomaly evaluate": ("aelab.anomaly.study:AnomalyEvaluateConfig", "aelab.anomaly.study:anomaly_evaluate",

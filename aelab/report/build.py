@@ -90,10 +90,14 @@ def _section_2b(run_dir: Path, stages: dict) -> Section:
 def _anomaly_rows(summary: dict) -> tuple[list[str], list[list]]:
     """Study 3's table: one row per detector; pixel AUROC and PRO columns when masks were given."""
     pixel = any((summary.get(v) or {}).get("pixel_auroc") is not None for v in ("noskip", "skip"))
+    default = summary.get("default_method", "reconstruction")
     columns = ["model", "normal loss", "anomaly loss", "AUROC", "AP", "threshold", "false alarms", "expected (95 % interval)", "recall"]
     columns += ["pixel AUROC", "PRO (FPR ≤ 0.3)"] if pixel else []
     rows = []
-    for variant, label in (("noskip", "no skip connections (default)"), ("skip", "with skip connections (course report)")):
+    variants = (("noskip", "reconstruction, no skip connections" + (" (default)" if default == "reconstruction" else "")),
+                ("skip", "reconstruction, with skip connections (course report)"),
+                ("geometric", "geometric: transformation prediction" + (" (default)" if default == "geometric" else "")))
+    for variant, label in variants:
         m = summary.get(variant)
         if not m:
             continue
@@ -119,6 +123,12 @@ def _section_3(run_dir: Path, stages: dict) -> Section:
     if a and b:
         reading += (f" With skips the gap is {b['anomaly_loss'] / max(b['normal_loss'], 1e-12):.1f}× and AUROC {b['auroc']:.3f}: "
                     + ("skips let the decoder copy anomalies through." if b["auroc"] < a["auroc"] else "here the skips did not hurt ranking."))
+    g = summary.get("geometric", {})
+    if a and g:
+        better = "the geometric detector" if g["auroc"] > a["auroc"] else "the reconstruction detector" if a["auroc"] > g["auroc"] else "neither"
+        reading += (f" Transformation prediction (no reconstruction, so no losses or maps) reaches AUROC {g['auroc']:.3f} "
+                    f"against {a['auroc']:.3f}: {better} ranks these held-out normals and anomalies better"
+                    + (f"; the default for these data is {summary['default_method']}." if summary.get("default_method") else "."))
     if a.get("expected_false_alarm_rate") is not None:
         reading += (f" The conformal threshold expects {a['expected_false_alarm_rate']:.1%} false alarms on new normal images; "
                     f"{a['false_alarm_rate']:.1%} were observed here.")
@@ -126,13 +136,17 @@ def _section_3(run_dir: Path, stages: dict) -> Section:
                 "roc_curve": "ROC curve (no skip connections)",
                 "cases_normal": "Normal images: best and worst cases (image | reconstruction | anomaly map | overlay)",
                 "cases_anomalous": "Anomalous images: best and worst cases (image | reconstruction | anomaly map | overlay)"}
-    figs = [Figure(rel, caption=captions.get(Path(rel).stem, Path(rel).stem) + (" — with skip connections" if "/skip_eval/" in rel else ""))
+    captions_geometric = {"roc_curve": "ROC curve (geometric detector)",
+                          "cases_anomalous": "Anomalous images, geometric detector: best and worst cases (images and scores)"}
+    figs = [Figure(rel, caption=captions_geometric.get(Path(rel).stem, Path(rel).stem) if "/geometric_eval/" in rel else
+                   captions.get(Path(rel).stem, Path(rel).stem) + (" — with skip connections" if "/skip_eval/" in rel else ""))
             for rel in summary.get("figures", [])]
     blocks = [Paragraph(f"Normal class: {summary.get('normal', '?')}; {summary.get('n_normal_test', '?')} held-out normal and "
                         f"{summary.get('n_anomalous', '?')} anomalous images, same preprocessing for both."),
               Table(columns, rows,
                     caption=(f"Losses: mean per-image reconstruction MSE. AUROC, AP and the threshold "
-                             f"({a.get('threshold_rule', '?')} rule) use the detector's {a.get('score', '?')} score"),
+                             f"({a.get('threshold_rule', '?')} rule) use each detector's score (reconstruction: "
+                             f"{a.get('score', '?')}; geometric: {g.get('score', 'transform')})"),
                     reading=reading),
               *figs]
     return Section("3", "Anomaly detection", blocks)

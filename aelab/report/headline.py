@@ -79,13 +79,15 @@ def _study3(run_dir: Path, stages: dict) -> dict[str, str]:
     label = "Anomaly detection (AUROC)"
     reason = skipped(stages, "anomaly")
     summary = read_json(run_dir / "anomaly" / "summary.json")
-    best = summary.get("noskip") or summary.get("skip")
+    default = "geometric" if summary.get("default_method") == "geometric" else "noskip"
+    best = summary.get(default) or summary.get("noskip") or summary.get("skip")
     if reason or not best:
         return _not_run(label, reason or "no anomaly summary in the run folder", "3")
     return _item(label, f"{best['auroc']:.3f}",
                  f"Normal class {summary.get('normal', '?')}: {summary.get('n_normal_test', '?')} held-out normal "
                  f"and {summary.get('n_anomalous', '?')} anomalous images; average precision "
-                 f"{best['average_precision']:.3f}.", "3")
+                 f"{best['average_precision']:.3f}" + (f" ({summary['default_method']} detector, the default for these data)."
+                                                       if summary.get("default_method") else "."), "3")
 
 
 def headline(run_dir: Path, stages: dict) -> Highlights:

@@ -16,9 +16,11 @@ class _Skip(Exception):
 
 
 def _ctx(data: Path, run_dir: Path):
+    from aelab.anomaly.study import GeometricSettings
     from aelab.pipeline_anomaly import AnomalyStudySettings
 
-    cfg = SimpleNamespace(preset="tiny", channels=1, image_size=None, anomaly=AnomalyStudySettings(epochs=2), device="cpu", seed=0,
+    cfg = SimpleNamespace(preset="tiny", channels=1, image_size=None, device="cpu", seed=0,
+                          anomaly=AnomalyStudySettings(epochs=2, geometric=GeometricSettings(epochs=1, width=4)),
                           precision="32-true")
 
     def sub(name: str) -> Path:
@@ -47,6 +49,11 @@ def test_mvtec_layout_under_anomaly_gives_pixel_metrics_and_run_relative_figures
         assert 0 <= m["pixel_auroc"] <= 1 and 0 <= m["aupro"] <= 1 and set(m["per_defect_auroc"]) == {"blob", "missing", "scratch"}
         assert m["threshold_rule"] == "conformal" and m["expected_false_alarm_rate"] is not None
     assert summary["figures"] and all((tmp_path / "run" / f).is_file() for f in summary["figures"])
+    # The geometric detector is evaluated on the same images (image scores only: no pixel metrics, no losses).
+    g = summary["geometric"]
+    assert g["method"] == "geometric" and 0 <= g["auroc"] <= 1 and g["pixel_auroc"] is None and g["normal_loss"] is None
+    assert (g["n_normal"], g["n_anomalous"]) == (6, 6) and summary["default_method"] == "reconstruction"
+    assert summary["better"] == max(("noskip", "geometric"), key=lambda v: summary[v]["auroc"]) or summary["better"] == "tie"
 
 
 def test_no_anomaly_data_is_a_skip_with_a_reason(tmp_path):
@@ -59,6 +66,7 @@ def test_no_anomaly_data_is_a_skip_with_a_reason(tmp_path):
 
 def test_aelab_run_on_an_mvtec_root_runs_study_3_with_pixel_metrics(tmp_path):
     """`aelab run --data ROOT` with ROOT itself in the MVTec AD layout (README, "Your own data")."""
+    from aelab.anomaly.study import GeometricSettings
     from aelab.data.mvtec import make_mvtec_like
     from aelab.pipeline import RunConfig, run_all
     from aelab.pipeline_anomaly import AnomalyStudySettings
@@ -68,7 +76,8 @@ def test_aelab_run_on_an_mvtec_root_runs_study_3_with_pixel_metrics(tmp_path):
     torch.set_num_threads(1)
     try:
         run = run_all(RunConfig(data=str(root), out=str(tmp_path / "run"), preset="tiny", channels=1,
-                                methods="supervised", anomaly=AnomalyStudySettings(epochs=2), device="cpu"))
+                                methods="supervised", device="cpu",
+                                anomaly=AnomalyStudySettings(epochs=2, geometric=GeometricSettings(epochs=1, width=4))))
     finally:
         torch.set_num_threads(n)
     stages = json.loads((run / "stages.json").read_text())

@@ -8,11 +8,13 @@ import shutil
 import pytest
 
 import aelab.pipeline as pipeline
+from aelab.anomaly.study import GeometricSettings
 from aelab.cli.main import main
 from aelab.pipeline import RunConfig, run_all
 from aelab.pipeline_anomaly import AnomalyStudySettings
 
-TINY = dict(preset="tiny", pretrain_epochs=1, finetune_epochs=2, fixmatch_epochs=1, vicreg_epochs=1, anomaly=AnomalyStudySettings(epochs=2),
+TINY = dict(preset="tiny", pretrain_epochs=1, finetune_epochs=2, fixmatch_epochs=1, vicreg_epochs=1,
+            anomaly=AnomalyStudySettings(epochs=2, geometric=GeometricSettings(epochs=1, width=4)),
             demo_unlabelled=150, demo_labelled_per_class=6, demo_test=60, device="cpu", kmeans_features_centroids=32)
 METHODS = ["supervised", "course", "course-noaug", "fixmatch", "vicreg", "label-spreading", "kmeans-features"]
 
@@ -109,6 +111,9 @@ def test_report_numbers_equal_the_runs_files(run_dir):
     summary = json.loads((run_dir / "anomaly" / "summary.json").read_text())
     rows3 = _table(_section(report, "3"))["rows"]
     assert rows3[0][1:4] == [summary["noskip"]["normal_loss"], summary["noskip"]["anomaly_loss"], summary["noskip"]["auroc"]]
+    # The geometric detector's row: no reconstruction, so no losses; the demo digits are grayscale: reconstruction is the default.
+    assert rows3[2][0].startswith("geometric") and rows3[2][1:4] == [None, None, summary["geometric"]["auroc"]]
+    assert summary["default_method"] == "reconstruction" and summary["better"] in ("noskip", "geometric", "tie")
     # The model table comes from the model.json a training stage wrote (older runs: not recorded).
     model_json = run_dir / stages["predict"]["result"]["model"] / "model.json"
     text = _section(report, "1a")["blocks"][0]["text"]

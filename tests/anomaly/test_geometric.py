@@ -1,0 +1,191 @@
+"""`GeometricDetector`: the score formula against numpy, ranking on oriented images, persistence, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from aelab.anomaly import GeometricDetector, ReconstructionDetector, default_method, load_detector
+from aelab.anomaly.geometric import num_transforms, transform, transform_scores
+from aelab.errors import AelabError
+from aelab.runs import read_csv_rows
+
+SIDE = 16
+
+
+def oriented(n: int, seed: int) -> np.ndarray:
+    """Colour "landscapes" with a canonical up: blue sky above green ground, the horizon and a red
+    post standing on the ground at random places, plus noise. uint8 ``(n, 3, SIDE, SIDE)``."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, 3, SIDE, SIDE))
+    for i in range(n):
+        h = rng.integers(6, 10)
+        x[i, 2, :h], x[i, 1, :h] = 0.9, 0.5
+        x[i, 1, h:], x[i, 0, h:] = 0.7, 0.2
+        c = rng.integers(2, SIDE - 3)
+        x[i, 0, h - 4 : h, c : c + 2], x[i, 1:, h - 4 : h, c : c + 2] = 1.0, 0.1
+    x += rng.normal(0, 0.05, x.shape)
+    return np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
+
+
+def unoriented(n: int, seed: int) -> np.ndarray:
+    """The same colours in blobs without an up: each image a random mix of the normal images' parts."""
+    rng = np.random.default_rng(seed)
+    base = oriented(n, seed + 100)
+    return np.stack([np.rot90(b, rng.integers(1, 4), axes=(1, 2)) if rng.random() < 0.5 else b[:, ::-1] for b in base])
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    torch.set_num_threads(1)
+    det = GeometricDetector(width=8, epochs=8, batch_size=16, lr=0.05, augment=1, patience=8, device="cpu", seed=0)
+    return det.fit(oriented(96, 0))
+
+
+def numpy_reference(det: GeometricDetector, images: np.ndarray) -> np.ndarray:
+    """``-(1/K) sum_k log softmax(f(T_k x))_k`` with the transformations and softmax written in numpy."""
+    mean, std = np.array(det.mean_).reshape(1, -1, 1, 1), np.array(det.std_).reshape(1, -1, 1, 1)
+    x = (images / 255.0 - mean) / std
+    s = det.shift
+    offsets = [(0, 0), (-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)] if s else [(0, 0)]
+    per = 8 if det.flips else 4
+    total = np.zeros(len(images))
+    for k in range(num_transforms(det.flips, s)):
+        y = x
+        dy, dx = offsets[k // per][0] * s, offsets[k // per][1] * s
+        if (dy, dx) != (0, 0):
+            p = np.pad(y, ((0, 0), (0, 0), (s, s), (s, s)), mode="reflect")
+            y = p[..., s - dy : s - dy + SIDE, s - dx : s - dx + SIDE]
+        if det.flips and (k // 4) % 2:
+            y = y[..., ::-1]
+        y = np.rot90(y, k % 4, axes=(2, 3))
+        with torch.no_grad():
+            logits = det.model_(torch.from_numpy(np.ascontiguousarray(y)).float()).double().numpy()
+        logp = logits - logits.max(1, keepdims=True)
+        logp = logp - np.log(np.exp(logp).sum(1, keepdims=True))
+        total += logp[:, k]
+    return -total / num_transforms(det.flips, s)
+
+
+def test_score_matches_numpy_reference(fitted):
+    imgs = np.concatenate([oriented(5, 7), unoriented(5, 8)])
+    np.testing.assert_allclose(fitted.decision_function(imgs), numpy_reference(fitted, imgs), rtol=1e-4, atol=1e-5)
+
+
+def test_score_with_translations_matches_numpy_reference():
+    det = GeometricDetector(width=4, epochs=1, batch_size=16, shift=3, device="cpu").fit(oriented(24, 1))
+    assert det.num_transforms == 72
+    imgs = oriented(4, 9)
+    np.testing.assert_allclose(det.decision_function(imgs), numpy_reference(det, imgs), rtol=1e-4, atol=1e-5)
+
+
+def test_transformations_are_distinct_and_zero_is_identity():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    outs = [transform(x, k, True, 2) for k in range(72)]
+    assert torch.equal(outs[0], x)
+    assert len({o.numpy().tobytes() for o in outs}) == 72
+
+
+def test_transform_scores_is_minus_mean_diagonal():
+    lp = np.log(np.array([[[0.5, 0.5], [0.1, 0.9]]]))
+    assert transform_scores(lp)[0] == pytest.approx(-(np.log(0.5) + np.log(0.9)) / 2)
+
+
+def test_ranks_unoriented_images_above_held_out_normals(fitted):
+    normal, anomalous = oriented(60, 11), unoriented(60, 12)
+    s = fitted.decision_function(np.concatenate([normal, anomalous]))
+    assert roc_auc_score(np.r_[np.zeros(60), np.ones(60)], s) > 0.85
+    assert np.all(s >= 0)
+    assert fitted.threshold_info_.rule == "conformal" and fitted.threshold_ == pytest.approx(np.max(fitted.val_scores_))
+
+
+def test_save_load_round_trip_gives_identical_scores(fitted, tmp_path):
+    imgs = np.concatenate([oriented(6, 3), unoriented(6, 4)])
+    file = fitted.save(tmp_path / "det.ckpt")
+    for back in (GeometricDetector.load(file), load_detector(file)):
+        assert isinstance(back, GeometricDetector)
+        np.testing.assert_array_equal(back.decision_function(imgs), fitted.decision_function(imgs))
+        np.testing.assert_array_equal(back.predict(imgs), fitted.predict(imgs))
+        assert back.threshold_ == fitted.threshold_
+    with pytest.raises(AelabError, match="load_detector"):
+        ReconstructionDetector.load(file)
+
+
+def test_bad_parameters_fail_before_training():
+    with pytest.raises(AelabError, match="score"):
+        GeometricDetector(score="mse").fit(oriented(8, 0))
+    with pytest.raises(AelabError, match="half the image"):
+        GeometricDetector(shift=8, epochs=1).fit(oriented(8, 0))
+    with pytest.raises(AelabError, match="not fitted"):
+        GeometricDetector().decision_function(oriented(2, 0))
+
+
+def _write(folder, images):
+    folder.mkdir(parents=True)
+    for i, im in enumerate(images):
+        Image.fromarray(im.transpose(1, 2, 0)).save(folder / f"{i}.png")
+
+
+def test_default_method_by_data_kind(tmp_path):
+    _write(tmp_path / "colour", oriented(8, 0))
+    grey = np.repeat(oriented(8, 0)[:, 1:2], 3, axis=1)  # digits saved as RGB: three equal channels
+    _write(tmp_path / "grey", grey)
+    assert default_method("auto", tmp_path / "colour") == "geometric"
+    assert default_method("auto", tmp_path / "grey") == "reconstruction"
+    assert default_method("auto", tmp_path / "colour", mvtec=True) == "reconstruction"
+    assert default_method("auto", tmp_path / "colour", channels=1) == "reconstruction"
+    assert default_method("geometric", tmp_path / "grey") == "geometric"
+
+
+def test_cli_fit_score_evaluate_with_method_geometric(tmp_path):
+    from aelab.cli import main as cli_main
+
+    _write(tmp_path / "data" / "anomaly" / "normal", oriented(40, 20))
+    _write(tmp_path / "data" / "anomaly" / "anomalous", unoriented(12, 21))
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fit = tmp_path / "fit"
+        assert cli_main.main(["anomaly", "fit", "--data", str(tmp_path / "data"), "--method", "geometric", "--image_size", str(SIDE),
+                              "--geometric.width", "4", "--geometric.epochs", "2", "--geometric.batch_size", "8",
+                              "--device", "cpu", "--out", str(fit)]) == 0
+        th = json.loads((fit / "threshold.json").read_text())
+        assert th["method"] == "geometric" and th["rule"] == "conformal" and th["n_train"] + th["n_held_out"] == 40
+        assert isinstance(load_detector(fit), GeometricDetector)
+        out = tmp_path / "score"
+        assert cli_main.main(["anomaly", "score", "--model", str(fit), "--images", str(tmp_path / "data" / "anomaly" / "anomalous"),
+                              "--out", str(out), "--top", "4"]) == 0
+        rows = read_csv_rows(out / "anomaly_scores.csv")
+        assert (out / "anomaly_scores.csv").read_text().splitlines()[0] == "filename,score,normalized_score,is_anomaly"
+        assert len(rows) == 12 and not (out / "maps").exists() and (out / "figures" / "most_anomalous.png").stat().st_size > 0
+        for r in rows:
+            s, z = float(r["score"]), float(r["normalized_score"])
+            assert z == pytest.approx(s / (s + th["value"])) and int(r["is_anomaly"]) == int(s > th["value"])
+        ev = tmp_path / "eval"
+        assert cli_main.main(["anomaly", "evaluate", "--model", str(fit), "--data", str(tmp_path / "data"), "--out", str(ev)]) == 0
+        m = json.loads((ev / "metrics.json").read_text())
+        assert m["method"] == "geometric" and m["n_normal"] == th["n_held_out"] and m["n_anomalous"] == 12
+        assert m["normal_loss"] is None and 0 <= m["auroc"] <= 1
+        assert list(read_csv_rows(ev / "scores.csv")[0]) == ["filename", "group", "defect", "score", "normalized_score", "is_anomaly"]
+        for name in ("score_histogram.png", "roc_curve.png", "cases_normal.png", "cases_anomalous.png"):
+            assert (ev / "figures" / name).stat().st_size > 0, name
+    finally:
+        torch.set_num_threads(n)
+
+
+def test_cli_geometric_defaults_are_the_detectors():
+    """One default per option: `--geometric.NAME` defaults are GeometricDetector()'s."""
+    import inspect
+
+    from aelab.anomaly.study import GEOMETRIC_KEYS, SHARED_KEYS
+    from aelab.cli.main import build_parser
+
+    sig = {n: p.default for n, p in inspect.signature(GeometricDetector.__init__).parameters.items() if n != "self"}
+    assert set(GEOMETRIC_KEYS) | set(SHARED_KEYS) == set(sig) - {"run_dir"}
+    parsed = build_parser().parse_args(["anomaly", "fit"])["anomaly"]["fit"]
+    assert parsed["method"] == "auto" and {k: parsed["geometric"][k] for k in GEOMETRIC_KEYS} == {k: sig[k] for k in GEOMETRIC_KEYS}
