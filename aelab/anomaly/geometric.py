@@ -298,7 +298,9 @@ class GeometricDetector(BaseEstimator):
 
         def validate():
             lp = self._passes(val_images.numpy(), raw_model, ks=ks)[0]
-            return {"val_score": float(-np.mean(lp[:, np.arange(len(ks)), ks]))}
+            score = float(-np.mean(lp[:, np.arange(len(ks)), ks]))
+            # Each process's BatchNorm statistics differ: rank 0's score decides for all, so none stops alone.
+            return {"val_score": float(fabric.broadcast(score, src=0)) if fabric.world_size > 1 else score}
 
         payload = dict(stage="anomaly", method=METHOD, config=to_plain(self.get_params()))
         state = fit_loop(

@@ -28,18 +28,11 @@ from aelab.errors import AelabError
 __all__ = ["METHODS", "default_method", "is_colour", "load_detector"]
 
 METHODS: tuple[str, ...] = ("auto", "reconstruction", "geometric")
-# Mean absolute difference between colour channels (0..255) above which an image counts as colour;
-# JPEG chroma noise on a grey image stays well below it.
-_COLOUR_LEVELS = 3.0
-
-
 def is_colour(images: np.ndarray) -> bool:
-    """True when most of the uint8 ``(N, C, H, W)`` images have channels that differ (colour photos)."""
-    if images.shape[1] == 1 or len(images) == 0:
-        return False
-    x = images.astype(np.int16)
-    spread = (np.abs(x[:, 0] - x[:, 1]) + np.abs(x[:, 1] - x[:, 2])).reshape(len(x), -1).mean(1) / 2
-    return bool(np.median(spread) > _COLOUR_LEVELS)
+    """True for colour photos by aelab's one rule (`aelab.data.kind.image_kind`)."""
+    from aelab.data.kind import image_kind
+
+    return image_kind(images) == "photo"
 
 
 def default_method(method: str, normal: str | os.PathLike | np.ndarray, *, mvtec: bool = False, channels: int | None = None,

@@ -95,8 +95,9 @@ class ModelConfig:
             raise AelabError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         if self.num_classes < 0:
             raise AelabError(f"num_classes must be >= 0, got {self.num_classes}")
-        if self.stem < 0 or self.stem % 2:
-            raise AelabError(f"stem must be 0 or a positive even number of channels, got {self.stem}")
+        if self.stem < 0 or self.stem % 2 or self.stem > 18 * self.in_channels:
+            raise AelabError(f"stem must be 0 or an even number of channels up to {18 * self.in_channels} (both signs of "
+                             f"the {9 * self.in_channels} directions of a 3x3 patch), got {self.stem}")
         if not 0.0 <= self.dropout < 1.0:
             raise AelabError(f"dropout must be in [0, 1), got {self.dropout}")
 

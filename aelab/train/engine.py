@@ -189,8 +189,8 @@ class _Loop:
         if ckpt.get("cuda_rng_state") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["cuda_rng_state"])
         self.state = FitState(**ckpt["fit_state"])
-        if self.state.planned_epochs is not None:
-            self.epochs = self.state.planned_epochs
+        if self.state.planned_epochs is not None and self.budget_s is not None:
+            self.epochs = min(self.epochs, self.state.planned_epochs)  # an edited, lower --epochs still counts
         info(f"[{self.desc}] resuming {self.run_dir} after epoch {self.state.epoch}")
 
     def save(self, epoch: int, row: dict[str, Any], improved: bool) -> None:

@@ -233,9 +233,15 @@ def finetune_result(cfg: FinetuneConfig) -> FinetuneResult:
     data = _load_data(cfg, _input_format(cfg))
     from aelab.data.kind import resolve_stem
 
-    raw_model, model_cfg, prep = _initial_model(cfg, len(data.classes), _resolve_head(cfg, data.images),
-                                                resolve_stem(cfg.stem, data.images))
-    if cfg.init_from is None:  # input statistics (and the whitening layer) from the images this method may use
+    # A resumed run keeps the input layer it started with (also a run begun before the stem existed).
+    last = load_checkpoint(run_dir, which="last") if resume else None
+    stem = int(last["model_config"].get("stem", 0)) if last else resolve_stem(cfg.stem, data.images)
+    raw_model, model_cfg, prep = _initial_model(cfg, len(data.classes), _resolve_head(cfg, data.images), stem)
+    if last is not None:
+        from aelab.data import Preprocessing
+
+        prep = Preprocessing.from_dict(last["preprocessing"])
+    elif cfg.init_from is None:  # input statistics (and the whitening layer) from the images this method may use
         from aelab.train.loaders import fit_input_layer
 
         prep = fit_input_layer(raw_model, prep, data.unlabelled if data.unlabelled is not None else data.images, cfg.seed)

@@ -21,6 +21,7 @@ from aelab.errors import AelabError
 from aelab.models import build_model, preset_config
 from aelab.progress import info
 from aelab.runs import set_seed
+from aelab.train.checkpoint import load_checkpoint
 from aelab.train.engine import fit_loop, make_fabric, start_run, write_model_summary
 from aelab.train.loaders import make_loader, split_indices
 from aelab.train.options import RunOptions, require, resolve_sources, restore_for_resume
@@ -151,7 +152,9 @@ def pretrain(cfg: PretrainConfig) -> Path:
     images = _images(cfg, prep)
     model_cfg = preset_config(
         cfg.preset, image_size=cfg.image_size, width=cfg.width, depth=cfg.depth, in_channels=cfg.channels,
-        num_classes=0, head="none", skip_connections=cfg.skip_connections, stem=resolve_stem(cfg.stem, images),
+        num_classes=0, head="none", skip_connections=cfg.skip_connections,
+        stem=int(load_checkpoint(run_dir, which="last")["model_config"].get("stem", 0)) if resume
+        else resolve_stem(cfg.stem, images),  # a resumed run keeps the input layer it started with
     )
     fabric = make_fabric(cfg.device, cfg.devices, cfg.precision, num_nodes=cfg.num_nodes)
     run_dir = start_run(fabric, cfg, "pretrain", run_dir if resume else None)
@@ -159,7 +162,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
     raw_model = build_model(model_cfg)
     from aelab.train.loaders import fit_input_layer
 
-    prep = fit_input_layer(raw_model, prep, images, cfg.seed)
+    prep = (Preprocessing.from_dict(load_checkpoint(run_dir, which="last")["preprocessing"]) if resume
+            else fit_input_layer(raw_model, prep, images, cfg.seed))
     if cfg.objective == "vicreg":
         from aelab.train.selfsup import make_projector
 

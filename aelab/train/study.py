@@ -330,8 +330,12 @@ def study_settings(cfg: ClassificationStudyConfig, data: Path) -> dict:
     from aelab.data import load_images, resolve_layout, scan_labelled
     from aelab.data.kind import COLOUR_THRESHOLD, augmentation_for, image_kind
 
-    lab = scan_labelled(resolve_layout(data).require("labelled"))
-    kind = image_kind(load_images(lab.paths, 32, 3, strict=False).images)
+    layout = resolve_layout(data)
+    if layout.labelled is None:  # nothing trained: nothing to say
+        return {}
+    paths = scan_labelled(layout.labelled).paths
+    paths = [paths[i] for i in np.unique(np.linspace(0, len(paths) - 1, min(512, len(paths))).astype(int))]
+    kind = image_kind(load_images(paths, 32, cfg.channels, strict=False).images)
     return {"images": kind, "weak_augmentation": augmentation_for(kind, "weak"),
             "strong_augmentation": augmentation_for(kind, "strong"),
             "rule": f"colour channels differ by more than {COLOUR_THRESHOLD:g}/255 on average: photos (flipped left-right); "

@@ -122,3 +122,11 @@ def test_labelled_stream_depends_only_on_seed_rank_and_step():
     assert not torch.equal(a.batch(5)[0], LabelledStream(images, labels, 8, seed=1, rank=1).batch(5)[0])
     x, y = a.batch(0)
     assert torch.equal(y, x.view(-1) % 4)  # images keep their labels
+
+
+def test_a_threshold_floor_keeps_flexmatch_from_accepting_everything_at_the_start():
+    ct = CurriculumThresholds(n_images=4, n_classes=2, threshold=0.9, floor=0.5)
+    assert ct.thresholds().tolist() == [0.5, 0.5]  # FlexMatch alone: [0.0, 0.0] (see its docstring example)
+    ct.update(torch.tensor([0, 1, 2]), torch.tensor([0.95, 0.99, 0.97]), torch.tensor([0, 0, 1]))
+    # beta = (1, 0.5): T = floor + (tau - floor) * beta / (2 - beta) = 0.9 and 0.5 + 0.4 / 3
+    assert torch.allclose(ct.thresholds(), torch.tensor([0.9, 0.5 + 0.4 / 3]))

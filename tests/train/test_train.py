@@ -248,3 +248,44 @@ def test_config_file_then_flags_override_it(data, tmp_path):
     saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
     assert (saved["epochs"], saved["preset"], saved["batch_size"], saved["noise_factor"]) == (1, "tiny", 64, 0.3)
     assert torch.load(tmp_path / "r" / "best.ckpt", weights_only=True)["config"]["noise_factor"] == 0.3
+
+
+def test_a_time_budget_sets_the_epochs_from_the_first_one_and_the_schedule_ends_with_them(data, tmp_path, monkeypatch):
+    import types
+
+    import aelab.train.engine as engine
+
+    clock = iter(range(0, 10_000, 30))  # the engine's clock moves 30 s per reading: each epoch "takes" 30 s
+    monkeypatch.setattr(engine, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    run = finetune(FinetuneConfig(data=str(data), epochs=20, budget=1.6, patience=20, out=str(tmp_path / "b"), **TINY))
+    last = torch.load(run / "last.ckpt", weights_only=True)
+    assert last["fit_state"]["planned_epochs"] == 3  # 96 s of budget / 30 s per epoch
+    assert len(last["fit_state"]["history"]) == 3
+    assert last["scheduler"]["T_max"] == 3  # the cosine schedule ends with the last planned epoch
+    free = finetune(FinetuneConfig(data=str(data), epochs=4, budget=None, patience=20, out=str(tmp_path / "n"), **TINY))
+    assert len(torch.load(free / "last.ckpt", weights_only=True)["fit_state"]["history"]) == 4
+
+
+def test_a_photo_model_with_stem_and_pool_head_predicts_from_its_checkpoint(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "photos"
+    for c, colour in enumerate([(200, 40, 40), (40, 40, 200)]):  # red and blue photos: colour, so "photo"
+        for i in range(8):
+            folder = root / "dev" / "labelled" / f"c{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            img = np.clip(rng.normal(colour, 30, (32, 32, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(folder / f"{i}.png")
+    (root / "test").mkdir()
+    for i in range(6):
+        img = np.clip(rng.normal([(200, 40, 40), (40, 40, 200)][i % 2], 30, (32, 32, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(root / "test" / f"{i}.png")
+    run = finetune(FinetuneConfig(data=str(root), epochs=3, out=str(tmp_path / "ft"), **{**TINY, "batch_size": 4}))
+    ckpt = torch.load(run / "best.ckpt", weights_only=True)
+    assert ckpt["model_config"]["stem"] == 24 and ckpt["model_config"]["head"] == "pool"
+    assert ckpt["preprocessing"]["mean"][0] > ckpt["preprocessing"]["mean"][1]  # fitted: red is brighter than green
+    out = predict(PredictConfig(model=str(run), data=str(root), out=str(tmp_path / "p"), device="cpu"))
+    rows = (out / "predictions.csv").read_text().splitlines()
+    assert rows[0] == "id,label" and len(rows) == 7
