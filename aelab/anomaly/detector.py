@@ -45,7 +45,7 @@ from aelab.anomaly.scores import (
     score_parts,
     smooth_maps,
 )
-from aelab.anomaly.thresholds import THRESHOLD_RULES, Threshold, choose_threshold
+from aelab.anomaly.thresholds import Threshold, check_threshold_params, choose_threshold
 from aelab.data.rows import RowReader
 from aelab.errors import AelabError, DataError
 from aelab.models import ModelConfig, build_model, preset_config
@@ -155,16 +155,7 @@ class ReconstructionDetector(BaseEstimator):
         check_reduction(self.reduction, self.top_k, self.smoothing)
         if self.corruption not in CORRUPTIONS:
             raise AelabError(f"corruption must be one of {', '.join(CORRUPTIONS)}, got {self.corruption!r}")
-        if self.threshold_rule not in ("auto", *THRESHOLD_RULES):
-            raise AelabError(f"threshold_rule must be auto or one of {', '.join(THRESHOLD_RULES)}, got {self.threshold_rule!r}")
-        if self.threshold_rule == "f1" and anomalies is None:
-            raise AelabError("threshold_rule='f1' needs labelled anomalies: fit(normal, anomalies=...)")
-        if self.threshold_rule == "manual" and self.threshold is None:
-            raise AelabError("threshold_rule='manual' needs threshold=VALUE")
-        if not 0.0 < self.contamination <= 0.5:
-            raise AelabError(f"contamination must be in (0, 0.5], got {self.contamination}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise AelabError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        check_threshold_params(self.threshold_rule, self.threshold, self.contamination, self.val_fraction, anomalies)
         if self.epochs < 1 or self.batch_size < 1:
             raise AelabError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
 

@@ -50,7 +50,7 @@ from sklearn.base import BaseEstimator
 from torch import nn
 
 from aelab.anomaly.inputs import ImageBatch, ScoreResult, _array_images, _match
-from aelab.anomaly.thresholds import THRESHOLD_RULES, Threshold, choose_threshold
+from aelab.anomaly.thresholds import Threshold, check_threshold_params, choose_threshold
 from aelab.data.rows import RowReader
 from aelab.errors import AelabError, DataError
 from aelab.runs import set_seed, to_plain
@@ -193,16 +193,7 @@ class GeometricDetector(BaseEstimator):
     def _check_params(self, anomalies: Any = None) -> None:
         if self.score not in GEOMETRIC_SCORES:
             raise AelabError(f"score of the geometric detector must be one of {', '.join(GEOMETRIC_SCORES)}, got {self.score!r}")
-        if self.threshold_rule not in ("auto", *THRESHOLD_RULES):
-            raise AelabError(f"threshold_rule must be auto or one of {', '.join(THRESHOLD_RULES)}, got {self.threshold_rule!r}")
-        if self.threshold_rule == "f1" and anomalies is None:
-            raise AelabError("threshold_rule='f1' needs labelled anomalies: fit(normal, anomalies=...)")
-        if self.threshold_rule == "manual" and self.threshold is None:
-            raise AelabError("threshold_rule='manual' needs threshold=VALUE")
-        if not 0.0 < self.contamination <= 0.5:
-            raise AelabError(f"contamination must be in (0, 0.5], got {self.contamination}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise AelabError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        check_threshold_params(self.threshold_rule, self.threshold, self.contamination, self.val_fraction, anomalies)
         if self.epochs < 1 or self.batch_size < 1 or self.width < 1 or self.knn < 1:
             raise AelabError("epochs, batch_size, width and knn must be >= 1")
         if self.shift < 0 or self.augment < 0:

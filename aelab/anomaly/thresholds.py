@@ -42,6 +42,7 @@ from aelab.errors import AelabError
 
 __all__ = [
     "THRESHOLD_RULES",
+    "check_threshold_params",
     "Threshold",
     "choose_threshold",
     "conformal_rank",
@@ -52,6 +53,21 @@ __all__ = [
 ]
 
 THRESHOLD_RULES: tuple[str, ...] = ("conformal", "quantile", "f1", "manual")
+
+
+def check_threshold_params(rule: str, threshold: float | None, contamination: float, val_fraction: float,
+                           anomalies: Any = None) -> None:
+    """A detector's threshold settings, checked before training (every detector's ``_check_params``)."""
+    if rule not in ("auto", *THRESHOLD_RULES):
+        raise AelabError(f"threshold_rule must be auto or one of {', '.join(THRESHOLD_RULES)}, got {rule!r}")
+    if rule == "f1" and anomalies is None:
+        raise AelabError("threshold_rule='f1' needs labelled anomalies: fit(normal, anomalies=...)")
+    if rule == "manual" and threshold is None:
+        raise AelabError("threshold_rule='manual' needs threshold=VALUE")
+    if not 0.0 < contamination <= 0.5:
+        raise AelabError(f"contamination must be in (0, 0.5], got {contamination}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise AelabError(f"val_fraction must be in [0, 1), got {val_fraction}")
 
 
 def _scores(values: Any, what: str) -> np.ndarray:
