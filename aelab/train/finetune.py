@@ -77,7 +77,7 @@ class FinetuneConfig(RunOptions):
         val_fraction: share of each class held out for validation; the best checkpoint has the highest validation accuracy.
         patience: stop after this many epochs without a higher validation accuracy.
         resume: continue an interrupted run from RUN/last.ckpt.
-        budget: minutes this stage may take: after the first epoch, as many epochs as fit (at most --epochs); none = all epochs.
+        budget: minutes this stage may take: after the first epoch, as many epochs as fit (at most --epochs); null = all epochs.
     """
 
     method: str = "supervised"

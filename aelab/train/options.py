@@ -60,7 +60,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "demo_unlabelled": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
     "demo_labelled_per_class": (lambda v: _int(v) and v >= 2, "an integer >= 2"),
     "demo_test": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
-    "budget": (lambda v: v is None or (_num(v) and v > 0), "a number of minutes > 0, or none"),
+    "budget": (lambda v: v is None or (_num(v) and v > 0), "a number of minutes > 0, or null (no budget)"),
     "stem": (lambda v: _int(v) and v >= 0 and v % 2 == 0, "an even integer >= 0"),
 }
 

@@ -89,7 +89,7 @@ class ClassificationStudyConfig(RunOptions):
         val_fraction: share of each class held out to pick checkpoints and the submitted method.
         budget: minutes the training stages of study 1 may take together (each stage gets a fixed share, see
             BUDGET_SHARES; its epochs come from its first epoch's measured time, at most the epochs above);
-            none = always the epochs above.
+            null = always the epochs above (`--budget null`).
         kmeans_features_centroids: dictionary size K of the k-means features method (4K features).
         kmeans_features_learner: its dictionary learner: kmeans (scikit-learn) or ekm (Equilibrium K-Means).
     """
