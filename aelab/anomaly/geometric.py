@@ -216,9 +216,11 @@ class GeometricDetector(BaseEstimator):
         if len(val_idx) == 0:
             warnings.warn("no held-out normal images: the threshold is chosen on training scores (too low)", stacklevel=2)
             val_idx = train_idx
-        x = images[train_idx].astype(np.float64) / 255.0
-        self.mean_ = x.mean((0, 2, 3)).tolist()
-        self.std_ = np.maximum(x.std((0, 2, 3)), 1e-3).tolist()
+        from aelab.data import Preprocessing
+
+        # Per-channel statistics of every training image, read in chunks (the one definition, Preprocessing.fitted).
+        stats = Preprocessing(max(int(side), 8), int(images.shape[1])).fitted(images[train_idx], sample=len(train_idx))
+        self.mean_, self.std_ = list(stats.mean), list(stats.std)
         with contextlib.ExitStack() as stack:
             if self.run_dir is None:
                 run_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="aelab-anomaly-")))
@@ -231,10 +233,11 @@ class GeometricDetector(BaseEstimator):
         self.train_files_ = None if paths is None else [str(paths[i]) for i in train_idx]
         self.val_files_ = None if paths is None else [str(paths[i]) for i in val_idx]
         self.skipped_ = [(str(p), r) for p, r in data.skipped]
-        self.train_features_ = self._features(images[train_idx])
+        lp, ft = self._passes(images[train_idx])  # one pass of the K transformations over the training images
+        self.train_features_ = ft
         self.val_scores_ = self._score(images[val_idx])[0]
         self.set_threshold(anomalies=anomalies)
-        self.decision_scores_ = self._score(images[train_idx])[0]
+        self.decision_scores_ = transform_scores(lp) if self.score == "transform" else self.knn_scores(ft)
         self.labels_ = self.threshold_info_.predict(self.decision_scores_)
         return self
 
@@ -337,9 +340,6 @@ class GeometricDetector(BaseEstimator):
         if fitted:
             model.cpu()
         return np.concatenate(lps), np.concatenate(feats)
-
-    def _features(self, images: np.ndarray) -> np.ndarray:
-        return self._passes(images)[1]
 
     def knn_scores(self, features: np.ndarray) -> np.ndarray:
         """Mean cosine distance to the ``knn`` nearest training images' features (DN2, Eq. 1)."""
