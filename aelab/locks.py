@@ -59,7 +59,8 @@ def lock_run_dir(path: str | os.PathLike) -> Path:
             return path
         _forget(key)  # the folder was emptied under us (aelab run --force): lock afresh
     if lock.is_symlink():  # opening it would write the holder's line into the link's target
-        raise AelabError(f"{lock} is a symbolic link; aelab never follows links in a run folder: remove it and try again")
+        raise AelabError(f"{lock} is a symbolic link; aelab never follows links in a run folder: "
+                         "remove it and try again")
     for _ in range(5):
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)

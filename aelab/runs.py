@@ -114,10 +114,11 @@ def check_out_folder(path: str | os.PathLike) -> None:
         raise AelabError(f"--out {path} is a file, not a folder; choose another --out")
     names = run_dir_entries(path)
     if "config.yaml" in names:
-        raise AelabError(f"{path} already holds a run (config.yaml); aelab never overwrites: choose another --out or remove it")
+        raise AelabError(f"{path} already holds a run (config.yaml); aelab never overwrites: "
+                         "choose another --out or remove it")
     if names:
-        raise AelabError(f"{path} is not empty ({len(names)} entries, e.g. {sorted(names)[0]!r}); aelab only writes into a new "
-                         "or empty folder: choose another --out")
+        raise AelabError(f"{path} is not empty ({len(names)} entries, e.g. {sorted(names)[0]!r}); aelab only writes "
+                         "into a new or empty folder: choose another --out")
 
 
 def clear_run_dir(path: str | os.PathLike) -> None:
@@ -281,7 +282,8 @@ class MetricsLogger:
                 with open(self.path, newline="", encoding="utf-8") as fh:
                     self.rows = [r for r in csv.DictReader(fh) if int(r.get("epoch") or 0) < start_epoch]
             except (OSError, UnicodeDecodeError, ValueError, csv.Error) as exc:
-                raise AelabError(f"cannot resume: {self.path} is not a metrics file aelab wrote ({_first_line(exc)})") from None
+                raise AelabError(f"cannot resume: {self.path} is not a metrics file aelab wrote "
+                                 f"({_first_line(exc)})") from None
         elif self.path.exists():
             self.path.unlink()
         self._flush()

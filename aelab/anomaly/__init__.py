@@ -19,6 +19,7 @@ from aelab.anomaly.scores import (
     reduce_maps,
     smooth_maps,
 )
+from aelab.anomaly.run_study import AnomalyStudySettings, run_anomaly_study
 from aelab.anomaly.thresholds import (
     THRESHOLD_RULES,
     Threshold,
@@ -30,6 +31,7 @@ from aelab.anomaly.thresholds import (
 )
 
 __all__ = [
+    "AnomalyStudySettings",
     "BASE_KINDS",
     "CORRUPTIONS",
     "DETECTOR_FILE",
@@ -59,6 +61,7 @@ __all__ = [
     "pixel_errors",
     "quantile_threshold",
     "reduce_maps",
+    "run_anomaly_study",
     "smooth_maps",
     "structured_corruption",
 ]

@@ -8,10 +8,10 @@ import shutil
 import pytest
 
 import aelab.pipeline as pipeline
+from aelab.anomaly import AnomalyStudySettings
 from aelab.anomaly.study import GeometricSettings
 from aelab.cli.main import main
 from aelab.pipeline import RunConfig, run_all
-from aelab.pipeline_anomaly import AnomalyStudySettings
 
 TINY = dict(preset="tiny", pretrain_epochs=1, finetune_epochs=2, fixmatch_epochs=1, vicreg_epochs=1,
             anomaly=AnomalyStudySettings(epochs=2, geometric=GeometricSettings(epochs=1, width=4)),

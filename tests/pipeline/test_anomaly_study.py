@@ -1,9 +1,9 @@
-"""Study 3 of `aelab run` (`aelab.pipeline_anomaly`) on data in the MVTec AD layout: under ROOT/anomaly, and ROOT itself."""
+"""Study 3 of `aelab run` (`aelab.anomaly.run_study`) on data in the MVTec AD layout: under ROOT/anomaly, and
+ROOT itself."""
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,38 +11,29 @@ import pytest
 import torch
 
 
-class _Skip(Exception):
-    pass
-
-
-def _ctx(data: Path, run_dir: Path):
+def _study(data: Path, run_dir: Path):
+    """Study 3 as ``aelab run`` calls it, with tiny detectors."""
+    from aelab.anomaly import AnomalyStudySettings, run_anomaly_study
     from aelab.anomaly.study import GeometricSettings
-    from aelab.pipeline_anomaly import AnomalyStudySettings
+    from aelab.layout import RunLayout
 
     cfg = SimpleNamespace(preset="tiny", channels=1, image_size=None, device="cpu", seed=0,
-                          anomaly=AnomalyStudySettings(epochs=2, geometric=GeometricSettings(epochs=1, width=4)),
-                          precision="32-true")
-
-    def sub(name: str) -> Path:
-        path = run_dir / name
-        shutil.rmtree(path, ignore_errors=True)
-        return path
-
-    return SimpleNamespace(cfg=cfg, data=data, dir=run_dir, sub=sub, engine=dict(seed=0, device="cpu", precision="32-true"))
+                          anomaly=AnomalyStudySettings(epochs=2, geometric=GeometricSettings(epochs=1, width=4)))
+    return run_anomaly_study(cfg, data, RunLayout(run_dir), dict(seed=0, device="cpu", precision="32-true"))
 
 
 def test_mvtec_layout_under_anomaly_gives_pixel_metrics_and_run_relative_figures(tmp_path):
     from aelab.data.mvtec import make_mvtec_like
-    from aelab.pipeline_anomaly import run_anomaly_study
 
     make_mvtec_like(tmp_path / "data" / "anomaly", n_train=30, n_test_good=6, n_per_defect=2)
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        out = run_anomaly_study(_ctx(tmp_path / "data", tmp_path / "run"), _Skip)
+        out = _study(tmp_path / "data", tmp_path / "run")
     finally:
         torch.set_num_threads(n)
-    summary = json.loads(Path(out["summary"]).read_text())
+    summary = json.loads(Path(out.summary).read_text())
+    assert out.auroc == summary["noskip"]["auroc"] and out.auroc_geometric == summary["geometric"]["auroc"]
     assert summary["normal"].startswith("MVTec AD layout") and summary["n_normal_test"] == 6 and summary["n_anomalous"] == 6
     for variant in ("noskip", "skip"):
         m = summary[variant]
@@ -57,19 +48,19 @@ def test_mvtec_layout_under_anomaly_gives_pixel_metrics_and_run_relative_figures
 
 
 def test_no_anomaly_data_is_a_skip_with_a_reason(tmp_path):
-    from aelab.pipeline_anomaly import run_anomaly_study
+    from aelab.errors import StageSkipped
 
     (tmp_path / "data" / "test").mkdir(parents=True)
-    with pytest.raises(_Skip, match="no anomaly folder"):
-        run_anomaly_study(_ctx(tmp_path / "data", tmp_path / "run"), _Skip)
+    with pytest.raises(StageSkipped, match="no anomaly folder"):
+        _study(tmp_path / "data", tmp_path / "run")
 
 
 def test_aelab_run_on_an_mvtec_root_runs_study_3_with_pixel_metrics(tmp_path):
     """`aelab run --data ROOT` with ROOT itself in the MVTec AD layout (README, "Your own data")."""
+    from aelab.anomaly import AnomalyStudySettings
     from aelab.anomaly.study import GeometricSettings
     from aelab.data.mvtec import make_mvtec_like
     from aelab.pipeline import RunConfig, run_all
-    from aelab.pipeline_anomaly import AnomalyStudySettings
 
     root = make_mvtec_like(tmp_path / "bottle", n_train=30, n_test_good=6, n_per_defect=2)
     n = torch.get_num_threads()
