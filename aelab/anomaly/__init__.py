@@ -6,6 +6,7 @@ from aelab.anomaly.geometric import GeometricDetector
 from aelab.anomaly.inputs import ImageBatch, Reconstruction, ScoreResult
 from aelab.anomaly.methods import METHODS, default_method, load_detector
 from aelab.anomaly.metrics import METRIC_KEYS, anomaly_metrics
+from aelab.anomaly.run_study import AnomalyStudySettings, run_anomaly_study
 from aelab.anomaly.scores import (
     BASE_KINDS,
     MAP_KINDS,
@@ -19,7 +20,6 @@ from aelab.anomaly.scores import (
     reduce_maps,
     smooth_maps,
 )
-from aelab.anomaly.run_study import AnomalyStudySettings, run_anomaly_study
 from aelab.anomaly.thresholds import (
     THRESHOLD_RULES,
     Threshold,
