@@ -318,7 +318,7 @@ class AnomalySummary:
 
     @classmethod
     def read(cls, layout: RunLayout) -> AnomalySummary | None:
-        data = read_json(layout.anomaly_summary, default=None)
+        data = read_json(layout.anomaly_summary, default={})
         if not data:
             return None
         return cls(data.get("normal", "?"), {k[:-4]: v for k, v in data.items() if k.endswith("_dir")},
