@@ -67,6 +67,14 @@ class RunLayout:
         """The run folder of one study-1 method (its fine-tune, or a classical reference's predictions)."""
         return self.stage(method)
 
+    def method_predictions(self, method: str) -> Path:
+        """A classical reference's ``predictions.csv`` (a network's is in `predict_run`)."""
+        return self.method_run(method) / "predictions.csv"
+
+    def predict_run(self, stage: str) -> Path:
+        """The prediction run inside a fine-tune's folder (``<stage>/predict``)."""
+        return self.root / stage / "predict"
+
     # any stage
     def metrics_csv(self, stage: str) -> Path:
         """``<stage>/metrics.csv`` (one row per epoch) of a training stage; ``stage`` relative to the run folder."""

@@ -54,21 +54,23 @@ def pretrain_denoise(cfg, data: Path, out: Path) -> Path:
                                    **engine(cfg)))
 
 
-def finetune_and_predict(name: str, cfg, data: Path, out: Path, **settings) -> MethodResult:
-    """Fine-tune (`aelab.train.finetune`) with ``settings`` into ``out``, then predict the test folder."""
+def finetune_and_predict(name: str, cfg, data: Path, layout: RunLayout, **settings) -> MethodResult:
+    """Fine-tune (`aelab.train.finetune`) with ``settings`` into ``layout.method_run(name)``, then predict the test
+    folder into ``layout.predict_run(name)``."""
     from aelab.data import resolve_layout
     from aelab.train.finetune import FinetuneConfig, finetune_result
     from aelab.train.predict import PredictConfig, predict_result
 
     t0 = time.perf_counter()
     ft = FinetuneConfig(data=str(data), preset=cfg.preset, channels=cfg.channels, image_size=cfg.image_size,
-                        val_fraction=cfg.val_fraction, out=str(out), budget=cfg.minutes(name), **settings,
+                        val_fraction=cfg.val_fraction, out=str(layout.method_run(name)), budget=cfg.minutes(name),
+                        **settings,
                         **engine(cfg))
     trained = finetune_result(ft)
     result = MethodResult(name, trained.val_acc, trained.n_val, labels_per_class(data), run=str(trained.run_dir))
     if resolve_layout(data).test is not None:
         pred = predict_result(PredictConfig(model=str(trained.run_dir), data=str(data),
-                                            out=str(trained.run_dir / "predict"), device=cfg.device,
+                                            out=str(layout.predict_run(name)), device=cfg.device,
                                             devices=cfg.devices, num_nodes=cfg.num_nodes, seed=cfg.seed,
                                             strict=cfg.strict))
         result.test_acc = pred.metrics.get("accuracy")
@@ -77,13 +79,13 @@ def finetune_and_predict(name: str, cfg, data: Path, out: Path, **settings) -> M
     return result
 
 
-def _score_test(out: MethodResult, lay, classes: list[str], test, query_pred, folder: Path) -> None:
+def _score_test(out: MethodResult, lay, classes: list[str], test, query_pred, path: Path) -> None:
     """Write a classical reference's ``predictions.csv`` and its test accuracy when the data have test labels."""
     from aelab.data import image_ids, read_labels_csv
 
     names = [classes[p] for p in query_pred]
-    write_csv(folder / "predictions.csv", ["id", "label"], zip(image_ids(test.paths), names))
-    out.predictions = str(folder / "predictions.csv")
+    write_csv(path, ["id", "label"], zip(image_ids(test.paths), names))
+    out.predictions = str(path)
     if lay.test_labels is not None:
         truth = read_labels_csv(lay.test_labels)
         pairs = [(truth[i], classes[p]) for i, p in zip(image_ids(test.paths), query_pred) if i in truth]
@@ -113,7 +115,7 @@ def classical(cfg, data: Path, layout: RunLayout, name: str, baseline_fn) -> Met
     out = MethodResult(name, float(np.mean(res.val_pred == labels[val_idx])), int(len(val_idx)),
                        labels_per_class(data))
     if test is not None:
-        _score_test(out, lay, lab.classes, test, res.query_pred, layout.method_run(name))
+        _score_test(out, lay, lab.classes, test, res.query_pred, layout.method_predictions(name))
     out.seconds = round(time.perf_counter() - t0, 2)
     return out
 
@@ -136,7 +138,7 @@ def run_kmeans_features(cfg, data: Path, layout: RunLayout, pretrained: Path | N
 def _course(name: str, augment: str, cfg, data: Path, layout: RunLayout, pretrained: Path | None) -> MethodResult:
     if pretrained is None:
         pretrained = pretrain_denoise(cfg, data, layout.stage("pretrain"))
-    return finetune_and_predict(name, cfg, data, layout.method_run(name), method="course",
+    return finetune_and_predict(name, cfg, data, layout, method="course",
                                 init_from=str(pretrained), augment=augment, epochs=cfg.finetune_epochs)
 
 
@@ -149,14 +151,14 @@ def run_course_noaug(cfg, data: Path, layout: RunLayout, pretrained: Path | None
 
 
 def run_supervised(cfg, data: Path, layout: RunLayout, pretrained: Path | None = None) -> MethodResult:
-    return finetune_and_predict("supervised", cfg, data, layout.method_run("supervised"), method="supervised",
+    return finetune_and_predict("supervised", cfg, data, layout, method="supervised",
                                 epochs=cfg.finetune_epochs, patience=cfg.finetune_epochs,
                                 augment=cfg.supervised_augment)
 
 
 def run_fixmatch(cfg, data: Path, layout: RunLayout, pretrained: Path | None = None) -> MethodResult:
     require_unlabelled(data, "fixmatch")
-    return finetune_and_predict("fixmatch", cfg, data, layout.method_run("fixmatch"), method="fixmatch",
+    return finetune_and_predict("fixmatch", cfg, data, layout, method="fixmatch",
                                 epochs=cfg.fixmatch_epochs, class_thresholds=cfg.fixmatch_class_thresholds)
 
 
@@ -170,7 +172,7 @@ def run_vicreg(cfg, data: Path, layout: RunLayout, pretrained: Path | None = Non
                                   image_size=cfg.image_size, epochs=cfg.vicreg_epochs, batch_size=128,
                                   patience=cfg.vicreg_epochs, out=str(layout.stage("vicreg_pretrain")),
                                   budget=cfg.minutes("vicreg_pretrain"), **engine(cfg)))
-    res = finetune_and_predict("vicreg", cfg, data, layout.method_run("vicreg"), method="supervised",
+    res = finetune_and_predict("vicreg", cfg, data, layout, method="supervised",
                                init_from=str(pre), epochs=cfg.finetune_epochs, patience=cfg.finetune_epochs,
                                augment=cfg.supervised_augment)
     res.seconds = round(time.perf_counter() - t0, 2)

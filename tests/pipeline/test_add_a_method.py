@@ -28,11 +28,11 @@ def run_majority(cfg, data: Path, layout: RunLayout, pretrained: Path | None = N
     majority = Counter(lab.labels.tolist()).most_common(1)[0][0]
     result = MethodResult("majority", float(np.mean(lab.labels == majority)), len(lab.labels), "6")
     ids = image_ids(list_images(lay.test))
-    folder = layout.method_run("majority")
-    write_csv(folder / "predictions.csv", ["id", "label"], [(i, lab.classes[majority]) for i in ids])
+    path = layout.method_predictions("majority")
+    write_csv(path, ["id", "label"], [(i, lab.classes[majority]) for i in ids])
     truth = read_labels_csv(lay.test_labels)
     result.test_acc = float(np.mean([truth[i] == lab.classes[majority] for i in ids]))
-    result.predictions = str(folder / "predictions.csv")
+    result.predictions = str(path)
     return result
 
 
@@ -64,4 +64,4 @@ def test_a_registered_method_runs_and_reaches_methods_csv_and_the_report(demo_ro
     # label-spreading beats guessing the majority class on the validation images unless they tie
     chosen = json.loads((run / "study1" / "chosen.json").read_text())["method"]
     assert chosen in ("majority", "label-spreading")
-    assert (run / "predictions.csv").read_bytes() == (run / chosen / "predictions.csv").read_bytes()
+    assert (run / "predictions.csv").read_bytes() == RunLayout(run).method_predictions(chosen).read_bytes()
