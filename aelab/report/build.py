@@ -1,10 +1,11 @@
 """Build the report of an ``aelab run`` folder from the files the run wrote.
 
 Every number comes from the run's own outputs (``stages.json``, ``metrics.csv``/``metrics.json``,
-``model.json``, ``study1/methods.csv``); no checkpoint is loaded and no model is run. The readings
-under tables are derived from those numbers, not canned text. The report opens with the headline
-results (``headline.py``); sections 1a/1b are in ``study1.py``, 2a/2b and 3 below, and appendix A
-(stage times, code listings from public names) in ``appendix.py``.
+``model.json``, ``study1/methods.csv``), read through `aelab.results` at the paths `RunLayout` names; no
+checkpoint is loaded, no model is run, and no torch is imported. The readings under tables are derived
+from those numbers, not canned text. The report opens with the headline results (``headline.py``);
+sections 1a/1b are in ``study1.py``, 2a/2b and 3 below, and appendix A (stage times, code listings of
+public names read from the source files) in ``appendix.py``.
 """
 
 from __future__ import annotations
