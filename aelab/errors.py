@@ -11,3 +11,14 @@ class DataError(AelabError, ValueError):
 
 class NoUnlabelledImages(DataError):
     """A method that learns from unlabelled images was given none (``aelab run`` skips it with this reason)."""
+
+
+class StageSkipped(AelabError):
+    """A stage of ``aelab run`` that cannot run for the data given; its message is the reason the report shows.
+
+    ``result``: what later stages may still use although the stage is skipped (e.g. the model to embed).
+    """
+
+    def __init__(self, reason: str, result: dict | None = None):
+        super().__init__(reason)
+        self.result = result or {}

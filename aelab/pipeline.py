@@ -9,7 +9,6 @@ re-implement them.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 import traceback
@@ -18,15 +17,25 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from aelab import __version__
+from aelab.anomaly.run_study import AnomalyStudySettings
 from aelab.cluster.study import ClusterSettings
-from aelab.errors import AelabError, NoUnlabelledImages
+from aelab.errors import AelabError, NoUnlabelledImages, StageSkipped
 from aelab.layout import RunLayout
-from aelab.pipeline_anomaly import AnomalyStudySettings
 from aelab.progress import info
-from aelab.runs import atomic_write_text, clear_run_dir, lock_run_dir, read_json, run_dir_entries, save_config, set_seed
-from aelab.train.study import ClassificationStudyConfig, MethodResult
+from aelab.results import (
+    ClassificationResult,
+    ClusterStudyResult,
+    DataResult,
+    MethodResult,
+    PretrainResult,
+    RunStages,
+    StageRecord,
+)
+from aelab.runs import atomic_write_text, clear_run_dir, lock_run_dir, run_dir_entries, save_config, set_seed
+from aelab.train.methods import METHODS
+from aelab.train.study import ClassificationStudyConfig
 
-__all__ = ["RunConfig", "run_all", "stages_for"]
+__all__ = ["RunConfig", "run_all", "shared_stages", "stages_for"]
 
 
 @dataclass
@@ -62,16 +71,12 @@ class RunConfig(ClassificationStudyConfig):
     OUT_MAY_HOLD_A_RUN: ClassVar[bool] = True
 
 
-class Skip(Exception):
-    """A stage that cannot run for the data given; its message is the reason shown in the report."""
-
-
 class _Group:
     """The processes of ``aelab run --devices N`` (one process without it).
 
     Lightning Fabric starts them (on one machine by re-running the command; under torchrun or SLURM
     it joins the processes those started). Rank 0 decides which stages run, runs every stage and
-    alone writes files; the other ranks join the training stages (`SHARED`), where every training
+    alone writes files; the other ranks join the training stages (`shared_stages`), where every training
     and inference verb joins the same process group, and leave after the last of them.
     """
 
@@ -109,20 +114,23 @@ class _Group:
         try:
             return self.fabric.broadcast(record, src=0)
         except RuntimeError as exc:
-            raise AelabError(f"another process of --devices {self.fabric.world_size} stopped ({' '.join(str(exc).split())[:200]}); "
+            detail = " ".join(str(exc).split())[:200]
+            raise AelabError(f"another process of --devices {self.fabric.world_size} stopped ({detail}); "
                              "its message is above; run the same command again to resume") from None
 
 
-#: Stages every process of ``--devices N`` runs (the training methods of study 1); rank 0 alone runs the others.
-SHARED = ("pretrain", "supervised", "course", "course-noaug", "fixmatch", "vicreg")
+def shared_stages() -> tuple[str, ...]:
+    """Stages every process of ``--devices N`` runs (the denoising pretraining and the methods of study 1 whose
+    `Method.shared` is set); rank 0 alone runs the others."""
+    return ("pretrain", *[m.name for m in METHODS.values() if m.shared])
 
 
 class _Ctx:
     """What the stages share: the settings, the run folder's layout and the results of finished stages."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, stages: dict[str, dict], rank: int = 0):
+    def __init__(self, cfg: RunConfig, run_dir: Path, stages: RunStages, rank: int = 0):
         self.cfg, self.dir, self.layout, self.stages, self.rank = cfg, run_dir, RunLayout(run_dir), stages, rank
-        self.results = {k: v.get("result") or {} for k, v in stages.items() if not k.startswith("_")}
+        self.results = {k: stages.result(k) for k in stages.names()}
         # Rank 0's own stages (clustering, anomaly detection) run in one process.
         self.engine = dict(seed=cfg.seed, device=cfg.device, devices=1, num_nodes=1,
                            precision=cfg.precision, strict=cfg.strict, logger=cfg.logger)
@@ -145,34 +153,35 @@ def _stage_data(ctx: _Ctx) -> dict:
         make_demo_data(ctx.sub("demo_data"), seed=ctx.cfg.seed, labelled_per_class=ctx.cfg.demo_labelled_per_class,
                        n_unlabelled=ctx.cfg.demo_unlabelled, n_test=ctx.cfg.demo_test)
     layout = resolve_layout(ctx.data)
-    return {"data": str(ctx.data), "demo": ctx.cfg.data is None,
-            **{k: (str(v) if v else None) for k, v in asdict(layout).items() if k != "root"}}
+    parts = {k: (str(v) if v else None) for k, v in asdict(layout).items() if k != "root"}
+    return DataResult(str(ctx.data), ctx.cfg.data is None, **parts).to_dict()
 
 
 def _need(ctx: _Ctx, part: str, why: str) -> None:
     """Skip the stage (with the reason in the report) when the data lack a folder of the course layout."""
-    if not ctx.results.get("data", {}).get(part):
-        raise Skip(f"the data have no {'dev/' if part in ('labelled', 'unlabelled') else ''}{part} folder ({why})")
+    if not getattr(DataResult.from_dict(ctx.results.get("data", {})), part):
+        where = "dev/" if part in ("labelled", "unlabelled") else ""
+        raise StageSkipped(f"the data have no {where}{part} folder ({why})")
 
 
 def _stage_pretrain(ctx: _Ctx) -> dict:
     from aelab.train.study import pretrain_denoise
 
     _need(ctx, "unlabelled", "the course report's pretraining learns from unlabelled images")
-    return {"run": str(pretrain_denoise(ctx.cfg, ctx.data, ctx.sub("pretrain")))}
+    return PretrainResult(str(pretrain_denoise(ctx.cfg, ctx.data, ctx.sub("pretrain")))).to_dict()
 
 
 def _method_stage(method: str) -> Callable[[_Ctx], dict]:
     def stage(ctx: _Ctx) -> dict:
-        from aelab.train.study import as_row, run_method
+        from aelab.train.study import run_method
 
         _need(ctx, "labelled", "study 1 trains on labelled images")
-        pre = ctx.results.get("pretrain", {}).get("run")
+        pre = PretrainResult.from_dict(ctx.results.get("pretrain", {}))
         ctx.sub(method)
         try:
-            return as_row(run_method(method, ctx.cfg, ctx.data, ctx.layout, Path(pre) if pre else None))
+            return run_method(method, ctx.cfg, ctx.data, ctx.layout, Path(pre.run) if pre else None).to_dict()
         except NoUnlabelledImages as exc:  # the data cannot serve this method: a reason, not a failure
-            raise Skip(str(exc)) from None
+            raise StageSkipped(str(exc)) from None
 
     stage.__name__ = f"_stage_{method}"
     return stage
@@ -180,29 +189,15 @@ def _method_stage(method: str) -> Callable[[_Ctx], dict]:
 
 def _stage_predict(ctx: _Ctx) -> dict:
     """Table 1b and the submission: the method with the best validation accuracy."""
-    from aelab.train.study import study_settings, summarize
+    from aelab.train.study import study_settings, submission, summarize
 
-    rows = [MethodResult(**ctx.results[m]) for m in ctx.cfg.method_list() if ctx.results.get(m)]
-    skipped = {m: (ctx.stages.get(m) or {}).get("reason") or "did not run" for m in ctx.cfg.method_list() if not ctx.results.get(m)}
-    result = summarize(rows, ctx.layout, skipped, study_settings(ctx.cfg, ctx.data))
-    chosen_run = next((r.run for r in rows if r.method == result.chosen and r.run), None)
-    best_run = max((r for r in rows if r.run), key=lambda r: r.val_acc, default=None)
-    # Study 2 embeds with the submitted network, or the best network when a classical reference won.
-    model = chosen_run or (best_run.run if best_run else None)
-    out = {"chosen": result.chosen, "reason": result.reason, "methods": "study1/methods.csv",
-           "model": None if model is None else Path(model).relative_to(ctx.dir).as_posix()}  # relative: the folder may move
-    if result.predictions is None:
-        raise Skip(result.reason) if out["model"] is None else _SkipWith(result.reason, out)
-    out["predictions"] = ctx.layout.predictions.name
-    return out
-
-
-class _SkipWith(Skip):
-    """Skipped, but with a result later stages still use (the model to embed)."""
-
-    def __init__(self, reason: str, result: dict):
-        super().__init__(reason)
-        self.result = result
+    methods = ctx.cfg.method_list()
+    rows = [MethodResult.from_dict(ctx.results[m]) for m in methods if ctx.results.get(m)]
+    skipped = {m: (ctx.stages.get(m) or {}).get("reason") or "did not run" for m in methods if not ctx.results.get(m)}
+    result = submission(summarize(rows, ctx.layout, skipped, study_settings(ctx.cfg, ctx.data)), ctx.layout)
+    if result.predictions is None:  # skipped; the model to embed, if any, still serves study 2
+        raise StageSkipped(result.reason, None if result.model is None else result.to_dict())
+    return result.to_dict()
 
 
 def _stage_cluster(ctx: _Ctx) -> dict:
@@ -211,9 +206,9 @@ def _stage_cluster(ctx: _Ctx) -> dict:
     from aelab.cluster.study import ClusterConfig, auto_classes, run_cluster_study
     from aelab.train import EmbedConfig, embed_result
 
-    model = ctx.results.get("predict", {}).get("model")
+    model = ClassificationResult.from_dict(ctx.results.get("predict", {})).model
     if model is None:
-        raise Skip("no fine-tuned model to embed the images with (every study-1 method failed)")
+        raise StageSkipped("no fine-tuned model to embed the images with (every study-1 method failed)")
     emb = embed_result(EmbedConfig(model=str(ctx.dir / model), data=str(ctx.data), out=str(ctx.sub("embed")),
                                    device=ctx.cfg.device))
     embeddings = (emb.embeddings, emb.names, emb.labels)
@@ -222,21 +217,21 @@ def _stage_cluster(ctx: _Ctx) -> dict:
         try:
             settings = replace(settings, classes=",".join(auto_classes(emb.labels)))
         except AelabError as exc:
-            raise Skip(f"the clustering study needs at least three labelled classes ({exc})") from None
-    out = {"embed": str(emb.run_dir), "classes": settings.classes.split(","), "n_embedded": int(len(emb.embeddings))}
+            raise StageSkipped(f"the clustering study needs at least three labelled classes ({exc})") from None
+    out = ClusterStudyResult(str(emb.run_dir), settings.classes.split(","), int(len(emb.embeddings)))
     for method in ("ekm", "kmeans", "course-softmax", "ssekm"):
-        cfg = ClusterConfig(str(emb.run_dir), out=str(ctx.sub(f"cluster_{method}")), seed=ctx.cfg.seed,
-                            **(asdict(settings) | {"method": method}))
+        cfg = ClusterConfig(str(emb.run_dir), out=str(ctx.sub(ctx.layout.cluster_run(method).name)),
+                            seed=ctx.cfg.seed, **(asdict(settings) | {"method": method}))
         res = run_cluster_study(cfg, embeddings)
-        out[method] = str(res.run_dir)
-        out[f"{method}_ari"] = res.metrics.get("ari")
-    return out
+        out.runs[method], out.ari[method] = str(res.run_dir), res.metrics.get("ari")
+    return out.to_dict()
 
 
 def _stage_anomaly(ctx: _Ctx) -> dict:
-    from aelab.pipeline_anomaly import run_anomaly_study
+    from aelab.anomaly.run_study import run_anomaly_study
 
-    return run_anomaly_study(ctx, Skip)
+    ctx.sub(ctx.layout.anomaly.name)
+    return run_anomaly_study(ctx.cfg, ctx.data, ctx.layout, ctx.engine).to_dict()
 
 
 def _stage_report(ctx: _Ctx) -> dict:
@@ -249,21 +244,13 @@ def _stage_report(ctx: _Ctx) -> dict:
 def stages_for(cfg: RunConfig) -> list[tuple[str, Callable[[_Ctx], dict]]]:
     """The stages of a run, in order: data, study 1 (one stage per method), its summary, studies 2 and 3."""
     methods = cfg.method_list()
-    pre = [("pretrain", _stage_pretrain)] if {"course", "course-noaug"} & set(methods) else []
+    pre = [("pretrain", _stage_pretrain)] if any(METHODS[m].pretrain for m in methods) else []
     return [("data", _stage_data), *pre, *[(m, _method_stage(m)) for m in methods],
             ("predict", _stage_predict), ("cluster", _stage_cluster), ("anomaly", _stage_anomaly)]
 
 
 #: Stages whose failure stops the run (later stages need them).
 CRITICAL = ("data",)
-
-
-def _load_stages(run_dir: Path) -> dict[str, Any]:
-    return read_json(RunLayout(run_dir).stages, default={})
-
-
-def _save_stages(run_dir: Path, stages: dict[str, Any]) -> None:
-    atomic_write_text(RunLayout(run_dir).stages, json.dumps(stages, indent=2) + "\n")
 
 
 def _prepare(cfg: RunConfig) -> Path:
@@ -273,12 +260,13 @@ def _prepare(cfg: RunConfig) -> Path:
         raise AelabError(f"the data folder {cfg.data} lies inside the run folder {run_dir}; choose another --out")
     cfg.method_list()  # unknown methods fail before anything is written
     if run_dir.exists() and run_dir_entries(run_dir) and not RunLayout(run_dir).stages.is_file():
-        raise AelabError(f"--force would delete {run_dir}, which is not an aelab run folder (no stages.json)" if cfg.force
-                         else f"{run_dir} exists and is not an aelab run folder; choose another --out")
+        raise AelabError(f"--force would delete {run_dir}, which is not an aelab run folder (no stages.json)"
+                         if cfg.force else f"{run_dir} exists and is not an aelab run folder; choose another --out")
     lock_run_dir(run_dir)  # one process per run folder; a second one is told which holds it
     if cfg.force:
         clear_run_dir(run_dir)
-    finished = [k for k, v in _load_stages(run_dir).items() if not k.startswith("_") and v.get("status") == "done"]
+    old_stages = RunStages.read(RunLayout(run_dir))
+    finished = [k for k in old_stages.names() if old_stages[k].get("status") == "done"]
     if RunLayout(run_dir).config.is_file() and finished:
         from aelab.runs import load_config
 
@@ -299,8 +287,8 @@ def _run_stage(ctx: _Ctx, name: str, fn: Callable[[_Ctx], dict]) -> dict:
     t0 = time.perf_counter()
     try:
         result, status, reason = fn(ctx), "done", None
-    except Skip as exc:
-        result, status, reason = getattr(exc, "result", {}), "skipped", str(exc)
+    except StageSkipped as exc:  # before AelabError, which it is
+        result, status, reason = exc.result, "skipped", str(exc)
         info(f"[run] {name}: skipped: {reason}")
     except AelabError as exc:
         if name in CRITICAL:
@@ -316,14 +304,14 @@ def _run_stage(ctx: _Ctx, name: str, fn: Callable[[_Ctx], dict]) -> dict:
         info(f"[run] {name}: {reason}")
     elapsed = time.perf_counter() - t0
     info(f"[run] {name}: {status} in {elapsed:.1f} s")
-    return {"status": status, "reason": reason, "seconds": round(elapsed, 2), "result": result}
+    return StageRecord(status, reason, round(elapsed, 2), result).to_dict()
 
 
 def _start(cfg: RunConfig) -> tuple[Path, dict[str, Any]]:
     """Rank 0's part of the start: the checked, locked run folder and the stages it holds."""
     run_dir = _prepare(cfg)
-    stages = _load_stages(run_dir)
-    _save_stages(run_dir, stages)  # marks the folder as a run folder from the start
+    stages = RunStages.read(RunLayout(run_dir))
+    stages.write(RunLayout(run_dir))  # marks the folder as a run folder from the start
     from aelab.train.inference import pick_device
 
     stages.setdefault("_meta", {"aelab_version": __version__, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -341,19 +329,20 @@ def run_all(cfg: RunConfig) -> Path:
     run_dir, stages = group.from_rank0(lambda: _start(cfg))
     ctx = _Ctx(cfg, Path(run_dir), stages, group.rank)
     todo = [(n, fn) for n, fn in stages_for(cfg) if stages.get(n, {}).get("status") not in ("done", "skipped")]
-    last_shared = max((i for i, (n, _) in enumerate(todo) if n in SHARED), default=-1) if group.fabric else len(todo)
+    shared = shared_stages()
+    last_shared = max((i for i, (n, _) in enumerate(todo) if n in shared), default=-1) if group.fabric else len(todo)
     for name, _ in stages_for(cfg):
         if all(name != n for n, _ in todo):
             info(f"[run] {name}: already done, skipping (use --force to redo)")
     for i, (name, fn) in enumerate(todo):
         if i > last_shared and group.leave():
             return ctx.dir  # the other processes' part is over; rank 0 goes on alone
-        record = _run_stage(ctx, name, fn) if group.rank == 0 or name in SHARED else None
+        record = _run_stage(ctx, name, fn) if group.rank == 0 or name in shared else None
         if i <= last_shared:
             record = group.share(record)  # rank 0's record; also waits for rank 0's own stages
         stages[name], ctx.results[name] = record, record["result"]
         if group.rank == 0:
-            _save_stages(ctx.dir, stages)
+            stages.write(ctx.layout)
     if group.leave():
         return ctx.dir
     t0 = time.perf_counter()

@@ -1,27 +1,35 @@
 """Run folders: versioned directories holding config.yaml, metrics.csv, checkpoints and outputs.
 
 Every command that produces something writes it into a run folder so that a run can be
-inspected, resumed and reported on later. Helpers here are shared by all studies.
+inspected, resumed and reported on later. Helpers here are shared by all studies. The atomic
+writers live in `aelab.atomic` and the run-folder lock in `aelab.locks`; both are re-exported here.
 """
 
 from __future__ import annotations
 
-import atexit
 import csv
 import dataclasses
 import json
 import os
 import random
-import socket
-import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import yaml
 
-from aelab.csvsafe import printable, safe_cell
+from aelab.atomic import (
+    atomic_save_image,
+    atomic_save_npy,
+    atomic_savefig,
+    atomic_torch_save,
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_text,
+)
+from aelab.csvsafe import safe_cell
 from aelab.errors import AelabError
+from aelab.locks import LOCK_NAME, held, lock_run_dir, make_dir, release_run_dir, release_run_dirs
 
 __all__ = [
     "new_run_dir",
@@ -74,7 +82,7 @@ def new_run_dir(out: str | os.PathLike | None, verb: str, root: str | os.PathLik
             raise
         return path
     base = Path(root) / verb
-    _mkdir(base)
+    make_dir(base)
     while True:
         taken = {int(p.name) for p in base.iterdir() if p.name.isdigit()}
         path = base / str(min(set(range(len(taken) + 1)) - taken))
@@ -106,10 +114,11 @@ def check_out_folder(path: str | os.PathLike) -> None:
         raise AelabError(f"--out {path} is a file, not a folder; choose another --out")
     names = run_dir_entries(path)
     if "config.yaml" in names:
-        raise AelabError(f"{path} already holds a run (config.yaml); aelab never overwrites: choose another --out or remove it")
+        raise AelabError(f"{path} already holds a run (config.yaml); aelab never overwrites: "
+                         "choose another --out or remove it")
     if names:
-        raise AelabError(f"{path} is not empty ({len(names)} entries, e.g. {sorted(names)[0]!r}); aelab only writes into a new "
-                         "or empty folder: choose another --out")
+        raise AelabError(f"{path} is not empty ({len(names)} entries, e.g. {sorted(names)[0]!r}); aelab only writes "
+                         "into a new or empty folder: choose another --out")
 
 
 def clear_run_dir(path: str | os.PathLike) -> None:
@@ -117,7 +126,7 @@ def clear_run_dir(path: str | os.PathLike) -> None:
     import shutil
 
     path = Path(path)
-    if str(path.resolve()) not in _HELD:
+    if not held(path):
         raise RuntimeError(f"clear_run_dir({path}): lock it first (lock_run_dir)")
     for name in run_dir_entries(path):
         entry = path / name
@@ -126,183 +135,6 @@ def clear_run_dir(path: str | os.PathLike) -> None:
         else:
             entry.unlink()
 
-
-def _mkdir(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise AelabError(f"cannot create folder {path}: a file of that name is in the way") from None
-    except OSError as exc:
-        raise AelabError(f"cannot create folder {path}: {exc.strerror or exc}") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# One process per run folder: an exclusive lock on RUN/.aelab.lock.
-#
-# The lock is an flock(2) on the lock file, so the kernel drops it when the process ends in any
-# way (crash, SIGKILL): a lock left by a dead process is never in the way. The file holds the
-# holder's pid, host, start time and command so that a second process can say who holds it.
-# Where flock is unavailable (some network file systems, Windows) the pid in the file decides:
-# a holder on this host whose pid no longer runs is stale and the lock is taken over.
-# ---------------------------------------------------------------------------------------------
-
-#: Name of the lock file inside a run folder.
-LOCK_NAME = ".aelab.lock"
-
-_HELD: dict[str, tuple[int, int, int]] = {}  # resolved folder -> (fd, inode of its lock file, pid of the holder)
-_ROOTS: dict[str, str] = {}  # resolved folder -> the folder as it was named (its links not followed)
-
-
-def lock_run_dir(path: str | os.PathLike) -> Path:
-    """Take the exclusive lock of a run folder (created if missing) for this process.
-
-    Taking a lock this process already holds is a no-op. Locks are released by
-    `release_run_dir`, by `release_run_dirs` (the CLI does so after each command) or when the
-    process exits.
-
-    Raises:
-        AelabError: Another running process holds the lock; the message names it.
-    """
-    path = Path(path)
-    _mkdir(path)
-    key = str(path.resolve())
-    lock = path / LOCK_NAME
-    if key in _HELD:
-        if _inode(lock) == _HELD[key][1] and _HELD[key][2] == os.getpid():
-            return path
-        _forget(key)  # the folder was emptied under us (aelab run --force): lock afresh
-    if lock.is_symlink():  # opening it would write the holder's line into the link's target
-        raise AelabError(f"{lock} is a symbolic link; aelab never follows links in a run folder: remove it and try again")
-    for _ in range(5):
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-        except OSError as exc:
-            raise AelabError(f"cannot create the lock file {lock}: {exc.strerror or exc}") from None
-        if not _try_lock(fd):
-            holder = _read_holder(fd)
-            os.close(fd)
-            raise AelabError(f"{path} is in use by {holder}; wait for it to finish (or stop it) and try again")
-        if _inode_fd(fd) != _inode(lock):  # its holder removed the file as we opened it: retry
-            os.close(fd)
-            continue
-        _write_holder(fd)
-        _HELD[key] = (fd, _inode_fd(fd), os.getpid())
-        _ROOTS[key] = os.path.abspath(path)
-        return path
-    raise AelabError(f"cannot lock {path}: its lock file keeps changing")
-
-
-def release_run_dir(path: str | os.PathLike) -> None:
-    """Release this process's lock of a run folder (nothing happens if it holds none)."""
-    key = str(Path(path).resolve())
-    if key in _HELD:
-        _, ino, pid = _HELD[key]
-        lock = Path(key) / LOCK_NAME
-        if _inode(lock) == ino and pid == os.getpid():  # a forked child never removes its parent's lock
-            try:
-                lock.unlink()
-            except OSError:
-                pass
-        _forget(key)
-
-
-def release_run_dirs() -> None:
-    """Release every run-folder lock this process holds."""
-    for key in list(_HELD):
-        release_run_dir(key)
-
-
-atexit.register(release_run_dirs)
-
-
-def _forget(key: str) -> None:
-    _ROOTS.pop(key, None)
-    fd, _, _ = _HELD.pop(key)
-    try:
-        os.close(fd)  # closing the descriptor drops the flock
-    except OSError:
-        pass
-
-
-def _inode(path: Path) -> int | None:
-    try:
-        return os.stat(path).st_ino
-    except OSError:
-        return None
-
-
-def _inode_fd(fd: int) -> int:
-    return os.fstat(fd).st_ino
-
-
-def _try_lock(fd: int) -> bool:
-    """flock the file; fall back to the recorded pid where flock is not supported."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        return _holder_is_gone(fd)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    except OSError:  # e.g. ENOLCK on a network file system
-        return _holder_is_gone(fd)
-
-
-def _holder_is_gone(fd: int) -> bool:
-    info = _parse_holder(_read_text(fd))
-    if not info or info.get("host") != socket.gethostname():
-        return not info  # an empty file is free; a holder on another host cannot be checked
-    try:
-        pid = int(info.get("pid", ""))
-    except ValueError:
-        return True
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True  # stale: that process is gone
-    except OSError:
-        return False  # it exists (owned by another user)
-    return False
-
-
-def _read_text(fd: int) -> str:
-    try:
-        os.lseek(fd, 0, os.SEEK_SET)
-        return os.read(fd, 4096).decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def _parse_holder(text: str) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
-
-
-def _read_holder(fd: int) -> str:
-    info = _parse_holder(_read_text(fd))
-    if not info:
-        return "another process"
-    return (f"pid {info.get('pid', '?')} on host {info.get('host', '?')} "
-            f"(since {info.get('since', '?')}: {info.get('command', '?')})")
-
-
-def _write_holder(fd: int) -> None:
-    import shlex
-    import sys
-    import time
-
-    command = " ".join(shlex.quote(printable(a)) for a in sys.argv)[:300] or "python"
-    text = (f"pid={os.getpid()}\nhost={socket.gethostname()}\n"
-            f"since={time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}\ncommand={command[:300]}\n")
-    try:
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, text.encode("utf-8", "backslashreplace"))
-    except OSError:
-        pass  # the lock holds even if its description cannot be written (a full disk)
 
 
 def to_plain(obj: Any) -> Any:
@@ -321,114 +153,6 @@ def to_plain(obj: Any) -> Any:
         return obj.tolist()
     return obj
 
-
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any], mode: int = 0o644) -> None:
-    """Call ``write(fh)`` on a temporary file beside ``path``, then rename it into place.
-
-    This is the one writer of every file aelab puts in a run folder. Readers never see half a
-    file, and an interrupted write leaves the old file intact. A symbolic link at ``path`` is
-    replaced, never followed (``rename(2)`` replaces the link itself), so a link planted in a
-    run folder cannot make aelab overwrite the file it points to; a linked folder inside a run
-    folder this process holds (`lock_run_dir`) is refused (see `_check_no_links`). An
-    ``OSError`` (a full disk, a read-only folder), also one that torch's writer reports as a
-    ``RuntimeError`` raised while handling it, becomes one `AelabError` line naming the file.
-    """
-    path = Path(path)
-    _check_no_links(path)
-    _mkdir(path.parent)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise _write_error(path, exc) from None
-    try:
-        os.chmod(tmp, mode)  # mkstemp makes 0600; outputs and caches should stay readable
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        cause = _os_error(exc)
-        if cause is not None:  # a full disk, a read-only folder: one line naming the file
-            raise _write_error(path, cause) from None
-        raise
-
-
-def _os_error(exc: BaseException | None) -> OSError | None:
-    """``exc`` when it is an ``OSError``; else the ``OSError`` a ``RuntimeError`` was raised from or while
-    handling (torch's writer: ``RuntimeError: [enforce fail ...] unexpected pos`` over ``[Errno 28]``)."""
-    for _ in range(8):
-        if exc is None or isinstance(exc, OSError):
-            return exc
-        if not isinstance(exc, RuntimeError):
-            return None
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
-def _write_error(path: Path, exc: OSError) -> AelabError:
-    import errno
-
-    if exc.errno == errno.ENOSPC:
-        return AelabError(f"no space left on device writing {path}")
-    return AelabError(f"cannot write {path}: {exc.strerror or exc}")
-
-
-def _check_no_links(path: Path) -> None:
-    """Refuse to write below a linked folder inside a run folder this process holds.
-
-    ``RUN/figures -> ~/`` would otherwise put ``figures/training_curves.png`` into the home
-    folder (replacing a file of that name there). The run folder itself may be a link (a run on
-    another disk); the folders aelab makes inside it never are.
-    """
-    target = os.path.abspath(path.parent)
-    for root in _ROOTS.values():
-        if target != root and not target.startswith(root.rstrip(os.sep) + os.sep):
-            continue
-        folder = root
-        for part in Path(os.path.relpath(target, root)).parts:
-            folder = os.path.join(folder, part)
-            if os.path.islink(folder):
-                raise AelabError(f"{folder} is a symbolic link; aelab writes only inside the run folder {root} and "
-                                 "never follows links there: remove it and try again")
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    atomic_write(path, lambda fh: fh.write(data))
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` as UTF-8 atomically; undecodable file-name bytes become ``\\xNN`` escapes."""
-    atomic_write_bytes(path, printable(text).encode("utf-8"))
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` through a temporary file and an atomic rename."""
-    import torch
-
-    atomic_write(path, lambda fh: torch.save(obj, fh))
-
-
-def atomic_save_npy(path: str | os.PathLike, array: Any) -> None:
-    """``np.save`` through a temporary file and an atomic rename (no pickles)."""
-    atomic_write(path, lambda fh: np.save(fh, np.asarray(array), allow_pickle=False))
-
-
-def atomic_savefig(fig: Any, path: str | os.PathLike, **kwargs: Any) -> None:
-    """``fig.savefig`` through a temporary file and an atomic rename; the format comes from the suffix."""
-    fmt = kwargs.pop("format", None) or Path(path).suffix.lstrip(".").lower() or "png"
-    atomic_write(path, lambda fh: fig.savefig(fh, format=fmt, **kwargs))
-
-
-def atomic_save_image(image: Any, path: str | os.PathLike, **kwargs: Any) -> None:
-    """A Pillow image's ``save`` through a temporary file and an atomic rename; the format comes from the suffix."""
-    from PIL import Image
-
-    fmt = kwargs.pop("format", None) or Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
-    atomic_write(path, lambda fh: image.save(fh, format=fmt, **kwargs))
 
 
 def save_config(run_dir: str | os.PathLike, config: Any, name: str = "config.yaml") -> Path:
@@ -558,7 +282,8 @@ class MetricsLogger:
                 with open(self.path, newline="", encoding="utf-8") as fh:
                     self.rows = [r for r in csv.DictReader(fh) if int(r.get("epoch") or 0) < start_epoch]
             except (OSError, UnicodeDecodeError, ValueError, csv.Error) as exc:
-                raise AelabError(f"cannot resume: {self.path} is not a metrics file aelab wrote ({_first_line(exc)})") from None
+                raise AelabError(f"cannot resume: {self.path} is not a metrics file aelab wrote "
+                                 f"({_first_line(exc)})") from None
         elif self.path.exists():
             self.path.unlink()
         self._flush()
@@ -612,3 +337,4 @@ def write_csv(path: str | os.PathLike, header: Iterable[str], rows: Iterable[Ite
     for row in rows:
         writer.writerow([safe_cell(to_plain(v)) for v in row])
     atomic_write_text(path, buf.getvalue())
+

@@ -155,11 +155,12 @@ def ssekm_digits() -> str:
     from sklearn.datasets import load_digits
 
     from aelab.cluster import SemiSupervisedEquilibriumKMeans, find_alpha
-    from aelab.cluster.study import _partial_labels
+    from aelab.cluster.inputs import partial_labels as _partial_labels
 
     X, y = load_digits(return_X_y=True)
     rng = np.random.default_rng(0)
-    idx = np.concatenate([rng.choice(np.flatnonzero(y == c), n, replace=False) for c, n in ((2, 120), (5, 60), (8, 60))])
+    idx = np.concatenate([rng.choice(np.flatnonzero(y == c), n, replace=False)
+                          for c, n in ((2, 120), (5, 60), (8, 60))])
     X, y = X[idx], y[idx]
     s = X.std(0)
     X = (X - X.mean(0)) / np.where(s > 0, s, 1)

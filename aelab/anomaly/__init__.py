@@ -6,6 +6,7 @@ from aelab.anomaly.geometric import GeometricDetector
 from aelab.anomaly.inputs import ImageBatch, Reconstruction, ScoreResult
 from aelab.anomaly.methods import METHODS, default_method, load_detector
 from aelab.anomaly.metrics import METRIC_KEYS, anomaly_metrics
+from aelab.anomaly.run_study import AnomalyStudySettings, run_anomaly_study
 from aelab.anomaly.scores import (
     BASE_KINDS,
     MAP_KINDS,
@@ -30,6 +31,7 @@ from aelab.anomaly.thresholds import (
 )
 
 __all__ = [
+    "AnomalyStudySettings",
     "BASE_KINDS",
     "CORRUPTIONS",
     "DETECTOR_FILE",
@@ -59,6 +61,7 @@ __all__ = [
     "pixel_errors",
     "quantile_threshold",
     "reduce_maps",
+    "run_anomaly_study",
     "smooth_maps",
     "structured_corruption",
 ]

@@ -21,6 +21,7 @@ def report(run_dir: str) -> Path:
         run_dir: the run folder (the --out of aelab run).
     """
     from aelab.errors import AelabError
+    from aelab.layout import RunLayout
     from aelab.progress import info
     from aelab.report.build import build_report
     from aelab.runs import load_config, lock_run_dir, read_json
@@ -28,8 +29,8 @@ def report(run_dir: str) -> Path:
     run = Path(run_dir)
     if not run.is_dir():
         raise AelabError(f"run folder not found: {run}")
-    read_json(run / "stages.json", default={})  # an edited or truncated file: one line, before any work
-    if (run / "config.yaml").is_file():
+    read_json(RunLayout(run).stages, default={})  # an edited or truncated file: one line, before any work
+    if RunLayout(run).config.is_file():
         load_config(run)
     lock_run_dir(run)  # not while an `aelab run` writes it
     try:

@@ -26,19 +26,8 @@ import numpy as np
 from aelab.csvsafe import printable
 from aelab.errors import DataError
 
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "natural_key",
-    "list_images",
-    "LabelledFiles",
-    "scan_labelled",
-    "image_ids",
-    "DataLayout",
-    "resolve_layout",
-    "read_labels_csv",
-    "match_labels",
-    "labels_for",
-]
+__all__ = ["IMAGE_EXTENSIONS", "natural_key", "list_images", "LabelledFiles", "scan_labelled", "image_ids",
+           "DataLayout", "resolve_layout", "read_labels_csv", "match_labels", "labels_for"]
 
 #: File extensions (lower case) treated as images; matching is case-insensitive.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tiff", ".tif", ".webp")
@@ -116,8 +105,8 @@ def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path
             if _is_image_name(entry.name) and _file_or_unreadable(entry):
                 found.append((entry.name, folder / entry.name))
     if recursive and linked:
-        warnings.warn(f"--recursive does not follow symbolic links: skipped linked folder(s) {_names(linked)} in {folder} "
-                      "(pass a linked folder itself to read it)", stacklevel=2)
+        warnings.warn(f"--recursive does not follow symbolic links: skipped linked folder(s) {_names(linked)} in "
+                      f"{folder} (pass a linked folder itself to read it)", stacklevel=2)
     if not found:
         where = "in or below" if recursive else "in"
         raise DataError(f"no images {where} {folder} (looked for {_extensions_text()})")
@@ -336,7 +325,8 @@ def _stem(key: str) -> str:
     return root if ext.lower() in IMAGE_EXTENSIONS else key
 
 
-def match_labels(paths: Sequence[str | os.PathLike], labels: dict[str, str], ids: Sequence[str] | None = None) -> list[str | None]:
+def match_labels(paths: Sequence[str | os.PathLike], labels: dict[str, str],
+                 ids: Sequence[str] | None = None) -> list[str | None]:
     """The label of each image from an ``{id: label}`` mapping, or ``None`` where it has none.
 
     An image matches a key equal to its id (`image_ids`), its file name or its stem, and a key
@@ -351,7 +341,8 @@ def match_labels(paths: Sequence[str | os.PathLike], labels: dict[str, str], ids
     return [label for label, _ in _match(paths, labels, ids)]
 
 
-def _match(paths: Sequence[str | os.PathLike], labels: dict[str, str], ids: Sequence[str] | None) -> list[tuple[str | None, str | None]]:
+def _match(paths: Sequence[str | os.PathLike], labels: dict[str, str],
+           ids: Sequence[str] | None) -> list[tuple[str | None, str | None]]:
     """`match_labels` with the key each image took its label from (a stem for a match by stem)."""
     paths = [Path(p) for p in paths]
     ids = image_ids(paths) if ids is None else list(ids)
@@ -371,7 +362,8 @@ def _match(paths: Sequence[str | os.PathLike], labels: dict[str, str], ids: Sequ
     return out
 
 
-def labels_for(paths: Sequence[str | os.PathLike], labels_csv: str | os.PathLike, ids: Sequence[str] | None = None) -> list[str | None]:
+def labels_for(paths: Sequence[str | os.PathLike], labels_csv: str | os.PathLike,
+               ids: Sequence[str] | None = None) -> list[str | None]:
     """Read an ``id,label`` CSV and match it to images (`match_labels`); warn when it matches few.
 
     Raises:
@@ -387,7 +379,8 @@ def labels_for(paths: Sequence[str | os.PathLike], labels_csv: str | os.PathLike
             shared.setdefault(key, []).append(str(id_))
     shared = {key: images for key, images in shared.items() if len(images) > 1}
     if shared:  # test/1.png and test/1.jpg: both graded against the one label of id 1
-        shown = "; ".join(f"{', '.join(images)} all take the label of id {key!r}" for key, images in list(shared.items())[:5])
+        shown = "; ".join(f"{', '.join(images)} all take the label of id {key!r}"
+                          for key, images in list(shared.items())[:5])
         warnings.warn(f"{sum(map(len, shared.values()))} images share a label in {labels_csv}: {shown}"
                       f"{' and more' if len(shared) > 5 else ''}; give each image its own id (e.g. its file name)",
                       stacklevel=2)

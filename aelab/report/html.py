@@ -45,7 +45,8 @@ pre { background: #f6f6f6; border: 1px solid #e2e2e2; padding: .6rem .8rem; over
 .missing { color: #a00; }
 p.text { white-space: pre-line; }
 nav.toc ul { padding-left: 1.2rem; list-style: none; }
-.highlights { display: grid; grid-template-columns: repeat(auto-fit, minmax(18rem, 1fr)); gap: .7rem; margin: 1rem 0 1.4rem; }
+.highlights { display: grid; grid-template-columns: repeat(auto-fit, minmax(18rem, 1fr)); gap: .7rem;
+  margin: 1rem 0 1.4rem; }
 .card { display: block; border: 1px solid #ccc; border-left: 4px solid #2a6fb0; border-radius: 4px;
   padding: .6rem .8rem; color: inherit; text-decoration: none; background: #fafcff; }
 a.card:hover { background: #eef4fb; }

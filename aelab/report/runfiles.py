@@ -1,6 +1,7 @@
-"""Reading an ``aelab run`` folder for the report: JSON and CSV files, stage status, model.json.
+"""Reading an ``aelab run`` folder for the report: JSON and CSV files and model.json.
 
-The report reads only files; nothing here loads a checkpoint or runs a model.
+The typed files of a run (``stages.json``, ``study1/methods.csv`` ...) are read through `aelab.results`;
+nothing here loads a checkpoint or runs a model.
 """
 
 from __future__ import annotations
@@ -9,9 +10,9 @@ import csv
 import json
 from pathlib import Path
 
-__all__ = ["read_json", "read_rows", "skipped", "find_model_json", "read_methods", "MODEL_JSON"]
+from aelab.layout import RunLayout
 
-MODEL_JSON = "model.json"
+__all__ = ["read_json", "read_rows", "find_model_json"]
 
 
 def read_json(path: Path) -> dict:
@@ -27,57 +28,10 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def skipped(stages: dict, name: str) -> str | None:
-    """Why stage ``name`` has no results (``None`` when it finished)."""
-    st = stages.get(name)
-    if st is None:
-        return "this stage has not run yet"
-    return st.get("reason") if st.get("status") != "done" else None
-
-
-def find_model_json(run_dir: Path, stage_dirs: list[str]) -> tuple[str, dict] | None:
+def find_model_json(layout: RunLayout, stage_dirs: list[str]) -> tuple[str, dict] | None:
     """``(stage_dir, description)`` from the first of ``stage_dirs`` that holds a model.json."""
     for name in stage_dirs:
-        path = run_dir / name / MODEL_JSON
+        path = layout.model_json(name)
         if name and path.is_file():
             return name, read_json(path)
     return None
-
-
-def _float(value: str | None) -> float | None:
-    try:
-        return float(value) if value not in (None, "") else None
-    except ValueError:
-        return None
-
-
-def _int(value: str | None) -> int | None:
-    number = _float(value)
-    return int(number) if number is not None else None
-
-
-def read_methods(run_dir: Path) -> list[dict] | None:
-    """Study 1b's ``study1/methods.csv`` with typed values, or ``None`` when there is none.
-
-    Columns: ``method,description,uses_unlabelled,labels_per_class,val_acc,n_val,test_acc,
-    seconds,run`` and optionally ``note`` (e.g. why a method did not run); empty cells
-    (``test_acc`` without test labels) become ``None``.
-    """
-    rows = read_rows(run_dir / "study1" / "methods.csv")
-    if not rows:
-        return None
-    return [
-        {
-            "method": r.get("method", ""),
-            "description": r.get("description", ""),
-            "uses_unlabelled": str(r.get("uses_unlabelled", "")).strip().lower() in ("1", "true", "yes"),
-            "labels_per_class": _int(r.get("labels_per_class")),
-            "val_acc": _float(r.get("val_acc")),
-            "n_val": _int(r.get("n_val")),
-            "test_acc": _float(r.get("test_acc")),
-            "seconds": _float(r.get("seconds")),
-            "run": r.get("run") or "",
-            "note": r.get("note") or "",
-        }
-        for r in rows
-    ]

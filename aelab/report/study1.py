@@ -1,17 +1,16 @@
 """Report sections 1a (the model, from the run's model.json) and 1b (what the labels and the
-unlabelled images give: ``study1/methods.csv``, or the three fine-tuning variants of older runs)."""
+unlabelled images give: ``study1/methods.csv`` and ``study1/chosen.json``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from aelab.layout import RunLayout
 from aelab.report.content import Figure, Paragraph, Section, Table
-from aelab.report.runfiles import find_model_json, read_json, read_methods, read_rows, skipped
+from aelab.report.runfiles import find_model_json, read_rows
+from aelab.results import ChosenMethod, MethodRow, RunStages
 
-__all__ = ["section_1a", "section_1b", "unlabelled_gain", "score_key", "legacy_results", "LEGACY_LABELS", "pct", "points"]
-
-LEGACY_LABELS = {"finetune_aug": "pretrained + augmentation", "finetune_noaug": "pretrained, no augmentation",
-                 "finetune_random": "random weights + augmentation"}
+__all__ = ["section_1a", "section_1b", "unlabelled_gain", "score_key", "pct", "points"]
 
 
 def pct(x: float | None) -> str:
@@ -24,24 +23,25 @@ def points(delta: float | None) -> str:
     return "—" if delta is None else f"{100 * delta:+.1f} points"
 
 
-def model_stage_dirs(run_dir: Path, stages: dict) -> list[str]:
-    """Where to look for model.json: the chosen method's folder, the fine-tunes, then every stage."""
-    chosen = read_json(run_dir / "study1" / "chosen.json").get("method")
-    runs = [m["run"] for m in read_methods(run_dir) or [] if m["method"] == chosen]
-    runs.append(stages.get("predict", {}).get("result", {}).get("model") or "")  # older runs: the variant used
-    return runs + ["finetune_aug", "finetune_noaug", "finetune_random"] + [s for s in stages if not s.startswith("_")]
+def model_stage_dirs(layout: RunLayout, stages: RunStages) -> list[str]:
+    """Where to look for model.json: the chosen method's folder, the network study 2 embeds with, then every
+    stage."""
+    chosen = ChosenMethod.read(layout).method
+    runs = [m.run for m in MethodRow.read(layout) or [] if m.method == chosen]
+    runs.append(stages.result("predict").get("model") or "")
+    return runs + stages.names()
 
 
-def section_1a(run_dir: Path, stages: dict) -> Section:
+def section_1a(layout: RunLayout, stages: RunStages) -> Section:
     """The architecture table and parameter counts from ``<run>/<stage>/model.json``."""
     title = "Autoencoder: the model"
-    found = find_model_json(run_dir, model_stage_dirs(run_dir, stages))
+    found = find_model_json(layout, model_stage_dirs(layout, stages))
     if found is None:
-        reason = skipped(stages, "finetune_aug")
+        reason = stages.skipped("predict")
         if reason:
             return Section("1a", title, [], reason)
         return Section("1a", title, [Paragraph(
-            "Architecture not recorded: no model.json in this run folder (runs of older aelab versions).")])
+            "Architecture not recorded: no model.json in this run folder (no network was trained).")])
     stage, info = found
     cfg = info.get("config") or {}
     desc = ", ".join(f"{k}={v}" for k, v in cfg.items())
@@ -61,17 +61,17 @@ def section_1a(run_dir: Path, stages: dict) -> Section:
     ])
 
 
-def curves(run_dir: Path, series: list[tuple[str, str]], out: Path) -> Path:
+def curves(layout: RunLayout, series: list[tuple[str, str]], out: Path) -> Path:
     """Pretraining validation MSE and each series' validation accuracy per epoch, as one PNG.
 
     Args:
-        series: ``(label, folder relative to run_dir)`` pairs whose ``metrics.csv`` has ``val_acc``.
+        series: ``(label, folder relative to the run folder)`` pairs whose ``metrics.csv`` has ``val_acc``.
     """
     from matplotlib.figure import Figure as MplFigure
 
     fig = MplFigure(figsize=(10, 3.6))
     axes = fig.subplots(1, 2)
-    pre = read_rows(run_dir / "pretrain" / "metrics.csv")
+    pre = read_rows(layout.metrics_csv("pretrain"))
     if pre and "val_mse" in pre[0]:
         axes[0].plot([int(r["epoch"]) + 1 for r in pre], [float(r["val_mse"]) for r in pre], marker="o",
                      label="pretrain val MSE")
@@ -79,7 +79,7 @@ def curves(run_dir: Path, series: list[tuple[str, str]], out: Path) -> Path:
         axes[0].legend()
     axes[0].set(xlabel="epoch", ylabel="MSE", title="Pretraining (denoising AE)")
     for label, folder in series:
-        rows = [r for r in read_rows(run_dir / folder / "metrics.csv") if r.get("val_acc") not in (None, "")]
+        rows = [r for r in read_rows(layout.metrics_csv(folder)) if r.get("val_acc") not in (None, "")]
         if rows:
             axes[1].plot([int(r["epoch"]) + 1 for r in rows], [float(r["val_acc"]) for r in rows], label=label)
     axes[1].set(xlabel="epoch", ylabel="validation accuracy", title="Fine-tuning", ylim=(0, 1))
@@ -92,13 +92,13 @@ def curves(run_dir: Path, series: list[tuple[str, str]], out: Path) -> Path:
     return out
 
 
-def score_key(methods: list[dict]) -> str:
+def score_key(methods: list[MethodRow]) -> str:
     """``"test_acc"`` when every method that ran (has a validation accuracy) has a test accuracy."""
-    ran = [m for m in methods if m["val_acc"] is not None or m["test_acc"] is not None]
-    return "test_acc" if ran and all(m["test_acc"] is not None for m in ran) else "val_acc"
+    ran = [m for m in methods if m.val_acc is not None or m.test_acc is not None]
+    return "test_acc" if ran and all(m.test_acc is not None for m in ran) else "val_acc"
 
 
-def unlabelled_gain(methods: list[dict]) -> dict | None:
+def unlabelled_gain(methods: list[MethodRow]) -> dict | None:
     """What the unlabelled images add: the best method that uses them minus supervised-only.
 
     "Best" is by test accuracy when every method that ran has one, else by validation accuracy. The
@@ -106,22 +106,23 @@ def unlabelled_gain(methods: list[dict]) -> dict | None:
     named "supervised..."). Returns ``None`` when either side is missing.
     """
     metric = score_key(methods)
-    base = [m for m in methods if not m["uses_unlabelled"] and m[metric] is not None]
-    base.sort(key=lambda m: not m["method"].lower().startswith("supervised"))
-    users = [m for m in methods if m["uses_unlabelled"] and m[metric] is not None]
+    base = [m for m in methods if not m.uses_unlabelled and getattr(m, metric) is not None]
+    base.sort(key=lambda m: not m.method.lower().startswith("supervised"))
+    users = [m for m in methods if m.uses_unlabelled and getattr(m, metric) is not None]
     if not base or not users:
         return None
-    best = max(users, key=lambda m: m[metric])
+    best = max(users, key=lambda m: getattr(m, metric))
 
     def delta(key):
-        return None if best[key] is None or base[0][key] is None else best[key] - base[0][key]
+        a, b = getattr(best, key), getattr(base[0], key)
+        return None if a is None or b is None else a - b
 
     return {"metric": metric, "best": best, "base": base[0], "val": delta("val_acc"), "test": delta("test_acc")}
 
 
-def _validation_sentence(methods: list[dict], chosen: dict) -> str:
-    sizes = sorted({m["n_val"] for m in methods if m["n_val"]})
-    protocol = chosen.get("validation") or "held-out labelled images"
+def _validation_sentence(methods: list[MethodRow], chosen: ChosenMethod) -> str:
+    sizes = sorted({m.n_val for m in methods if m.n_val})
+    protocol = chosen.validation or "held-out labelled images"
     if not sizes:
         return f"Each method chose its checkpoint by accuracy on {protocol}."
     n = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]} to {sizes[-1]}"
@@ -137,95 +138,62 @@ def _settings_sentences(settings: dict) -> list[str]:
     if settings.get("images"):
         kind = "colour photos" if settings["images"] == "photo" else "grey images (such as digits or documents)"
         flip = "mirror each image left-right at random" if settings["images"] == "photo" else "never mirror an image"
-        out.append(f"The images are {kind} by aelab's rule ({settings.get('rule', '')}), so the training augmentations "
-                   f"{flip}: {settings.get('weak_augmentation')} for labelled and weak views, "
+        out.append(f"The images are {kind} by aelab's rule ({settings.get('rule', '')}), so the training "
+                   f"augmentations {flip}: {settings.get('weak_augmentation')} for labelled and weak views, "
                    f"{settings.get('strong_augmentation')} for strong views.")
     if settings.get("budget_minutes"):
         shares = settings.get("budget_shares") or {}
         total = sum(shares.values()) or 1
         parts = ", ".join(f"{st} {settings['budget_minutes'] * w / total:.1f}" for st, w in shares.items())
-        out.append(f"Study 1's training had a budget of {settings['budget_minutes']:g} minutes, shared among its stages "
-                   f"({parts} minutes); each stage ran as many epochs as its first epoch's time allowed within its share "
-                   "(at most its configured epochs). The seconds column is what each method spent, prediction included.")
+        out.append(f"Study 1's training had a budget of {settings['budget_minutes']:g} minutes, shared among its "
+                   f"stages ({parts} minutes); each stage ran as many epochs as its first epoch's time allowed within "
+                   "its share (at most its configured epochs). The seconds column is what each method spent, "
+                   "prediction included.")
     elif "budget_minutes" in settings:
         out.append("Study 1 ran without a time budget: every stage ran its configured epochs.")
     return out
 
 
-def _section_1b_methods(run_dir: Path, methods: list[dict]) -> Section:
-    rows = [[m["method"], m["description"], "yes" if m["uses_unlabelled"] else "no", m["labels_per_class"],
-             m["val_acc"], m["n_val"], m["test_acc"], m["seconds"]] for m in methods]
+def _table_1b(methods: list[MethodRow]) -> Table:
+    rows = [[m.method, m.description, "yes" if m.uses_unlabelled else "no", m.labels_per_class, m.val_acc, m.n_val,
+             m.test_acc, m.seconds] for m in methods]
     gain = unlabelled_gain(methods)
     reading = ""
     if gain:
-        best, base = gain["best"]["method"], gain["base"]["method"]
-        rows.append(["what the unlabelled images add", f"{best} minus {base}", None, None,
+        best, base, metric = gain["best"], gain["base"], gain["metric"]
+        rows.append(["what the unlabelled images add", f"{best.method} minus {base.method}", None, None,
                      points(gain["val"]), None, points(gain["test"]), None])
-        on = "test" if gain["metric"] == "test_acc" else "validation"
-        reading = (f"On the {on} set the best method that uses the unlabelled images, {best}, reaches "
-                   f"{pct(gain['best'][gain['metric']])}; {base} reaches {pct(gain['base'][gain['metric']])} "
-                   f"({points(gain[gain['metric'].split('_')[0]])}).")
-    chosen = read_json(run_dir / "study1" / "chosen.json")
+        on = "test" if metric == "test_acc" else "validation"
+        reading = (f"On the {on} set the best method that uses the unlabelled images, {best.method}, reaches "
+                   f"{pct(getattr(best, metric))}; {base.method} reaches {pct(getattr(base, metric))} "
+                   f"({points(gain[metric.split('_')[0]])}).")
     columns = ["method", "description", "uses unlabelled", "labels per class", "validation accuracy", "n_val",
                "test accuracy", "seconds"]
-    if any(m["note"] for m in methods):  # e.g. why a method did not run (no unlabelled folder)
+    if any(m.note for m in methods):  # e.g. why a method did not run (no unlabelled folder)
         columns.append("note")
-        rows = [row + [m["note"] or None] for row, m in zip(rows, methods)] + [r + [None] for r in rows[len(methods):]]
-    blocks = [Table(columns, rows,
-                    caption="Methods on the same data, seed and budget (study1/methods.csv)", reading=reading),
-              Paragraph(_validation_sentence(methods, chosen))]
-    blocks += [Paragraph(text) for text in _settings_sentences(chosen.get("settings") or {})]
-    if chosen.get("method"):
-        why = f" ({chosen['reason']})" if chosen.get("reason") else ""
-        blocks.append(Paragraph(f"predictions.csv was written with {chosen['method']}{why}."))
-    series = [(m["method"], m["run"]) for m in methods if m["run"]]
+        rows = [row + [m.note or None] for row, m in zip(rows, methods)] + [r + [None] for r in rows[len(methods):]]
+    return Table(columns, rows, caption="Methods on the same data, seed and budget (study1/methods.csv)",
+                 reading=reading)
+
+
+def _section_1b_methods(layout: RunLayout, methods: list[MethodRow]) -> Section:
+    chosen = ChosenMethod.read(layout)
+    blocks = [_table_1b(methods), Paragraph(_validation_sentence(methods, chosen))]
+    blocks += [Paragraph(text) for text in _settings_sentences(chosen.settings or {})]
+    if chosen.method:
+        why = f" ({chosen.reason})" if chosen.reason else ""
+        blocks.append(Paragraph(f"predictions.csv was written with {chosen.method}{why}."))
+    series = [(m.method, m.run) for m in methods if m.run]
     if series:
-        fig = curves(run_dir, series, run_dir / "figures" / "training_curves.png")
-        blocks.append(Figure(str(fig.relative_to(run_dir)), caption="Training curves"))
+        fig = curves(layout, series, layout.training_curves)
+        blocks.append(Figure(layout.relative(fig), caption="Training curves"))
     return Section("1b", "Few labels: what the unlabelled images add", blocks)
 
 
-def legacy_results(stages: dict) -> tuple[dict, bool]:
-    """Results of the fine-tuning variants of a run without methods.csv, and whether all have test accuracy."""
-    res = {n: stages[n]["result"] for n in LEGACY_LABELS if stages.get(n, {}).get("status") == "done"}
-    return res, bool(res) and all(r["test"].get("accuracy") is not None for r in res.values())
-
-
-def section_1b(run_dir: Path, stages: dict) -> Section:
-    """Study 1b: the methods table when ``study1/methods.csv`` exists, else the fine-tuning variants."""
-    methods = read_methods(run_dir)
-    if methods:
-        return _section_1b_methods(run_dir, methods)
-    return _section_1b_legacy(run_dir, stages)
-
-
-def _section_1b_legacy(run_dir: Path, stages: dict) -> Section:
-    reason = skipped(stages, "finetune_noaug") or skipped(stages, "finetune_aug")
-    if reason:
-        return Section("1b", "Autoencoder: augmentation and pretraining", [], reason)
-    cfg = read_json(run_dir / "finetune_aug" / "predict" / "metrics.json")
-    res, has_test = legacy_results(stages)
-    rows = [[LEGACY_LABELS[n], r["val_acc"], r["test"].get("accuracy"), r["best_epoch"] + 1] for n, r in res.items()]
-    key = "test" if has_test else "validation"
-
-    def acc(n):
-        return res[n]["test"].get("accuracy") if has_test else res[n]["val_acc"]
-
-    d_aug = acc("finetune_aug") - acc("finetune_noaug")
-    change = f"{'raised' if d_aug > 0 else 'lowered'} accuracy by {abs(100 * d_aug):.1f} points" if d_aug else "did not change accuracy"
-    reading = f"On the {key} set, augmentation {change} ({pct(acc('finetune_aug'))} with, {pct(acc('finetune_noaug'))} without)."
-    if "finetune_random" in res:
-        d_pre = acc("finetune_aug") - acc("finetune_random")
-        verb = f"{'added' if d_pre > 0 else 'cost'} {abs(100 * d_pre):.1f} points" if d_pre else "made no difference"
-        reading += f" Pretraining {verb} against random weights ({pct(acc('finetune_aug'))} vs {pct(acc('finetune_random'))})."
-    fig = curves(run_dir, [(n.replace("finetune_", ""), n) for n in res], run_dir / "figures" / "training_curves.png")
-    chosen = stages.get("predict", {}).get("result", {}).get("model")
-    blocks = [
-        Table(["variant", "validation accuracy", "test accuracy", "best epoch"], rows,
-              caption="Same seed and budget for every variant; best checkpoint by validation accuracy", reading=reading),
-        Figure(str(fig.relative_to(run_dir)), caption="Training curves", reading=""),
-    ]
-    if chosen in LEGACY_LABELS:
-        blocks.append(Paragraph(f"predictions.csv (id,label) for the {cfg.get('n_images')} test images was written with "
-                                f"the {LEGACY_LABELS[chosen]} model, the variant with the higher validation accuracy."))
-    return Section("1b", "Autoencoder: augmentation and pretraining", blocks)
+def section_1b(layout: RunLayout, stages: RunStages) -> Section:
+    """Study 1b: the methods table of ``study1/methods.csv``."""
+    methods = MethodRow.read(layout)
+    if not methods:
+        reason = stages.skipped("predict") or "no study1/methods.csv in the run folder"
+        return Section("1b", "Few labels: what the unlabelled images add", [], reason)
+    return _section_1b_methods(layout, methods)

@@ -1,7 +1,7 @@
 """Classical reference lines for study 1.
 
-Label spreading on a PCA of the pixels: Zhou et al., "Learning with Local and Global Consistency" (NIPS 2003), as scikit-learn's
-`LabelSpreading` (kNN kernel): labels diffuse along a k-nearest-neighbour graph over labelled,
+Label spreading on a PCA of the pixels: Zhou et al., "Learning with Local and Global Consistency" (NIPS 2003),
+as scikit-learn's `LabelSpreading` (kNN kernel): labels diffuse along a k-nearest-neighbour graph over labelled,
 unlabelled and test images. It takes about a tenth of a second, so every network method should
 be compared with it.
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BaselineResult", "LabelSpreadingResult", "kmeans_features_baseline", "label_spreading_baseline", "logistic_cv"]
+__all__ = ["BaselineResult", "kmeans_features_baseline", "label_spreading_baseline", "logistic_cv"]
 
 
 @dataclass
@@ -26,10 +26,6 @@ class BaselineResult:
     val_pred: np.ndarray
     query_pred: np.ndarray
     seconds: float
-    note: str = ""
-
-
-LabelSpreadingResult = BaselineResult  # the older name
 
 
 def label_spreading_baseline(labelled: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
@@ -44,7 +40,7 @@ def label_spreading_baseline(labelled: np.ndarray, labels: np.ndarray, train_idx
         unlabelled: uint8 unlabelled images (or None), ``query``: images to predict (or None).
 
     Returns:
-        `LabelSpreadingResult` with predictions for ``val_idx`` and ``query``.
+        `BaselineResult` with predictions for ``val_idx`` and ``query``.
     """
     import time
 
@@ -110,7 +106,7 @@ def kmeans_features_baseline(labelled: np.ndarray, labels: np.ndarray, train_idx
         feature_options: further `KMeansFeatures` arguments (patch, stride, n_patches, ekm_scale, ...).
 
     Returns:
-        `BaselineResult` with predictions for ``val_idx`` and ``query``; ``note`` names the C chosen.
+        `BaselineResult` with predictions for ``val_idx`` and ``query``.
     """
     import time
 
@@ -120,7 +116,8 @@ def kmeans_features_baseline(labelled: np.ndarray, labels: np.ndarray, train_idx
     source = unlabelled if unlabelled is not None and len(unlabelled) else labelled
     feats = KMeansFeatures(n_centroids=n_centroids, learner=learner, random_state=seed, **feature_options).fit(source)
     X = feats.transform(labelled)
-    clf, C = logistic_cv(X[train_idx], labels[train_idx], C_GRID if C is None else (C,), seed=seed)
+    clf, _ = logistic_cv(X[train_idx], labels[train_idx], C_GRID if C is None else (C,), seed=seed)
     val_pred = clf.predict(X[val_idx]) if len(val_idx) else np.array([], dtype=np.int64)
-    query_pred = clf.predict(feats.transform(query)) if query is not None and len(query) else np.array([], dtype=np.int64)
-    return BaselineResult(val_pred, query_pred, time.perf_counter() - t0, note=f"{learner}, K={n_centroids}, C={C:g}")
+    none = np.array([], dtype=np.int64)
+    query_pred = clf.predict(feats.transform(query)) if query is not None and len(query) else none
+    return BaselineResult(val_pred, query_pred, time.perf_counter() - t0)

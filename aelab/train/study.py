@@ -23,40 +23,23 @@ test folder. Methods:
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from aelab.errors import AelabError, NoUnlabelledImages
+from aelab.errors import AelabError
 from aelab.layout import RunLayout
 from aelab.progress import info
-from aelab.runs import atomic_write_bytes, write_csv, write_json
+from aelab.results import ChosenMethod, ClassificationResult, MethodResult, MethodRow
+from aelab.runs import atomic_write_bytes
+from aelab.train.method_runs import pretrain_denoise
+from aelab.train.methods import METHODS, budget_shares, get_method
 from aelab.train.options import RunOptions
 
 __all__ = ["METHODS", "ClassificationStudyConfig", "MethodResult", "StudyResult", "classification_study",
-           "run_method", "summarize"]
+           "pretrain_denoise", "run_method", "submission", "summarize"]
 
-METHODS: dict[str, tuple[str, bool]] = {  # name -> (description, uses the unlabelled images)
-    "supervised": ("supervised only: random weights, cross-entropy, strong augmentation (flipped left-right for photos only)", False),
-    "course": ("the course report's method: denoising pretraining, then 0.5·MSE + 0.5·CE with its augmentation", True),
-    "course-noaug": ("the course report's method without augmentation", True),
-    "fixmatch": ("semi-supervised: FixMatch-style consistency on the unlabelled images (Sohn et al. 2020) "
-                 "with FlexMatch's class-wise thresholds (Zhang et al. 2021) unless fixmatch_class_thresholds is false", True),
-    "vicreg": ("self-supervised VICReg pretraining (Bardes et al. 2022), then supervised fine-tuning", True),
-    "label-spreading": ("classical reference: LabelSpreading on a 50-component PCA of the pixels", True),
-    "kmeans-features": ("classical reference: single-layer k-means features (Coates et al. 2011) learned on the "
-                        "unlabelled images, logistic regression", True),
-}
-COLUMNS = ["method", "description", "uses_unlabelled", "labels_per_class", "val_acc", "n_val", "test_acc", "seconds", "run",
-           "note"]
-#: How study 1's time budget is shared among its training stages (relative weights): the semi-supervised
-#: method, which reads every unlabelled image several times per step, gets half of the full table's.
-BUDGET_SHARES = {"pretrain": 2, "course": 1, "course-noaug": 1, "supervised": 1, "fixmatch": 8,
-                 "vicreg_pretrain": 2, "vicreg": 1}
-_STAGES_OF = {"course": ("pretrain", "course"), "course-noaug": ("pretrain", "course-noaug"), "supervised": ("supervised",),
-              "fixmatch": ("fixmatch",), "vicreg": ("vicreg_pretrain", "vicreg")}
 VALIDATION = "a stratified hold-out of the labelled images (the same for every method)"
 
 
@@ -72,15 +55,16 @@ class ClassificationStudyConfig(RunOptions):
     """Settings of study 1 (defaults: the whole table in about 7 minutes on a 2-core CPU with the demo data).
 
     Attributes:
-        methods: comma-separated methods to compare: supervised, course, course-noaug, fixmatch, vicreg, label-spreading,
-            kmeans-features.
+        methods: comma-separated methods to compare: supervised, course, course-noaug, fixmatch, vicreg,
+            label-spreading, kmeans-features (aelab.train.methods).
         preset: network size: tiny, small (CPU) or course (the course report's network, for GPUs).
         image_size: square size every image is resized to; none = the preset's.
         channels: 1 or 3 image channels.
         pretrain_epochs: epochs of the course report's denoising pretraining.
-        finetune_epochs: maximum epochs of each supervised fine-tune (the course methods stop early after 10 without progress).
-        supervised_augment: augmentation of the supervised-only and VICReg fine-tunes (auto-strong: shifts, small turns,
-            Cutout, and left-right flips for colour photos only; see aelab.data.kind).
+        finetune_epochs: maximum epochs of each supervised fine-tune (the course methods stop early after 10 without
+            progress).
+        supervised_augment: augmentation of the supervised-only and VICReg fine-tunes (auto-strong: shifts, small
+            turns, Cutout, and left-right flips for colour photos only; see aelab.data.kind).
         fixmatch_epochs: passes over the unlabelled images of the semi-supervised method.
         fixmatch_class_thresholds: the semi-supervised method's confidence threshold per class (FlexMatch);
             false = one threshold for every class (plain FixMatch).
@@ -88,7 +72,7 @@ class ClassificationStudyConfig(RunOptions):
         course_augment: augmentation of the course report's method (its own list by default).
         val_fraction: share of each class held out to pick checkpoints and the submitted method.
         budget: minutes the training stages of study 1 may take together (each stage gets a fixed share, see
-            BUDGET_SHARES; its epochs come from its first epoch's measured time, at most the epochs above);
+            aelab.train.methods; its epochs come from its first epoch's measured time, at most the epochs above);
             null = always the epochs above (`--budget null`).
         kmeans_features_centroids: dictionary size K of the k-means features method (4K features).
         kmeans_features_learner: its dictionary learner: kmeans (scikit-learn) or ekm (Equilibrium K-Means).
@@ -119,40 +103,20 @@ class ClassificationStudyConfig(RunOptions):
         self.method_list()  # unknown methods: one line, before anything runs
 
     def minutes(self, stage: str) -> float | None:
-        """The share of ``budget`` of one training stage (`BUDGET_SHARES`), among the stages the chosen methods run."""
+        """The share of ``budget`` of one training stage (each method's `Method.budget`), among the stages the
+        chosen methods run."""
         if self.budget is None:
             return None
-        stages = {st for m in self.method_list() for st in _STAGES_OF.get(m, ())}
-        return self.budget * BUDGET_SHARES[stage] / sum(BUDGET_SHARES[st] for st in stages)
+        chosen = budget_shares(self.method_list())
+        return self.budget * budget_shares()[stage] / sum(chosen.values())
 
     def method_list(self) -> list[str]:
         names = [m.strip() for m in self.methods.split(",") if m.strip()]
         unknown = [m for m in names if m not in METHODS]
         if unknown or not names:
-            raise AelabError(f"unknown method(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(METHODS)}")
+            raise AelabError(f"unknown method(s) {', '.join(unknown) or '(none)'}; "
+                             f"choose from {', '.join(METHODS)}")
         return names
-
-
-@dataclass
-class MethodResult:
-    """One row of table 1b."""
-
-    method: str
-    val_acc: float
-    n_val: int
-    labels_per_class: str
-    test_acc: float | None = None
-    seconds: float = 0.0
-    run: str | None = None  # the fine-tune run folder (None for the classical references)
-    predictions: str | None = None  # its predictions.csv, when the data have a test folder
-
-    @property
-    def description(self) -> str:
-        return METHODS[self.method][0]
-
-    @property
-    def uses_unlabelled(self) -> bool:
-        return METHODS[self.method][1]
 
 
 @dataclass
@@ -166,135 +130,11 @@ class StudyResult:
     skipped: dict[str, str] = field(default_factory=dict)  # method -> reason it did not run
 
 
-def _engine(cfg: ClassificationStudyConfig) -> dict:
-    return dict(seed=cfg.seed, device=cfg.device, devices=cfg.devices, num_nodes=cfg.num_nodes,
-                precision=cfg.precision, strict=cfg.strict, logger=cfg.logger)
-
-
-def _labels_per_class(data: Path) -> str:
-    from aelab.data import resolve_layout, scan_labelled
-
-    lab = scan_labelled(resolve_layout(data).require("labelled"))
-    counts = np.bincount(lab.labels, minlength=len(lab.classes))
-    return str(int(counts[0])) if counts.min() == counts.max() else f"{int(counts.min())}-{int(counts.max())}"
-
-
-def pretrain_denoise(cfg: ClassificationStudyConfig, data: Path, out: Path) -> Path:
-    """The course report's denoising pretraining on the unlabelled images (shared by ``course`` and ``course-noaug``)."""
-    from aelab.train.pretrain import PretrainConfig, pretrain
-
-    return pretrain(PretrainConfig(data=str(data), preset=cfg.preset, channels=cfg.channels, image_size=cfg.image_size,
-                                   epochs=cfg.pretrain_epochs, out=str(out), budget=cfg.minutes("pretrain"), **_engine(cfg)))
-
-
-def _finetune_and_predict(name: str, cfg: ClassificationStudyConfig, data: Path, out: Path, **settings) -> MethodResult:
-    from aelab.data import resolve_layout
-    from aelab.train.finetune import FinetuneConfig, finetune_result
-    from aelab.train.predict import PredictConfig, predict_result
-
-    t0 = time.perf_counter()
-    ft = FinetuneConfig(data=str(data), preset=cfg.preset, channels=cfg.channels, image_size=cfg.image_size,
-                        val_fraction=cfg.val_fraction, out=str(out), budget=cfg.minutes(name), **settings, **_engine(cfg))
-    trained = finetune_result(ft)
-    result = MethodResult(name, trained.val_acc, trained.n_val, _labels_per_class(data), run=str(trained.run_dir))
-    if resolve_layout(data).test is not None:
-        pred = predict_result(PredictConfig(model=str(trained.run_dir), data=str(data), out=str(trained.run_dir / "predict"),
-                                            device=cfg.device, devices=cfg.devices, num_nodes=cfg.num_nodes, seed=cfg.seed,
-                                            strict=cfg.strict))
-        result.test_acc = pred.metrics.get("accuracy")
-        result.predictions = str(pred.predictions)
-    result.seconds = round(time.perf_counter() - t0, 2)
-    return result
-
-
-def _classical(cfg: ClassificationStudyConfig, data: Path, layout: RunLayout, name: str, baseline_fn) -> MethodResult:
-    """A classical reference row: ``baseline_fn`` (the signature of `label_spreading_baseline`) on the
-    decoded images at the preset's size, the same split as the networks; writes its ``predictions.csv``."""
-    from aelab.data import Preprocessing, image_ids, load_images, read_labels_csv, resolve_layout, scan_labelled
-    from aelab.models import preset_config
-    from aelab.train.loaders import split_indices
-
-    t0 = time.perf_counter()
-    mc = preset_config(cfg.preset, image_size=cfg.image_size, in_channels=cfg.channels)
-    prep = Preprocessing(image_size=mc.image_size, channels=mc.in_channels)
-    lay = resolve_layout(data)
-    lab = scan_labelled(lay.require("labelled"))
-    images = load_images(lab.paths, prep.image_size, prep.channels, strict=cfg.strict)
-    kept = {Path(p).resolve() for p in images.paths}
-    labels = lab.labels[[Path(p).resolve() in kept for p in lab.paths]]
-    unl = prep.load(lay.unlabelled, strict=cfg.strict).images if lay.unlabelled is not None else None
-    test = prep.load(lay.test, strict=cfg.strict) if lay.test is not None else None
-    train_idx, val_idx = split_indices(len(labels), cfg.val_fraction, cfg.seed, labels)
-    res = baseline_fn(images.images, labels, train_idx, val_idx, unl, None if test is None else test.images, seed=cfg.seed)
-    out = MethodResult(name, float(np.mean(res.val_pred == labels[val_idx])), int(len(val_idx)), _labels_per_class(data))
-    if test is not None:
-        folder = layout.stage(name)
-        names = [lab.classes[p] for p in res.query_pred]
-        write_csv(folder / "predictions.csv", ["id", "label"], zip(image_ids(test.paths), names))
-        out.predictions = str(folder / "predictions.csv")
-    if test is not None and lay.test_labels is not None:
-        truth = read_labels_csv(lay.test_labels)
-        pairs = [(truth[i], lab.classes[p]) for i, p in zip(image_ids(test.paths), res.query_pred) if i in truth]
-        out.test_acc = float(np.mean([t == p for t, p in pairs])) if pairs else None
-    out.seconds = round(time.perf_counter() - t0, 2)
-    return out
-
-
 def run_method(method: str, cfg: ClassificationStudyConfig, data: Path, layout: RunLayout,
                pretrained: Path | None = None) -> MethodResult:
-    """Run one method of the table; ``pretrained`` is the denoising pretraining the course methods start from."""
-    stage = layout.stage(method)
-    if method == "label-spreading":
-        from aelab.train.baselines import label_spreading_baseline
-
-        return _classical(cfg, data, layout, method, label_spreading_baseline)
-    if method == "kmeans-features":
-        from functools import partial
-
-        from aelab.train.baselines import kmeans_features_baseline
-
-        _require_unlabelled(data, method)
-        return _classical(cfg, data, layout, method, partial(kmeans_features_baseline, n_centroids=cfg.kmeans_features_centroids,
-                                                             learner=cfg.kmeans_features_learner))
-    if method in ("course", "course-noaug"):
-        if pretrained is None:
-            pretrained = pretrain_denoise(cfg, data, layout.stage("pretrain"))
-        aug = cfg.course_augment if method == "course" else "none"
-        return _finetune_and_predict(method, cfg, data, stage, method="course", init_from=str(pretrained),
-                                     augment=aug, epochs=cfg.finetune_epochs)
-    if method == "supervised":
-        return _finetune_and_predict(method, cfg, data, stage, method="supervised", epochs=cfg.finetune_epochs,
-                                     patience=cfg.finetune_epochs, augment=cfg.supervised_augment)
-    if method == "fixmatch":
-        _require_unlabelled(data, method)
-        return _finetune_and_predict(method, cfg, data, stage, method="fixmatch", epochs=cfg.fixmatch_epochs,
-                                     class_thresholds=cfg.fixmatch_class_thresholds)
-    if method == "vicreg":
-        _require_unlabelled(data, method)
-        from aelab.train.pretrain import PretrainConfig, pretrain
-
-        t0 = time.perf_counter()
-        pre = pretrain(PretrainConfig(data=str(data), objective="vicreg", preset=cfg.preset, channels=cfg.channels,
-                                      image_size=cfg.image_size, epochs=cfg.vicreg_epochs, batch_size=128,
-                                      patience=cfg.vicreg_epochs, out=str(layout.stage("vicreg_pretrain")),
-                                      budget=cfg.minutes("vicreg_pretrain"), **_engine(cfg)))
-        res = _finetune_and_predict(method, cfg, data, stage, method="supervised", init_from=str(pre), epochs=cfg.finetune_epochs,
-                                    patience=cfg.finetune_epochs, augment=cfg.supervised_augment)
-        res.seconds = round(time.perf_counter() - t0, 2)
-        return res
-    raise AelabError(f"unknown method {method!r}")
-
-
-def _require_unlabelled(data: Path, method: str) -> None:
-    from aelab.data import resolve_layout
-
-    if resolve_layout(data).unlabelled is None:
-        raise NoUnlabelledImages(f"method {method} learns from unlabelled images, but {data} has no dev/unlabelled folder")
-
-
-# The order of the methods in the benchmarks (benchmarks/README.md: FixMatch first on digits and on photos at
-# every label budget measured), used when the hold-out cannot tell methods apart.
-_PREFERENCE = ("fixmatch", "vicreg", "supervised", "course", "course-noaug", "kmeans-features", "label-spreading")
+    """Run one method of the table (`aelab.train.methods.METHODS`); ``pretrained`` is the denoising
+    pretraining the course methods start from."""
+    return get_method(method).run(cfg, data, layout, pretrained)
 
 
 def _indistinguishable(a: MethodResult, b: MethodResult) -> bool:
@@ -313,8 +153,7 @@ def choose(rows: list[MethodResult]) -> tuple[MethodResult, str]:
     of many epochs' validation accuracies is biased upwards; the benchmarks' order holds on average.
     """
     best = max(rows, key=lambda r: r.val_acc)
-    rank = {m: i for i, m in enumerate(_PREFERENCE)}
-    for r in sorted(rows, key=lambda r: rank.get(r.method, len(rank))):
+    for r in sorted(rows, key=lambda r: METHODS[r.method].rank if r.method in METHODS else math.inf):
         if _indistinguishable(r, best):
             if r is best or r.val_acc == best.val_acc:
                 return r, (f"highest validation accuracy ({r.val_acc:.3f} on {r.n_val} held-out labelled images; "
@@ -338,10 +177,9 @@ def study_settings(cfg: ClassificationStudyConfig, data: Path) -> dict:
     kind = image_kind(load_images(paths, 32, cfg.channels, strict=False).images)
     return {"images": kind, "weak_augmentation": augmentation_for(kind, "weak"),
             "strong_augmentation": augmentation_for(kind, "strong"),
-            "rule": f"colour channels differ by more than {COLOUR_THRESHOLD:g}/255 on average: photos (flipped left-right); "
-                    "else grey images such as digits (never flipped)",
-            "budget_minutes": cfg.budget, "budget_shares": {st: BUDGET_SHARES[st] for m in cfg.method_list()
-                                                            for st in _STAGES_OF.get(m, ())}}
+            "rule": f"colour channels differ by more than {COLOUR_THRESHOLD:g}/255 on average: photos (flipped "
+                    "left-right); else grey images such as digits (never flipped)",
+            "budget_minutes": cfg.budget, "budget_shares": budget_shares(cfg.method_list())}
 
 
 def summarize(rows: list[MethodResult], layout: RunLayout, skipped: dict[str, str] | None = None,
@@ -350,26 +188,23 @@ def summarize(rows: list[MethodResult], layout: RunLayout, skipped: dict[str, st
 
     ``settings`` (`study_settings`) goes into ``study1/chosen.json`` for the report."""
 
-    def rel(path: str | None) -> str:
-        if not path:
-            return ""
-        p = Path(path)
-        return p.relative_to(layout.root).as_posix() if p.is_relative_to(layout.root) else str(p)
+    def row(r: MethodResult) -> MethodRow:
+        m = METHODS[r.method]
+        return MethodRow(r.method, m.description, m.uses_unlabelled, r.labels_per_class, r.val_acc, r.n_val,
+                         r.test_acc, r.seconds, layout.relative(r.run) if r.run else "")
 
-    table = [[r.method, r.description, r.uses_unlabelled, r.labels_per_class, r.val_acc, r.n_val,
-              "" if r.test_acc is None else r.test_acc, r.seconds, rel(r.run), ""] for r in rows]
-    table += [[m, METHODS[m][0], METHODS[m][1], "", "", "", "", "", "", f"not run: {why}"]
+    table = [row(r) for r in rows]
+    table += [MethodRow(m, METHODS[m].description, METHODS[m].uses_unlabelled, note=f"not run: {why}")
               for m, why in (skipped or {}).items() if m in METHODS]
-    write_csv(layout.methods_csv, COLUMNS, table)
+    MethodRow.write(layout, table)
     candidates = [r for r in rows if r.predictions]
     if not candidates:
         reason = "no method wrote predictions (the data have no test folder)" if rows else "no method ran"
-        write_json(layout.chosen_json, {"method": None, "reason": reason, "validation": VALIDATION, "settings": settings})
+        ChosenMethod(None, reason, VALIDATION, settings=settings).write(layout)
         return StudyResult(rows, None, reason, None, dict(skipped or {}))
     best, reason = choose(candidates)
     atomic_write_bytes(layout.predictions, Path(best.predictions).read_bytes())
-    write_json(layout.chosen_json, {"method": best.method, "reason": reason, "val_acc": best.val_acc,
-                                    "n_val": best.n_val, "validation": VALIDATION, "settings": settings})
+    ChosenMethod(best.method, reason, VALIDATION, best.val_acc, best.n_val, settings).write(layout)
     info(f"[study 1] predictions.csv from {best.method}: {reason}")
     return StudyResult(rows, best.method, reason, layout.predictions, dict(skipped or {}))
 
@@ -383,7 +218,7 @@ def classification_study(cfg: ClassificationStudyConfig, data: str | Path, out: 
     layout = RunLayout(out)
     rows, skipped, pretrained = [], {}, None
     for method in cfg.method_list():
-        if method in ("course", "course-noaug") and pretrained is None:
+        if METHODS[method].pretrain and pretrained is None:
             pretrained = pretrain_denoise(cfg, Path(data), layout.stage("pretrain"))
         try:
             rows.append(run_method(method, cfg, Path(data), layout, pretrained))
@@ -393,6 +228,12 @@ def classification_study(cfg: ClassificationStudyConfig, data: str | Path, out: 
     return summarize(rows, layout, skipped, study_settings(cfg, Path(data)))
 
 
-def as_row(result: MethodResult) -> dict:
-    """A plain dict of a `MethodResult` (what ``stages.json`` keeps for a resumed run)."""
-    return asdict(result)
+def submission(result: StudyResult, layout: RunLayout) -> ClassificationResult:
+    """Study 1's record for ``aelab run``: the chosen method and the network study 2 embeds with (the chosen
+    method's, or the best network's when a classical reference won; relative to the run folder)."""
+    chosen_run = next((r.run for r in result.rows if r.method == result.chosen and r.run), None)
+    best_run = max((r for r in result.rows if r.run), key=lambda r: r.val_acc, default=None)
+    model = chosen_run or (best_run.run if best_run else None)
+    return ClassificationResult(result.chosen, result.reason, layout.relative(layout.methods_csv),
+                                None if model is None else Path(model).relative_to(layout.root).as_posix(),
+                                None if result.predictions is None else layout.predictions.name)

@@ -8,10 +8,10 @@ import shutil
 import pytest
 
 import aelab.pipeline as pipeline
+from aelab.anomaly import AnomalyStudySettings
 from aelab.anomaly.study import GeometricSettings
 from aelab.cli.main import main
 from aelab.pipeline import RunConfig, run_all
-from aelab.pipeline_anomaly import AnomalyStudySettings
 
 TINY = dict(preset="tiny", pretrain_epochs=1, finetune_epochs=2, fixmatch_epochs=1, vicreg_epochs=1,
             anomaly=AnomalyStudySettings(epochs=2, geometric=GeometricSettings(epochs=1, width=4)),
@@ -78,7 +78,8 @@ def test_report_files_and_sections(run_dir):
     pred = (run_dir / "predictions.csv").read_text()
     chosen = stages["predict"]["result"]["chosen"]
     assert chosen == choose([MethodResult(**stages[m]["result"]) for m in METHODS])[0].method
-    assert pred == (run_dir / chosen / ("" if chosen in ("label-spreading", "kmeans-features") else "predict") / "predictions.csv").read_text()
+    folder = run_dir / chosen / ("" if chosen in ("label-spreading", "kmeans-features") else "predict")
+    assert pred == (folder / "predictions.csv").read_text()
     assert pred.splitlines()[0] == "id,label" and len(pred.splitlines()) == 1 + TINY["demo_test"]
 
 
@@ -109,8 +110,10 @@ def test_report_numbers_equal_the_runs_files(run_dir):
     assert next(r for r in rows2 if r[0] == "k-means")[1] == ":".join(map(str, km["sizes"]))
     summary = json.loads((run_dir / "anomaly" / "summary.json").read_text())
     rows3 = _table(_section(report, "3"))["rows"]
-    assert rows3[0][1:4] == [summary["noskip"]["normal_loss"], summary["noskip"]["anomaly_loss"], summary["noskip"]["auroc"]]
-    # The geometric detector's row: no reconstruction, so no losses; the demo digits are grayscale: reconstruction is the default.
+    noskip = summary["noskip"]
+    assert rows3[0][1:4] == [noskip["normal_loss"], noskip["anomaly_loss"], noskip["auroc"]]
+    # The geometric detector's row: no reconstruction, so no losses; the demo digits are grayscale:
+    # reconstruction is the default.
     assert rows3[2][0].startswith("geometric") and rows3[2][1:4] == [None, None, summary["geometric"]["auroc"]]
     assert summary["default_method"] == "reconstruction"
     a, b = summary["noskip"]["auroc"], summary["geometric"]["auroc"]
@@ -138,7 +141,8 @@ def test_missing_anomaly_folder_skips_that_section_with_a_reason(run_dir, tmp_pa
     shutil.copytree(run_dir / "demo_data", data)
     shutil.rmtree(data / "anomaly")
     out = tmp_path / "r2"
-    assert main(["run", "--data", str(data), "--out", str(out), "--preset", "tiny", "--methods", "supervised,label-spreading",
+    assert main(["run", "--data", str(data), "--out", str(out), "--preset", "tiny",
+                 "--methods", "supervised,label-spreading",
                  "--finetune_epochs", "1", "--device", "cpu"]) == 0
     section = _section(_report(out), "3")
     assert section["skipped_reason"] and "anomaly" in section["skipped_reason"]

@@ -14,9 +14,11 @@ pytestmark = pytest.mark.slow
 
 def _run(out, data, *extra: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
-    args = ["run", "--data", str(data), "--out", str(out), "--preset", "tiny", "--methods", "supervised,fixmatch,label-spreading",
-            "--finetune_epochs", "2", "--fixmatch_epochs", "1", "--anomaly.epochs", "1", "--device", "cpu", "--devices", "2", *extra]
-    return subprocess.run([sys.executable, "-m", "aelab.cli.main", *args], capture_output=True, text=True, timeout=400, env=env)
+    args = ["run", "--data", str(data), "--out", str(out), "--preset", "tiny",
+            "--methods", "supervised,fixmatch,label-spreading", "--finetune_epochs", "2", "--fixmatch_epochs", "1",
+            "--anomaly.epochs", "1", "--device", "cpu", "--devices", "2", *extra]
+    return subprocess.run([sys.executable, "-m", "aelab.cli.main", *args], capture_output=True, text=True, timeout=400,
+                          env=env)
 
 
 def test_run_with_two_processes_writes_one_run_and_resumes(demo_root, tmp_path):

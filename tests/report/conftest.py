@@ -51,13 +51,17 @@ def _json(path: Path, data: dict) -> None:
 
 
 def _stages() -> dict:
-    done = {"status": "done", "seconds": 12.5}
-    ft = {n: {**done, "result": {"val_acc": acc, "best_epoch": 1, "test": {"accuracy": test}}}
-          for n, acc, test in [("finetune_aug", 0.9, 0.88), ("finetune_noaug", 0.85, 0.84),
-                               ("finetune_random", 0.8, 0.81)]}
+    """``stages.json`` of a finished run of this version (every study-1 method of `METHODS` done)."""
+    done = {"status": "done", "reason": None, "seconds": 12.5}
+    methods = {r[0]: {**done, "result": {"method": r[0], "val_acc": float(r[4]), "n_val": int(r[5]),
+                                         "labels_per_class": r[3], "test_acc": float(r[6]), "seconds": float(r[7]),
+                                         "run": r[8] or None, "predictions": None}} for r in METHODS}
     return {"_meta": {"device": "cpu", "started": "2026-01-02T03:04:05", "aelab_version": "0.1.0"},
-            "data": {**done, "result": {"demo": True}}, "pretrain": done, **ft,
-            "predict": {**done, "result": {"model": "finetune_aug"}}, "cluster": done, "anomaly": done}
+            "data": {**done, "result": {"data": "demo_data", "demo": True}}, "pretrain": done, **methods,
+            "predict": {**done, "result": {"chosen": "fixmatch", "reason": "highest validation accuracy",
+                                           "methods": "study1/methods.csv", "model": "study1/fixmatch",
+                                           "predictions": "predictions.csv"}},
+            "cluster": done, "anomaly": done}
 
 
 def _study2_3(run: Path, classes: list[str]) -> None:
@@ -77,31 +81,29 @@ def _study2_3(run: Path, classes: list[str]) -> None:
                                              "figures": ["anomaly/figures/roc_curve.png"]})
 
 
-def write_run_folder(run: Path, *, methods: bool = True, model_json: bool = True,
+def write_run_folder(run: Path, *, model_json: bool = True,
                      classes: tuple[str, ...] = ("0", "1", "2")) -> Path:
     """A finished run folder with every file the report reads (numbers made up, figures tiny)."""
     run.mkdir(parents=True, exist_ok=True)
     _json(run / "stages.json", _stages())
     (run / "config.yaml").write_text(yaml.safe_dump({"seed": 0, "preset": "tiny", "device": "cpu"}))
     _csv(run / "pretrain" / "metrics.csv", ["epoch", "val_mse"], [[0, 0.01], [1, 0.005]])
-    for name in ("finetune_aug", "finetune_noaug", "finetune_random", "study1/supervised", "study1/fixmatch",
-                 "study1/course"):
+    for name in ("study1/supervised", "study1/fixmatch", "study1/course"):
         _csv(run / name / "metrics.csv", ["epoch", "val_acc"], [[0, 0.5], [1, 0.8], [2, 0.9]])
     if model_json:
         from aelab.models import build_model, preset_config
         from aelab.models.summary import describe_model
 
         info = describe_model(build_model(preset_config("tiny", in_channels=1, num_classes=len(classes))))
-        _json(run / "finetune_aug" / "model.json", info)
-    if methods:
-        _csv(run / "study1" / "methods.csv", METHOD_COLUMNS, METHODS)
-        _json(run / "study1" / "chosen.json", {"method": "fixmatch", "reason": "highest validation accuracy",
-                                               "validation": "a stratified hold-out of the labelled images"})
+        _json(run / "study1" / "fixmatch" / "model.json", info)
+    _csv(run / "study1" / "methods.csv", METHOD_COLUMNS, METHODS)
+    _json(run / "study1" / "chosen.json", {"method": "fixmatch", "reason": "highest validation accuracy",
+                                           "validation": "a stratified hold-out of the labelled images"})
     _study2_3(run, list(classes))
     return run
 
 
 @pytest.fixture(scope="session")
 def make_run_folder():
-    """``make_run_folder(path, methods=True, model_json=True, classes=(...))`` writes a fixture run."""
+    """``make_run_folder(path, model_json=True, classes=(...))`` writes a fixture run."""
     return write_run_folder

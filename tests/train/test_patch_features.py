@@ -109,12 +109,13 @@ def test_bad_settings_are_refused():
 
 def test_study_method_writes_predictions_with_id_and_label(demo_root, tmp_path):
     from aelab.data import image_ids, list_images, read_labels_csv
+    from aelab.train.methods import METHODS
     from aelab.train.study import ClassificationStudyConfig, classification_study
 
     cfg = ClassificationStudyConfig(methods="kmeans-features", channels=1, kmeans_features_centroids=16, device="cpu")
     result = classification_study(cfg, demo_root, tmp_path / "run")
     (row,) = result.rows
-    assert row.method == "kmeans-features" and row.uses_unlabelled and row.run is None
+    assert row.method == "kmeans-features" and METHODS[row.method].uses_unlabelled and row.run is None
     with open(row.predictions, newline="") as fh:
         reader = csv.reader(fh)
         header = next(reader)

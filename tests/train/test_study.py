@@ -25,9 +25,11 @@ def few_labels(tmp_path_factory):
 @pytest.mark.slow
 def test_semi_supervised_beats_supervised_only_with_few_labels(few_labels, tmp_path):
     cfg = ClassificationStudyConfig(methods="supervised,fixmatch,label-spreading", preset="tiny", channels=1,
-                                    finetune_epochs=100, fixmatch_epochs=25, val_fraction=0.34, device="cpu", budget=None)
+                                    finetune_epochs=100, fixmatch_epochs=25, val_fraction=0.34, device="cpu",
+                                    budget=None)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same numbers on every machine (measured: fixmatch 0.725 vs supervised 0.58; 2 threads: 0.735 vs 0.515)
+    # the same numbers on every machine (measured: fixmatch 0.725 vs supervised 0.58; 2 threads: 0.735 vs 0.515)
+    torch.set_num_threads(1)
     try:
         result = classification_study(cfg, few_labels, tmp_path / "run")
     finally:
@@ -41,7 +43,8 @@ def test_semi_supervised_beats_supervised_only_with_few_labels(few_labels, tmp_p
         rows = {r["method"]: r for r in csv.DictReader(fh)}
     assert {m: float(r["test_acc"]) for m, r in rows.items()} == acc
     chosen = json.loads((tmp_path / "run" / "study1" / "chosen.json").read_text())
-    assert chosen["method"] == result.chosen == "fixmatch"  # ten validation images cannot overrule the benchmarks' order
+    # ten validation images cannot overrule the benchmarks' order
+    assert chosen["method"] == result.chosen == "fixmatch"
     assert chosen["n_val"] == 10  # one held-out image per class chose the checkpoints
 
 
@@ -63,7 +66,8 @@ def test_a_class_with_one_labelled_image_still_trains(demo_root, tmp_path):
     shutil.copytree(demo_root, data)
     for extra in sorted((data / "dev" / "labelled" / "3").iterdir())[1:]:
         extra.unlink()
-    cfg = ClassificationStudyConfig(methods="supervised,label-spreading", preset="tiny", finetune_epochs=1, device="cpu")
+    cfg = ClassificationStudyConfig(methods="supervised,label-spreading", preset="tiny", finetune_epochs=1,
+                                    device="cpu")
     result = classification_study(cfg, data, tmp_path / "run")
     assert {r.method for r in result.rows} == {"supervised", "label-spreading"}
     assert all(r.labels_per_class == "1-5" for r in result.rows)

@@ -1,0 +1,179 @@
+"""How each built-in method of study 1 runs: ``run(cfg, data, layout, pretrained) -> MethodResult``.
+
+``cfg`` is a `aelab.train.study.ClassificationStudyConfig`; each function trains into
+``layout.method_run(<name>)``, predicts the test folder when the data have one and returns the method's
+row. The registry (`aelab.train.methods`) names them.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from aelab.errors import NoUnlabelledImages
+from aelab.layout import RunLayout
+from aelab.results import MethodResult
+from aelab.runs import write_csv
+
+__all__ = ["pretrain_denoise", "run_course", "run_course_noaug", "run_fixmatch", "run_kmeans_features",
+           "run_label_spreading", "run_supervised", "run_vicreg"]
+
+
+def engine(cfg) -> dict:
+    """The engine options of ``cfg`` every training stage takes."""
+    return dict(seed=cfg.seed, device=cfg.device, devices=cfg.devices, num_nodes=cfg.num_nodes,
+                precision=cfg.precision, strict=cfg.strict, logger=cfg.logger)
+
+
+def labels_per_class(data: Path) -> str:
+    from aelab.data import resolve_layout, scan_labelled
+
+    lab = scan_labelled(resolve_layout(data).require("labelled"))
+    counts = np.bincount(lab.labels, minlength=len(lab.classes))
+    return str(int(counts[0])) if counts.min() == counts.max() else f"{int(counts.min())}-{int(counts.max())}"
+
+
+def require_unlabelled(data: Path, method: str) -> None:
+    from aelab.data import resolve_layout
+
+    if resolve_layout(data).unlabelled is None:
+        raise NoUnlabelledImages(f"method {method} learns from unlabelled images, but {data} has no dev/unlabelled "
+                                 "folder")
+
+
+def pretrain_denoise(cfg, data: Path, out: Path) -> Path:
+    """The course report's denoising pretraining on the unlabelled images (shared by ``course`` and
+    ``course-noaug``)."""
+    from aelab.train.pretrain import PretrainConfig, pretrain
+
+    return pretrain(PretrainConfig(data=str(data), preset=cfg.preset, channels=cfg.channels, image_size=cfg.image_size,
+                                   epochs=cfg.pretrain_epochs, out=str(out), budget=cfg.minutes("pretrain"),
+                                   **engine(cfg)))
+
+
+def finetune_and_predict(name: str, cfg, data: Path, layout: RunLayout, **settings) -> MethodResult:
+    """Fine-tune (`aelab.train.finetune`) with ``settings`` into ``layout.method_run(name)``, then predict the test
+    folder into ``layout.predict_run(name)``."""
+    from aelab.data import resolve_layout
+    from aelab.train.finetune import FinetuneConfig, finetune_result
+    from aelab.train.predict import PredictConfig, predict_result
+
+    t0 = time.perf_counter()
+    ft = FinetuneConfig(data=str(data), preset=cfg.preset, channels=cfg.channels, image_size=cfg.image_size,
+                        val_fraction=cfg.val_fraction, out=str(layout.method_run(name)), budget=cfg.minutes(name),
+                        **settings,
+                        **engine(cfg))
+    trained = finetune_result(ft)
+    result = MethodResult(name, trained.val_acc, trained.n_val, labels_per_class(data), run=str(trained.run_dir))
+    if resolve_layout(data).test is not None:
+        pred = predict_result(PredictConfig(model=str(trained.run_dir), data=str(data),
+                                            out=str(layout.predict_run(name)), device=cfg.device,
+                                            devices=cfg.devices, num_nodes=cfg.num_nodes, seed=cfg.seed,
+                                            strict=cfg.strict))
+        result.test_acc = pred.metrics.get("accuracy")
+        result.predictions = str(pred.predictions)
+    result.seconds = round(time.perf_counter() - t0, 2)
+    return result
+
+
+def _score_test(out: MethodResult, lay, classes: list[str], test, query_pred, path: Path) -> None:
+    """Write a classical reference's ``predictions.csv`` and its test accuracy when the data have test labels."""
+    from aelab.data import image_ids, read_labels_csv
+
+    names = [classes[p] for p in query_pred]
+    write_csv(path, ["id", "label"], zip(image_ids(test.paths), names))
+    out.predictions = str(path)
+    if lay.test_labels is not None:
+        truth = read_labels_csv(lay.test_labels)
+        pairs = [(truth[i], classes[p]) for i, p in zip(image_ids(test.paths), query_pred) if i in truth]
+        out.test_acc = float(np.mean([t == p for t, p in pairs])) if pairs else None
+
+
+def classical(cfg, data: Path, layout: RunLayout, name: str, baseline_fn) -> MethodResult:
+    """A classical reference row: ``baseline_fn`` (the signature of `label_spreading_baseline`) on the
+    decoded images at the preset's size, the same split as the networks; writes its ``predictions.csv``."""
+    from aelab.data import Preprocessing, load_images, resolve_layout, scan_labelled
+    from aelab.models import preset_config
+    from aelab.train.loaders import split_indices
+
+    t0 = time.perf_counter()
+    mc = preset_config(cfg.preset, image_size=cfg.image_size, in_channels=cfg.channels)
+    prep = Preprocessing(image_size=mc.image_size, channels=mc.in_channels)
+    lay = resolve_layout(data)
+    lab = scan_labelled(lay.require("labelled"))
+    images = load_images(lab.paths, prep.image_size, prep.channels, strict=cfg.strict)
+    kept = {Path(p).resolve() for p in images.paths}
+    labels = lab.labels[[Path(p).resolve() in kept for p in lab.paths]]
+    unl = prep.load(lay.unlabelled, strict=cfg.strict).images if lay.unlabelled is not None else None
+    test = prep.load(lay.test, strict=cfg.strict) if lay.test is not None else None
+    train_idx, val_idx = split_indices(len(labels), cfg.val_fraction, cfg.seed, labels)
+    res = baseline_fn(images.images, labels, train_idx, val_idx, unl, None if test is None else test.images,
+                      seed=cfg.seed)
+    out = MethodResult(name, float(np.mean(res.val_pred == labels[val_idx])), int(len(val_idx)),
+                       labels_per_class(data))
+    if test is not None:
+        _score_test(out, lay, lab.classes, test, res.query_pred, layout.method_predictions(name))
+    out.seconds = round(time.perf_counter() - t0, 2)
+    return out
+
+
+def run_label_spreading(cfg, data: Path, layout: RunLayout, pretrained: Path | None = None) -> MethodResult:
+    from aelab.train.baselines import label_spreading_baseline
+
+    return classical(cfg, data, layout, "label-spreading", label_spreading_baseline)
+
+
+def run_kmeans_features(cfg, data: Path, layout: RunLayout, pretrained: Path | None = None) -> MethodResult:
+    from aelab.train.baselines import kmeans_features_baseline
+
+    require_unlabelled(data, "kmeans-features")
+    return classical(cfg, data, layout, "kmeans-features",
+                     partial(kmeans_features_baseline, n_centroids=cfg.kmeans_features_centroids,
+                             learner=cfg.kmeans_features_learner))
+
+
+def _course(name: str, augment: str, cfg, data: Path, layout: RunLayout, pretrained: Path | None) -> MethodResult:
+    if pretrained is None:
+        pretrained = pretrain_denoise(cfg, data, layout.stage("pretrain"))
+    return finetune_and_predict(name, cfg, data, layout, method="course",
+                                init_from=str(pretrained), augment=augment, epochs=cfg.finetune_epochs)
+
+
+def run_course(cfg, data: Path, layout: RunLayout, pretrained: Path | None = None) -> MethodResult:
+    return _course("course", cfg.course_augment, cfg, data, layout, pretrained)
+
+
+def run_course_noaug(cfg, data: Path, layout: RunLayout, pretrained: Path | None = None) -> MethodResult:
+    return _course("course-noaug", "none", cfg, data, layout, pretrained)
+
+
+def run_supervised(cfg, data: Path, layout: RunLayout, pretrained: Path | None = None) -> MethodResult:
+    return finetune_and_predict("supervised", cfg, data, layout, method="supervised",
+                                epochs=cfg.finetune_epochs, patience=cfg.finetune_epochs,
+                                augment=cfg.supervised_augment)
+
+
+def run_fixmatch(cfg, data: Path, layout: RunLayout, pretrained: Path | None = None) -> MethodResult:
+    require_unlabelled(data, "fixmatch")
+    return finetune_and_predict("fixmatch", cfg, data, layout, method="fixmatch",
+                                epochs=cfg.fixmatch_epochs, class_thresholds=cfg.fixmatch_class_thresholds)
+
+
+def run_vicreg(cfg, data: Path, layout: RunLayout, pretrained: Path | None = None) -> MethodResult:
+    """VICReg pretraining on the unlabelled images (``vicreg_pretrain``), then a supervised fine-tune."""
+    from aelab.train.pretrain import PretrainConfig, pretrain
+
+    require_unlabelled(data, "vicreg")
+    t0 = time.perf_counter()
+    pre = pretrain(PretrainConfig(data=str(data), objective="vicreg", preset=cfg.preset, channels=cfg.channels,
+                                  image_size=cfg.image_size, epochs=cfg.vicreg_epochs, batch_size=128,
+                                  patience=cfg.vicreg_epochs, out=str(layout.stage("vicreg_pretrain")),
+                                  budget=cfg.minutes("vicreg_pretrain"), **engine(cfg)))
+    res = finetune_and_predict("vicreg", cfg, data, layout, method="supervised",
+                               init_from=str(pre), epochs=cfg.finetune_epochs, patience=cfg.finetune_epochs,
+                               augment=cfg.supervised_augment)
+    res.seconds = round(time.perf_counter() - t0, 2)
+    return res

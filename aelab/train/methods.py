@@ -1,0 +1,93 @@
+"""The registry of study 1's methods: one `Method` per method, read by the study, the pipeline and the docs.
+
+Adding a method touches two files: the module with its ``run`` function, and the `METHODS` table below
+(or a `register` call); see docs/architecture.md, "How to add a study-1 method".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Mapping
+
+from aelab.errors import AelabError
+from aelab.train import method_runs as runs
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from aelab.layout import RunLayout
+    from aelab.results import MethodResult
+
+__all__ = ["METHODS", "Method", "budget_shares", "get_method", "register"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of study 1's table.
+
+    Attributes:
+        name: the name in ``--methods``, ``methods.csv`` and the run folder (its stage's subfolder).
+        description: the table's description column.
+        uses_unlabelled: whether it learns from the unlabelled images (the report's "what they add" compares the
+            best such method with the best that does not).
+        run: ``run(cfg, data, layout, pretrained) -> MethodResult``: trains (into ``layout.method_run(name)``),
+            predicts the test folder when there is one and returns the row; ``pretrained`` is the course report's
+            denoising pretraining when ``pretrain`` is set (else None). Raises `NoUnlabelledImages` when the data
+            cannot serve it (the run skips it with that reason).
+        budget: share of study 1's time budget of each of its training stages (relative weights).
+        rank: order of preference when the hold-out cannot tell methods apart (lower first; the benchmarks').
+        shared: every process of ``--devices N`` runs it (a network trained with Fabric); else rank 0 alone.
+        pretrain: it starts from the denoising pretraining (``aelab run`` runs the ``pretrain`` stage first).
+    """
+
+    name: str
+    description: str
+    uses_unlabelled: bool
+    run: Callable[[object, Path, RunLayout, Path | None], MethodResult]
+    budget: Mapping[str, float] = field(default_factory=dict)
+    rank: int = 100
+    shared: bool = False
+    pretrain: bool = False
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add ``method`` to the table (a name already taken is replaced)."""
+    METHODS[method.name] = method
+    return method
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise AelabError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def budget_shares(names: list[str] | None = None) -> dict[str, float]:
+    """Training stage -> budget share, of the methods ``names`` (default: every registered one), in their order."""
+    return {st: w for m in (names if names is not None else METHODS) for st, w in METHODS[m].budget.items()}
+
+
+# The benchmarks' order (benchmarks/README.md: FixMatch first on digits and on photos at every label budget
+# measured) gives each method's rank. The semi-supervised method, which reads every unlabelled image several
+# times per step, gets half of the full table's budget.
+for _m in (
+    Method("supervised", "supervised only: random weights, cross-entropy, strong augmentation "
+           "(flipped left-right for photos only)", False, runs.run_supervised, {"supervised": 1}, 2, True),
+    Method("course", "the course report's method: denoising pretraining, then 0.5·MSE + 0.5·CE with its augmentation",
+           True, runs.run_course, {"pretrain": 2, "course": 1}, 3, True, True),
+    Method("course-noaug", "the course report's method without augmentation", True, runs.run_course_noaug,
+           {"pretrain": 2, "course-noaug": 1}, 4, True, True),
+    Method("fixmatch", "semi-supervised: FixMatch-style consistency on the unlabelled images (Sohn et al. 2020) "
+           "with FlexMatch's class-wise thresholds (Zhang et al. 2021) unless fixmatch_class_thresholds is false",
+           True, runs.run_fixmatch, {"fixmatch": 8}, 0, True),
+    Method("vicreg", "self-supervised VICReg pretraining (Bardes et al. 2022), then supervised fine-tuning", True,
+           runs.run_vicreg, {"vicreg_pretrain": 2, "vicreg": 1}, 1, True),
+    Method("label-spreading", "classical reference: LabelSpreading on a 50-component PCA of the pixels", True,
+           runs.run_label_spreading, {}, 6),
+    Method("kmeans-features", "classical reference: single-layer k-means features (Coates et al. 2011) learned on "
+           "the unlabelled images, logistic regression", True, runs.run_kmeans_features, {}, 5),
+):
+    register(_m)
