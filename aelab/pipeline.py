@@ -124,8 +124,7 @@ class _Ctx:
         self.cfg, self.dir, self.layout, self.stages, self.rank = cfg, run_dir, RunLayout(run_dir), stages, rank
         self.results = {k: v.get("result") or {} for k, v in stages.items() if not k.startswith("_")}
         # Rank 0's own stages (clustering, anomaly detection) run in one process.
-        self.engine = dict(seed=cfg.seed, device=cfg.device, devices=1, num_nodes=1,
-                           precision=cfg.precision, strict=cfg.strict, logger=cfg.logger)
+        self.engine = cfg.engine().single()
 
     @property
     def data(self) -> Path:
@@ -225,7 +224,7 @@ def _stage_cluster(ctx: _Ctx) -> dict:
             raise Skip(f"the clustering study needs at least three labelled classes ({exc})") from None
     out = {"embed": str(emb.run_dir), "classes": settings.classes.split(","), "n_embedded": int(len(emb.embeddings))}
     for method in ("ekm", "kmeans", "course-softmax", "ssekm"):
-        cfg = ClusterConfig(str(emb.run_dir), out=str(ctx.sub(f"cluster_{method}")), seed=ctx.cfg.seed,
+        cfg = ClusterConfig(input=str(emb.run_dir), out=str(ctx.sub(f"cluster_{method}")), **ctx.engine.options(),
                             **(asdict(settings) | {"method": method}))
         res = run_cluster_study(cfg, embeddings)
         out[method] = str(res.run_dir)

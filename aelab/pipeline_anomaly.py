@@ -97,9 +97,9 @@ def run_anomaly_study(ctx, skip_exc) -> dict:
     for variant, method, skips in VARIANTS:
         fit = anomaly_fit(AnomalyFitConfig(
             **fit_src, preset=ctx.cfg.preset, channels=ctx.cfg.channels, image_size=ctx.cfg.image_size, method=method,
-            skip_connections=skips, out=str(base / variant), **ctx.cfg.anomaly.detector(), **ctx.engine))
-        ev = anomaly_evaluate(AnomalyEvaluateConfig(**eval_src, out=str(base / f"{variant}_eval"), device=ctx.cfg.device,
-                                                    seed=ctx.cfg.seed), detector=fit.detector)
+            skip_connections=skips, out=str(base / variant), **ctx.cfg.anomaly.detector(), **ctx.engine.options()))
+        ev = anomaly_evaluate(AnomalyEvaluateConfig(**eval_src, out=str(base / f"{variant}_eval"), **ctx.engine.options()),
+                              detector=fit.detector)
         summary[variant] = dict({k: v for k, v in ev.metrics.to_dict().items() if k in KEYS}, method=method)
         wanted = FIGURES if variant == "noskip" else ("cases_anomalous",) if variant == "skip" else ("roc_curve", "cases_anomalous")
         figures += [p.relative_to(ctx.dir).as_posix() for name, p in ev.figures.items() if name in wanted]

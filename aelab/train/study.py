@@ -111,11 +111,7 @@ class ClassificationStudyConfig(RunOptions):
     kmeans_features_learner: str = "kmeans"
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.kmeans_features_learner not in ("kmeans", "ekm"):
-            raise AelabError(f"kmeans_features_learner must be kmeans or ekm, got {self.kmeans_features_learner!r}")
-        if self.kmeans_features_centroids < 2:
-            raise AelabError(f"kmeans_features_centroids must be at least 2, got {self.kmeans_features_centroids}")
+        super().__post_init__()  # kmeans_features_* and the others: `aelab.train.options.RULES`
         self.method_list()  # unknown methods: one line, before anything runs
 
     def minutes(self, stage: str) -> float | None:
@@ -167,8 +163,7 @@ class StudyResult:
 
 
 def _engine(cfg: ClassificationStudyConfig) -> dict:
-    return dict(seed=cfg.seed, device=cfg.device, devices=cfg.devices, num_nodes=cfg.num_nodes,
-                precision=cfg.precision, strict=cfg.strict, logger=cfg.logger)
+    return cfg.engine().options()
 
 
 def _labels_per_class(data: Path) -> str:
@@ -199,8 +194,7 @@ def _finetune_and_predict(name: str, cfg: ClassificationStudyConfig, data: Path,
     result = MethodResult(name, trained.val_acc, trained.n_val, _labels_per_class(data), run=str(trained.run_dir))
     if resolve_layout(data).test is not None:
         pred = predict_result(PredictConfig(model=str(trained.run_dir), data=str(data), out=str(trained.run_dir / "predict"),
-                                            device=cfg.device, devices=cfg.devices, num_nodes=cfg.num_nodes, seed=cfg.seed,
-                                            strict=cfg.strict))
+                                            **_engine(cfg)))
         result.test_acc = pred.metrics.get("accuracy")
         result.predictions = str(pred.predictions)
     result.seconds = round(time.perf_counter() - t0, 2)

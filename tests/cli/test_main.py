@@ -215,8 +215,8 @@ def test_report_of_a_run_with_a_damaged_figure_is_one_line(tmp_path, capsys):
     assert len(err) == 1 and "is damaged" in err[0] and "clusterings.png" in err[0]
 
 
-def test_run_nests_the_cluster_and_anomaly_settings_and_accepts_the_old_flags(monkeypatch, capsys):
-    """`aelab run --cluster.X/--anomaly.X` reach the nested settings; the old flat names still work, with a warning."""
+def test_run_nests_the_cluster_and_anomaly_settings(monkeypatch, capsys):
+    """`aelab run --cluster.X/--anomaly.X` reach the nested settings; the flat names of 0.1 are gone."""
     import aelab.cli.run_cmds as run_cmds
 
     seen = {}
@@ -224,10 +224,8 @@ def test_run_nests_the_cluster_and_anomaly_settings_and_accepts_the_old_flags(mo
     assert main(["run", "--cluster.classes", "1,4,7", "--anomaly.epochs", "3", "--anomaly.score", "mse"]) == 0
     cfg = seen.pop("cfg")
     assert (cfg.cluster.classes, cfg.cluster.ratio, cfg.anomaly.epochs, cfg.anomaly.score) == ("1,4,7", "2:1:1", 3, "mse")
-    assert main(["run", "--cluster_classes", "3,4,5", "--anomaly_epochs", "4", "--normal_class", "7"]) == 0
-    cfg = seen.pop("cfg")
-    assert (cfg.cluster.classes, cfg.anomaly.epochs, cfg.anomaly.normal_class) == ("3,4,5", 4, "7")
-    assert "--cluster_classes is now --cluster.classes" in capsys.readouterr().err
+    assert main(["run", "--cluster_classes", "3,4,5"]) == 2
+    assert "cluster_classes" in capsys.readouterr().err
     assert main(["run", "--anomaly.epochs", "0"]) == 2  # nested settings are checked like the others
     assert "--epochs must be an integer >= 1" in capsys.readouterr().err
 
