@@ -1,5 +1,7 @@
-"""Anomaly detection: an autoencoder (reconstruction) or a transformation classifier (geometric) fitted on normal images; scores, thresholds, metrics."""
+"""Anomaly detection: an autoencoder (reconstruction) or a transformation classifier (geometric) fitted on
+normal images (`BaseDetector`: the estimator interface they share); scores, thresholds, metrics."""
 
+from aelab.anomaly.base import BaseDetector
 from aelab.anomaly.corruption import CORRUPTIONS, structured_corruption
 from aelab.anomaly.detector import DETECTOR_FILE, ReconstructionDetector
 from aelab.anomaly.geometric import GeometricDetector
@@ -39,6 +41,7 @@ __all__ = [
     "REDUCTIONS",
     "SCORE_KINDS",
     "THRESHOLD_RULES",
+    "BaseDetector",
     "GeometricDetector",
     "ImageBatch",
     "Reconstruction",

@@ -147,10 +147,16 @@ def validate_options(options: Any) -> None:
 
 
 def validate_params(estimator: Any, params: dict[str, Any]) -> None:
-    """Check an estimator's parameters by `rules_for` its class (scikit-learn's ``_validate_params``)."""
-    rules = rules_for(type(estimator))
+    """Check an estimator's parameters by `rules_for` its class (scikit-learn's ``_validate_params``); a
+    parameter whose default is ``None`` may be ``None``."""
+    import inspect
+
+    cls = type(estimator)
+    rules, signature = rules_for(cls), inspect.signature(cls.__init__).parameters
     for name, value in params.items():
-        _check(rules, name, value, f"{type(estimator).__name__}: ")
+        if value is None and name in signature and signature[name].default is None:
+            continue
+        _check(rules, name, value, f"{cls.__name__}: ")
 
 
 def check_option(name: str, value: Any) -> None:

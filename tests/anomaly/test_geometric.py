@@ -14,6 +14,7 @@ from aelab.anomaly import GeometricDetector, ReconstructionDetector, default_met
 from aelab.anomaly.geometric import num_transforms, transform, transform_scores
 from aelab.errors import AelabError
 from aelab.runs import read_csv_rows
+from aelab.train.options import Engine
 
 SIDE = 16
 
@@ -43,8 +44,8 @@ def unoriented(n: int, seed: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def fitted():
     torch.set_num_threads(1)
-    det = GeometricDetector(width=8, epochs=8, batch_size=16, lr=0.05, augment=1, patience=8, device="cpu", seed=0)
-    return det.fit(oriented(96, 0))
+    det = GeometricDetector(width=8, epochs=8, batch_size=16, lr=0.05, augment=1, patience=8, random_state=0)
+    return det.fit(oriented(96, 0), engine=Engine(device="cpu"))
 
 
 def numpy_reference(det: GeometricDetector, images: np.ndarray) -> np.ndarray:
@@ -78,7 +79,7 @@ def test_score_matches_numpy_reference(fitted):
 
 
 def test_score_with_translations_matches_numpy_reference():
-    det = GeometricDetector(width=4, epochs=1, batch_size=16, shift=3, device="cpu").fit(oriented(24, 1))
+    det = GeometricDetector(width=4, epochs=1, batch_size=16, shift=3).fit(oriented(24, 1), engine=Engine(device="cpu"))
     assert det.num_transforms == 72
     imgs = oriented(4, 9)
     np.testing.assert_allclose(det.decision_function(imgs), numpy_reference(det, imgs), rtol=1e-4, atol=1e-5)
@@ -186,6 +187,6 @@ def test_cli_geometric_defaults_are_the_detectors():
     from aelab.cli.main import build_parser
 
     sig = {n: p.default for n, p in inspect.signature(GeometricDetector.__init__).parameters.items() if n != "self"}
-    assert set(GEOMETRIC_KEYS) | set(SHARED_KEYS) == set(sig) - {"run_dir"}
+    assert set(GEOMETRIC_KEYS) | set(SHARED_KEYS) == set(sig) - {"random_state"}
     parsed = build_parser().parse_args(["anomaly", "fit"])["anomaly"]["fit"]
     assert parsed["method"] == "auto" and {k: parsed["geometric"][k] for k in GEOMETRIC_KEYS} == {k: sig[k] for k in GEOMETRIC_KEYS}

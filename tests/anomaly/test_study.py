@@ -125,7 +125,7 @@ def test_cli_and_python_defaults_are_identical():
 
     sig = {n: p.default for n, p in inspect.signature(ReconstructionDetector.__init__).parameters.items() if n != "self"}
     fields = {f.name: f.default for f in dataclasses.fields(AnomalyFitConfig)}
-    assert set(DETECTOR_KEYS) == set(sig) - {"run_dir"} and set(DETECTOR_KEYS) <= set(fields)
+    assert set(DETECTOR_KEYS) == set(sig) - {"random_state"} and set(DETECTOR_KEYS) <= set(fields)
     assert {k: fields[k] for k in DETECTOR_KEYS} == {k: sig[k] for k in DETECTOR_KEYS}
     parsed = build_parser().parse_args(["anomaly", "fit"])["anomaly"]["fit"]
     assert {k: parsed[k] for k in DETECTOR_KEYS} == {k: sig[k] for k in DETECTOR_KEYS}  # what the command line really gets
