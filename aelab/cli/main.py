@@ -65,10 +65,10 @@ def build_parser():
         sub.add_argument("--config", action=ActionConfigFile, help="YAML file of settings; flags after it override it")
         if config_ref is not None:
             positional = POSITIONAL.get(verb, ())
-            for name, help_text_ in positional:
-                sub.add_argument(name, help=help_text_)
+            for field_name, field_help in positional:
+                sub.add_argument(field_name, help=field_help)
             sub.add_class_arguments(_load(config_ref), nested_key=None, as_group=False,
-                                    skip={name for name, _ in positional})
+                                    skip={field_name for field_name, _ in positional})
         else:
             sub.add_function_arguments(_load(func_ref), as_positional=True, as_group=False)
         if group:

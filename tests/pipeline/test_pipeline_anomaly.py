@@ -10,6 +10,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from aelab.train.options import Engine
+
 
 class _Skip(Exception):
     pass
@@ -28,7 +30,7 @@ def _ctx(data: Path, run_dir: Path):
         shutil.rmtree(path, ignore_errors=True)
         return path
 
-    return SimpleNamespace(cfg=cfg, data=data, dir=run_dir, sub=sub, engine=dict(seed=0, device="cpu", precision="32-true"))
+    return SimpleNamespace(cfg=cfg, data=data, dir=run_dir, sub=sub, engine=Engine(seed=0, device="cpu", precision="32-true"))
 
 
 def test_mvtec_layout_under_anomaly_gives_pixel_metrics_and_run_relative_figures(tmp_path):
