@@ -77,9 +77,11 @@ def score_parts(kind: str) -> tuple[str, ...]:
 
 def check_score_kind(kind: str, ssim_window: int = 7) -> str:
     """Validate a score name (and the SSIM window, odd and >= 3); returns the name."""
-    joined = "+" in str(kind) and all(p in MAP_KINDS for p in score_parts(kind)) and len(set(score_parts(kind))) == len(score_parts(kind))
+    parts = score_parts(kind) if "+" in str(kind) else []
+    joined = bool(parts) and all(p in MAP_KINDS for p in parts) and len(set(parts)) == len(parts)
     if kind not in SCORE_KINDS and not joined:
-        raise AelabError(f"unknown anomaly score {kind!r}; choose one of {', '.join(SCORE_KINDS)} or maps joined by + (e.g. mse+gms)")
+        raise AelabError(f"unknown anomaly score {kind!r}; choose one of {', '.join(SCORE_KINDS)} "
+                         "or maps joined by + (e.g. mse+gms)")
     if isinstance(ssim_window, bool) or not isinstance(ssim_window, int) or ssim_window < 3 or ssim_window % 2 == 0:
         raise AelabError(f"ssim_window must be an odd integer >= 3 (e.g. 7 or 11), got {ssim_window!r}")
     return kind
@@ -152,7 +154,8 @@ def smooth_maps(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     k = min(k, (min(maps.shape[-2:]) // 2) * 2 - 1)
     if k < 3:
         return maps
-    out = kornia.filters.gaussian_blur2d(maps[:, None].float(), (k, k), (float(sigma), float(sigma)), border_type="replicate")
+    out = kornia.filters.gaussian_blur2d(maps[:, None].float(), (k, k), (float(sigma), float(sigma)),
+                                         border_type="replicate")
     return out[:, 0]
 
 

@@ -223,7 +223,8 @@ def choose_threshold(
         alpha: false-alarm rate of the ``conformal`` rule; default ``1 - quantile``.
     """
     if rule == "auto":
-        rule = "manual" if value is not None else ("f1" if anomalous_scores is not None and len(anomalous_scores) else "conformal")
+        has_anomalies = anomalous_scores is not None and len(anomalous_scores) > 0
+        rule = "manual" if value is not None else ("f1" if has_anomalies else "conformal")
     if rule not in THRESHOLD_RULES:
         raise AelabError(f"unknown threshold rule {rule!r}; choose auto or one of {', '.join(THRESHOLD_RULES)}")
     if rule == "manual":

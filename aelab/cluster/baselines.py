@@ -14,8 +14,8 @@ method             h                                               w_kn
 =================  ==============================================  ==============================
 
 ``kmeans`` is scikit-learn's ``KMeans`` itself (re-exported here), so reports compare against the
-reference implementation. ``CourseSoftmaxKMeans`` reproduces the defect of the course report this project grew from (its "Eq. 38"):
-unsquared distance and no equilibrium factor. It is a soft k-means variant, **not** EKM, and is
+reference implementation. ``CourseSoftmaxKMeans`` reproduces the defect of the course report this project grew
+from (its "Eq. 38"): unsquared distance and no equilibrium factor. It is a soft k-means variant, **not** EKM, and is
 kept only to show in reports how it fails on imbalanced data.
 
 Example:
