@@ -159,9 +159,10 @@ def validate_params(estimator: Any, params: dict[str, Any]) -> None:
         _check(rules, name, value, f"{cls.__name__}: ")
 
 
-def check_option(name: str, value: Any) -> None:
-    """Check one option by `RULES` (none for the name: anything goes); raise a one-line `ParameterError`."""
-    _check(RULES, name, value, "--")
+def check_option(name: str, value: Any, prefix: str = "--") -> None:
+    """Check one option by `RULES` (none for the name: anything goes); raise a one-line `ParameterError`
+    naming it as ``prefix + name`` (the flag by default)."""
+    _check(RULES, name, value, prefix)
 
 
 @dataclass(frozen=True)
