@@ -224,7 +224,7 @@ def _stage_cluster(ctx: _Ctx) -> dict:
             raise Skip(f"the clustering study needs at least three labelled classes ({exc})") from None
     out = {"embed": str(emb.run_dir), "classes": settings.classes.split(","), "n_embedded": int(len(emb.embeddings))}
     for method in ("ekm", "kmeans", "course-softmax", "ssekm"):
-        cfg = ClusterConfig(input=str(emb.run_dir), out=str(ctx.sub(f"cluster_{method}")), **ctx.engine.options(),
+        cfg = ClusterConfig(input=str(emb.run_dir), out=str(ctx.sub(f"cluster_{method}")), seed=ctx.cfg.seed,
                             **(asdict(settings) | {"method": method}))
         res = run_cluster_study(cfg, embeddings)
         out[method] = str(res.run_dir)
