@@ -28,6 +28,7 @@ from aelab.train.checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = ["make_fabric", "FitState", "fit_loop", "from_rank0", "resolve_precision", "shared_run_dir", "start_run"]
 
+
 def resolve_precision(precision: str, accelerator: str) -> str:
     """``auto`` → bf16-mixed on a GPU that supports it, else full float32."""
     if precision != "auto":
