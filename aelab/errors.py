@@ -5,6 +5,11 @@ class AelabError(Exception):
     """A problem with the user's input or settings; its message is shown as is."""
 
 
+class ParameterError(AelabError, ValueError):
+    """A setting or an estimator's parameter out of its range (scikit-learn raises ``ValueError`` there;
+    the CLI prints it as one line like every `AelabError`)."""
+
+
 class DataError(AelabError, ValueError):
     """Bad or missing image data (the message names the path)."""
 

@@ -132,8 +132,7 @@ class _Ctx:
         self.cfg, self.dir, self.layout, self.stages, self.rank = cfg, run_dir, RunLayout(run_dir), stages, rank
         self.results = {k: stages.result(k) for k in stages.names()}
         # Rank 0's own stages (clustering, anomaly detection) run in one process.
-        self.engine = dict(seed=cfg.seed, device=cfg.device, devices=1, num_nodes=1,
-                           precision=cfg.precision, strict=cfg.strict, logger=cfg.logger)
+        self.engine = cfg.engine().single()
 
     @property
     def data(self) -> Path:
@@ -220,7 +219,7 @@ def _stage_cluster(ctx: _Ctx) -> dict:
             raise StageSkipped(f"the clustering study needs at least three labelled classes ({exc})") from None
     out = ClusterStudyResult(str(emb.run_dir), settings.classes.split(","), int(len(emb.embeddings)))
     for method in ("ekm", "kmeans", "course-softmax", "ssekm"):
-        cfg = ClusterConfig(str(emb.run_dir), out=str(ctx.sub(ctx.layout.cluster_run(method).name)),
+        cfg = ClusterConfig(input=str(emb.run_dir), out=str(ctx.sub(ctx.layout.cluster_run(method).name)),
                             seed=ctx.cfg.seed, **(asdict(settings) | {"method": method}))
         res = run_cluster_study(cfg, embeddings)
         out.runs[method], out.ari[method] = str(res.run_dir), res.metrics.get("ari")

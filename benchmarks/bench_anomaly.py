@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 # Settings of the aelab detector (both variants; only skip_connections differs): the detector's
 # own defaults (ReconstructionDetector(), the same as `aelab anomaly fit`), grayscale, on the CPU.
-AELAB = dict(channels=1, seed=0, device="cpu")
+AELAB = dict(channels=1, random_state=0)
 PCA_COMPONENTS = 32
 METHODS = ("pca", "pyod_ae", "aelab", "aelab_skip", "geometric")
 
@@ -82,10 +82,11 @@ def _pyod(train: np.ndarray, test: np.ndarray) -> np.ndarray | None:
 
 def _aelab(train: np.ndarray, test: np.ndarray, skip: bool, settings: dict) -> tuple[np.ndarray, dict]:
     from aelab.anomaly import ReconstructionDetector, combine_scores
+    from aelab.train.options import Engine
 
     det = ReconstructionDetector(**settings, skip_connections=skip)
     with contextlib.redirect_stderr(io.StringIO()):  # per-epoch lines of 20 fits would drown the table
-        det.fit(train)
+        det.fit(train, engine=Engine(device="cpu"))
     res = det.score_images(test)
     extra = dict(best_epoch=det.best_epoch_ + 1, threshold=det.threshold_, mse=res.loss)
     if det.score == "ssim":  # the combined score from the same pass: it needs only mse and ssim
@@ -115,10 +116,11 @@ def run_digit(task: tuple[int, dict, tuple[str, ...]]) -> dict:
             scores = _pyod(x[fit_idx], x[test_idx])
         elif method == "geometric":
             from aelab.anomaly import GeometricDetector
+            from aelab.train.options import Engine
 
-            det = GeometricDetector(channels=1, seed=0, device="cpu", **settings.get("geometric", {}))
+            det = GeometricDetector(channels=1, random_state=0, **settings.get("geometric", {}))
             with contextlib.redirect_stderr(io.StringIO()):
-                det.fit(x[fit_idx])
+                det.fit(x[fit_idx], engine=Engine(device="cpu"))
             scores = det.decision_function(x[test_idx])
         else:
             recon = {k: v for k, v in settings.items() if k != "geometric"}

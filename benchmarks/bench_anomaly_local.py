@@ -48,7 +48,7 @@ from bench_anomaly import cpu_model, load_digits, split
 
 TUNING_DIGITS = (3, 7)
 EVALUATION_DIGITS = (0, 1, 2, 4, 5, 6, 8, 9)
-SETTINGS = dict(channels=1, seed=0, device="cpu")  # everything else: ReconstructionDetector's defaults
+SETTINGS = dict(channels=1, random_state=0)  # everything else: ReconstructionDetector's defaults
 
 
 def defect_set(x: np.ndarray, y: np.ndarray, digit: int):
@@ -88,6 +88,7 @@ def run_digit(task: tuple[int, dict]) -> dict:
     from sklearn.metrics import roc_auc_score
 
     from aelab.anomaly import ReconstructionDetector
+    from aelab.train.options import Engine
 
     digit, settings = task
     torch.set_num_threads(1)
@@ -97,7 +98,7 @@ def run_digit(task: tuple[int, dict]) -> dict:
     t0 = time.perf_counter()
     det = ReconstructionDetector(**settings)
     with contextlib.redirect_stderr(io.StringIO()):
-        det.fit(train)
+        det.fit(train, engine=Engine(device="cpu"))
     rec = det.reconstruct(test)
     res = det.score_images(test)
     seconds = time.perf_counter() - t0

@@ -137,10 +137,11 @@ def run_class(c: int, args, names, settings: dict) -> dict:
         t0, c0 = time.perf_counter(), _cpu()
         if method == "geometric":
             from aelab.anomaly import GeometricDetector
+            from aelab.train.options import Engine
 
             det = GeometricDetector(**settings)
             with contextlib.redirect_stderr(io.StringIO()):
-                det.fit(train)
+                det.fit(train, engine=Engine(device="cpu"))
             scores = det.all_scores(test)
             out["auroc"]["geometric"] = float(roc_auc_score(labels, scores["transform"]))
             out["auroc"]["geometric_knn"] = float(roc_auc_score(labels, scores["knn"]))
@@ -148,10 +149,11 @@ def run_class(c: int, args, names, settings: dict) -> dict:
             out["geometric_false_alarm_rate"] = float(np.mean(scores[det.score][labels == 0] > det.threshold_))
         elif method == "reconstruction":
             from aelab.anomaly import ReconstructionDetector
+            from aelab.train.options import Engine
 
-            det = ReconstructionDetector(channels=3, device="cpu", epochs=args.recon_epochs, seed=0)
+            det = ReconstructionDetector(channels=3, epochs=args.recon_epochs, random_state=0)
             with contextlib.redirect_stderr(io.StringIO()):
-                det.fit(train)
+                det.fit(train, engine=Engine(device="cpu"))
             out["auroc"][method] = float(roc_auc_score(labels, det.decision_function(test)))
         elif method.startswith("pca"):
             out["auroc"][method] = float(roc_auc_score(labels, _pca(train, test, int(method[3:]))))
@@ -194,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         args.data = DEFAULT_DATA if Path(DEFAULT_DATA).is_dir() else str(DEFAULT_ARCHIVE)
     args.methods = [m for m in args.methods.split(",") if m]
     classes = [CLASSES.index(c) if c in CLASSES else int(c) for c in args.classes.split(",")]
-    settings: dict = dict(device="cpu", seed=0)
+    settings: dict = dict(random_state=0)
     for item in args.set:
         key, value = item.split("=", 1)
         settings[key] = json.loads(value) if value[:1] in "0123456789-[{tfn" else value

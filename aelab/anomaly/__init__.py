@@ -1,12 +1,27 @@
-"""Anomaly detection: an autoencoder (reconstruction) or a transformation classifier (geometric) fitted on normal images; scores, thresholds, metrics."""
+"""Anomaly detection: an autoencoder (reconstruction) or a transformation classifier (geometric) fitted on
+normal images (`BaseDetector`: the estimator interface they share); scores, thresholds, metrics."""
 
+from aelab.anomaly.base import BaseDetector
 from aelab.anomaly.corruption import CORRUPTIONS, structured_corruption
 from aelab.anomaly.detector import DETECTOR_FILE, ReconstructionDetector
+from aelab.anomaly.evaluate import AnomalyEvaluateConfig, EvaluateResult, anomaly_evaluate
+from aelab.anomaly.fit import (
+    DETECTOR_KEYS,
+    GEOMETRIC_KEYS,
+    SHARED_KEYS,
+    AnomalyFitConfig,
+    DetectorSettings,
+    FitResult,
+    GeometricSettings,
+    anomaly_fit,
+    make_detector,
+)
 from aelab.anomaly.geometric import GeometricDetector
 from aelab.anomaly.inputs import ImageBatch, Reconstruction, ScoreResult
 from aelab.anomaly.methods import METHODS, default_method, load_detector
 from aelab.anomaly.metrics import METRIC_KEYS, anomaly_metrics
 from aelab.anomaly.run_study import AnomalyStudySettings, run_anomaly_study
+from aelab.anomaly.score import AnomalyScoreConfig, ScoreRunResult, anomaly_score
 from aelab.anomaly.scores import (
     BASE_KINDS,
     MAP_KINDS,
@@ -31,6 +46,21 @@ from aelab.anomaly.thresholds import (
 )
 
 __all__ = [
+    "DETECTOR_KEYS",
+    "GEOMETRIC_KEYS",
+    "SHARED_KEYS",
+    "AnomalyFitConfig",
+    "DetectorSettings",
+    "FitResult",
+    "GeometricSettings",
+    "anomaly_fit",
+    "make_detector",
+    "AnomalyEvaluateConfig",
+    "EvaluateResult",
+    "anomaly_evaluate",
+    "AnomalyScoreConfig",
+    "ScoreRunResult",
+    "anomaly_score",
     "AnomalyStudySettings",
     "BASE_KINDS",
     "CORRUPTIONS",
@@ -41,6 +71,7 @@ __all__ = [
     "REDUCTIONS",
     "SCORE_KINDS",
     "THRESHOLD_RULES",
+    "BaseDetector",
     "GeometricDetector",
     "ImageBatch",
     "Reconstruction",

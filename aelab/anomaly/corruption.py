@@ -45,7 +45,8 @@ def _segment_distance(yy: torch.Tensor, xx: torch.Tensor, p: torch.Tensor, q: to
 
 
 def _stroke_mask(size: int, gen: torch.Generator) -> torch.Tensor:
-    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+    axis = torch.arange(size, dtype=torch.float32)
+    yy, xx = torch.meshgrid(axis, axis, indexing="ij")
     n_points = int(torch.randint(2, 5, (), generator=gen))
     points = torch.rand(n_points, 2, generator=gen) * (size - 1)
     width = _uniform(gen, 0.5, 1.5) * size / 32
@@ -54,7 +55,8 @@ def _stroke_mask(size: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def _blob_mask(size: int, gen: torch.Generator) -> torch.Tensor:
-    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+    axis = torch.arange(size, dtype=torch.float32)
+    yy, xx = torch.meshgrid(axis, axis, indexing="ij")
     cy, cx = (torch.rand(2, generator=gen) * (size - 1)).tolist()
     ry, rx = (_uniform(gen, 1.5, 5.0) * size / 32 for _ in range(2))
     return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0

@@ -35,33 +35,28 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 import os
-import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.base import BaseEstimator
 from torch import nn
 
-from aelab.anomaly.inputs import ImageBatch, ScoreResult, _array_images, _match
-from aelab.anomaly.thresholds import Threshold, check_threshold_params, choose_threshold
+from aelab.anomaly.base import BaseDetector
 from aelab.data.rows import RowReader
-from aelab.errors import AelabError, DataError
+from aelab.errors import ParameterError
 from aelab.runs import set_seed, to_plain
 from aelab.train.checkpoint import load_checkpoint, save_checkpoint
-from aelab.train.engine import fit_loop, make_fabric
+from aelab.train.engine import fit_loop
 from aelab.train.inference import pick_device
-from aelab.train.loaders import make_loader, split_indices
+from aelab.train.loaders import make_loader
+from aelab.train.options import Engine, Interval, OneOf
 
-__all__ = ["GEOMETRIC_SCORES", "GeometricDetector", "TransformNet", "transform", "transform_scores", "num_transforms"]
+__all__ = ["GEOMETRIC_SCORES", "GeometricDetector", "TransformNet", "transform", "transform_scores",
+           "num_transforms"]
 
-_KIND = "anomaly-detector"
 METHOD = "geometric"
 GEOMETRIC_SCORES: tuple[str, ...] = ("transform", "knn")
 
@@ -115,7 +110,8 @@ class TransformNet(nn.Module):
         c = in_channels
         for mult in (1, 2, 4):
             for _ in range(2):
-                layers += [nn.Conv2d(c, width * mult, 3, padding=1, bias=False), nn.BatchNorm2d(width * mult), nn.ReLU(inplace=True)]
+                layers += [nn.Conv2d(c, width * mult, 3, padding=1, bias=False), nn.BatchNorm2d(width * mult),
+                           nn.ReLU(inplace=True)]
                 c = width * mult
             layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
@@ -128,7 +124,7 @@ class TransformNet(nn.Module):
         return self.head(self.embed(x))
 
 
-class GeometricDetector(BaseEstimator):
+class GeometricDetector(BaseDetector):
     """Transformation-prediction anomaly detector on images (PyOD-style API; see the module doc).
 
     Args:
@@ -145,100 +141,71 @@ class GeometricDetector(BaseEstimator):
         epochs, batch_size, lr, weight_decay, patience: training (SGD with Nesterov momentum 0.9,
             cosine schedule; early stopping on the held-out normals' mean score).
         val_fraction: share of the normal images held out (early stopping and threshold).
-        recursive, strict, seed, device, devices, precision, run_dir: as `ReconstructionDetector`.
+        random_state: seed of the split, the initialisation and the transformations drawn.
     """
 
     method = METHOD
     has_maps = False
+    _parameter_constraints = {
+        "score": OneOf(GEOMETRIC_SCORES), "shift": Interval(0, integer=True), "augment": Interval(0, integer=True),
+    }
 
     def __init__(
         self, *, image_size: int | None = None, channels: int | None = None, width: int = 16, flips: bool = True,
         shift: int = 0, augment: int = 2, score: str = "transform", knn: int = 5, contamination: float = 0.01,
         threshold: float | None = None, threshold_rule: str = "auto", epochs: int = 30, batch_size: int = 64,
         lr: float = 0.05, weight_decay: float = 5e-4, val_fraction: float = 0.2, patience: int = 10,
-        recursive: bool = False, strict: bool = False, seed: int = 0, device: str = "auto", devices: int = 1,
-        precision: str = "auto", run_dir: str | None = None,
+        random_state: int = 0,
     ):
-        params = dict(locals())
-        for name in inspect.signature(type(self).__init__).parameters:
-            if name != "self":
-                setattr(self, name, params[name])
+        self.image_size = image_size
+        self.channels = channels
+        self.width = width
+        self.flips = flips
+        self.shift = shift
+        self.augment = augment
+        self.score = score
+        self.knn = knn
+        self.contamination = contamination
+        self.threshold = threshold
+        self.threshold_rule = threshold_rule
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.val_fraction = val_fraction
+        self.patience = patience
+        self.random_state = random_state
 
     @property
     def num_transforms(self) -> int:
         return num_transforms(self.flips, self.shift)
 
-    # --- input -----------------------------------------------------------------------------------
+    def _input_size(self) -> tuple[int | None, int | None]:
+        return getattr(self, "image_size_", None), getattr(self, "channels_", None)
 
-    def as_images(self, X: Any, image_size: int | None = None, channels: int | None = None) -> ImageBatch:
-        """Read ``X`` (folder, file list, array, tensor, ImageSet) as uint8 images for this detector."""
-        size = image_size or getattr(self, "image_size_", None)
-        chans = channels or getattr(self, "channels_", None)
-        is_files = isinstance(X, (str, os.PathLike)) or (
-            isinstance(X, (list, tuple)) and len(X) > 0 and all(isinstance(p, (str, os.PathLike)) for p in X)
-        )
-        if is_files:
-            from aelab.data import list_images, load_images
-
-            paths = list_images(X, recursive=self.recursive) if isinstance(X, (str, os.PathLike)) else list(X)
-            data = load_images(paths, size or 32, chans or 3, strict=self.strict)
-            return ImageBatch(data.images, list(data.paths), list(data.skipped))
-        is_set = hasattr(X, "images") and hasattr(X, "paths")
-        images = _array_images(X.images if is_set else X)
-        images = _match(images, size or images.shape[-1], chans or images.shape[1])
-        return ImageBatch(images, list(X.paths), list(X.skipped)) if is_set else ImageBatch(images)
-
-    # --- fitting ---------------------------------------------------------------------------------
-
-    def _check_params(self, anomalies: Any = None) -> None:
-        if self.score not in GEOMETRIC_SCORES:
-            raise AelabError(f"score of the geometric detector must be one of {', '.join(GEOMETRIC_SCORES)}, got {self.score!r}")
-        check_threshold_params(self.threshold_rule, self.threshold, self.contamination, self.val_fraction, anomalies)
-        if self.epochs < 1 or self.batch_size < 1 or self.width < 1 or self.knn < 1:
-            raise AelabError("epochs, batch_size, width and knn must be >= 1")
-        if self.shift < 0 or self.augment < 0:
-            raise AelabError(f"shift and augment are pixels >= 0, got {self.shift} and {self.augment}")
-
-    def fit(self, X: Any, y: Any = None, *, anomalies: Any = None) -> GeometricDetector:
-        """Train on normal images ``X`` and choose the threshold on the held-out share (see `ReconstructionDetector.fit`)."""
-        self._check_params(anomalies)
-        for name in ("image_size_", "channels_", "model_"):
-            self.__dict__.pop(name, None)
-        data = self.as_images(X, self.image_size, self.channels)
-        images = data.images
-        if len(images) < 2:
-            raise DataError(f"fitting needs at least 2 normal images, got {len(images)}")
-        side = images.shape[-1]
-        if self.shift >= side // 2 or self.augment >= side // 2:
-            raise AelabError(f"shift and augment must be below half the image side ({side} pixels)")
-        self.image_size_, self.channels_ = int(side), int(images.shape[1])
-        train_idx, val_idx = split_indices(len(images), self.val_fraction, self.seed)
-        if len(val_idx) == 0:
-            warnings.warn("no held-out normal images: the threshold is chosen on training scores (too low)", stacklevel=2)
-            val_idx = train_idx
+    def fit(self, X: Any, y: Any = None, *, anomalies: Any = None, engine: Engine | None = None,
+            run_dir: str | os.PathLike | None = None, recursive: bool = False) -> GeometricDetector:
+        """Train on normal images ``X`` and choose the threshold on the held-out share (arguments as
+        `ReconstructionDetector.fit`)."""
         from aelab.data import Preprocessing
 
+        data, train_idx, val_idx = self._begin_fit(X, anomalies, engine, recursive,
+                                                   ("image_size_", "channels_", "model_"))
+        images = data.images
+        side = images.shape[-1]
+        if self.shift >= side // 2 or self.augment >= side // 2:
+            raise ParameterError(f"shift and augment must be below half the image side ({side} pixels)")
+        self.image_size_, self.channels_ = int(side), int(images.shape[1])
         # Per-channel statistics of every training image, read in chunks (the one definition, Preprocessing.fitted).
         stats = Preprocessing(max(int(side), 8), int(images.shape[1])).fitted(images[train_idx], sample=len(train_idx))
         self.mean_, self.std_ = list(stats.mean), list(stats.std)
-        with contextlib.ExitStack() as stack:
-            if self.run_dir is None:
-                run_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="aelab-anomaly-")))
-            else:
-                run_dir = Path(self.run_dir)
-                run_dir.mkdir(parents=True, exist_ok=True)
-            self._train(images, train_idx, val_idx, run_dir)
-        self.run_dir_ = None if self.run_dir is None else run_dir
-        paths = data.paths
-        self.train_files_ = None if paths is None else [str(paths[i]) for i in train_idx]
-        self.val_files_ = None if paths is None else [str(paths[i]) for i in val_idx]
-        self.skipped_ = [(str(p), r) for p, r in data.skipped]
+        with self._run_folder(run_dir) as folder:
+            self._train(images, train_idx, val_idx, folder)
+        self._record_split(data, train_idx, val_idx)
         lp, ft = self._passes(images[train_idx])  # one pass of the K transformations over the training images
         self.train_features_ = ft
         self.val_scores_ = self._score(images[val_idx])[0]
-        self.set_threshold(anomalies=anomalies)
-        self.decision_scores_ = transform_scores(lp) if self.score == "transform" else self.knn_scores(ft)
-        self.labels_ = self.threshold_info_.predict(self.decision_scores_)
+        self._finish_fit(transform_scores(lp) if self.score == "transform" else self.knn_scores(ft), anomalies)
         return self
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -268,18 +235,19 @@ class GeometricDetector(BaseEstimator):
 
     def _train(self, images: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, run_dir: Path) -> None:
         """One aelab training stage (``make_fabric`` + ``fit_loop``, as `ReconstructionDetector._train`)."""
-        set_seed(self.seed)
-        fabric = make_fabric(self.device, self.devices, self.precision)
+        set_seed(self.random_state)
+        fabric = self.engine_.fabric()
         raw_model = TransformNet(self.channels_, self.num_transforms, self.width)
-        optimizer = torch.optim.SGD(raw_model.parameters(), lr=self.lr, momentum=0.9, nesterov=True, weight_decay=self.weight_decay)
+        optimizer = torch.optim.SGD(raw_model.parameters(), lr=self.lr, momentum=0.9, nesterov=True,
+                                    weight_decay=self.weight_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.epochs, 1))
         model, optimizer = fabric.setup(raw_model, optimizer)
         rows = RowReader(images)
         batch = min(self.batch_size, len(train_idx))
         train_loader = fabric.setup_dataloaders(make_loader(
-            rows, index=train_idx, batch_size=batch, shuffle=True, seed=self.seed, drop_last=True))
+            rows, index=train_idx, batch_size=batch, shuffle=True, seed=self.random_state, drop_last=True))
         val_images = rows.gather(val_idx)
-        gen = torch.Generator().manual_seed(self.seed + fabric.global_rank)
+        gen = torch.Generator().manual_seed(self.random_state + fabric.global_rank)
 
         def train_step(b):
             x = self._augment(self._normalize(b[0]), gen)
@@ -300,17 +268,14 @@ class GeometricDetector(BaseEstimator):
         state = fit_loop(
             fabric=fabric, model=model, raw_model=raw_model, optimizer=optimizer, scheduler=scheduler,
             train_loader=train_loader, train_step=train_step, validate=validate, epochs=self.epochs,
-            run_dir=run_dir, monitor="val_score", mode="min", patience=self.patience, payload=payload, desc="anomaly-geometric",
+            run_dir=run_dir, monitor="val_score", mode="min", patience=self.patience, payload=payload,
+            desc="anomaly-geometric",
         )
         raw_model.load_state_dict(load_checkpoint(run_dir, which="best")["state_dict"])
         self.model_ = raw_model.cpu().eval()
         self.history_, self.best_epoch_ = state.history, state.best_epoch
 
     # --- scoring ---------------------------------------------------------------------------------
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "model_"):
-            raise AelabError("this GeometricDetector is not fitted yet: call fit() or GeometricDetector.load()")
 
     @torch.no_grad()
     def _passes(self, images: np.ndarray, model: TransformNet | None = None, chunk: int = 256,
@@ -323,7 +288,7 @@ class GeometricDetector(BaseEstimator):
         """
         fitted = model is None
         model = self.model_ if fitted else model
-        device = torch.device(pick_device(self.device)) if fitted else next(model.parameters()).device
+        device = pick_device(self.engine.device) if fitted else next(model.parameters()).device
         model.to(device)
         K = self.num_transforms
         ks = range(K) if ks is None else [int(k) for k in ks]
@@ -355,7 +320,8 @@ class GeometricDetector(BaseEstimator):
         lp, ft = self._passes(self.as_images(X).images)
         return {"transform": transform_scores(lp), "knn": self.knn_scores(ft)}
 
-    def _score(self, images: np.ndarray, chunk: int = 256, index: np.ndarray | None = None) -> tuple[np.ndarray, None]:
+    def _score(self, images: np.ndarray, chunk: int = 256,
+               index: np.ndarray | None = None) -> tuple[np.ndarray, None]:
         """Image scores of ``images`` (rows ``index``); the second value (the reconstruction loss
         of `ReconstructionDetector`) is None: this detector reconstructs nothing."""
         if index is not None:
@@ -363,85 +329,28 @@ class GeometricDetector(BaseEstimator):
         lp, ft = self._passes(images, chunk=chunk)
         return (transform_scores(lp) if self.score == "transform" else self.knn_scores(ft)), None
 
-    def set_threshold(self, value: float | None = None, *, rule: str | None = None, normal: Any = None,
-                      anomalies: Any = None) -> GeometricDetector:
-        """(Re)choose the threshold without retraining (see `ReconstructionDetector.set_threshold`)."""
-        self._check_fitted()
-        normal_scores = self.val_scores_ if normal is None else self._score(self.as_images(normal).images)[0]
-        anom_scores = None if anomalies is None else self._score(self.as_images(anomalies).images)[0]
-        self.threshold_info_ = choose_threshold(
-            normal_scores, anom_scores, rule=rule or self.threshold_rule, quantile=1.0 - self.contamination,
-            value=self.threshold if value is None else value, alpha=self.contamination,
-        )
-        self.threshold_ = self.threshold_info_.value
-        return self
-
-    def score_images(self, X: Any) -> ScoreResult:
-        """Scores, normalised scores and 0/1 decisions in one pass (``loss`` is all NaN: no reconstruction)."""
-        self._check_fitted()
-        data = self.as_images(X)
-        scores, _ = self._score(data.images)
-        th = self.threshold_info_
-        return ScoreResult(scores, np.full(len(scores), np.nan), th.normalize(scores), th.predict(scores), data.paths, data.skipped)
-
-    def decision_function(self, X: Any) -> np.ndarray:
-        """``(N,)`` anomaly scores, higher = more anomalous."""
-        return self.score_images(X).scores
-
-    def predict(self, X: Any) -> np.ndarray:
-        """``(N,)`` int64: 1 = anomaly (score above ``threshold_``), 0 = normal."""
-        return self.score_images(X).is_anomaly
-
-    def normalized_scores(self, X: Any) -> np.ndarray:
-        """``(N,)`` ``score / (score + threshold_)``: monotone, 0.5 at the threshold."""
-        return self.score_images(X).normalized
-
     # --- persistence -----------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the detector as a plain-dict aelab checkpoint (a folder gets ``detector.ckpt``)."""
-        from aelab.anomaly.detector import DETECTOR_FILE
-
-        self._check_fitted()
-        path = Path(path)
-        file = path / DETECTOR_FILE if path.is_dir() else path
+        file = self._checkpoint_path(path)
         save_checkpoint(
-            file, kind=_KIND, method=METHOD, stage="anomaly",
+            file, **self._common_payload(),
             state_dict={k: v.detach().cpu() for k, v in self.model_.state_dict().items()},
             image_size=self.image_size_, channels=self.channels_, mean=self.mean_, std=self.std_,
-            threshold=self.threshold_info_.to_dict(), config=to_plain(self.get_params()),
-            train_features=torch.from_numpy(self.train_features_), decision_scores=self.decision_scores_,
-            val_scores=self.val_scores_, train_files=self.train_files_, val_files=self.val_files_, best_epoch=self.best_epoch_,
+            config=to_plain(self.get_params()), train_features=torch.from_numpy(self.train_features_),
         )
         return file
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | None = None) -> GeometricDetector:
         """Rebuild a saved detector from a checkpoint file or a run folder holding ``detector.ckpt``."""
-        from aelab.anomaly.detector import DETECTOR_FILE
-
-        p = Path(path)
-        file = p / DETECTOR_FILE if p.is_dir() else p
-        if not file.is_file():
-            raise AelabError(f"no anomaly detector at {file} (written by `aelab anomaly fit` or GeometricDetector.save)")
-        ckpt = load_checkpoint(file)
-        if ckpt.get("kind") != _KIND or ckpt.get("method") != METHOD:
-            raise AelabError(f"{file} is not a geometric anomaly detector")
-        names = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        det = cls(**{k: v for k, v in ckpt["config"].items() if k in names})
-        if device is not None:
-            det.device = device
+        det, ckpt = cls._read(path, device)
         det.image_size_, det.channels_ = int(ckpt["image_size"]), int(ckpt["channels"])
         det.mean_, det.std_ = list(ckpt["mean"]), list(ckpt["std"])
         det.model_ = TransformNet(det.channels_, det.num_transforms, det.width)
         det.model_.load_state_dict(ckpt["state_dict"])
         det.model_.eval()
         det.train_features_ = ckpt["train_features"].double().numpy()
-        det.threshold_info_ = Threshold.from_dict(ckpt["threshold"])
-        det.threshold_ = det.threshold_info_.value
-        det.decision_scores_ = np.asarray(ckpt["decision_scores"], dtype=np.float64)
-        det.val_scores_ = np.asarray(ckpt["val_scores"], dtype=np.float64)
-        det.labels_ = det.threshold_info_.predict(det.decision_scores_)
-        det.train_files_, det.val_files_ = ckpt.get("train_files"), ckpt.get("val_files")
-        det.best_epoch_, det.history_, det.skipped_, det.run_dir_ = ckpt.get("best_epoch", -1), [], [], None
+        det._restore_common(ckpt)
         return det

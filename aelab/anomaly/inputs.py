@@ -60,7 +60,8 @@ def _array_images(x: Any) -> np.ndarray:
         return x
     if np.issubdtype(x.dtype, np.floating):
         if not np.all(np.isfinite(x)) or x.min() < 0 or x.max() > 1:
-            raise DataError(f"float images must be finite and in [0, 1] (got {x.min():.3g}..{x.max():.3g}); pass uint8 for 0..255")
+            raise DataError(f"float images must be finite and in [0, 1] (got {x.min():.3g}..{x.max():.3g}); "
+                            "pass uint8 for 0..255")
         return np.rint(x * 255.0).astype(np.uint8)
     if np.issubdtype(x.dtype, np.integer) and x.min() >= 0 and x.max() <= 255:
         return x.astype(np.uint8)
@@ -76,6 +77,7 @@ def _match(images: np.ndarray, size: int, channels: int) -> np.ndarray:
             w = np.array([299, 587, 114], dtype=np.float64).reshape(1, 3, 1, 1) / 1000
             images = np.clip(np.rint((images * w).sum(1, keepdims=True)), 0, 255).astype(np.uint8)
     if images.shape[-1] != size:
-        t = F.interpolate(torch.from_numpy(images).float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        t = F.interpolate(torch.from_numpy(images).float(), size=(size, size), mode="bilinear", antialias=True,
+                          align_corners=False)
         images = t.round().clamp(0, 255).to(torch.uint8).numpy()
     return images

@@ -35,8 +35,8 @@ def is_colour(images: np.ndarray) -> bool:
     return image_kind(images) == "photo"
 
 
-def default_method(method: str, normal: str | os.PathLike | np.ndarray, *, mvtec: bool = False, channels: int | None = None,
-                   recursive: bool = False) -> str:
+def default_method(method: str, normal: str | os.PathLike | np.ndarray, *, mvtec: bool = False,
+                   channels: int | None = None, recursive: bool = False) -> str:
     """The method ``auto`` stands for on these normal images (a folder or an array); others unchanged."""
     if method not in METHODS:
         raise AelabError(f"unknown anomaly method {method!r}; choose one of {', '.join(METHODS)}")

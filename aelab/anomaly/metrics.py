@@ -61,7 +61,8 @@ def anomaly_metrics(
     normal = np.asarray(normal_scores, dtype=np.float64).ravel()
     anom = np.asarray(anomalous_scores, dtype=np.float64).ravel()
     if len(normal) == 0 or len(anom) == 0:
-        raise AelabError(f"metrics need normal and anomalous images, got {len(normal)} normal and {len(anom)} anomalous")
+        raise AelabError(f"metrics need normal and anomalous images, got {len(normal)} normal and "
+                         f"{len(anom)} anomalous")
     y = np.concatenate([np.zeros(len(normal)), np.ones(len(anom))])
     s = np.concatenate([normal, anom])
     pred = s > threshold
@@ -92,7 +93,8 @@ PIXEL_METRIC_KEYS: tuple[str, ...] = ("pixel_auroc", "aupro", "n_regions")
 def _check_maps(maps: Any, masks: Any) -> tuple[np.ndarray, np.ndarray]:
     maps, masks = np.asarray(maps, dtype=np.float64), np.asarray(masks).astype(bool)
     if maps.shape != masks.shape or maps.ndim != 3:
-        raise AelabError(f"anomaly maps and masks must both be (N, H, W) of one shape, got {maps.shape} and {masks.shape}")
+        raise AelabError(f"anomaly maps and masks must both be (N, H, W) of one shape, got {maps.shape} "
+                         f"and {masks.shape}")
     if not masks.any() or masks.all():
         raise AelabError("pixel metrics need both anomalous and normal pixels in the masks")
     return maps, masks

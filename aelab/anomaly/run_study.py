@@ -1,7 +1,8 @@
 """Study 3 of ``aelab run``: the reconstruction detector without and with skip connections and the
 geometric (transformation-prediction) detector, evaluated on the same images.
 
-Composes `aelab.anomaly.study` (``anomaly_fit`` then ``anomaly_evaluate`` on the fitted detector
+Composes `aelab.anomaly.fit` and `aelab.anomaly.evaluate` (``anomaly_fit`` then ``anomaly_evaluate`` on the
+fitted detector
 it returns) and writes ``anomaly/summary.json`` (`aelab.results.AnomalySummary`), which the report
 reads. The data are, in this order: a root in the MVTec AD layout (``--data ROOT`` itself, or
 ``ROOT/anomaly``), with masks giving pixel AUROC and PRO; ``ROOT/anomaly/normal`` +
@@ -15,12 +16,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aelab.anomaly.study import DetectorSettings
+from aelab.anomaly.fit import DetectorSettings
 from aelab.errors import StageSkipped
 from aelab.layout import RunLayout
 from aelab.results import ANOMALY_VARIANTS, AnomalyStudyResult, AnomalySummary
+
+if TYPE_CHECKING:
+    from aelab.train.options import Engine
 
 __all__ = ["AnomalyStudySettings", "run_anomaly_study"]
 
@@ -91,25 +95,26 @@ def _sources(data: Path, settings: AnomalyStudySettings) -> tuple[dict, dict, st
     return {"normal": str(normal)}, {"normal": str(normal), "anomalous": str(layout.anomaly_anomalous)}, desc
 
 
-def run_anomaly_study(cfg: Any, data: Path, layout: RunLayout, engine: dict) -> AnomalyStudyResult:
+def run_anomaly_study(cfg: Any, data: Path, layout: RunLayout, engine: Engine) -> AnomalyStudyResult:
     """Fit and evaluate study 3's detectors on ``data`` into ``layout.anomaly``; write its summary.
 
     Args:
         cfg: the run's settings (`aelab.pipeline.RunConfig`: ``anomaly``, ``preset``, ``channels``, ``image_size``,
             ``device``, ``seed``).
-        engine: the engine keyword arguments of the fits (seed, device, devices, precision ...).
+        engine: where the fits and evaluations run (`aelab.train.options.Engine`, one process).
     """
+    from aelab.anomaly.evaluate import AnomalyEvaluateConfig, anomaly_evaluate
+    from aelab.anomaly.fit import AnomalyFitConfig, anomaly_fit
     from aelab.anomaly.methods import default_method
-    from aelab.anomaly.study import AnomalyEvaluateConfig, AnomalyFitConfig, anomaly_evaluate, anomaly_fit
 
     fit_src, eval_src, normal_desc = _sources(Path(data), cfg.anomaly)
     variants, figures = {}, []
     for variant, method, skips in ANOMALY_VARIANTS:
         fit = anomaly_fit(AnomalyFitConfig(
             **fit_src, preset=cfg.preset, channels=cfg.channels, image_size=cfg.image_size, method=method,
-            skip_connections=skips, out=str(layout.anomaly_fit(variant)), **cfg.anomaly.detector(), **engine))
+            skip_connections=skips, out=str(layout.anomaly_fit(variant)), **cfg.anomaly.detector(), **engine.options()))
         ev = anomaly_evaluate(AnomalyEvaluateConfig(**eval_src, out=str(layout.anomaly_eval(variant)),
-                                                    device=cfg.device, seed=cfg.seed), detector=fit.detector)
+                                                    **engine.options()), detector=fit.detector)
         variants[variant] = dict({k: v for k, v in ev.metrics.to_dict().items() if k in KEYS}, method=method)
         figures += [layout.relative(p) for name, p in ev.figures.items() if name in SHOWN[variant]]
     default = default_method(cfg.anomaly.method, fit_src.get("normal", ""), mvtec="data" in fit_src,

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from aelab.errors import AelabError
+from aelab.train.options import check_option
 
 __all__ = [
     "BASE_KINDS",
@@ -77,11 +78,12 @@ def score_parts(kind: str) -> tuple[str, ...]:
 
 def check_score_kind(kind: str, ssim_window: int = 7) -> str:
     """Validate a score name (and the SSIM window, odd and >= 3); returns the name."""
-    joined = "+" in str(kind) and all(p in MAP_KINDS for p in score_parts(kind)) and len(set(score_parts(kind))) == len(score_parts(kind))
+    parts = score_parts(kind) if "+" in str(kind) else []
+    joined = bool(parts) and all(p in MAP_KINDS for p in parts) and len(set(parts)) == len(parts)
     if kind not in SCORE_KINDS and not joined:
-        raise AelabError(f"unknown anomaly score {kind!r}; choose one of {', '.join(SCORE_KINDS)} or maps joined by + (e.g. mse+gms)")
-    if isinstance(ssim_window, bool) or not isinstance(ssim_window, int) or ssim_window < 3 or ssim_window % 2 == 0:
-        raise AelabError(f"ssim_window must be an odd integer >= 3 (e.g. 7 or 11), got {ssim_window!r}")
+        raise AelabError(f"unknown anomaly score {kind!r}; choose one of {', '.join(SCORE_KINDS)} "
+                         "or maps joined by + (e.g. mse+gms)")
+    check_option("ssim_window", ssim_window, prefix="")  # the one rule (aelab.train.options.RULES)
     return kind
 
 
@@ -89,10 +91,8 @@ def check_reduction(reduction: str, top_k: float = 0.01, smoothing: float = 0.0)
     """Validate the reduction name, the top-k share (0, 1] and the smoothing sigma (>= 0)."""
     if reduction not in REDUCTIONS:
         raise AelabError(f"unknown score reduction {reduction!r}; choose one of {', '.join(REDUCTIONS)}")
-    if not 0.0 < float(top_k) <= 1.0:
-        raise AelabError(f"top_k is a share of the pixels in (0, 1], got {top_k}")
-    if not float(smoothing) >= 0.0:
-        raise AelabError(f"smoothing is a Gaussian sigma in pixels (>= 0), got {smoothing}")
+    check_option("top_k", top_k, prefix="")  # a share of the pixels (aelab.train.options.RULES)
+    check_option("smoothing", smoothing, prefix="")  # a Gaussian sigma in pixels
     return reduction
 
 
@@ -152,7 +152,8 @@ def smooth_maps(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     k = min(k, (min(maps.shape[-2:]) // 2) * 2 - 1)
     if k < 3:
         return maps
-    out = kornia.filters.gaussian_blur2d(maps[:, None].float(), (k, k), (float(sigma), float(sigma)), border_type="replicate")
+    out = kornia.filters.gaussian_blur2d(maps[:, None].float(), (k, k), (float(sigma), float(sigma)),
+                                         border_type="replicate")
     return out[:, 0]
 
 

@@ -20,11 +20,12 @@ __all__ = ["launch", "images_once", "per_image", "run_dir_once", "is_writer"]
 
 def launch(cfg):
     """A launched Fabric when ``cfg.devices`` or ``cfg.num_nodes`` ask for several processes, else None."""
-    if cfg.devices == 1 and getattr(cfg, "num_nodes", 1) == 1:
+    engine = cfg.engine()
+    if engine.devices == 1 and engine.num_nodes == 1:
         return None
     from aelab.train.inference import launch_inference
 
-    return launch_inference(cfg.device, cfg.devices, getattr(cfg, "num_nodes", 1))
+    return launch_inference(engine.device, engine.devices, engine.num_nodes)
 
 
 def is_writer(fabric) -> bool:

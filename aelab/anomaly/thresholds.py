@@ -38,11 +38,11 @@ from typing import Any
 
 import numpy as np
 
-from aelab.errors import AelabError
+from aelab.errors import AelabError, ParameterError
 
 __all__ = [
     "THRESHOLD_RULES",
-    "check_threshold_params",
+    "check_threshold_rule",
     "Threshold",
     "choose_threshold",
     "conformal_rank",
@@ -55,19 +55,14 @@ __all__ = [
 THRESHOLD_RULES: tuple[str, ...] = ("conformal", "quantile", "f1", "manual")
 
 
-def check_threshold_params(rule: str, threshold: float | None, contamination: float, val_fraction: float,
-                           anomalies: Any = None) -> None:
-    """A detector's threshold settings, checked before training (every detector's ``_check_params``)."""
-    if rule not in ("auto", *THRESHOLD_RULES):
-        raise AelabError(f"threshold_rule must be auto or one of {', '.join(THRESHOLD_RULES)}, got {rule!r}")
+def check_threshold_rule(rule: str, threshold: float | None, anomalies: Any = None) -> None:
+    """What a detector's threshold rule needs besides its parameters' ranges (checked before training;
+    the ranges of ``contamination``, ``threshold`` and ``threshold_rule`` are `aelab.anomaly.base.BaseDetector`'s
+    rules)."""
     if rule == "f1" and anomalies is None:
-        raise AelabError("threshold_rule='f1' needs labelled anomalies: fit(normal, anomalies=...)")
+        raise ParameterError("threshold_rule='f1' needs labelled anomalies: fit(normal, anomalies=...)")
     if rule == "manual" and threshold is None:
-        raise AelabError("threshold_rule='manual' needs threshold=VALUE")
-    if not 0.0 < contamination <= 0.5:
-        raise AelabError(f"contamination must be in (0, 0.5], got {contamination}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise AelabError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise ParameterError("threshold_rule='manual' needs threshold=VALUE")
 
 
 def _scores(values: Any, what: str) -> np.ndarray:
@@ -228,7 +223,8 @@ def choose_threshold(
         alpha: false-alarm rate of the ``conformal`` rule; default ``1 - quantile``.
     """
     if rule == "auto":
-        rule = "manual" if value is not None else ("f1" if anomalous_scores is not None and len(anomalous_scores) else "conformal")
+        has_anomalies = anomalous_scores is not None and len(anomalous_scores) > 0
+        rule = "manual" if value is not None else ("f1" if has_anomalies else "conformal")
     if rule not in THRESHOLD_RULES:
         raise AelabError(f"unknown threshold rule {rule!r}; choose auto or one of {', '.join(THRESHOLD_RULES)}")
     if rule == "manual":

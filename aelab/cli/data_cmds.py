@@ -50,7 +50,8 @@ def demo_data(
     labelled = scan_labelled(layout.labelled) if layout.labelled is not None else None
     print(f"wrote demo data to {layout.root}")
     if labelled is not None:
-        print(f"  dev/labelled:      {len(labelled)} images, {len(labelled.classes)} classes ({labelled_per_class} each)")
+        print(f"  dev/labelled:      {len(labelled)} images, {len(labelled.classes)} classes "
+              f"({labelled_per_class} each)")
     print(f"  dev/unlabelled:    {count(layout.unlabelled)} images")
     print(f"  test:              {count(layout.test)} images (labels in test_labels.csv)")
     print(f"  anomaly/normal:    {count(layout.anomaly_normal)} images of digit {normal_class}")

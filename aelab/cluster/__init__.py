@@ -20,7 +20,6 @@ from aelab.cluster.baselines import (
     FuzzyKMeans,
     KMeans,
     MaxEntropyFuzzyKMeans,
-    SeedSoftmaxKMeans,
     make_clusterer,
 )
 from aelab.cluster.core import EKMStats, centroid_step, ekm_sufficient_statistics, ekm_weights, sum_stats
@@ -43,7 +42,6 @@ __all__ = [
     "FuzzyKMeans",
     "MaxEntropyFuzzyKMeans",
     "CourseSoftmaxKMeans",
-    "SeedSoftmaxKMeans",
     "make_clusterer",
     "METHODS",
     "alpha_sweep",

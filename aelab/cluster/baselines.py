@@ -14,8 +14,8 @@ method             h                                               w_kn
 =================  ==============================================  ==============================
 
 ``kmeans`` is scikit-learn's ``KMeans`` itself (re-exported here), so reports compare against the
-reference implementation. ``CourseSoftmaxKMeans`` reproduces the defect of the course report this project grew from (its "Eq. 38"):
-unsquared distance and no equilibrium factor. It is a soft k-means variant, **not** EKM, and is
+reference implementation. ``CourseSoftmaxKMeans`` reproduces the defect of the course report this project grew
+from (its "Eq. 38"): unsquared distance and no equilibrium factor. It is a soft k-means variant, **not** EKM, and is
 kept only to show in reports how it fails on imbalanced data.
 
 Example:
@@ -28,7 +28,6 @@ Example:
 from __future__ import annotations
 
 import numbers
-import warnings
 
 import numpy as np
 from sklearn.cluster import KMeans
@@ -36,20 +35,14 @@ from sklearn.cluster import KMeans
 from aelab.cluster.ekm import EquilibriumKMeans, _SmoothKMeans
 from aelab.cluster.ssekm import SemiSupervisedEquilibriumKMeans
 
-__all__ = ["KMeans", "FuzzyKMeans", "MaxEntropyFuzzyKMeans", "CourseSoftmaxKMeans", "SeedSoftmaxKMeans",
-           "make_clusterer", "canonical_method", "METHODS"]
+__all__ = ["KMeans", "FuzzyKMeans", "MaxEntropyFuzzyKMeans", "CourseSoftmaxKMeans", "make_clusterer",
+           "canonical_method", "METHODS"]
 
 METHODS = ("ekm", "ssekm", "kmeans", "fkm", "mefc", "course-softmax")
-_OLD_NAMES = {"seed-softmax": "course-softmax"}  # accepted with a DeprecationWarning for one release
 
 
 def canonical_method(method: str) -> str:
-    """``method`` checked against ``METHODS``; an old spelling warns and is translated."""
-    if method in _OLD_NAMES:
-        new = _OLD_NAMES[method]
-        warnings.warn(f"method {method!r} is renamed {new!r}; the old name will be removed in the next release.",
-                      DeprecationWarning, stacklevel=3)
-        return new
+    """``method`` checked against ``METHODS`` (a ``ValueError`` naming them otherwise)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}.")
     return method
@@ -179,22 +172,13 @@ class CourseSoftmaxKMeans(_Baseline):
         return self.alpha_
 
 
-class SeedSoftmaxKMeans(CourseSoftmaxKMeans):
-    """Deprecated name of :class:`CourseSoftmaxKMeans` (removed in the next release)."""
-
-    def fit(self, X, y=None):
-        warnings.warn("SeedSoftmaxKMeans is renamed CourseSoftmaxKMeans.", DeprecationWarning, stacklevel=2)
-        return super().fit(X, y)
-
-
 def make_clusterer(method: str, n_clusters: int, alpha: float | str | None = None, random_state=None,
                    n_init: int = 10, **kwargs):
     """One clusterer by name, for side-by-side comparisons.
 
     Args:
         method: ``"ekm"``, ``"ssekm"`` (semi-supervised EKM: fit it with ``fit(X, y)``),
-            ``"kmeans"`` (scikit-learn's ``KMeans``), ``"fkm"``, ``"mefc"`` or ``"course-softmax"``
-            (``"seed-softmax"``: deprecated spelling).
+            ``"kmeans"`` (scikit-learn's ``KMeans``), ``"fkm"``, ``"mefc"`` or ``"course-softmax"``.
         n_clusters: K.
         alpha: EKM's α (paper convention, or ``"dvariance"``), MEFC's λ, the course report's α; ignored
             by ``kmeans`` and ``fkm``. ``None`` means each method's default (EKM ``"dvariance"``,

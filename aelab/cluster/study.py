@@ -30,6 +30,7 @@ from aelab.cluster.inputs import auto_classes, load_embeddings, partial_labels, 
 from aelab.errors import AelabError
 from aelab.progress import Stage, info
 from aelab.runs import new_run_dir, save_config, write_csv, write_json
+from aelab.train.options import RunOptions
 
 __all__ = ["ClusterConfig", "ClusterSettings", "ClusterResult", "auto_classes", "run_cluster_study", "load_embeddings",
            "ALPHA_METHODS"]
@@ -52,7 +53,7 @@ class ClusterSettings:
             the (label-blind) EKM search picks.
         method: ekm, ssekm (semi-supervised EKM: sees the labels of --label_fraction of each
             class), kmeans, fkm, mefc or course-softmax (the course report's softmax variant,
-            not EKM; the old name seed-softmax still works).
+            not EKM).
         target_ratio: Cluster-size ratio that --alpha auto aims for, e.g. 2:1:1.
         projection: 2-D projection of the figures: pca or tsne.
         standardize: z-score every feature before clustering (as the EKM paper does).
@@ -72,27 +73,21 @@ class ClusterSettings:
 
 
 @dataclass(kw_only=True)
-class ClusterConfig(ClusterSettings):
-    """Settings of the clustering study (``aelab cluster``): what to cluster, where to write, and how
-    (`ClusterSettings`).
+class ClusterConfig(RunOptions, ClusterSettings):
+    """Settings of the clustering study (``aelab cluster``): what to cluster, how (`ClusterSettings`), and the
+    run options every verb has (`RunOptions`: seed, device, devices, out, ...).
 
     Attributes:
         input: Embeddings: a run folder of `aelab embed`, a .npy file (optional sibling .csv
             with filename,label) or a .csv with a label column and numeric feature columns.
-        out: Run folder to write (default: the next runs/cluster/N).
-        seed: Random seed for subsampling and initialisation.
-        device: where EKM runs: cpu (numpy), cuda (its torch backend; ekm and ssekm, the other
-            methods stay on the CPU) or auto (cuda when there is one).
+        device: where EKM runs: auto (cuda when there is one, else the CPU), cpu (numpy) or cuda (its torch
+            backend; ekm and ssekm, the other methods stay on the CPU).
         devices: processes (Lightning Fabric; gloo on the CPU, nccl on GPUs): each fits EKM on
             its share of the points and the per-cluster sums are all-reduced every iteration,
             so the result is that of one process; rank 0 writes the files.
     """
 
-    input: str = field(kw_only=False)
-    out: str | None = None
-    seed: int = 0
-    device: str = "cpu"
-    devices: int = 1
+    input: str
 
 
 #: In-memory embeddings ``(X, file names, labels)``, as `load_embeddings` returns them.

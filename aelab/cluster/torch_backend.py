@@ -22,18 +22,15 @@ import numpy as np
 import torch
 
 from aelab.cluster.core import EKMStats, _default_chunk
+from aelab.devices import resolve_device as _resolve
 
 __all__ = ["TorchBackend", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device = "cpu") -> torch.device:
-    """``"auto"`` picks CUDA when available; an unavailable CUDA device is a ValueError."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={str(device)!r} requested but CUDA is not available.")
-    return dev
+    """``"auto"`` picks CUDA when available (else the CPU); an unavailable CUDA device is a ValueError
+    (`aelab.devices.resolve_device`, the one resolver; no MPS here: the backend runs float64)."""
+    return _resolve(device, mps=False)
 
 
 def _boltzmann(D: torch.Tensor, alpha: float):

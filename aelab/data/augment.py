@@ -1,7 +1,7 @@
 """Batched image augmentation with kornia, on float [0, 1] batches, on any device.
 
 Augmenting the whole batch at once (with different random parameters per sample) replaces the
-seed's per-image PIL transforms inside a DataLoader, which dominated its epoch time on CPU.
+course report's per-image PIL transforms inside a DataLoader, which dominated its epoch time on CPU.
 
 Example:
     >>> aug = build_augmentation("course", image_size=32)
@@ -21,10 +21,6 @@ __all__ = ["AUGMENTATION_PRESETS", "build_augmentation", "BatchAugmentation"]
 
 #: Preset names accepted by `build_augmentation`.
 AUGMENTATION_PRESETS: tuple[str, ...] = ("none", "weak", "strong", "weak-flip", "strong-flip", "light", "course")
-
-#: Old spellings still accepted for one release (with a warning).
-DEPRECATED_PRESETS = {"seed": "course"}
-
 
 class BatchAugmentation(nn.Module):
     """Runs a kornia pipeline on ``(B, C, H, W)`` float batches and clamps the result to [0, 1].
@@ -70,7 +66,7 @@ def build_augmentation(preset: str, image_size: int) -> nn.Module:
         ``weak-flip``, ``strong-flip``: the same with a horizontal flip and reflection padding, for photos
         (``auto`` in the training settings picks these for colour images, see `aelab.data.kind`).
         ``light``: horizontal flip, random resized crop with scale (0.8, 1).
-        ``course``: the course report's list (formerly ``seed``): horizontal and vertical flips, rotation up to 15
+        ``course``: the course report's list: horizontal and vertical flips, rotation up to 15
         degrees, random resized crop with scale (0.8, 1), colour jitter 0.2/0.2/0.2/0.1
         (brightness/contrast only for 1 channel), Gaussian blur (kernel 3, sigma 0.1-2) with p=0.5.
 
@@ -85,12 +81,6 @@ def build_augmentation(preset: str, image_size: int) -> nn.Module:
     Raises:
         AelabError: Unknown preset.
     """
-    if preset in DEPRECATED_PRESETS:
-        import warnings
-
-        new = DEPRECATED_PRESETS[preset]
-        warnings.warn(f"augmentation preset {preset!r} is now called {new!r}; the old name goes in the next release", FutureWarning, stacklevel=2)
-        preset = new
     if preset not in AUGMENTATION_PRESETS:
         raise AelabError(f"unknown augmentation preset {preset!r}; choose one of: {', '.join(AUGMENTATION_PRESETS)}")
     if preset == "none":

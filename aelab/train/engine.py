@@ -28,8 +28,6 @@ from aelab.train.checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = ["make_fabric", "FitState", "fit_loop", "from_rank0", "resolve_precision", "shared_run_dir", "start_run"]
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
-
 
 def resolve_precision(precision: str, accelerator: str) -> str:
     """``auto`` → bf16-mixed on a GPU that supports it, else full float32."""
@@ -42,21 +40,17 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
 def make_fabric(device: str = "auto", devices: int | str = 1, precision: str = "auto", strategy: str = "auto",
                 num_nodes: int = 1, loggers: list | None = None):
-    """A launched ``lightning.Fabric``; ``device`` is auto, cpu, cuda or mps.
+    """A launched ``lightning.Fabric``; ``device`` is auto, cpu, cuda, cuda:N or mps (`aelab.devices`).
 
     With ``devices > 1`` on one machine Fabric starts the other processes by re-running the command
     (each with its ``LOCAL_RANK``); under torchrun or SLURM it joins the processes those started.
     """
     import lightning as L
 
-    if device not in DEVICES:
-        raise AelabError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
-    accelerator = device
-    if device == "auto":
-        accelerator = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
-    if accelerator == "cuda" and not torch.cuda.is_available():
-        raise AelabError("device 'cuda' was asked for but no CUDA GPU is available; use --device auto or cpu")
-    if int(devices) > 1 and strategy == "auto" and accelerator == "cpu":
+    from aelab.devices import fabric_device
+
+    accelerator, devices = fabric_device(device, devices)  # cuda:N -> ("cuda", [N]); auto -> cuda, mps or cpu
+    if not isinstance(devices, list) and int(devices) > 1 and strategy == "auto" and accelerator == "cpu":
         strategy = "ddp"  # Fabric's default for several CPU processes; gloo backend
     try:
         fabric = L.Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,

@@ -24,7 +24,7 @@ from aelab.progress import info
 from aelab.runs import set_seed
 from aelab.train.checkpoint import load_checkpoint
 from aelab.train.engine import fit_loop, make_fabric, start_run, write_model_summary
-from aelab.train.options import RunOptions, require, resolve_sources, restore_for_resume
+from aelab.train.options import Interval, RunOptions, require, resolve_sources, restore_for_resume
 
 __all__ = ["METHODS", "FinetuneConfig", "FinetuneResult", "finetune", "finetune_result"]
 
@@ -113,6 +113,9 @@ class FinetuneConfig(RunOptions):
     resume: str | None = None
     budget: float | None = None
 
+    #: FixMatch's confidence threshold (tau); the other ranges are `aelab.train.options.RULES`'.
+    _parameter_constraints = {"threshold": Interval(0, 1, "right")}
+
     def resolved_recon_weight(self) -> float:
         if self.recon_weight is not None:
             return float(self.recon_weight)
@@ -122,18 +125,6 @@ class FinetuneConfig(RunOptions):
 def _check(cfg: FinetuneConfig) -> None:
     if cfg.method not in METHODS:
         raise AelabError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
-    if not 0.0 < cfg.val_fraction < 1.0:
-        raise AelabError(f"val_fraction must be in (0, 1): fine-tuning picks its best epoch by validation accuracy; got {cfg.val_fraction}")
-    if not 0.0 <= cfg.resolved_recon_weight() <= 1.0:
-        raise AelabError(f"recon_weight must be in [0, 1], got {cfg.recon_weight}")
-    if not 0.0 < cfg.threshold <= 1.0:
-        raise AelabError(f"threshold must be in (0, 1], got {cfg.threshold}")
-    if not 0.0 <= cfg.threshold_floor <= 1.0:
-        raise AelabError(f"threshold_floor must be in [0, 1], got {cfg.threshold_floor}")
-    if cfg.unlabelled_ratio < 1:
-        raise AelabError(f"unlabelled_ratio must be >= 1, got {cfg.unlabelled_ratio}")
-    if not 0.0 <= cfg.ema_decay < 1.0:
-        raise AelabError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
 
 
 def _input_format(cfg: FinetuneConfig):

@@ -10,6 +10,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from aelab.devices import resolve_device
 from aelab.errors import AelabError
 from aelab.models import ResUNetAutoencoder
 
@@ -29,13 +30,8 @@ class ForwardResult:
 
 
 def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
+    """The torch device of ``--device`` (`aelab.devices.resolve_device`: auto, cpu, cuda, cuda:N, mps)."""
+    return resolve_device(device)
 
 
 @torch.no_grad()

@@ -24,8 +24,7 @@ __all__ = ["pretrain_denoise", "run_course", "run_course_noaug", "run_fixmatch",
 
 def engine(cfg) -> dict:
     """The engine options of ``cfg`` every training stage takes."""
-    return dict(seed=cfg.seed, device=cfg.device, devices=cfg.devices, num_nodes=cfg.num_nodes,
-                precision=cfg.precision, strict=cfg.strict, logger=cfg.logger)
+    return cfg.engine().options()
 
 
 def labels_per_class(data: Path) -> str:
@@ -70,9 +69,7 @@ def finetune_and_predict(name: str, cfg, data: Path, layout: RunLayout, **settin
     result = MethodResult(name, trained.val_acc, trained.n_val, labels_per_class(data), run=str(trained.run_dir))
     if resolve_layout(data).test is not None:
         pred = predict_result(PredictConfig(model=str(trained.run_dir), data=str(data),
-                                            out=str(layout.predict_run(name)), device=cfg.device,
-                                            devices=cfg.devices, num_nodes=cfg.num_nodes, seed=cfg.seed,
-                                            strict=cfg.strict))
+                                            out=str(layout.predict_run(name)), **engine(cfg)))
         result.test_acc = pred.metrics.get("accuracy")
         result.predictions = str(pred.predictions)
     result.seconds = round(time.perf_counter() - t0, 2)

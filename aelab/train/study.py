@@ -95,11 +95,7 @@ class ClassificationStudyConfig(RunOptions):
     kmeans_features_learner: str = "kmeans"
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.kmeans_features_learner not in ("kmeans", "ekm"):
-            raise AelabError(f"kmeans_features_learner must be kmeans or ekm, got {self.kmeans_features_learner!r}")
-        if self.kmeans_features_centroids < 2:
-            raise AelabError(f"kmeans_features_centroids must be at least 2, got {self.kmeans_features_centroids}")
+        super().__post_init__()  # kmeans_features_* and the others: `aelab.train.options.RULES`
         self.method_list()  # unknown methods: one line, before anything runs
 
     def minutes(self, stage: str) -> float | None:

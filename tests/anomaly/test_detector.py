@@ -16,6 +16,7 @@ from sklearn.metrics import roc_auc_score
 
 from aelab.anomaly import ReconstructionDetector, anomaly_metrics
 from aelab.errors import AelabError, DataError
+from aelab.train.options import Engine
 
 
 @contextlib.contextmanager
@@ -45,8 +46,8 @@ def fitted(anomaly_demo, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp, one_thread():
         mp.setenv("AELAB_CACHE_DIR", str(tmp_path_factory.mktemp("fit_cache")))
         det = ReconstructionDetector(preset="tiny", depth=4, channels=1, epochs=10, batch_size=16, lr=3e-3,
-                                     device="cpu", seed=0)
-        return det.fit(str(anomaly_demo / "anomaly" / "normal"))
+                                     random_state=0)
+        return det.fit(str(anomaly_demo / "anomaly" / "normal"), engine=Engine(device="cpu"))
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +59,8 @@ def anomalous_scores(fitted, anomaly_demo, tmp_path_factory):
 
 def test_model_is_the_aelab_autoencoder_without_skips_and_head(fitted):
     cfg = fitted.model_config_
-    assert (cfg.skip_connections, cfg.head, cfg.num_classes, cfg.in_channels, cfg.image_size) == (False, "none", 0, 1, 32)
+    assert (cfg.skip_connections, cfg.head, cfg.num_classes) == (False, "none", 0)
+    assert (cfg.in_channels, cfg.image_size) == (1, 32)
     assert fitted.preprocessing_.channels == 1 and fitted.best_epoch_ >= 0 and len(fitted.history_) >= 1
     assert clone(fitted).get_params() == fitted.get_params()  # scikit-learn parameter contract
 
@@ -75,7 +77,8 @@ def test_pure_noise_scores_above_every_digit(fitted, anomalous_scores, anomaly_d
     raw = fitted.get_params()
     try:  # noise is wrong everywhere: its mean error is above every digit's
         fitted.set_params(score="mse", reduction="mean", smoothing=0.0)
-        digits = fitted.decision_function(fitted.val_files_ + [str(p) for p in sorted((anomaly_demo / "anomaly" / "anomalous").iterdir())])
+        anomalous = [str(p) for p in sorted((anomaly_demo / "anomaly" / "anomalous").iterdir())]
+        digits = fitted.decision_function(fitted.val_files_ + anomalous)
         assert fitted.decision_function(noise).min() > digits.max()
     finally:
         fitted.set_params(**raw)
@@ -105,7 +108,8 @@ def test_decisions_scores_and_normalised_scores_agree(fitted, anomaly_demo):
     finally:
         fitted.set_params(**raw)
     assert len(res.paths) == 200 and res.skipped == []
-    assert fitted.decision_scores_.shape == (len(fitted.train_files_),) and fitted.labels_.shape == fitted.decision_scores_.shape
+    assert fitted.decision_scores_.shape == (len(fitted.train_files_),)
+    assert fitted.labels_.shape == fitted.decision_scores_.shape
 
 
 def test_f1_threshold_from_labelled_anomalies(fitted, anomaly_demo):
@@ -158,11 +162,11 @@ def test_bad_inputs_raise_one_line_errors(fitted, tmp_path):
         fitted.decision_function(str(tmp_path / "empty"))
     with pytest.raises(AelabError, match="not fitted"):
         ReconstructionDetector().predict(np.zeros((1, 1, 32, 32), np.uint8))
-    with pytest.raises(AelabError, match="unknown anomaly score"):
+    with pytest.raises(AelabError, match="score must be one of"):
         ReconstructionDetector(score="psnr").fit(np.zeros((4, 1, 32, 32), np.uint8))
     with pytest.raises(AelabError, match="needs labelled anomalies"):
         ReconstructionDetector(threshold_rule="f1").fit(np.zeros((4, 1, 32, 32), np.uint8))
-    with pytest.raises(AelabError, match="contamination"):
+    with pytest.raises(ValueError, match="contamination must be a number in \\(0, 0.5\\]"):  # a ParameterError
         ReconstructionDetector(contamination=0.0).fit(np.zeros((4, 1, 32, 32), np.uint8))
     with pytest.raises(AelabError, match="not an anomaly detector|no anomaly detector"):
         ReconstructionDetector.load(tmp_path)
@@ -181,6 +185,24 @@ def test_folder_with_bad_files_skips_and_lists_them(fitted, anomaly_demo, tmp_pa
     assert [p.name for p, _ in res.skipped] == ["10.png"]
     strict = clone(fitted)
     strict.__dict__.update({k: v for k, v in fitted.__dict__.items() if k.endswith("_")})
-    strict.strict = True
+    strict.use(strict=True)
     with pytest.raises(DataError, match="10.png"):
         strict.decision_function(str(folder))
+
+
+@pytest.mark.parametrize("cls", ["ReconstructionDetector", "GeometricDetector"])
+def test_detectors_follow_the_scikit_learn_estimator_rules(cls):
+    """An explicit __init__ that only stores its parameters; random_state, not seed; bad values are ValueErrors."""
+    from sklearn.utils.estimator_checks import check_get_params_invariance, check_no_attributes_set_in_init
+
+    import aelab.anomaly as anomaly
+    from aelab.errors import ParameterError
+
+    est = getattr(anomaly, cls)()
+    check_no_attributes_set_in_init(cls, est)
+    check_get_params_invariance(cls, est)
+    params = est.get_params()
+    assert "random_state" in params and not {"seed", "device", "devices", "precision", "run_dir"} & set(params)
+    assert issubclass(ParameterError, ValueError) and issubclass(ParameterError, AelabError)
+    with pytest.raises(ParameterError, match="val_fraction"):
+        est.set_params(val_fraction=1.0).fit(np.zeros((4, 1, 32, 32), np.uint8))

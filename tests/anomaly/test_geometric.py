@@ -14,6 +14,7 @@ from aelab.anomaly import GeometricDetector, ReconstructionDetector, default_met
 from aelab.anomaly.geometric import num_transforms, transform, transform_scores
 from aelab.errors import AelabError
 from aelab.runs import read_csv_rows
+from aelab.train.options import Engine
 
 SIDE = 16
 
@@ -43,8 +44,8 @@ def unoriented(n: int, seed: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def fitted():
     torch.set_num_threads(1)
-    det = GeometricDetector(width=8, epochs=8, batch_size=16, lr=0.05, augment=1, patience=8, device="cpu", seed=0)
-    return det.fit(oriented(96, 0))
+    det = GeometricDetector(width=8, epochs=8, batch_size=16, lr=0.05, augment=1, patience=8, random_state=0)
+    return det.fit(oriented(96, 0), engine=Engine(device="cpu"))
 
 
 def numpy_reference(det: GeometricDetector, images: np.ndarray) -> np.ndarray:
@@ -78,7 +79,7 @@ def test_score_matches_numpy_reference(fitted):
 
 
 def test_score_with_translations_matches_numpy_reference():
-    det = GeometricDetector(width=4, epochs=1, batch_size=16, shift=3, device="cpu").fit(oriented(24, 1))
+    det = GeometricDetector(width=4, epochs=1, batch_size=16, shift=3).fit(oriented(24, 1), engine=Engine(device="cpu"))
     assert det.num_transforms == 72
     imgs = oriented(4, 9)
     np.testing.assert_allclose(det.decision_function(imgs), numpy_reference(det, imgs), rtol=1e-4, atol=1e-5)
@@ -151,27 +152,32 @@ def test_cli_fit_score_evaluate_with_method_geometric(tmp_path):
     torch.set_num_threads(1)
     try:
         fit = tmp_path / "fit"
-        assert cli_main.main(["anomaly", "fit", "--data", str(tmp_path / "data"), "--method", "geometric", "--image_size", str(SIDE),
-                              "--geometric.width", "4", "--geometric.epochs", "2", "--geometric.batch_size", "8",
+        assert cli_main.main(["anomaly", "fit", "--data", str(tmp_path / "data"), "--method", "geometric",
+                              "--image_size", str(SIDE), "--geometric.width", "4", "--geometric.epochs", "2",
+                              "--geometric.batch_size", "8",
                               "--device", "cpu", "--out", str(fit)]) == 0
         th = json.loads((fit / "threshold.json").read_text())
         assert th["method"] == "geometric" and th["rule"] == "conformal" and th["n_train"] + th["n_held_out"] == 40
         assert isinstance(load_detector(fit), GeometricDetector)
         out = tmp_path / "score"
-        assert cli_main.main(["anomaly", "score", "--model", str(fit), "--images", str(tmp_path / "data" / "anomaly" / "anomalous"),
+        anomalous = str(tmp_path / "data" / "anomaly" / "anomalous")
+        assert cli_main.main(["anomaly", "score", "--model", str(fit), "--images", anomalous,
                               "--out", str(out), "--top", "4"]) == 0
         rows = read_csv_rows(out / "anomaly_scores.csv")
         assert (out / "anomaly_scores.csv").read_text().splitlines()[0] == "filename,score,normalized_score,is_anomaly"
-        assert len(rows) == 12 and not (out / "maps").exists() and (out / "figures" / "most_anomalous.png").stat().st_size > 0
+        assert len(rows) == 12 and not (out / "maps").exists()
+        assert (out / "figures" / "most_anomalous.png").stat().st_size > 0
         for r in rows:
             s, z = float(r["score"]), float(r["normalized_score"])
             assert z == pytest.approx(s / (s + th["value"])) and int(r["is_anomaly"]) == int(s > th["value"])
         ev = tmp_path / "eval"
-        assert cli_main.main(["anomaly", "evaluate", "--model", str(fit), "--data", str(tmp_path / "data"), "--out", str(ev)]) == 0
+        assert cli_main.main(["anomaly", "evaluate", "--model", str(fit), "--data", str(tmp_path / "data"),
+                              "--out", str(ev)]) == 0
         m = json.loads((ev / "metrics.json").read_text())
         assert m["method"] == "geometric" and m["n_normal"] == th["n_held_out"] and m["n_anomalous"] == 12
         assert m["normal_loss"] is None and 0 <= m["auroc"] <= 1
-        assert list(read_csv_rows(ev / "scores.csv")[0]) == ["filename", "group", "defect", "score", "normalized_score", "is_anomaly"]
+        header = ["filename", "group", "defect", "score", "normalized_score", "is_anomaly"]
+        assert list(read_csv_rows(ev / "scores.csv")[0]) == header
         for name in ("score_histogram.png", "roc_curve.png", "cases_normal.png", "cases_anomalous.png"):
             assert (ev / "figures" / name).stat().st_size > 0, name
     finally:
@@ -182,10 +188,11 @@ def test_cli_geometric_defaults_are_the_detectors():
     """One default per option: `--geometric.NAME` defaults are GeometricDetector()'s."""
     import inspect
 
-    from aelab.anomaly.study import GEOMETRIC_KEYS, SHARED_KEYS
+    from aelab.anomaly import GEOMETRIC_KEYS, SHARED_KEYS
     from aelab.cli.main import build_parser
 
     sig = {n: p.default for n, p in inspect.signature(GeometricDetector.__init__).parameters.items() if n != "self"}
-    assert set(GEOMETRIC_KEYS) | set(SHARED_KEYS) == set(sig) - {"run_dir"}
+    assert set(GEOMETRIC_KEYS) | set(SHARED_KEYS) == set(sig) - {"random_state"}
     parsed = build_parser().parse_args(["anomaly", "fit"])["anomaly"]["fit"]
-    assert parsed["method"] == "auto" and {k: parsed["geometric"][k] for k in GEOMETRIC_KEYS} == {k: sig[k] for k in GEOMETRIC_KEYS}
+    assert parsed["method"] == "auto"
+    assert {k: parsed["geometric"][k] for k in GEOMETRIC_KEYS} == {k: sig[k] for k in GEOMETRIC_KEYS}

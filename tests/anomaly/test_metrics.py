@@ -89,7 +89,8 @@ def test_evaluation_result_holds_image_pixel_and_per_defect_metrics():
     ev = evaluate_scores(scores, labels, th, loss=scores / 10, score="mse", maps=maps, masks=masks,
                          defects=["good", "good", "scratch", "scratch", "blob", "blob"])
     d = ev.to_dict()
-    assert d["auroc"] == roc_auc_score(labels, scores) and d["pixel_auroc"] == roc_auc_score(masks.ravel(), maps.ravel())
+    assert d["auroc"] == roc_auc_score(labels, scores)
+    assert d["pixel_auroc"] == roc_auc_score(masks.ravel(), maps.ravel())
     assert d["threshold_rule"] == "conformal" and d["expected_false_alarm_rate"] == pytest.approx(4 / 41)
     assert set(d["per_defect_auroc"]) == {"scratch", "blob"} and len(d["false_alarm_interval"]) == 2
     assert d["per_defect_auroc"]["blob"] == roc_auc_score([0, 0, 1, 1], scores[[0, 1, 4, 5]])

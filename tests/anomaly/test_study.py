@@ -38,13 +38,15 @@ def fit_run(demo_root, tmp_path_factory):
     with registered() as mp:
         mp.setenv("AELAB_CACHE_DIR", str(tmp_path_factory.mktemp("cli_cache")))
         rc = cli_main.main(["anomaly", "fit", "--data", str(demo_root), "--preset", "tiny", "--depth", "4",
-                            "--channels", "1", "--epochs", "3", "--batch_size", "8", "--device", "cpu", "--out", str(out)])
+                            "--channels", "1", "--epochs", "3", "--batch_size", "8", "--device", "cpu",
+                            "--out", str(out)])
     assert rc == 0
     return out
 
 
 def test_fit_writes_the_run_folder(fit_run):
-    for name in ("config.yaml", "metrics.csv", "best.ckpt", "last.ckpt", "detector.ckpt", "threshold.json", "split.csv"):
+    for name in ("config.yaml", "metrics.csv", "best.ckpt", "last.ckpt", "detector.ckpt", "threshold.json",
+                 "split.csv"):
         assert (fit_run / name).is_file(), name
     th = json.loads((fit_run / "threshold.json").read_text())
     assert th["rule"] == "conformal" and th["value"] > 0 and th["n_train"] + th["n_held_out"] == 20
@@ -83,7 +85,8 @@ def test_evaluate_writes_metrics_and_figures(fit_run, demo_root, tmp_path):
     assert m["n_anomalous"] == 20 and 0 <= m["auroc"] <= 1 and m["threshold"] == pytest.approx(th["value"])
     for name in ("score_histogram.png", "roc_curve.png", "cases_normal.png", "cases_anomalous.png"):
         assert (out / "figures" / name).stat().st_size > 0, name
-    assert list(read_csv_rows(out / "scores.csv")[0]) == ["filename", "group", "defect", "score", "normalized_score", "is_anomaly"]
+    header = ["filename", "group", "defect", "score", "normalized_score", "is_anomaly"]
+    assert list(read_csv_rows(out / "scores.csv")[0]) == header
 
 
 def test_bad_files_are_skipped_and_listed(fit_run, demo_root, tmp_path):
@@ -91,7 +94,8 @@ def test_bad_files_are_skipped_and_listed(fit_run, demo_root, tmp_path):
     shutil.copytree(demo_root / "anomaly" / "anomalous", folder)
     (folder / "99.png").write_bytes(b"\x89PNG broken")
     with pytest.warns(UserWarning, match="skipped 1"):
-        assert run("anomaly", "score", "--model", str(fit_run), "--images", str(folder), "--out", str(tmp_path / "s")) == 0
+        assert run("anomaly", "score", "--model", str(fit_run), "--images", str(folder),
+                   "--out", str(tmp_path / "s")) == 0
     assert len(read_csv_rows(tmp_path / "s" / "anomaly_scores.csv")) == 20
     assert [r["filename"] for r in read_csv_rows(tmp_path / "s" / "skipped.csv")] == [str(folder / "99.png")]
     assert run("anomaly", "score", "--model", str(fit_run), "--images", str(folder), "--strict", "true",
@@ -119,16 +123,17 @@ def test_cli_and_python_defaults_are_identical():
     import dataclasses
     import inspect
 
-    from aelab.anomaly import ReconstructionDetector
-    from aelab.anomaly.study import DETECTOR_KEYS, AnomalyFitConfig
+    from aelab.anomaly import DETECTOR_KEYS, AnomalyFitConfig, ReconstructionDetector
     from aelab.cli.main import build_parser
 
-    sig = {n: p.default for n, p in inspect.signature(ReconstructionDetector.__init__).parameters.items() if n != "self"}
+    params = inspect.signature(ReconstructionDetector.__init__).parameters
+    sig = {n: p.default for n, p in params.items() if n != "self"}
     fields = {f.name: f.default for f in dataclasses.fields(AnomalyFitConfig)}
-    assert set(DETECTOR_KEYS) == set(sig) - {"run_dir"} and set(DETECTOR_KEYS) <= set(fields)
+    assert set(DETECTOR_KEYS) == set(sig) - {"random_state"} and set(DETECTOR_KEYS) <= set(fields)
     assert {k: fields[k] for k in DETECTOR_KEYS} == {k: sig[k] for k in DETECTOR_KEYS}
     parsed = build_parser().parse_args(["anomaly", "fit"])["anomaly"]["fit"]
-    assert {k: parsed[k] for k in DETECTOR_KEYS} == {k: sig[k] for k in DETECTOR_KEYS}  # what the command line really gets
+    # what the command line really gets
+    assert {k: parsed[k] for k in DETECTOR_KEYS} == {k: sig[k] for k in DETECTOR_KEYS}
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +145,7 @@ def mvtec_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mvtec_fit(mvtec_root, tmp_path_factory):
-    from aelab.anomaly.study import AnomalyFitConfig, anomaly_fit
+    from aelab.anomaly import AnomalyFitConfig, anomaly_fit
 
     with registered():
         return anomaly_fit(AnomalyFitConfig(data=str(mvtec_root), preset="tiny", channels=1, epochs=2, batch_size=8,
@@ -157,11 +162,12 @@ def test_mvtec_layout_fit_reads_train_good_only(mvtec_fit, mvtec_root):
 def test_mvtec_layout_evaluate_reports_pixel_and_per_defect_metrics(mvtec_fit, mvtec_root, tmp_path):
     from sklearn.metrics import roc_auc_score
 
-    from aelab.anomaly.study import AnomalyEvaluateConfig, anomaly_evaluate
+    from aelab.anomaly import AnomalyEvaluateConfig, anomaly_evaluate
     from aelab.data.mvtec import load_masks, read_mvtec
 
     with registered():
-        ev = anomaly_evaluate(AnomalyEvaluateConfig(data=str(mvtec_root), out=str(tmp_path / "ev")), detector=mvtec_fit.detector)
+        ev = anomaly_evaluate(AnomalyEvaluateConfig(data=str(mvtec_root), out=str(tmp_path / "ev")),
+                              detector=mvtec_fit.detector)
     m = ev.metrics
     assert (m.n_normal, m.n_anomalous) == (6, 9) and set(m.per_defect_auroc) == {"blob", "missing", "scratch"}
     # Pixel AUROC: scikit-learn's on the detector's maps against the masks, flattened.
@@ -177,7 +183,8 @@ def test_mvtec_layout_evaluate_reports_pixel_and_per_defect_metrics(mvtec_fit, m
 
 
 def test_cli_evaluate_and_score_on_mvtec_layout_write_maps(mvtec_fit, mvtec_root, tmp_path):
-    assert run("anomaly", "evaluate", "--model", str(mvtec_fit.run_dir), "--data", str(mvtec_root), "--out", str(tmp_path / "e")) == 0
+    assert run("anomaly", "evaluate", "--model", str(mvtec_fit.run_dir), "--data", str(mvtec_root),
+               "--out", str(tmp_path / "e")) == 0
     assert json.loads((tmp_path / "e" / "metrics.json").read_text())["aupro"] is not None
     assert run("anomaly", "score", "--model", str(mvtec_fit.run_dir), "--images", str(mvtec_root / "test"),
                "--recursive", "--out", str(tmp_path / "s")) == 0
@@ -202,7 +209,7 @@ def _two_process_worker(rank, port, model, root, out):
     """One of two processes as torchrun would start them: Fabric joins them (gloo) instead of re-running."""
     import os
 
-    from aelab.anomaly.study import AnomalyEvaluateConfig, AnomalyScoreConfig, anomaly_evaluate, anomaly_score
+    from aelab.anomaly import AnomalyEvaluateConfig, AnomalyScoreConfig, anomaly_evaluate, anomaly_score
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
                       LOCAL_RANK=str(rank), NODE_RANK="0")
@@ -214,14 +221,16 @@ def _two_process_worker(rank, port, model, root, out):
 
 @pytest.mark.slow
 def test_score_and_evaluate_with_two_processes_equal_one_process_byte_for_byte(mvtec_fit, mvtec_root, tmp_path):
-    """15 test images in batches of 4: rank 0 scores 8, rank 1 the last 7; maps, scores and metrics gathered in file order."""
-    from aelab.anomaly.study import AnomalyEvaluateConfig, AnomalyScoreConfig, anomaly_evaluate, anomaly_score
+    """15 test images in batches of 4: rank 0 scores 8, rank 1 the last 7; maps, scores and metrics gathered in
+    file order."""
+    from aelab.anomaly import AnomalyEvaluateConfig, AnomalyScoreConfig, anomaly_evaluate, anomaly_score
 
     model, root = str(mvtec_fit.run_dir), str(mvtec_root)
     with registered():  # one thread, as each of the two processes
         anomaly_score(AnomalyScoreConfig(model=model, images=f"{root}/test", recursive=True, device="cpu", batch_size=4,
                                          out=str(tmp_path / "one" / "s")))
-        anomaly_evaluate(AnomalyEvaluateConfig(model=model, data=root, device="cpu", batch_size=4, out=str(tmp_path / "one" / "e")))
+        anomaly_evaluate(AnomalyEvaluateConfig(model=model, data=root, device="cpu", batch_size=4,
+                                               out=str(tmp_path / "one" / "e")))
     run_processes(_two_process_worker, (_free_port(), model, root, str(tmp_path / "two")), "scoring")
     one, two = tmp_path / "one", tmp_path / "two"
     listing = lambda base: sorted(str(p.relative_to(base)) for p in base.rglob("*")  # noqa: E731
@@ -232,7 +241,8 @@ def test_score_and_evaluate_with_two_processes_equal_one_process_byte_for_byte(m
     for name in files:
         if name.endswith((".csv", ".json", ".npy")):
             assert (two / name).read_bytes() == (one / name).read_bytes(), name
-    assert json.loads((two / "e" / "metrics.json").read_text())["pixel_auroc"] is not None  # maps gathered for pixel AUROC
+    # maps gathered for pixel AUROC
+    assert json.loads((two / "e" / "metrics.json").read_text())["pixel_auroc"] is not None
 
 
 @pytest.mark.slow
@@ -245,8 +255,9 @@ def test_anomaly_fit_with_two_processes_writes_one_run(demo_root, tmp_path):
 
     out = tmp_path / "fit"
     env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
-    r = subprocess.run([sys.executable, "-m", "aelab.cli.main", "anomaly", "fit", "--normal", str(demo_root / "anomaly" / "normal"),
-                        "--preset", "tiny", "--epochs", "2", "--device", "cpu", "--devices", "2", "--out", str(out)],
+    r = subprocess.run([sys.executable, "-m", "aelab.cli.main", "anomaly", "fit",
+                        "--normal", str(demo_root / "anomaly" / "normal"), "--preset", "tiny", "--epochs", "2",
+                        "--device", "cpu", "--devices", "2", "--out", str(out)],
                        capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert [row["epoch"] for row in csv.DictReader(open(out / "metrics.csv"))] == ["0", "1"]

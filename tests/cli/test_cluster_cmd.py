@@ -1,36 +1,41 @@
-"""`aelab cluster` parses into ClusterConfig: same defaults, positional input, old method name warns."""
+"""`aelab cluster` parses into ClusterConfig: same defaults, positional input."""
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 
 import numpy as np
 
-from aelab.cli.cluster_cmd import cluster
 from aelab.cli.main import main
 from aelab.cluster.study import ClusterConfig
 from tests.cluster.test_study import write_embed_run
 
 
 def test_flags_are_the_config_fields_with_the_same_defaults():
-    sig = inspect.signature(cluster)
-    fields = {f.name: f.default for f in dataclasses.fields(ClusterConfig)}
-    assert sorted(sig.parameters) == sorted(fields) and list(sig.parameters)[0] == "input"  # the positional first
-    for name, default in fields.items():
-        expected = inspect.Parameter.empty if default is dataclasses.MISSING else default
-        assert sig.parameters[name].default == expected
+    """jsonargparse's class arguments of ClusterConfig, with ``input`` positional."""
+    from aelab.cli.main import build_parser
+
+    ns = build_parser().parse_args(["cluster", "emb.npy"])
+    for f in dataclasses.fields(ClusterConfig):
+        if f.default is not dataclasses.MISSING:
+            assert ns.cluster[f.name] == f.default, f.name
+    assert ns.cluster.input == "emb.npy" and ns.cluster.device == "auto"
 
 
-def test_cli_end_to_end_with_the_old_method_name(tmp_path, capsys):
+def test_cli_end_to_end(tmp_path):
     write_embed_run(tmp_path / "embed", sizes=(40, 20, 20))
     rc = main(["cluster", str(tmp_path / "embed"), "--out", str(tmp_path / "run"), "--classes", "c0,c1,c2",
-               "--method", "seed-softmax", "--alpha", "1.0"])
+               "--method", "course-softmax", "--alpha", "1.0", "--device", "cpu"])
     assert rc == 0
-    assert "aelab: warning: method 'seed-softmax' is renamed 'course-softmax'" in capsys.readouterr().err
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["method"] == "course-softmax" and np.isfinite(m["objective"])
+
+
+def test_the_old_method_name_is_refused(tmp_path, capsys):
+    write_embed_run(tmp_path / "embed", sizes=(40, 20, 20))
+    assert main(["cluster", str(tmp_path / "embed"), "--method", "seed-softmax"]) == 2
+    assert "--method must be one of" in capsys.readouterr().err
 
 
 def test_cli_error_is_one_line(tmp_path, capsys):

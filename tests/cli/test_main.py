@@ -25,8 +25,8 @@ def _one_line(capsys) -> str:
 
 def _model(path, classes=("cat", "dog")):
     cfg = preset_config("tiny", num_classes=len(classes))
-    save_checkpoint(path, model_config=cfg.to_dict(), preprocessing=Preprocessing(32, 3).to_dict(), classes=list(classes),
-                    state_dict=build_model(cfg).state_dict())
+    save_checkpoint(path, model_config=cfg.to_dict(), preprocessing=Preprocessing(32, 3).to_dict(),
+                    classes=list(classes), state_dict=build_model(cfg).state_dict())
     return path
 
 
@@ -121,7 +121,8 @@ def test_read_only_out_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(aelab.runs.os, "open", denied)
     _model(tmp_path / "m.ckpt")
     _images(tmp_path / "imgs", ["1.png"])
-    assert main(["predict", "--model", str(tmp_path / "m.ckpt"), "--images", str(tmp_path / "imgs"), "--out", str(tmp_path / "o")]) == 2
+    assert main(["predict", "--model", str(tmp_path / "m.ckpt"), "--images", str(tmp_path / "imgs"),
+                 "--out", str(tmp_path / "o")]) == 2
     assert "Permission denied" in _one_line(capsys)
 
 
@@ -215,19 +216,19 @@ def test_report_of_a_run_with_a_damaged_figure_is_one_line(tmp_path, capsys):
     assert len(err) == 1 and "is damaged" in err[0] and "clusterings.png" in err[0]
 
 
-def test_run_nests_the_cluster_and_anomaly_settings_and_accepts_the_old_flags(monkeypatch, capsys):
-    """`aelab run --cluster.X/--anomaly.X` reach the nested settings; the old flat names still work, with a warning."""
+def test_run_nests_the_cluster_and_anomaly_settings(monkeypatch, capsys):
+    """`aelab run --cluster.X/--anomaly.X` reach the nested settings; the flat names of 0.1 are gone."""
     import aelab.cli.run_cmds as run_cmds
 
     seen = {}
     monkeypatch.setattr(run_cmds, "run_all", lambda cfg: seen.setdefault("cfg", cfg))
     assert main(["run", "--cluster.classes", "1,4,7", "--anomaly.epochs", "3", "--anomaly.score", "mse"]) == 0
     cfg = seen.pop("cfg")
-    assert (cfg.cluster.classes, cfg.cluster.ratio, cfg.anomaly.epochs, cfg.anomaly.score) == ("1,4,7", "2:1:1", 3, "mse")
-    assert main(["run", "--cluster_classes", "3,4,5", "--anomaly_epochs", "4", "--normal_class", "7"]) == 0
-    cfg = seen.pop("cfg")
-    assert (cfg.cluster.classes, cfg.anomaly.epochs, cfg.anomaly.normal_class) == ("3,4,5", 4, "7")
-    assert "--cluster_classes is now --cluster.classes" in capsys.readouterr().err
+    assert (cfg.cluster.classes, cfg.cluster.ratio) == ("1,4,7", "2:1:1")
+    assert (cfg.anomaly.epochs, cfg.anomaly.score) == (3, "mse")
+    with pytest.raises(SystemExit):
+        main(["run", "--cluster_classes", "3,4,5"])
+    assert "unrecognized arguments: --cluster_classes" in capsys.readouterr().err
     assert main(["run", "--anomaly.epochs", "0"]) == 2  # nested settings are checked like the others
     assert "--epochs must be an integer >= 1" in capsys.readouterr().err
 

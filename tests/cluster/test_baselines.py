@@ -84,8 +84,6 @@ def test_factory_types_and_errors():
     assert isinstance(make_clusterer("fkm", 3, m=3.0), FuzzyKMeans)
     assert make_clusterer("mefc", 3, alpha=2.0).lam == 2.0
     assert make_clusterer("course-softmax", 3, alpha=0.5).alpha == 0.5
-    with pytest.warns(DeprecationWarning, match="renamed 'course-softmax'"):
-        assert make_clusterer("seed-softmax", 3, alpha=0.5).alpha == 0.5
     with pytest.raises(ValueError, match="method must be one of"):
         make_clusterer("dbscan", 3)
 
@@ -112,13 +110,3 @@ def test_sklearn_estimator_checks(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         check(estimator)
-
-
-def test_old_class_name_warns_and_fits_the_course_variant():
-    from aelab.cluster import SeedSoftmaxKMeans
-
-    X = np.random.default_rng(0).normal(size=(30, 2))
-    with pytest.warns(DeprecationWarning, match="renamed CourseSoftmaxKMeans"):
-        old = SeedSoftmaxKMeans(2, alpha=1.0, random_state=0).fit(X)
-    new = CourseSoftmaxKMeans(2, alpha=1.0, random_state=0).fit(X)
-    np.testing.assert_allclose(old.cluster_centers_, new.cluster_centers_)

@@ -284,7 +284,7 @@ def test_torch_device_errors(one_torch_thread):
     import torch
 
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA is not available"):
+        with pytest.raises(ValueError, match="no CUDA GPU is available"):
             EquilibriumKMeans(2, backend="torch", device="cuda").fit(TOY)
 
 

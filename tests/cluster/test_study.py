@@ -13,7 +13,7 @@ from aelab.errors import AelabError
 
 
 def cluster(input, **kwargs):
-    return run_cluster_study(ClusterConfig(input, **kwargs)).run_dir
+    return run_cluster_study(ClusterConfig(input=input, **kwargs)).run_dir
 
 
 def write_embed_run(folder, sizes=(300, 150, 150, 100), d=16, seed=0):
@@ -118,7 +118,7 @@ def test_nan_embeddings_are_rejected(tmp_path):
 
 def test_result_holds_labels_metrics_and_every_file(tmp_path):
     write_embed_run(tmp_path / "embed", sizes=(120, 60, 60))
-    res = run_cluster_study(ClusterConfig(str(tmp_path / "embed"), out=str(tmp_path / "run"), classes="c0,c1,c2",
+    res = run_cluster_study(ClusterConfig(input=str(tmp_path / "embed"), out=str(tmp_path / "run"), classes="c0,c1,c2",
                                           alpha="1.0"))
     assert isinstance(res, ClusterResult) and res.run_dir == tmp_path / "run"
     assert res.labels.shape == (240,) and res.alpha == 1.0 and res.metrics["method"] == "ekm"
@@ -131,20 +131,12 @@ def test_result_holds_labels_metrics_and_every_file(tmp_path):
 
 def test_ssekm_uses_a_fraction_of_the_labels(tmp_path):
     write_embed_run(tmp_path / "embed", sizes=(200, 100, 100))
-    res = run_cluster_study(ClusterConfig(str(tmp_path / "embed"), out=str(tmp_path / "run"), classes="c0,c1,c2",
+    res = run_cluster_study(ClusterConfig(input=str(tmp_path / "embed"), out=str(tmp_path / "run"), classes="c0,c1,c2",
                                           method="ssekm", label_fraction=0.1))
     m = res.metrics
     assert m["method"] == "ssekm" and m["n_labels_used"] == 20 + 10 + 10 and m["label_fraction"] == 0.1
     assert m["search"]["alpha"] == m["alpha"]  # α from the label-blind EKM search
     assert m["ari"] >= 0.95
-
-
-def test_old_method_name_warns_and_runs_the_course_variant(tmp_path):
-    write_embed_run(tmp_path / "embed", sizes=(40, 20, 20))
-    with pytest.warns(DeprecationWarning, match="renamed 'course-softmax'"):
-        res = run_cluster_study(ClusterConfig(str(tmp_path / "embed"), out=str(tmp_path / "run"), classes="c0,c1,c2",
-                                              method="seed-softmax", alpha="1.0"))
-    assert res.metrics["method"] == "course-softmax"
 
 
 def _npy(tmp_path, X, name="emb.npy"):

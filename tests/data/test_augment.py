@@ -77,14 +77,9 @@ def test_rejects_uint8_batches():
         build_augmentation("course", 8)(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
 
 
-def test_old_preset_name_still_works_with_a_warning():
-    x = _batch(3)
-    with pytest.warns(FutureWarning, match="course"):
-        old = build_augmentation("seed", 24)
-    torch.manual_seed(3)
-    a = old(x)
-    torch.manual_seed(3)
-    assert torch.equal(a, build_augmentation("course", 24)(x))
+def test_the_old_preset_name_is_refused():
+    with pytest.raises(AelabError, match="unknown augmentation preset 'seed'"):
+        build_augmentation("seed", 24)
 
 
 def _rotation_probe() -> torch.Tensor:

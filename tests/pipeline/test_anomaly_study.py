@@ -10,16 +10,17 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from aelab.train.options import Engine
+
 
 def _study(data: Path, run_dir: Path):
     """Study 3 as ``aelab run`` calls it, with tiny detectors."""
-    from aelab.anomaly import AnomalyStudySettings, run_anomaly_study
-    from aelab.anomaly.study import GeometricSettings
+    from aelab.anomaly import AnomalyStudySettings, GeometricSettings, run_anomaly_study
     from aelab.layout import RunLayout
 
     cfg = SimpleNamespace(preset="tiny", channels=1, image_size=None, device="cpu", seed=0,
                           anomaly=AnomalyStudySettings(epochs=2, geometric=GeometricSettings(epochs=1, width=4)))
-    return run_anomaly_study(cfg, data, RunLayout(run_dir), dict(seed=0, device="cpu", precision="32-true"))
+    return run_anomaly_study(cfg, data, RunLayout(run_dir), Engine(seed=0, device="cpu", precision="32-true"))
 
 
 def test_mvtec_layout_under_anomaly_gives_pixel_metrics_and_run_relative_figures(tmp_path):
@@ -60,8 +61,7 @@ def test_no_anomaly_data_is_a_skip_with_a_reason(tmp_path):
 
 def test_aelab_run_on_an_mvtec_root_runs_study_3_with_pixel_metrics(tmp_path):
     """`aelab run --data ROOT` with ROOT itself in the MVTec AD layout (README, "Your own data")."""
-    from aelab.anomaly import AnomalyStudySettings
-    from aelab.anomaly.study import GeometricSettings
+    from aelab.anomaly import AnomalyStudySettings, GeometricSettings
     from aelab.data.mvtec import make_mvtec_like
     from aelab.pipeline import RunConfig, run_all
 

@@ -8,8 +8,7 @@ import shutil
 import pytest
 
 import aelab.pipeline as pipeline
-from aelab.anomaly import AnomalyStudySettings
-from aelab.anomaly.study import GeometricSettings
+from aelab.anomaly import AnomalyStudySettings, GeometricSettings
 from aelab.cli.main import main
 from aelab.pipeline import RunConfig, run_all
 

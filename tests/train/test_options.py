@@ -15,7 +15,8 @@ def test_defaults_are_valid(cls):
 
 @pytest.mark.parametrize("kwargs, name", [
     (dict(epochs=True), "epochs"), (dict(lr=float("nan")), "lr"), (dict(channels=2), "channels"),
-    (dict(device="cuda:x"), "device"), (dict(weight_decay=-1e-4), "weight_decay"), (dict(noise_factor=-0.1), "noise_factor"),
+    (dict(device="cuda:x"), "device"), (dict(weight_decay=-1e-4), "weight_decay"),
+    (dict(noise_factor=-0.1), "noise_factor"),
 ])
 def test_bad_values_name_the_option(kwargs, name):
     with pytest.raises(AelabError, match=f"--{name} must be"):
