@@ -23,7 +23,7 @@ from aelab.models import ModelConfig, build_model, preset_config
 from aelab.progress import info
 from aelab.runs import set_seed
 from aelab.train.checkpoint import load_checkpoint
-from aelab.train.engine import fit_loop, make_fabric, start_run, write_model_summary
+from aelab.train.engine import make_fabric, start_run, write_model_summary
 from aelab.train.options import RunOptions, require, resolve_sources, restore_for_resume
 
 __all__ = ["METHODS", "FinetuneConfig", "FinetuneResult", "finetune", "finetune_result"]
@@ -136,37 +136,38 @@ def _check(cfg: FinetuneConfig) -> None:
         raise AelabError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
 
 
-def _input_format(cfg: FinetuneConfig):
-    """The decoding the network expects (size, channels): the preset's, or the pretrained checkpoint's."""
+def _input_format(cfg: FinetuneConfig, init: dict | None):
+    """The decoding the network expects (size, channels): the preset's, or the pretrained checkpoint ``init``'s."""
     from aelab.data import Preprocessing
 
-    if cfg.init_from is None:
+    if init is None:
         mc = preset_config(cfg.preset, image_size=cfg.image_size, in_channels=cfg.channels)
         return Preprocessing(image_size=mc.image_size, channels=mc.in_channels)
-    return Preprocessing.from_dict(load_checkpoint(cfg.init_from)["preprocessing"])
+    return Preprocessing.from_dict(init["preprocessing"])
 
 
-def _initial_model(cfg: FinetuneConfig, num_classes: int, head: str, stem: int):
+def _initial_model(cfg: FinetuneConfig, init: dict | None, num_classes: int, head: str, stem: int):
+    """The network, its config and preprocessing: from the preset, or from the pretrained checkpoint ``init``."""
     from aelab.data import Preprocessing
 
-    if cfg.init_from is None:
+    if init is None:
         model_cfg = preset_config(
             cfg.preset, image_size=cfg.image_size, in_channels=cfg.channels, num_classes=num_classes,
             head=head, dropout=cfg.dropout, stem=stem, width=cfg.width,
         )
-        return build_model(model_cfg), model_cfg, Preprocessing(image_size=model_cfg.image_size, channels=model_cfg.in_channels)
-    ckpt = load_checkpoint(cfg.init_from)
-    model_cfg = ModelConfig.from_dict(ckpt["model_config"])
+        prep = Preprocessing(image_size=model_cfg.image_size, channels=model_cfg.in_channels)
+        return build_model(model_cfg), model_cfg, prep
+    model_cfg = ModelConfig.from_dict(init["model_config"])
     model_cfg.num_classes, model_cfg.head, model_cfg.dropout = num_classes, head, cfg.dropout
     model = build_model(model_cfg)
     # The pretrained net has no head (or one for other classes): take everything else.
     own = model.state_dict()
-    weights = {k: v for k, v in ckpt["state_dict"].items() if k in own and own[k].shape == v.shape}
+    weights = {k: v for k, v in init["state_dict"].items() if k in own and own[k].shape == v.shape}
     missing = [k for k in own if k not in weights and not k.startswith("head.")]
     if missing:
         raise AelabError(f"{cfg.init_from}: checkpoint does not fit the network (missing {missing[:3]})")
     model.load_state_dict(weights, strict=False)
-    return model, model_cfg, Preprocessing.from_dict(ckpt["preprocessing"])
+    return model, model_cfg, Preprocessing.from_dict(init["preprocessing"])
 
 
 @dataclass
@@ -175,6 +176,7 @@ class _Data:
     labels: np.ndarray
     classes: list[str]
     unlabelled: np.ndarray | None  # fixmatch only
+    kind: str  # the labelled images' `aelab.data.kind.image_kind`, computed once
 
 
 def _load_data(cfg: FinetuneConfig, prep) -> _Data:
@@ -192,17 +194,17 @@ def _load_data(cfg: FinetuneConfig, prep) -> _Data:
         if src.unlabelled is None:
             raise NoUnlabelledImages("method fixmatch learns from unlabelled images: pass --data ROOT with ROOT/dev/unlabelled or --unlabelled DIR")
         unlabelled = prep.load(src.unlabelled, strict=cfg.strict).images
-    return _Data(data.images, labels, list(lab.classes), unlabelled)
+    from aelab.data.kind import image_kind
+
+    return _Data(data.images, labels, list(lab.classes), unlabelled, image_kind(data.images))
 
 
-def _resolve_head(cfg: FinetuneConfig, images) -> str:
+def _resolve_head(cfg: FinetuneConfig, kind: str) -> str:
     """``auto``: pool for colour photos trained from random weights (supervised on a CIFAR-10 draw, 25 labels per
     class: 0.407 against 0.350 with bn-mlp, benchmarks/README.md), else bn-mlp (digits; pretrained encoders)."""
     if cfg.head != "auto":
         return cfg.head
-    from aelab.data.kind import image_kind
-
-    return "pool" if cfg.init_from is None and image_kind(images) == "photo" else "bn-mlp"
+    return "pool" if cfg.init_from is None and kind == "photo" else "bn-mlp"
 
 
 @dataclass
@@ -230,21 +232,9 @@ def finetune_result(cfg: FinetuneConfig) -> FinetuneResult:
     cfg, run_dir, resume = restore_for_resume(FinetuneConfig, cfg)
     _check(cfg)
     set_seed(cfg.seed)
-    data = _load_data(cfg, _input_format(cfg))
-    from aelab.data.kind import resolve_stem
-
-    # A resumed run keeps the input layer it started with (also a run begun before the stem existed).
-    last = load_checkpoint(run_dir, which="last") if resume else None
-    stem = int(last["model_config"].get("stem", 0)) if last else resolve_stem(cfg.stem, data.images)
-    raw_model, model_cfg, prep = _initial_model(cfg, len(data.classes), _resolve_head(cfg, data.images), stem)
-    if last is not None:
-        from aelab.data import Preprocessing
-
-        prep = Preprocessing.from_dict(last["preprocessing"])
-    elif cfg.init_from is None:  # input statistics (and the whitening layer) from the images this method may use
-        from aelab.train.loaders import fit_input_layer
-
-        prep = fit_input_layer(raw_model, prep, data.unlabelled if data.unlabelled is not None else data.images, cfg.seed)
+    init = None if cfg.init_from is None else load_checkpoint(cfg.init_from)
+    data = _load_data(cfg, _input_format(cfg, init))
+    raw_model, model_cfg, prep = _model_and_input(cfg, init, data, run_dir if resume else None)
     fabric = make_fabric(cfg.device, cfg.devices, cfg.precision, num_nodes=cfg.num_nodes)
     run_dir = start_run(fabric, cfg, "finetune", run_dir if resume else None)
     info(f"[finetune] {cfg.method}: {len(data.labels)} labelled images, {len(data.classes)} classes"
@@ -252,19 +242,33 @@ def finetune_result(cfg: FinetuneConfig) -> FinetuneResult:
          + f", {'from ' + str(cfg.init_from) if cfg.init_from else 'random weights'} -> {run_dir}")
     from aelab.train.classify import build_classifier_stage
 
-    stage = build_classifier_stage(cfg, fabric, raw_model, prep, data)
+    stage = build_classifier_stage(cfg, fabric, raw_model, prep, data, run_dir)
     payload = dict(model_config=model_cfg.to_dict(), preprocessing=prep.to_dict(), classes=data.classes,
-                   stage="finetune", method=cfg.method, n_val=stage.pop("n_val"), config=asdict(cfg))
+                   stage="finetune", method=cfg.method, n_val=stage.n_val, config=asdict(cfg))
     write_model_summary(fabric, raw_model, run_dir)
-    # FixMatch keeps its final weight average (Sohn et al. evaluate the EMA model at the end of training):
-    # every epoch counts as an improvement, so best.ckpt is the last epoch. Picking an epoch by 40
-    # validation images (one image = 2.5 points) chose worse weights in benchmarks/README.md.
-    keep_last = cfg.method == "fixmatch"
-    state = fit_loop(fabric=fabric, run_dir=run_dir, monitor="val_acc", mode="max", tiebreak="later",
-                     patience=cfg.epochs if keep_last else cfg.patience, min_delta=-2.0 if keep_last else 0.0,
-                     payload=payload, resume=resume, desc="finetune", epochs=cfg.epochs,
-                     budget_s=None if cfg.budget is None else 60.0 * cfg.budget, **stage)
+    state = stage.trainer.fit(stage.task, payload=payload, resume=resume)
     info(f"[finetune] best val_acc {state.best:.4f} at epoch {state.best_epoch + 1} "
-         f"({payload['n_val']} validation images); checkpoint {run_dir / 'best.ckpt'}")
-    return FinetuneResult(Path(run_dir), float(state.best), state.best_epoch, int(payload["n_val"]))
+         f"({stage.n_val} validation images); checkpoint {run_dir / 'best.ckpt'}")
+    return FinetuneResult(Path(run_dir), float(state.best), state.best_epoch, stage.n_val)
 
+
+def _model_and_input(cfg: FinetuneConfig, init: dict | None, data: _Data, resumed: Path | None):
+    """The network to train, its config and its preprocessing.
+
+    A resumed run keeps the input layer (stem, input statistics) it started with; a network from random
+    weights gets its input statistics and whitening layer from the images this method may use.
+    """
+    from aelab.data import Preprocessing
+    from aelab.data.kind import resolve_stem
+
+    last = None if resumed is None else load_checkpoint(resumed, which="last")
+    stem = int(last["model_config"].get("stem", 0)) if last else resolve_stem(cfg.stem, data.images, kind=data.kind)
+    raw_model, model_cfg, prep = _initial_model(cfg, init, len(data.classes), _resolve_head(cfg, data.kind), stem)
+    if last is not None:
+        prep = Preprocessing.from_dict(last["preprocessing"])
+    elif init is None:
+        from aelab.train.loaders import fit_input_layer
+
+        images = data.unlabelled if data.unlabelled is not None else data.images
+        prep = fit_input_layer(raw_model, prep, images, cfg.seed)
+    return raw_model, model_cfg, prep

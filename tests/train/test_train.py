@@ -253,10 +253,10 @@ def test_config_file_then_flags_override_it(data, tmp_path):
 def test_a_time_budget_sets_the_epochs_from_the_first_one_and_the_schedule_ends_with_them(data, tmp_path, monkeypatch):
     import types
 
-    import aelab.train.engine as engine
+    import aelab.train.trainer as trainer
 
-    clock = iter(range(0, 10_000, 30))  # the engine's clock moves 30 s per reading: each epoch "takes" 30 s
-    monkeypatch.setattr(engine, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    clock = iter(range(0, 10_000, 30))  # the trainer's clock moves 30 s per reading: each epoch "takes" 30 s
+    monkeypatch.setattr(trainer, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
     run = finetune(FinetuneConfig(data=str(data), epochs=20, budget=1.6, patience=20, out=str(tmp_path / "b"), **TINY))
     last = torch.load(run / "last.ckpt", weights_only=True)
     assert last["fit_state"]["planned_epochs"] == 3  # 96 s of budget / 30 s per epoch
