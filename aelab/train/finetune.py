@@ -42,42 +42,50 @@ class FinetuneConfig(RunOptions):
         data: root folder in the folder layout (uses ROOT/dev/labelled, and ROOT/dev/unlabelled for fixmatch).
         labelled: folder with one subfolder of images per class (overrides --data).
         unlabelled: folder of unlabelled images for fixmatch (overrides --data).
-        preset: network when starting from random weights: tiny, small or course (the report's 49M-parameter net, for GPUs); ignored with --init-from.
+        preset: network when starting from random weights: tiny, small or course (the report's 49M-parameter
+            net, for GPUs); ignored with --init-from.
         image_size: override the preset's input size (random weights only).
         channels: 1 or 3 (random weights only; with --init-from the checkpoint's preprocessing is used).
         width: channels of the first encoder block (random weights only; none = the preset's).
         stem: channels of the fixed patch-whitening first layer (random weights only; none = 24 for colour photos,
             0 = none, the default for grey images).
         head: classifier head on the flattened bottleneck: auto (pool for colour photos from random weights, else
-            bn-mlp), bn-mlp (an MLP after a BatchNorm of the embedding;
-            trains far better from pretrained weights), mlp (exactly the course report's), linear, pool (global average
-            pooling of the bottleneck, then linear).
+            bn-mlp), bn-mlp (an MLP after a BatchNorm of the embedding; trains far better from pretrained
+            weights), mlp (exactly the course report's), linear, pool (global average pooling of the bottleneck,
+            then linear).
         dropout: dropout of the mlp head.
         freeze_encoder: train only the head and decoder; the pretrained encoder stays fixed.
         recon_weight: w in (1-w)*classification + w*MSE; none = 0.5 for course, 0 for supervised and fixmatch.
         augment: augmentation of the labelled images: auto (weak-flip for colour photos, weak for grey images such as
-            digits), auto-strong (strong-flip or strong), weak (small shifts), weak-flip (shifts and horizontal flips), none, strong, strong-flip, light or
-            course (the report's list: its vertical flips and rotations turn 6s into 9s).
+            digits), auto-strong (strong-flip or strong), weak (small shifts), weak-flip (shifts and horizontal
+            flips), none, strong, strong-flip, light or course (the report's list: its vertical flips and rotations
+            turn 6s into 9s).
         noise_factor: Gaussian input noise during fine-tuning (0 = none).
-        threshold: fixmatch: confidence a prediction on a weakly augmented unlabelled image needs to become its pseudo-label (tau).
+        threshold: fixmatch: confidence a prediction on a weakly augmented unlabelled image needs to become its
+            pseudo-label (tau).
         unlabelled_ratio: fixmatch: unlabelled images per labelled image in a step (mu).
         unlabelled_weight: fixmatch: weight of the unlabelled loss (lambda_u).
-        strong_augment: fixmatch: augmentation of the strong views (auto: strong-flip for colour photos, strong for grey images).
+        strong_augment: fixmatch: augmentation of the strong views (auto: strong-flip for colour photos, strong for
+            grey images).
         class_thresholds: fixmatch: a confidence threshold per class, lower for classes with few confident pseudo-labels
-            so far (FlexMatch's curriculum pseudo-labelling); threshold is the highest. False = one threshold for all (plain FixMatch).
+            so far (FlexMatch's curriculum pseudo-labelling); threshold is the highest. False = one threshold for
+            all (plain FixMatch).
         threshold_floor: fixmatch with class thresholds: the lowest threshold any class gets, also before any class is
             learnt (0 = FlexMatch's rule, which accepts every pseudo-label at the start; at most threshold).
-        distribution_alignment: fixmatch: rescale the unlabelled predictions towards the labelled images' class shares before
-            thresholding (ReMixMatch's distribution alignment).
+        distribution_alignment: fixmatch: rescale the unlabelled predictions towards the labelled images' class
+            shares before thresholding (ReMixMatch's distribution alignment).
         ema_decay: fixmatch: decay of the weight average used for validation and prediction (0 = no average).
         epochs: maximum number of epochs (fixmatch: passes over the unlabelled images).
         batch_size: labelled images per step.
         lr: AdamW learning rate (cosine-annealed).
         weight_decay: AdamW weight decay.
-        val_fraction: share of each class held out for validation; the best checkpoint has the highest validation accuracy.
-        patience: stop after this many epochs without a higher validation accuracy.
+        val_fraction: share of each class held out for validation; the best checkpoint has the highest validation
+            accuracy (fixmatch: the last epoch's weight average).
+        patience: stop after this many epochs without a higher validation accuracy (not fixmatch, which keeps its
+            last epoch).
         resume: continue an interrupted run from RUN/last.ckpt.
-        budget: minutes this stage may take: after the first epoch, as many epochs as fit (at most --epochs); null = all epochs.
+        budget: minutes this stage may take: after the first epoch, as many epochs as fit (at most --epochs);
+            null = all epochs.
     """
 
     method: str = "supervised"
@@ -123,7 +131,8 @@ def _check(cfg: FinetuneConfig) -> None:
     if cfg.method not in METHODS:
         raise AelabError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
     if not 0.0 < cfg.val_fraction < 1.0:
-        raise AelabError(f"val_fraction must be in (0, 1): fine-tuning picks its best epoch by validation accuracy; got {cfg.val_fraction}")
+        raise AelabError("val_fraction must be in (0, 1): fine-tuning picks its best epoch by validation accuracy; "
+                         f"got {cfg.val_fraction}")
     if not 0.0 <= cfg.resolved_recon_weight() <= 1.0:
         raise AelabError(f"recon_weight must be in [0, 1], got {cfg.recon_weight}")
     if not 0.0 < cfg.threshold <= 1.0:
@@ -192,7 +201,8 @@ def _load_data(cfg: FinetuneConfig, prep) -> _Data:
     unlabelled = None
     if cfg.method == "fixmatch":
         if src.unlabelled is None:
-            raise NoUnlabelledImages("method fixmatch learns from unlabelled images: pass --data ROOT with ROOT/dev/unlabelled or --unlabelled DIR")
+            raise NoUnlabelledImages("method fixmatch learns from unlabelled images: pass --data ROOT with "
+                                     "ROOT/dev/unlabelled or --unlabelled DIR")
         unlabelled = prep.load(src.unlabelled, strict=cfg.strict).images
     from aelab.data.kind import image_kind
 
@@ -221,8 +231,9 @@ def finetune(cfg: FinetuneConfig) -> Path:
     """Train the classifier with ``cfg.method``; the best checkpoint has the highest validation accuracy.
 
     Ties go to the later epoch: on a small validation set accuracy saturates early (40 images: 100 %
-    after a few epochs in benchmarks/README.md), and the longer-trained weights are the better bet. Returns the run folder
-    (``config.yaml``, ``metrics.csv``, ``best.ckpt``, ``last.ckpt``, ``model.json``).
+    after a few epochs in benchmarks/README.md), and the longer-trained weights are the better bet. FixMatch
+    keeps its last epoch (`aelab.train.classify`). Returns the run folder (``config.yaml``, ``metrics.csv``,
+    ``best.ckpt``, ``last.ckpt``, ``model.json``).
     """
     return finetune_result(cfg).run_dir
 

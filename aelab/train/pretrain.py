@@ -44,7 +44,8 @@ class PretrainConfig(RunOptions):
         labelled: folder of class subfolders (overrides the one under --data).
         include_labelled: also pretrain on the labelled images (their labels are not used).
         recursive: look for images in subfolders of the unlabelled folder too.
-        preset: network size: tiny (tests), small (CPU default) or course (the course report's 49M-parameter net, for GPUs).
+        preset: network size: tiny (tests), small (CPU default) or course (the course report's 49M-parameter net,
+            for GPUs).
         image_size: override the preset's square input size (must be divisible by 2**depth).
         channels: 1 (grayscale) or 3 (RGB); every image is converted to this.
         width: override the preset's first-block width.
@@ -57,12 +58,14 @@ class PretrainConfig(RunOptions):
         lr: AdamW learning rate (cosine-annealed to 0 over the epochs).
         weight_decay: AdamW weight decay.
         noise_factor: denoise: std of the Gaussian noise added to the input; 0 = plain autoencoder.
-        augment: augmentation: none, auto, auto-strong, weak, strong, weak-flip, strong-flip, light or course; none = the
-            objective's default (denoise: none, vicreg: auto-strong, i.e. strong-flip for colour photos, strong for grey images).
+        augment: augmentation: none, auto, auto-strong, weak, strong, weak-flip, strong-flip, light or course;
+            none = the objective's default (denoise: none, vicreg: auto-strong, i.e. strong-flip for colour photos,
+            strong for grey images).
         val_fraction: share of images held out for validation (early stopping, best checkpoint).
         patience: stop after this many epochs without a lower validation loss.
         resume: continue an interrupted run from RUN/last.ckpt (its saved config is used).
-        budget: minutes this stage may take: after the first epoch, as many epochs as fit (at most --epochs); null = all epochs.
+        budget: minutes this stage may take: after the first epoch, as many epochs as fit (at most --epochs);
+            null = all epochs.
     """
 
     objective: str = "denoise"
@@ -95,7 +98,8 @@ def _images(cfg: PretrainConfig, prep) -> RowReader:
     from aelab.data import load_images, scan_labelled
 
     src = resolve_sources(cfg.data, unlabelled=cfg.unlabelled, labelled=cfg.labelled)
-    parts = [prep.load(require(src.unlabelled, "unlabelled", "--unlabelled"), recursive=cfg.recursive, strict=cfg.strict).images]
+    unlabelled = require(src.unlabelled, "unlabelled", "--unlabelled")
+    parts = [prep.load(unlabelled, recursive=cfg.recursive, strict=cfg.strict).images]
     if cfg.include_labelled:
         lab = scan_labelled(require(src.labelled, "labelled", "--labelled"))
         parts.append(load_images(lab.paths, prep.image_size, prep.channels, strict=cfg.strict).images)
@@ -158,7 +162,8 @@ def _vicreg_task(cfg, trainer: Trainer, prep, augment) -> Task:
 
 
 def pretrain(cfg: PretrainConfig) -> Path:
-    """Pretrain with ``cfg.objective``; returns the run folder (``config.yaml``, ``metrics.csv``, ``best.ckpt``, ``last.ckpt``)."""
+    """Pretrain with ``cfg.objective``; returns the run folder (``config.yaml``, ``metrics.csv``, ``best.ckpt``,
+    ``last.ckpt``, ``model.json``)."""
     from aelab.data import Preprocessing, build_augmentation
 
     cfg, run_dir, resume = restore_for_resume(PretrainConfig, cfg)
@@ -167,7 +172,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
     set_seed(cfg.seed)
     from aelab.data.kind import resolve_augment, resolve_stem
 
-    fmt = preset_config(cfg.preset, image_size=cfg.image_size, width=cfg.width, depth=cfg.depth, in_channels=cfg.channels)
+    fmt = preset_config(cfg.preset, image_size=cfg.image_size, width=cfg.width, depth=cfg.depth,
+                        in_channels=cfg.channels)
     prep = Preprocessing(image_size=fmt.image_size, channels=fmt.in_channels)
     images = _images(cfg, prep)
     model_cfg = preset_config(
@@ -178,7 +184,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
     )
     fabric = make_fabric(cfg.device, cfg.devices, cfg.precision, num_nodes=cfg.num_nodes)
     run_dir = start_run(fabric, cfg, "pretrain", run_dir if resume else None)
-    info(f"[pretrain] {cfg.objective}: {len(images)} images {prep.image_size}x{prep.image_size}x{prep.channels} -> {run_dir}")
+    info(f"[pretrain] {cfg.objective}: {len(images)} images {prep.image_size}x{prep.image_size}x{prep.channels} "
+         f"-> {run_dir}")
     raw_model = build_model(model_cfg)
     from aelab.train.loaders import fit_input_layer
 
@@ -196,7 +203,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
     payload = dict(model_config=model_cfg.to_dict(), preprocessing=prep.to_dict(), classes=None,
                    stage="pretrain", objective=cfg.objective, config=asdict(cfg))
     state = trainer.fit(task, payload=payload, resume=resume)
-    info(f"[pretrain] best val_loss {state.best:.5f} at epoch {state.best_epoch + 1}; checkpoint {run_dir / 'best.ckpt'}")
+    info(f"[pretrain] best val_loss {state.best:.5f} at epoch {state.best_epoch + 1}; "
+         f"checkpoint {run_dir / 'best.ckpt'}")
     return run_dir
 
 
