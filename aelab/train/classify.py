@@ -19,7 +19,12 @@ from aelab.train.loaders import split_indices
 from aelab.train.semi import CurriculumThresholds, DistributionAlignment, LabelledStream, fixmatch_unlabelled_loss
 from aelab.train.trainer import Rows, Task, TrainData, Trainer, TrainerConfig
 
-__all__ = ["ClassifierStage", "build_classifier_stage"]
+__all__ = ["ClassifierStage", "build_classifier_stage", "decoder_modules"]
+
+
+def decoder_modules(raw_model) -> tuple[nn.Module, ...]:
+    """The modules only the reconstruction uses: a stage that never decodes (``decode=False``) freezes them."""
+    return (raw_model.upconvs, raw_model.decoders, raw_model.final_conv)
 
 
 @dataclass
@@ -56,8 +61,9 @@ def build_classifier_stage(cfg, fabric, raw_model, prep, data, run_dir: Path) ->
     if len(val_idx) == 0:
         raise AelabError("no validation images: each class needs at least 2 labelled images")
     frozen = (*raw_model.encoders, raw_model.bottleneck) if cfg.freeze_encoder else ()
-    for module in frozen:
-        module.requires_grad_(False)
+    w = cfg.resolved_recon_weight()
+    for module in (*frozen, *(decoder_modules(raw_model) if w == 0 else ())):
+        module.requires_grad_(False)  # not trained (and, under --devices N, no parameter DDP waits for in vain)
     # Every process validates on all images so that the best epoch is the same everywhere.
     val = Rows(data.images, data.labels, val_idx)
     if cfg.method == "fixmatch":  # an epoch is one pass over the unlabelled images; rows travel as their labels
@@ -67,7 +73,6 @@ def build_classifier_stage(cfg, fabric, raw_model, prep, data, run_dir: Path) ->
     trainer = Trainer(_trainer_config(cfg), raw_model, TrainData(train, val), fabric=fabric, run_dir=run_dir)
     weak = build_augmentation(resolve_augment(cfg.augment, data.images, kind=data.kind), prep.image_size)
     weak = weak.to(fabric.device)
-    w = cfg.resolved_recon_weight()
     if cfg.method == "fixmatch":
         strong = build_augmentation(resolve_augment(cfg.strong_augment, data.images, "strong", kind=data.kind),
                                     prep.image_size).to(fabric.device)

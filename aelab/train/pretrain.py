@@ -191,10 +191,13 @@ def pretrain(cfg: PretrainConfig) -> Path:
 
     prep = (Preprocessing.from_dict(load_checkpoint(run_dir, which="last")["preprocessing"]) if resume
             else fit_input_layer(raw_model, prep, images, cfg.seed))
-    if cfg.objective == "vicreg":
+    if cfg.objective == "vicreg":  # the decoder is not trained (nor waited for by DDP under --devices N)
+        from aelab.train.classify import decoder_modules
         from aelab.train.selfsup import make_projector
 
         raw_model.projector = make_projector(raw_model.bottleneck_channels)
+        for module in decoder_modules(raw_model):
+            module.requires_grad_(False)
     write_model_summary(fabric, raw_model, run_dir)
     default = "auto-strong" if cfg.objective == "vicreg" else "none"
     augment = build_augmentation(resolve_augment(cfg.augment or default, images), prep.image_size).to(fabric.device)
