@@ -79,7 +79,8 @@ def curve(labels: int, seed: int, cfg: ClassificationStudyConfig, epochs: list[i
     build = classify.build_classifier_stage
 
     def scored_stage(fcfg, fabric, raw_model, prep: Preprocessing, fdata, run_dir):
-        stage, t0, c0, epoch = build(fcfg, fabric, raw_model, prep, fdata, run_dir), time.perf_counter(), time.process_time(), [0]
+        stage = build(fcfg, fabric, raw_model, prep, fdata, run_dir)
+        t0, c0, epoch = time.perf_counter(), time.process_time(), [0]
         test = prep.load(lay.test)
         y = torch.as_tensor([classes.index(truth[i]) for i in image_ids(test.paths)])
         x, validate = torch.as_tensor(test.images), stage.task.validate

@@ -296,3 +296,22 @@ def test_a_photo_model_with_stem_and_pool_head_predicts_from_its_checkpoint(tmp_
     out = predict(PredictConfig(model=str(run), data=str(root), out=str(tmp_path / "p"), device="cpu"))
     rows = (out / "predictions.csv").read_text().splitlines()
     assert rows[0] == "id,label" and len(rows) == 7
+
+
+def test_finetune_reads_the_init_checkpoint_once_and_decides_the_image_kind_once(pretrained, data, tmp_path,
+                                                                                  monkeypatch):
+    import importlib
+
+    import aelab.data.kind as kind
+
+    ft = importlib.import_module("aelab.train.finetune")  # the package's `finetune` is the function
+    loads, kinds = [], []
+    load, image_kind = ft.load_checkpoint, kind.image_kind
+    monkeypatch.setattr(ft, "load_checkpoint", lambda path, *a, **k: (loads.append(str(path)), load(path, *a, **k))[1])
+    monkeypatch.setattr(kind, "image_kind", lambda images, *a, **k: (kinds.append(1), image_kind(images, *a, **k))[1])
+    finetune(FinetuneConfig(init_from=str(pretrained), data=str(data), epochs=1, method="fixmatch",
+                            out=str(tmp_path / "ft"), **TINY))  # auto augment and auto strong augment
+    assert loads == [str(pretrained)] and len(kinds) == 1
+    kinds.clear()
+    finetune(FinetuneConfig(data=str(data), epochs=1, out=str(tmp_path / "rand"), **TINY))  # auto head, stem, augment
+    assert len(kinds) == 1
