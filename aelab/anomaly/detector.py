@@ -222,8 +222,8 @@ class ReconstructionDetector(BaseEstimator):
         config = TrainerConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                                weight_decay=self.weight_decay, seed=self.seed, monitor="val_mse", mode="min",
                                patience=self.patience, desc="anomaly")
-        trainer = Trainer(config, build_model(self.model_config_), TrainData(Rows(rows, index=train_idx),
-                          Rows(rows, index=val_idx)), fabric=fabric, run_dir=run_dir)
+        data = TrainData(Rows(rows, index=train_idx), Rows(rows, index=val_idx))
+        trainer = Trainer(config, build_model(self.model_config_), data, fabric=fabric, run_dir=run_dir)
         model, gen = trainer.model, torch.Generator().manual_seed(self.seed + fabric.global_rank)
 
         def train_step(batch, _step: int):
