@@ -78,16 +78,17 @@ def curve(labels: int, seed: int, cfg: ClassificationStudyConfig, epochs: list[i
     truth = read_labels_csv(lay.test_labels)
     build = classify.build_classifier_stage
 
-    def scored_stage(fcfg, fabric, raw_model, prep: Preprocessing, fdata):
-        stage, t0, c0, epoch = build(fcfg, fabric, raw_model, prep, fdata), time.perf_counter(), time.process_time(), [0]
+    def scored_stage(fcfg, fabric, raw_model, prep: Preprocessing, fdata, run_dir):
+        stage = build(fcfg, fabric, raw_model, prep, fdata, run_dir)
+        t0, c0, epoch = time.perf_counter(), time.process_time(), [0]
         test = prep.load(lay.test)
         y = torch.as_tensor([classes.index(truth[i]) for i in image_ids(test.paths)])
-        x, validate = torch.as_tensor(test.images), stage["validate"]
+        x, validate = torch.as_tensor(test.images), stage.task.validate
 
         def validate_and_score() -> dict[str, float]:
             out, epoch[0] = validate(), epoch[0] + 1
             if epoch[0] in epochs:
-                net = stage["ema"].module if stage["ema"] is not None else stage["model"]
+                net = stage.trainer.evaluated
                 with torch.no_grad():
                     pred = torch.cat([net(prep.model_input(b)).logits.argmax(1) for b in x.split(256)])
                 points.append(dict(labels=labels, seed=seed, epoch=epoch[0], seconds=round(time.perf_counter() - t0, 1),
@@ -98,7 +99,7 @@ def curve(labels: int, seed: int, cfg: ClassificationStudyConfig, epochs: list[i
                 print(json.dumps(points[-1]), file=sys.stderr, flush=True)
             return out
 
-        return {**stage, "validate": validate_and_score}
+        return replace(stage, task=replace(stage.task, validate=validate_and_score))
 
     with mock.patch.object(classify, "build_classifier_stage", scored_stage):
         finetune_result(FinetuneConfig(

@@ -1,8 +1,8 @@
 """`ReconstructionDetector`: an autoencoder trained on normal images only; poor reconstruction = anomaly.
 
 The estimator interface (PyOD's ``fit``/``decision_function``/``predict``, thresholds, ``save``/``load``)
-is `aelab.anomaly.base.BaseDetector`'s. Training is one aelab training stage (``make_fabric`` +
-``fit_loop``, composed like ``aelab.train.pretrain``); a share of the normal images is held out for early
+is `aelab.anomaly.base.BaseDetector`'s. Training is one aelab training stage (`aelab.train.trainer.Trainer`,
+composed like ``aelab.train.pretrain``); a share of the normal images is held out for early
 stopping and for the threshold.
 
 Two defects of the course report are avoided here: the network has no skip connections by default (a U-Net can
@@ -40,10 +40,9 @@ from aelab.data.rows import RowReader
 from aelab.models import ModelConfig, build_model, preset_config
 from aelab.runs import set_seed, to_plain
 from aelab.train.checkpoint import load_checkpoint, save_checkpoint
-from aelab.train.engine import fit_loop
 from aelab.train.inference import batched_forward, pick_device
-from aelab.train.loaders import make_loader
 from aelab.train.options import Engine, OneOf, Rule
+from aelab.train.trainer import Rows, Task, TrainData, Trainer, TrainerConfig
 
 __all__ = ["DETECTOR_FILE", "ReconstructionDetector"]
 
@@ -184,22 +183,20 @@ class ReconstructionDetector(BaseDetector):
         return self
 
     def _train(self, images: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, run_dir: Path) -> None:
-        """One aelab training stage (the composition of ``aelab.train.pretrain``); rows are read by index."""
+        """One aelab training stage (`aelab.train.trainer.Trainer`, as ``aelab.train.pretrain``); rows are read by
+        index."""
         set_seed(self.random_state)
         prep = self.preprocessing_
         fabric = self.engine_.fabric()
-        raw_model = build_model(self.model_config_)
-        optimizer = torch.optim.AdamW(raw_model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.epochs, 1))
-        model, optimizer = fabric.setup(raw_model, optimizer)
         rows = RowReader(images)  # one reader: train and validation share its mapping
-        train_loader = fabric.setup_dataloaders(make_loader(
-            rows, index=train_idx, batch_size=self.batch_size, shuffle=True, seed=self.random_state, drop_last=True))
-        val_loader = fabric.setup_dataloaders(make_loader(
-            rows, index=val_idx, batch_size=max(self.batch_size, 256)), use_distributed_sampler=False)
-        gen = torch.Generator().manual_seed(self.random_state + fabric.global_rank)
+        config = TrainerConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                               weight_decay=self.weight_decay, seed=self.random_state, monitor="val_mse", mode="min",
+                               patience=self.patience, desc="anomaly")
+        data = TrainData(Rows(rows, index=train_idx), Rows(rows, index=val_idx))
+        trainer = Trainer(config, build_model(self.model_config_), data, fabric=fabric, run_dir=run_dir)
+        model, gen = trainer.model, torch.Generator().manual_seed(self.random_state + fabric.global_rank)
 
-        def train_step(batch):
+        def train_step(batch, _step: int):
             clean = prep.target(batch[0])
             dirty = structured_corruption(clean, gen) if self.corruption == "structured" else clean
             if self.noise_factor:
@@ -208,7 +205,7 @@ class ReconstructionDetector(BaseDetector):
 
         def validate():
             total, n = 0.0, 0
-            for (x,) in val_loader:
+            for (x,) in trainer.val_loader:
                 target = prep.target(x)
                 rec = model(prep.model_input(x)).reconstruction.float()
                 total += float(F.mse_loss(rec, target, reduction="sum")) / target[0].numel()
@@ -217,14 +214,9 @@ class ReconstructionDetector(BaseDetector):
 
         payload = dict(model_config=self.model_config_.to_dict(), preprocessing=prep.to_dict(), classes=None,
                        stage="anomaly", config=to_plain(self.get_params()))
-        state = fit_loop(
-            fabric=fabric, model=model, raw_model=raw_model, optimizer=optimizer, scheduler=scheduler,
-            train_loader=train_loader, train_step=train_step, validate=validate, epochs=self.epochs,
-            run_dir=run_dir, monitor="val_mse", mode="min", patience=self.patience, payload=payload,
-            desc="anomaly",
-        )
-        raw_model.load_state_dict(load_checkpoint(run_dir, which="best")["state_dict"])
-        self.model_ = raw_model.cpu().eval()
+        state = trainer.fit(Task(train_step, validate), payload=payload)
+        trainer.raw_model.load_state_dict(load_checkpoint(run_dir, which="best")["state_dict"])
+        self.model_ = trainer.raw_model.cpu().eval()
         self.history_, self.best_epoch_ = state.history, state.best_epoch
 
     # --- scoring ---------------------------------------------------------------------------------

@@ -49,10 +49,9 @@ from aelab.data.rows import RowReader
 from aelab.errors import ParameterError
 from aelab.runs import set_seed, to_plain
 from aelab.train.checkpoint import load_checkpoint, save_checkpoint
-from aelab.train.engine import fit_loop
 from aelab.train.inference import pick_device
-from aelab.train.loaders import make_loader
 from aelab.train.options import Engine, Interval, OneOf
+from aelab.train.trainer import Rows, Task, TrainData, Trainer, TrainerConfig
 
 __all__ = ["GEOMETRIC_SCORES", "GeometricDetector", "TransformNet", "transform", "transform_scores",
            "num_transforms"]
@@ -234,22 +233,19 @@ class GeometricDetector(BaseDetector):
         return out, labels
 
     def _train(self, images: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, run_dir: Path) -> None:
-        """One aelab training stage (``make_fabric`` + ``fit_loop``, as `ReconstructionDetector._train`)."""
+        """One aelab training stage (`aelab.train.trainer.Trainer`, as `ReconstructionDetector._train`)."""
         set_seed(self.random_state)
         fabric = self.engine_.fabric()
         raw_model = TransformNet(self.channels_, self.num_transforms, self.width)
-        optimizer = torch.optim.SGD(raw_model.parameters(), lr=self.lr, momentum=0.9, nesterov=True,
-                                    weight_decay=self.weight_decay)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.epochs, 1))
-        model, optimizer = fabric.setup(raw_model, optimizer)
         rows = RowReader(images)
-        batch = min(self.batch_size, len(train_idx))
-        train_loader = fabric.setup_dataloaders(make_loader(
-            rows, index=train_idx, batch_size=batch, shuffle=True, seed=self.random_state, drop_last=True))
+        config = TrainerConfig(epochs=self.epochs, batch_size=min(self.batch_size, len(train_idx)), lr=self.lr,
+                               weight_decay=self.weight_decay, seed=self.random_state, optimizer="sgd",
+                               monitor="val_score", mode="min", patience=self.patience, desc="anomaly-geometric")
+        trainer = Trainer(config, raw_model, TrainData(Rows(rows, index=train_idx)), fabric=fabric, run_dir=run_dir)
         val_images = rows.gather(val_idx)
-        gen = torch.Generator().manual_seed(self.random_state + fabric.global_rank)
+        model, gen = trainer.model, torch.Generator().manual_seed(self.random_state + fabric.global_rank)
 
-        def train_step(b):
+        def train_step(b, _step: int):
             x = self._augment(self._normalize(b[0]), gen)
             xt, labels = self._transformed_batch(x, gen)
             return {"loss": F.cross_entropy(model(xt).float(), labels.to(xt.device))}
@@ -265,12 +261,7 @@ class GeometricDetector(BaseDetector):
             return {"val_score": float(fabric.broadcast(score, src=0)) if fabric.world_size > 1 else score}
 
         payload = dict(stage="anomaly", method=METHOD, config=to_plain(self.get_params()))
-        state = fit_loop(
-            fabric=fabric, model=model, raw_model=raw_model, optimizer=optimizer, scheduler=scheduler,
-            train_loader=train_loader, train_step=train_step, validate=validate, epochs=self.epochs,
-            run_dir=run_dir, monitor="val_score", mode="min", patience=self.patience, payload=payload,
-            desc="anomaly-geometric",
-        )
+        state = trainer.fit(Task(train_step, validate), payload=payload)
         raw_model.load_state_dict(load_checkpoint(run_dir, which="best")["state_dict"])
         self.model_ = raw_model.cpu().eval()
         self.history_, self.best_epoch_ = state.history, state.best_epoch

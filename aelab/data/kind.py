@@ -48,16 +48,17 @@ def augmentation_for(kind: str, strength: str = "weak") -> str:
     return f"{strength}-flip" if kind == "photo" else strength
 
 
-def resolve_augment(preset: str, images: np.ndarray, strength: str = "weak") -> str:
+def resolve_augment(preset: str, images: np.ndarray, strength: str = "weak", *, kind: str | None = None) -> str:
     """``preset`` itself, or for ``"auto"`` (``"auto-strong"``: strength strong) the preset `augmentation_for`
-    gives for these images."""
+    gives for these images (``kind``: their `image_kind` when already known)."""
     if preset == "auto-strong":
         preset, strength = "auto", "strong"
-    return augmentation_for(image_kind(images), strength) if preset == "auto" else preset
+    return augmentation_for(kind or image_kind(images), strength) if preset == "auto" else preset
 
 
-def resolve_stem(stem: int | None, images) -> int:
-    """``stem`` itself, or for ``None`` `PHOTO_STEM` for photos and 0 (no whitening layer) for grey images."""
+def resolve_stem(stem: int | None, images, *, kind: str | None = None) -> int:
+    """``stem`` itself, or for ``None`` `PHOTO_STEM` for photos and 0 (no whitening layer) for grey images
+    (``kind``: the images' `image_kind` when already known)."""
     if stem is not None:
         return int(stem)
-    return PHOTO_STEM if image_kind(images) == "photo" else 0
+    return PHOTO_STEM if (kind or image_kind(images)) == "photo" else 0

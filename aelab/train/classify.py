@@ -1,12 +1,13 @@
 """The loss steps of fine-tuning: supervised, the course report's objective, FixMatch.
 
-`build_classifier_stage` returns the pieces `aelab.train.engine.fit_loop` needs (model, optimizer,
-loaders, one ``train_step`` and one ``validate``), so every method runs in the same training stage.
+`build_classifier_stage` returns a `aelab.train.trainer.Trainer` and the `Task` of ``cfg.method`` (one step,
+one validation, FixMatch's per-image memory), so every method runs in the same training stage.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,21 +15,72 @@ import torch.nn.functional as F
 from torch import nn
 
 from aelab.errors import AelabError
-from aelab.train.loaders import make_loader, split_indices
-from aelab.train.semi import CurriculumThresholds, DistributionAlignment, LabelledStream, ModelEMA, fixmatch_unlabelled_loss
+from aelab.train.loaders import split_indices
+from aelab.train.semi import CurriculumThresholds, DistributionAlignment, LabelledStream, fixmatch_unlabelled_loss
+from aelab.train.trainer import Rows, Task, TrainData, Trainer, TrainerConfig
 
-__all__ = ["build_classifier_stage"]
+__all__ = ["ClassifierStage", "build_classifier_stage", "decoder_modules"]
 
 
-def _optimiser(cfg, fabric, raw_model):
-    if cfg.freeze_encoder:
-        for module in (*raw_model.encoders, raw_model.bottleneck):
-            module.requires_grad_(False)
-    params = [p for p in raw_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
-    model, optimizer = fabric.setup(raw_model, optimizer)
-    return model, optimizer, scheduler
+def decoder_modules(raw_model) -> tuple[nn.Module, ...]:
+    """The modules only the reconstruction uses: a stage that never decodes (``decode=False``) freezes them."""
+    return (raw_model.upconvs, raw_model.decoders, raw_model.final_conv)
+
+
+@dataclass
+class ClassifierStage:
+    """A fine-tuning stage: its trainer, the task of its method, and the number of validation images."""
+
+    trainer: Trainer
+    task: Task
+    n_val: int
+
+
+def _trainer_config(cfg) -> TrainerConfig:
+    """Best = highest validation accuracy, ties to the later epoch; FixMatch keeps its last epoch.
+
+    FixMatch keeps its final weight average (Sohn et al. evaluate the EMA model at the end of training):
+    picking an epoch by 40 validation images (one image = 2.5 points) chose worse weights in
+    benchmarks/README.md.
+    """
+    fixmatch = cfg.method == "fixmatch"
+    return TrainerConfig(
+        epochs=cfg.epochs, batch_size=cfg.batch_size * (cfg.unlabelled_ratio if fixmatch else 1), lr=cfg.lr,
+        weight_decay=cfg.weight_decay, seed=cfg.seed, monitor="val_acc", mode="max",
+        keep="last" if fixmatch else "best", patience=cfg.patience, tiebreak="later",
+        ema_decay=cfg.ema_decay if fixmatch else 0.0, val_batch_size=256, desc="finetune",
+        budget_s=None if cfg.budget is None else 60.0 * cfg.budget)
+
+
+def build_classifier_stage(cfg, fabric, raw_model, prep, data, run_dir: Path) -> ClassifierStage:
+    """The training stage of ``cfg.method`` (see `aelab.train.finetune`); ``data.kind`` is the images' kind."""
+    from aelab.data import build_augmentation
+    from aelab.data.kind import resolve_augment
+
+    train_idx, val_idx = split_indices(len(data.labels), cfg.val_fraction, cfg.seed, data.labels)
+    if len(val_idx) == 0:
+        raise AelabError("no validation images: each class needs at least 2 labelled images")
+    frozen = (*raw_model.encoders, raw_model.bottleneck) if cfg.freeze_encoder else ()
+    w = cfg.resolved_recon_weight()
+    for module in (*frozen, *(decoder_modules(raw_model) if w == 0 else ())):
+        module.requires_grad_(False)  # not trained (and, under --devices N, no parameter DDP waits for in vain)
+    # Every process validates on all images so that the best epoch is the same everywhere.
+    val = Rows(data.images, data.labels, val_idx)
+    if cfg.method == "fixmatch":  # an epoch is one pass over the unlabelled images; rows travel as their labels
+        train = Rows(data.unlabelled, np.arange(len(data.unlabelled)))
+    else:
+        train = Rows(data.images, data.labels, train_idx)
+    trainer = Trainer(_trainer_config(cfg), raw_model, TrainData(train, val), fabric=fabric, run_dir=run_dir)
+    weak = build_augmentation(resolve_augment(cfg.augment, data.images, kind=data.kind), prep.image_size)
+    weak = weak.to(fabric.device)
+    if cfg.method == "fixmatch":
+        strong = build_augmentation(resolve_augment(cfg.strong_augment, data.images, "strong", kind=data.kind),
+                                    prep.image_size).to(fabric.device)
+        step, train_state = _fixmatch_step(cfg, trainer, prep, data, train_idx, (weak, strong), w)
+    else:
+        step, train_state = _labelled_step(cfg, trainer.model, prep, weak, frozen, w), None
+    validate = _validator(trainer.evaluated, prep, trainer.val_loader, w)
+    return ClassifierStage(trainer, Task(step, validate, train_state), int(len(val_idx)))
 
 
 def _validator(model, prep, val_loader, w: float):
@@ -50,41 +102,10 @@ def _validator(model, prep, val_loader, w: float):
     return validate
 
 
-def build_classifier_stage(cfg, fabric, raw_model, prep, data) -> dict[str, Any]:
-    """The training-stage pieces for ``cfg.method`` (see `aelab.train.finetune`)."""
-    from aelab.data import build_augmentation
-    from aelab.data.kind import resolve_augment
-
-    train_idx, val_idx = split_indices(len(data.labels), cfg.val_fraction, cfg.seed, data.labels)
-    if len(val_idx) == 0:
-        raise AelabError("no validation images: each class needs at least 2 labelled images")
-    model, optimizer, scheduler = _optimiser(cfg, fabric, raw_model)
-    # Every process validates on all images so that the best epoch is the same everywhere.
-    val_loader = fabric.setup_dataloaders(
-        make_loader(data.images, data.labels, batch_size=256, index=val_idx), use_distributed_sampler=False)
-    augment = build_augmentation(resolve_augment(cfg.augment, data.images), prep.image_size).to(fabric.device)
-    frozen = (*raw_model.encoders, raw_model.bottleneck) if cfg.freeze_encoder else ()
-    w = cfg.resolved_recon_weight()
-    ema = train_state = None
-    if cfg.method == "fixmatch":
-        ema = ModelEMA(raw_model, cfg.ema_decay).to(fabric.device) if cfg.ema_decay > 0 else None
-        strong = build_augmentation(resolve_augment(cfg.strong_augment, data.images, "strong"), prep.image_size)
-        strong = strong.to(fabric.device)
-        step, loader, train_state = _fixmatch_step(cfg, fabric, model, prep, data, train_idx, augment, strong, w)
-    else:
-        step = _labelled_step(cfg, model, prep, augment, frozen, w)
-        loader = fabric.setup_dataloaders(make_loader(
-            data.images, data.labels, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
-            index=train_idx))
-    validate = _validator(ema.module if ema is not None else model, prep, val_loader, w)
-    return dict(model=model, raw_model=raw_model, optimizer=optimizer, scheduler=scheduler, train_loader=loader,
-                train_step=step, validate=validate, ema=ema, train_state=train_state, n_val=int(len(val_idx)))
-
-
 def _labelled_step(cfg, model, prep, augment, frozen, w: float):
     """``(1 − w)·CE + w·MSE`` on an augmented labelled batch (w = 0: plain cross-entropy, no decoder)."""
 
-    def train_step(batch):
+    def train_step(batch, _step: int):
         x, y = batch
         for module in frozen:  # a frozen encoder keeps its BatchNorm statistics too
             module.eval()
@@ -100,28 +121,30 @@ def _labelled_step(cfg, model, prep, augment, frozen, w: float):
     return train_step
 
 
-def _fixmatch_step(cfg, fabric, model, prep, data, train_idx: np.ndarray, weak, strong, w: float):
-    """FixMatch, Sohn et al. (2020) Eqs. (1)–(2): one step = a labelled batch + μ·B unlabelled images.
-
-    The loader walks the unlabelled images (an epoch is one pass over them); the labelled batch of
-    step t is drawn by `LabelledStream` from (seed, rank, t), so a resumed run draws the same ones.
-    """
-    labelled = LabelledStream(data.images, torch.as_tensor(data.labels), cfg.batch_size, cfg.seed, fabric.global_rank,
-                              index=train_idx)
-    n_unlabelled = len(data.unlabelled)
-    # Row numbers travel with the images (as their "labels") for FlexMatch's per-image memory.
-    loader = fabric.setup_dataloaders(make_loader(
-        data.unlabelled, np.arange(n_unlabelled), batch_size=cfg.batch_size * cfg.unlabelled_ratio, shuffle=True, seed=cfg.seed,
-        drop_last=True))
-    curriculum = None
+def _fixmatch_state(cfg, fabric, data, train_idx: np.ndarray):
+    """FlexMatch's per-image memory and ReMixMatch's distribution alignment, as asked for (None when off)."""
+    curriculum = align = None
     if cfg.class_thresholds:
-        curriculum = CurriculumThresholds(n_unlabelled, len(data.classes), cfg.threshold,
-                                          min(cfg.threshold_floor, cfg.threshold))
-        curriculum = curriculum.to(fabric.device)
-    align = None
+        curriculum = CurriculumThresholds(len(data.unlabelled), len(data.classes), cfg.threshold,
+                                          min(cfg.threshold_floor, cfg.threshold)).to(fabric.device)
     if cfg.distribution_alignment:
         counts = np.bincount(np.asarray(data.labels)[train_idx], minlength=len(data.classes))
         align = DistributionAlignment(torch.as_tensor(counts, dtype=torch.float32)).to(fabric.device)
+    state = nn.ModuleDict({k: v for k, v in (("curriculum", curriculum), ("align", align)) if v is not None})
+    return curriculum, align, state if len(state) else None
+
+
+def _fixmatch_step(cfg, trainer: Trainer, prep, data, train_idx: np.ndarray, views, w: float):
+    """FixMatch, Sohn et al. (2020) Eqs. (1)–(2): one step = a labelled batch + μ·B unlabelled images.
+
+    The trainer's loader walks the unlabelled images (an epoch is one pass over them); the labelled batch of
+    step t is drawn by `LabelledStream` from (seed, rank, t), so a resumed run draws the same ones.
+    """
+    fabric, model = trainer.fabric, trainer.model
+    weak, strong = views
+    labelled = LabelledStream(data.images, torch.as_tensor(data.labels), cfg.batch_size, cfg.seed,
+                              fabric.global_rank, index=train_idx)
+    curriculum, align, state = _fixmatch_state(cfg, fabric, data, train_idx)
 
     def train_step(batch, step: int):
         x, y = labelled.batch(step)
@@ -147,5 +170,4 @@ def _fixmatch_step(cfg, fabric, model, prep, data, train_idx: np.ndarray, weak, 
             loss, losses["mse"] = (1 - w) * loss + w * mse, mse
         return {"loss": loss, **losses}
 
-    state = nn.ModuleDict({k: v for k, v in (("curriculum", curriculum), ("align", align)) if v is not None})
-    return train_step, loader, state if len(state) else None
+    return train_step, state

@@ -23,7 +23,7 @@ from aelab.models import ModelConfig, build_model, preset_config
 from aelab.progress import info
 from aelab.runs import set_seed
 from aelab.train.checkpoint import load_checkpoint
-from aelab.train.engine import fit_loop, make_fabric, start_run, write_model_summary
+from aelab.train.engine import make_fabric, start_run, write_model_summary
 from aelab.train.options import Interval, RunOptions, require, resolve_sources, restore_for_resume
 
 __all__ = ["METHODS", "FinetuneConfig", "FinetuneResult", "finetune", "finetune_result"]
@@ -42,42 +42,50 @@ class FinetuneConfig(RunOptions):
         data: root folder in the folder layout (uses ROOT/dev/labelled, and ROOT/dev/unlabelled for fixmatch).
         labelled: folder with one subfolder of images per class (overrides --data).
         unlabelled: folder of unlabelled images for fixmatch (overrides --data).
-        preset: network when starting from random weights: tiny, small or course (the report's 49M-parameter net, for GPUs); ignored with --init-from.
+        preset: network when starting from random weights: tiny, small or course (the report's 49M-parameter
+            net, for GPUs); ignored with --init-from.
         image_size: override the preset's input size (random weights only).
         channels: 1 or 3 (random weights only; with --init-from the checkpoint's preprocessing is used).
         width: channels of the first encoder block (random weights only; none = the preset's).
         stem: channels of the fixed patch-whitening first layer (random weights only; none = 24 for colour photos,
             0 = none, the default for grey images).
         head: classifier head on the flattened bottleneck: auto (pool for colour photos from random weights, else
-            bn-mlp), bn-mlp (an MLP after a BatchNorm of the embedding;
-            trains far better from pretrained weights), mlp (exactly the course report's), linear, pool (global average
-            pooling of the bottleneck, then linear).
+            bn-mlp), bn-mlp (an MLP after a BatchNorm of the embedding; trains far better from pretrained
+            weights), mlp (exactly the course report's), linear, pool (global average pooling of the bottleneck,
+            then linear).
         dropout: dropout of the mlp head.
         freeze_encoder: train only the head and decoder; the pretrained encoder stays fixed.
         recon_weight: w in (1-w)*classification + w*MSE; none = 0.5 for course, 0 for supervised and fixmatch.
         augment: augmentation of the labelled images: auto (weak-flip for colour photos, weak for grey images such as
-            digits), auto-strong (strong-flip or strong), weak (small shifts), weak-flip (shifts and horizontal flips), none, strong, strong-flip, light or
-            course (the report's list: its vertical flips and rotations turn 6s into 9s).
+            digits), auto-strong (strong-flip or strong), weak (small shifts), weak-flip (shifts and horizontal
+            flips), none, strong, strong-flip, light or course (the report's list: its vertical flips and rotations
+            turn 6s into 9s).
         noise_factor: Gaussian input noise during fine-tuning (0 = none).
-        threshold: fixmatch: confidence a prediction on a weakly augmented unlabelled image needs to become its pseudo-label (tau).
+        threshold: fixmatch: confidence a prediction on a weakly augmented unlabelled image needs to become its
+            pseudo-label (tau).
         unlabelled_ratio: fixmatch: unlabelled images per labelled image in a step (mu).
         unlabelled_weight: fixmatch: weight of the unlabelled loss (lambda_u).
-        strong_augment: fixmatch: augmentation of the strong views (auto: strong-flip for colour photos, strong for grey images).
+        strong_augment: fixmatch: augmentation of the strong views (auto: strong-flip for colour photos, strong for
+            grey images).
         class_thresholds: fixmatch: a confidence threshold per class, lower for classes with few confident pseudo-labels
-            so far (FlexMatch's curriculum pseudo-labelling); threshold is the highest. False = one threshold for all (plain FixMatch).
+            so far (FlexMatch's curriculum pseudo-labelling); threshold is the highest. False = one threshold for
+            all (plain FixMatch).
         threshold_floor: fixmatch with class thresholds: the lowest threshold any class gets, also before any class is
             learnt (0 = FlexMatch's rule, which accepts every pseudo-label at the start; at most threshold).
-        distribution_alignment: fixmatch: rescale the unlabelled predictions towards the labelled images' class shares before
-            thresholding (ReMixMatch's distribution alignment).
+        distribution_alignment: fixmatch: rescale the unlabelled predictions towards the labelled images' class
+            shares before thresholding (ReMixMatch's distribution alignment).
         ema_decay: fixmatch: decay of the weight average used for validation and prediction (0 = no average).
         epochs: maximum number of epochs (fixmatch: passes over the unlabelled images).
         batch_size: labelled images per step.
         lr: AdamW learning rate (cosine-annealed).
         weight_decay: AdamW weight decay.
-        val_fraction: share of each class held out for validation; the best checkpoint has the highest validation accuracy.
-        patience: stop after this many epochs without a higher validation accuracy.
+        val_fraction: share of each class held out for validation; the best checkpoint has the highest validation
+            accuracy (fixmatch: the last epoch's weight average).
+        patience: stop after this many epochs without a higher validation accuracy (not fixmatch, which keeps its
+            last epoch).
         resume: continue an interrupted run from RUN/last.ckpt.
-        budget: minutes this stage may take: after the first epoch, as many epochs as fit (at most --epochs); null = all epochs.
+        budget: minutes this stage may take: after the first epoch, as many epochs as fit (at most --epochs);
+            null = all epochs.
     """
 
     method: str = "supervised"
@@ -127,37 +135,38 @@ def _check(cfg: FinetuneConfig) -> None:
         raise AelabError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
 
 
-def _input_format(cfg: FinetuneConfig):
-    """The decoding the network expects (size, channels): the preset's, or the pretrained checkpoint's."""
+def _input_format(cfg: FinetuneConfig, init: dict | None):
+    """The decoding the network expects (size, channels): the preset's, or the pretrained checkpoint ``init``'s."""
     from aelab.data import Preprocessing
 
-    if cfg.init_from is None:
+    if init is None:
         mc = preset_config(cfg.preset, image_size=cfg.image_size, in_channels=cfg.channels)
         return Preprocessing(image_size=mc.image_size, channels=mc.in_channels)
-    return Preprocessing.from_dict(load_checkpoint(cfg.init_from)["preprocessing"])
+    return Preprocessing.from_dict(init["preprocessing"])
 
 
-def _initial_model(cfg: FinetuneConfig, num_classes: int, head: str, stem: int):
+def _initial_model(cfg: FinetuneConfig, init: dict | None, num_classes: int, head: str, stem: int):
+    """The network, its config and preprocessing: from the preset, or from the pretrained checkpoint ``init``."""
     from aelab.data import Preprocessing
 
-    if cfg.init_from is None:
+    if init is None:
         model_cfg = preset_config(
             cfg.preset, image_size=cfg.image_size, in_channels=cfg.channels, num_classes=num_classes,
             head=head, dropout=cfg.dropout, stem=stem, width=cfg.width,
         )
-        return build_model(model_cfg), model_cfg, Preprocessing(image_size=model_cfg.image_size, channels=model_cfg.in_channels)
-    ckpt = load_checkpoint(cfg.init_from)
-    model_cfg = ModelConfig.from_dict(ckpt["model_config"])
+        prep = Preprocessing(image_size=model_cfg.image_size, channels=model_cfg.in_channels)
+        return build_model(model_cfg), model_cfg, prep
+    model_cfg = ModelConfig.from_dict(init["model_config"])
     model_cfg.num_classes, model_cfg.head, model_cfg.dropout = num_classes, head, cfg.dropout
     model = build_model(model_cfg)
     # The pretrained net has no head (or one for other classes): take everything else.
     own = model.state_dict()
-    weights = {k: v for k, v in ckpt["state_dict"].items() if k in own and own[k].shape == v.shape}
+    weights = {k: v for k, v in init["state_dict"].items() if k in own and own[k].shape == v.shape}
     missing = [k for k in own if k not in weights and not k.startswith("head.")]
     if missing:
         raise AelabError(f"{cfg.init_from}: checkpoint does not fit the network (missing {missing[:3]})")
     model.load_state_dict(weights, strict=False)
-    return model, model_cfg, Preprocessing.from_dict(ckpt["preprocessing"])
+    return model, model_cfg, Preprocessing.from_dict(init["preprocessing"])
 
 
 @dataclass
@@ -166,6 +175,7 @@ class _Data:
     labels: np.ndarray
     classes: list[str]
     unlabelled: np.ndarray | None  # fixmatch only
+    kind: str  # the labelled images' `aelab.data.kind.image_kind`, computed once
 
 
 def _load_data(cfg: FinetuneConfig, prep) -> _Data:
@@ -181,19 +191,20 @@ def _load_data(cfg: FinetuneConfig, prep) -> _Data:
     unlabelled = None
     if cfg.method == "fixmatch":
         if src.unlabelled is None:
-            raise NoUnlabelledImages("method fixmatch learns from unlabelled images: pass --data ROOT with ROOT/dev/unlabelled or --unlabelled DIR")
+            raise NoUnlabelledImages("method fixmatch learns from unlabelled images: pass --data ROOT with "
+                                     "ROOT/dev/unlabelled or --unlabelled DIR")
         unlabelled = prep.load(src.unlabelled, strict=cfg.strict).images
-    return _Data(data.images, labels, list(lab.classes), unlabelled)
+    from aelab.data.kind import image_kind
+
+    return _Data(data.images, labels, list(lab.classes), unlabelled, image_kind(data.images))
 
 
-def _resolve_head(cfg: FinetuneConfig, images) -> str:
+def _resolve_head(cfg: FinetuneConfig, kind: str) -> str:
     """``auto``: pool for colour photos trained from random weights (supervised on a CIFAR-10 draw, 25 labels per
     class: 0.407 against 0.350 with bn-mlp, benchmarks/README.md), else bn-mlp (digits; pretrained encoders)."""
     if cfg.head != "auto":
         return cfg.head
-    from aelab.data.kind import image_kind
-
-    return "pool" if cfg.init_from is None and image_kind(images) == "photo" else "bn-mlp"
+    return "pool" if cfg.init_from is None and kind == "photo" else "bn-mlp"
 
 
 @dataclass
@@ -210,8 +221,9 @@ def finetune(cfg: FinetuneConfig) -> Path:
     """Train the classifier with ``cfg.method``; the best checkpoint has the highest validation accuracy.
 
     Ties go to the later epoch: on a small validation set accuracy saturates early (40 images: 100 %
-    after a few epochs in benchmarks/README.md), and the longer-trained weights are the better bet. Returns the run folder
-    (``config.yaml``, ``metrics.csv``, ``best.ckpt``, ``last.ckpt``, ``model.json``).
+    after a few epochs in benchmarks/README.md), and the longer-trained weights are the better bet. FixMatch
+    keeps its last epoch (`aelab.train.classify`). Returns the run folder (``config.yaml``, ``metrics.csv``,
+    ``best.ckpt``, ``last.ckpt``, ``model.json``).
     """
     return finetune_result(cfg).run_dir
 
@@ -221,21 +233,9 @@ def finetune_result(cfg: FinetuneConfig) -> FinetuneResult:
     cfg, run_dir, resume = restore_for_resume(FinetuneConfig, cfg)
     _check(cfg)
     set_seed(cfg.seed)
-    data = _load_data(cfg, _input_format(cfg))
-    from aelab.data.kind import resolve_stem
-
-    # A resumed run keeps the input layer it started with (also a run begun before the stem existed).
-    last = load_checkpoint(run_dir, which="last") if resume else None
-    stem = int(last["model_config"].get("stem", 0)) if last else resolve_stem(cfg.stem, data.images)
-    raw_model, model_cfg, prep = _initial_model(cfg, len(data.classes), _resolve_head(cfg, data.images), stem)
-    if last is not None:
-        from aelab.data import Preprocessing
-
-        prep = Preprocessing.from_dict(last["preprocessing"])
-    elif cfg.init_from is None:  # input statistics (and the whitening layer) from the images this method may use
-        from aelab.train.loaders import fit_input_layer
-
-        prep = fit_input_layer(raw_model, prep, data.unlabelled if data.unlabelled is not None else data.images, cfg.seed)
+    init = None if cfg.init_from is None else load_checkpoint(cfg.init_from)
+    data = _load_data(cfg, _input_format(cfg, init))
+    raw_model, model_cfg, prep = _model_and_input(cfg, init, data, run_dir if resume else None)
     fabric = make_fabric(cfg.device, cfg.devices, cfg.precision, num_nodes=cfg.num_nodes)
     run_dir = start_run(fabric, cfg, "finetune", run_dir if resume else None)
     info(f"[finetune] {cfg.method}: {len(data.labels)} labelled images, {len(data.classes)} classes"
@@ -243,19 +243,33 @@ def finetune_result(cfg: FinetuneConfig) -> FinetuneResult:
          + f", {'from ' + str(cfg.init_from) if cfg.init_from else 'random weights'} -> {run_dir}")
     from aelab.train.classify import build_classifier_stage
 
-    stage = build_classifier_stage(cfg, fabric, raw_model, prep, data)
+    stage = build_classifier_stage(cfg, fabric, raw_model, prep, data, run_dir)
     payload = dict(model_config=model_cfg.to_dict(), preprocessing=prep.to_dict(), classes=data.classes,
-                   stage="finetune", method=cfg.method, n_val=stage.pop("n_val"), config=asdict(cfg))
+                   stage="finetune", method=cfg.method, n_val=stage.n_val, config=asdict(cfg))
     write_model_summary(fabric, raw_model, run_dir)
-    # FixMatch keeps its final weight average (Sohn et al. evaluate the EMA model at the end of training):
-    # every epoch counts as an improvement, so best.ckpt is the last epoch. Picking an epoch by 40
-    # validation images (one image = 2.5 points) chose worse weights in benchmarks/README.md.
-    keep_last = cfg.method == "fixmatch"
-    state = fit_loop(fabric=fabric, run_dir=run_dir, monitor="val_acc", mode="max", tiebreak="later",
-                     patience=cfg.epochs if keep_last else cfg.patience, min_delta=-2.0 if keep_last else 0.0,
-                     payload=payload, resume=resume, desc="finetune", epochs=cfg.epochs,
-                     budget_s=None if cfg.budget is None else 60.0 * cfg.budget, **stage)
+    state = stage.trainer.fit(stage.task, payload=payload, resume=resume)
     info(f"[finetune] best val_acc {state.best:.4f} at epoch {state.best_epoch + 1} "
-         f"({payload['n_val']} validation images); checkpoint {run_dir / 'best.ckpt'}")
-    return FinetuneResult(Path(run_dir), float(state.best), state.best_epoch, int(payload["n_val"]))
+         f"({stage.n_val} validation images); checkpoint {run_dir / 'best.ckpt'}")
+    return FinetuneResult(Path(run_dir), float(state.best), state.best_epoch, stage.n_val)
 
+
+def _model_and_input(cfg: FinetuneConfig, init: dict | None, data: _Data, resumed: Path | None):
+    """The network to train, its config and its preprocessing.
+
+    A resumed run keeps the input layer (stem, input statistics) it started with; a network from random
+    weights gets its input statistics and whitening layer from the images this method may use.
+    """
+    from aelab.data import Preprocessing
+    from aelab.data.kind import resolve_stem
+
+    last = None if resumed is None else load_checkpoint(resumed, which="last")
+    stem = int(last["model_config"].get("stem", 0)) if last else resolve_stem(cfg.stem, data.images, kind=data.kind)
+    raw_model, model_cfg, prep = _initial_model(cfg, init, len(data.classes), _resolve_head(cfg, data.kind), stem)
+    if last is not None:
+        prep = Preprocessing.from_dict(last["preprocessing"])
+    elif init is None:
+        from aelab.train.loaders import fit_input_layer
+
+        images = data.unlabelled if data.unlabelled is not None else data.images
+        prep = fit_input_layer(raw_model, prep, images, cfg.seed)
+    return raw_model, model_cfg, prep

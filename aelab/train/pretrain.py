@@ -22,9 +22,10 @@ from aelab.models import build_model, preset_config
 from aelab.progress import info
 from aelab.runs import set_seed
 from aelab.train.checkpoint import load_checkpoint
-from aelab.train.engine import fit_loop, make_fabric, start_run, write_model_summary
-from aelab.train.loaders import make_loader, split_indices
+from aelab.train.engine import make_fabric, start_run, write_model_summary
+from aelab.train.loaders import split_indices
 from aelab.train.options import RunOptions, require, resolve_sources, restore_for_resume
+from aelab.train.trainer import Rows, Task, TrainData, Trainer, TrainerConfig
 
 __all__ = ["OBJECTIVES", "PretrainConfig", "pretrain"]
 
@@ -43,7 +44,8 @@ class PretrainConfig(RunOptions):
         labelled: folder of class subfolders (overrides the one under --data).
         include_labelled: also pretrain on the labelled images (their labels are not used).
         recursive: look for images in subfolders of the unlabelled folder too.
-        preset: network size: tiny (tests), small (CPU default) or course (the course report's 49M-parameter net, for GPUs).
+        preset: network size: tiny (tests), small (CPU default) or course (the course report's 49M-parameter net,
+            for GPUs).
         image_size: override the preset's square input size (must be divisible by 2**depth).
         channels: 1 (grayscale) or 3 (RGB); every image is converted to this.
         width: override the preset's first-block width.
@@ -56,12 +58,14 @@ class PretrainConfig(RunOptions):
         lr: AdamW learning rate (cosine-annealed to 0 over the epochs).
         weight_decay: AdamW weight decay.
         noise_factor: denoise: std of the Gaussian noise added to the input; 0 = plain autoencoder.
-        augment: augmentation: none, auto, auto-strong, weak, strong, weak-flip, strong-flip, light or course; none = the
-            objective's default (denoise: none, vicreg: auto-strong, i.e. strong-flip for colour photos, strong for grey images).
+        augment: augmentation: none, auto, auto-strong, weak, strong, weak-flip, strong-flip, light or course;
+            none = the objective's default (denoise: none, vicreg: auto-strong, i.e. strong-flip for colour photos,
+            strong for grey images).
         val_fraction: share of images held out for validation (early stopping, best checkpoint).
         patience: stop after this many epochs without a lower validation loss.
         resume: continue an interrupted run from RUN/last.ckpt (its saved config is used).
-        budget: minutes this stage may take: after the first epoch, as many epochs as fit (at most --epochs); null = all epochs.
+        budget: minutes this stage may take: after the first epoch, as many epochs as fit (at most --epochs);
+            null = all epochs.
     """
 
     objective: str = "denoise"
@@ -94,7 +98,8 @@ def _images(cfg: PretrainConfig, prep) -> RowReader:
     from aelab.data import load_images, scan_labelled
 
     src = resolve_sources(cfg.data, unlabelled=cfg.unlabelled, labelled=cfg.labelled)
-    parts = [prep.load(require(src.unlabelled, "unlabelled", "--unlabelled"), recursive=cfg.recursive, strict=cfg.strict).images]
+    unlabelled = require(src.unlabelled, "unlabelled", "--unlabelled")
+    parts = [prep.load(unlabelled, recursive=cfg.recursive, strict=cfg.strict).images]
     if cfg.include_labelled:
         lab = scan_labelled(require(src.labelled, "labelled", "--labelled"))
         parts.append(load_images(lab.paths, prep.image_size, prep.channels, strict=cfg.strict).images)
@@ -104,41 +109,61 @@ def _images(cfg: PretrainConfig, prep) -> RowReader:
     return images
 
 
-def _denoise_steps(cfg, model, prep, augment, val_loader):
-    def train_step(batch):
+def _denoise_task(cfg, trainer: Trainer, prep, augment) -> Task:
+    """The course report's denoising autoencoder: input ``x + noise``, target ``x``, MSE."""
+    model = trainer.model
+
+    def step(batch, _step: int):
         clean = augment(prep.target(batch[0]))
         noisy = (clean + cfg.noise_factor * torch.randn_like(clean)).clamp(0, 1)
         return {"loss": F.mse_loss(model(prep.normalize(noisy)).reconstruction.float(), clean)}
 
     def validate():
         total, n = 0.0, 0
-        for (x,) in val_loader:
+        for (x,) in trainer.val_loader:
             target = prep.target(x)
             out = model(prep.model_input(x))
             total += float(F.mse_loss(out.reconstruction.float(), target, reduction="sum")) / target[0].numel()
             n += len(x)
         return {"val_loss": total / max(n, 1), "val_mse": total / max(n, 1)}
 
-    return train_step, validate
+    return Task(step, validate)
 
 
-def _vicreg_steps(model, raw_model, prep, augment):
-    """Two views through the encoder, pooled, projected; VICReg loss (validation: same loss on held-out images)."""
+def _vicreg_task(cfg, trainer: Trainer, prep, augment) -> Task:
+    """Two views through the encoder, pooled, projected; the VICReg loss (`aelab.train.selfsup.vicreg_loss`).
+
+    Under ``--devices N`` the projections of every process are gathered (with their gradient) before the
+    variance and covariance terms, as in the authors' implementation; validation: the same loss on one batch
+    of held-out images, which every process holds whole (nothing to gather).
+    """
     from aelab.train.selfsup import vicreg_loss
+
+    model, raw_model, fabric = trainer.model, trainer.raw_model, trainer.fabric
 
     def embed(x01):
         return raw_model.projector(model(prep.normalize(x01), decode=False).embedding.view(
             len(x01), raw_model.bottleneck_channels, -1).mean(2))
 
-    def train_step(batch):
-        x = prep.target(batch[0])
-        return vicreg_loss(embed(augment(x)), embed(augment(x)))
+    def gather(z):
+        return fabric.all_gather(z, sync_grads=True).reshape(-1, z.shape[-1])
 
-    return train_step, embed
+    def step(batch, _step: int):
+        x = prep.target(batch[0])
+        return vicreg_loss(embed(augment(x)), embed(augment(x)), gather=gather if fabric.world_size > 1 else None)
+
+    def validate():
+        with torch.random.fork_rng():  # held-out views must not move the training RNG
+            torch.manual_seed(cfg.seed)
+            x = prep.target(next(iter(trainer.val_loader))[0])
+            return {"val_loss": float(vicreg_loss(embed(augment(x)), embed(augment(x)))["loss"])}
+
+    return Task(step, validate)
 
 
 def pretrain(cfg: PretrainConfig) -> Path:
-    """Pretrain with ``cfg.objective``; returns the run folder (``config.yaml``, ``metrics.csv``, ``best.ckpt``, ``last.ckpt``)."""
+    """Pretrain with ``cfg.objective``; returns the run folder (``config.yaml``, ``metrics.csv``, ``best.ckpt``,
+    ``last.ckpt``, ``model.json``)."""
     from aelab.data import Preprocessing, build_augmentation
 
     cfg, run_dir, resume = restore_for_resume(PretrainConfig, cfg)
@@ -147,7 +172,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
     set_seed(cfg.seed)
     from aelab.data.kind import resolve_augment, resolve_stem
 
-    fmt = preset_config(cfg.preset, image_size=cfg.image_size, width=cfg.width, depth=cfg.depth, in_channels=cfg.channels)
+    fmt = preset_config(cfg.preset, image_size=cfg.image_size, width=cfg.width, depth=cfg.depth,
+                        in_channels=cfg.channels)
     prep = Preprocessing(image_size=fmt.image_size, channels=fmt.in_channels)
     images = _images(cfg, prep)
     model_cfg = preset_config(
@@ -158,53 +184,40 @@ def pretrain(cfg: PretrainConfig) -> Path:
     )
     fabric = make_fabric(cfg.device, cfg.devices, cfg.precision, num_nodes=cfg.num_nodes)
     run_dir = start_run(fabric, cfg, "pretrain", run_dir if resume else None)
-    info(f"[pretrain] {cfg.objective}: {len(images)} images {prep.image_size}x{prep.image_size}x{prep.channels} -> {run_dir}")
+    info(f"[pretrain] {cfg.objective}: {len(images)} images {prep.image_size}x{prep.image_size}x{prep.channels} "
+         f"-> {run_dir}")
     raw_model = build_model(model_cfg)
     from aelab.train.loaders import fit_input_layer
 
     prep = (Preprocessing.from_dict(load_checkpoint(run_dir, which="last")["preprocessing"]) if resume
             else fit_input_layer(raw_model, prep, images, cfg.seed))
-    if cfg.objective == "vicreg":
+    if cfg.objective == "vicreg":  # the decoder is not trained (nor waited for by DDP under --devices N)
+        from aelab.train.classify import decoder_modules
         from aelab.train.selfsup import make_projector
 
         raw_model.projector = make_projector(raw_model.bottleneck_channels)
+        for module in decoder_modules(raw_model):
+            module.requires_grad_(False)
     write_model_summary(fabric, raw_model, run_dir)
     default = "auto-strong" if cfg.objective == "vicreg" else "none"
-    augment = build_augmentation(resolve_augment(cfg.augment or default, images), prep.image_size)
-    stage = _stage(cfg, fabric, raw_model, prep, images, augment.to(fabric.device))
+    augment = build_augmentation(resolve_augment(cfg.augment or default, images), prep.image_size).to(fabric.device)
+    trainer = _trainer(cfg, fabric, raw_model, images, run_dir)
+    task = (_denoise_task if cfg.objective == "denoise" else _vicreg_task)(cfg, trainer, prep, augment)
     payload = dict(model_config=model_cfg.to_dict(), preprocessing=prep.to_dict(), classes=None,
                    stage="pretrain", objective=cfg.objective, config=asdict(cfg))
-    state = fit_loop(fabric=fabric, epochs=cfg.epochs, run_dir=run_dir, monitor="val_loss", mode="min",
-                     patience=cfg.patience, payload=payload, resume=resume, desc="pretrain",
-                     budget_s=None if cfg.budget is None else 60.0 * cfg.budget, **stage)
-    info(f"[pretrain] best val_loss {state.best:.5f} at epoch {state.best_epoch + 1}; checkpoint {run_dir / 'best.ckpt'}")
+    state = trainer.fit(task, payload=payload, resume=resume)
+    info(f"[pretrain] best val_loss {state.best:.5f} at epoch {state.best_epoch + 1}; "
+         f"checkpoint {run_dir / 'best.ckpt'}")
     return run_dir
 
 
-def _stage(cfg, fabric, raw_model, prep, images, augment) -> dict:
+def _trainer(cfg: PretrainConfig, fabric, raw_model, images, run_dir: Path) -> Trainer:
+    """The training stage: the best epoch has the lowest validation loss."""
     train_idx, val_idx = split_indices(len(images), cfg.val_fraction, cfg.seed)
-    optimizer = torch.optim.AdamW(raw_model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
-    model, optimizer = fabric.setup(raw_model, optimizer)
     # Rows are read by index, batch by batch: each process reads only its share of the training rows.
-    train_loader = fabric.setup_dataloaders(make_loader(
-        images, index=train_idx, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True))
-    # Every process validates on all images so that early stopping decides the same everywhere.
-    val_loader = fabric.setup_dataloaders(make_loader(
-        images, index=val_idx if len(val_idx) else train_idx, batch_size=max(cfg.batch_size, 256)), use_distributed_sampler=False)
-    if cfg.objective == "denoise":
-        train_step, validate = _denoise_steps(cfg, model, prep, augment, val_loader)
-    else:
-        train_step, embed = _vicreg_steps(model, raw_model, prep, augment)
-
-        def validate():
-            from aelab.train.selfsup import vicreg_loss
-
-            g = torch.random.fork_rng()  # held-out views must not move the training RNG
-            with g:
-                torch.manual_seed(cfg.seed)
-                x = prep.target(next(iter(val_loader))[0])
-                return {"val_loss": float(vicreg_loss(embed(augment(x)), embed(augment(x)))["loss"])}
-
-    return dict(model=model, raw_model=raw_model, optimizer=optimizer, scheduler=scheduler,
-                train_loader=train_loader, train_step=train_step, validate=validate)
+    data = TrainData(Rows(images, index=train_idx), Rows(images, index=val_idx if len(val_idx) else train_idx))
+    config = TrainerConfig(
+        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed,
+        monitor="val_loss", mode="min", patience=cfg.patience, desc="pretrain",
+        budget_s=None if cfg.budget is None else 60.0 * cfg.budget)
+    return Trainer(config, raw_model, data, fabric=fabric, run_dir=run_dir)

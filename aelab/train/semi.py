@@ -175,7 +175,8 @@ def fixmatch_unlabelled_loss(
 
 
 class ModelEMA(nn.Module):
-    """Exponential moving average of a model's weights and float buffers (BatchNorm statistics); integer buffers are copied.
+    """Exponential moving average of a model's weights and float buffers (BatchNorm statistics); integer buffers
+    are copied.
 
     ``ema = decay · ema + (1 − decay) · θ`` after every optimiser step; the first steps use
     ``min(decay, (1 + t) / (10 + t))`` so that a short run is not dominated by the random start.

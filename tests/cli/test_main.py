@@ -311,4 +311,4 @@ def test_a_full_disk_while_pretraining_is_one_line(tmp_path, capsys, monkeypatch
     assert main(["pretrain", "--data", str(data), "--out", str(out), "--epochs", "1", "--preset", "tiny",
                  "--device", "cpu"]) == 2
     line = _one_line(capsys)
-    assert line == f"aelab: error: no space left on device writing {out / 'best.ckpt'}", line
+    assert line == f"aelab: error: no space left on device writing {out / 'last.ckpt'}", line

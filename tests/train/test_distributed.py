@@ -52,3 +52,16 @@ def test_resume_under_two_processes_continues_the_same_run(demo_root, tmp_path):
     assert "resuming" in r.stderr
     assert [row["epoch"] for row in _rows(run / "metrics.csv")] == ["0", "1"]
     assert torch.load(run / "last.ckpt", weights_only=True)["epoch"] == 1
+
+
+def test_stages_that_never_decode_train_several_steps_with_two_processes(demo_root, tmp_path):
+    """VICReg and supervised fine-tuning leave the decoder unused: DDP must not wait for its gradients (it did,
+    and failed at the second step of an epoch). VICReg's variance and covariance see both processes' rows."""
+    common = ["--preset", "tiny", "--device", "cpu", "--devices", "2", "--batch_size", "8", "--epochs", "1"]
+    r = _aelab("pretrain", "--data", str(demo_root), "--objective", "vicreg", "--out", str(tmp_path / "v"), *common)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert float(_rows(tmp_path / "v" / "metrics.csv")[0]["train_variance"]) > 0
+    r = _aelab("finetune", "--data", str(demo_root), "--init_from", str(tmp_path / "v"), "--out", str(tmp_path / "f"),
+               *common)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert _rows(tmp_path / "f" / "metrics.csv")[0]["val_acc"]

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from aelab.train.semi import CurriculumThresholds, DistributionAlignment, LabelledStream, ModelEMA, fixmatch_unlabelled_loss
+from aelab.train.semi import (
+    CurriculumThresholds,
+    DistributionAlignment,
+    LabelledStream,
+    ModelEMA,
+    fixmatch_unlabelled_loss,
+)
 
 
 def _reference(weak: np.ndarray, strong: np.ndarray, tau: float) -> float:
@@ -63,7 +69,8 @@ def test_class_thresholds_follow_flexmatch_and_set_the_mask():
         expected = _flexmatch_reference(latest, k, tau)
         assert np.allclose(ct.thresholds().numpy(), expected, atol=1e-6)
         # Each image's threshold is its pseudo-label's class threshold, from before this batch.
-        _, mask = fixmatch_unlabelled_loss(torch.tensor(logits), torch.zeros(8, k), tau, curriculum=ct, index=torch.tensor(idx))
+        _, mask = fixmatch_unlabelled_loss(torch.tensor(logits), torch.zeros(8, k), tau, curriculum=ct,
+                                           index=torch.tensor(idx))
         assert mask.numpy().tolist() == (q.max(1) >= expected[q.argmax(1)]).astype(float).tolist()
         sure = q.max(1) >= tau
         latest[idx[sure]] = q.argmax(1)[sure]

@@ -105,7 +105,8 @@ def test_finetune_keeps_the_pretrained_preprocessing_and_encoder(pretrained, dat
 
 
 def test_best_checkpoint_is_the_epoch_with_the_highest_validation_accuracy(pretrained, data, tmp_path):
-    run = finetune(FinetuneConfig(init_from=str(pretrained), data=str(data), epochs=4, patience=10, out=str(tmp_path / "ft"), **TINY))
+    run = finetune(FinetuneConfig(init_from=str(pretrained), data=str(data), epochs=4, patience=10,
+                                  out=str(tmp_path / "ft"), **TINY))
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     accs = [float(r["val_acc"]) for r in rows]
     best = load_checkpoint(run)
@@ -119,7 +120,8 @@ def test_finetune_resume_reaches_the_same_weights(pretrained, data, tmp_path, mo
     """FixMatch also restores what its class thresholds remember about each unlabelled image."""
     from aelab.runs import MetricsLogger
 
-    cfg = dict(init_from=str(pretrained), data=str(data), epochs=3, patience=10, augment="course", method=method, **TINY)
+    cfg = dict(init_from=str(pretrained), data=str(data), epochs=3, patience=10, augment="course", method=method,
+               **TINY)
     if method == "fixmatch":
         cfg["threshold"] = 0.4  # the tiny net is never 95 % sure in 3 epochs: let the thresholds learn something
     full = finetune(FinetuneConfig(out=str(tmp_path / "full"), **cfg))
@@ -142,13 +144,15 @@ def test_finetune_resume_reaches_the_same_weights(pretrained, data, tmp_path, mo
     if method == "fixmatch":
         remembered = torch.load(full / "last.ckpt", weights_only=True)["train_state"]["curriculum.latest"]
         assert (remembered >= 0).any() and (remembered < 0).any()  # some images confidently pseudo-labelled, some not
-        assert torch.equal(torch.load(resumed / "last.ckpt", weights_only=True)["train_state"]["curriculum.latest"], remembered)
+        state = torch.load(resumed / "last.ckpt", weights_only=True)["train_state"]
+        assert torch.equal(state["curriculum.latest"], remembered)
 
 
 def _checkpoint_with_classes(path, classes):
     cfg = preset_config("tiny", num_classes=len(classes))
     model = build_model(cfg)
-    save_checkpoint(path, model_config=cfg.to_dict(), preprocessing=Preprocessing(32, 3).to_dict(), classes=classes, state_dict=model.state_dict())
+    save_checkpoint(path, model_config=cfg.to_dict(), preprocessing=Preprocessing(32, 3).to_dict(), classes=classes,
+                    state_dict=model.state_dict())
     return path
 
 
@@ -160,7 +164,8 @@ def test_predictions_csv_has_natural_order_and_integer_ids(tmp_path):
         Image.new("RGB", (20, 20), (int(name.split(".")[0]) * 20, 0, 0)).save(test / name)
     (test / "3.png").write_bytes(b"")  # zero bytes: skipped, and the others keep their ids
     with pytest.warns(UserWarning, match="skipped 1"):
-        run = predict(PredictConfig(model=str(ckpt), images=str(test), out=str(tmp_path / "p"), probabilities=True, device="cpu"))
+        run = predict(PredictConfig(model=str(ckpt), images=str(test), out=str(tmp_path / "p"), probabilities=True,
+                                    device="cpu"))
     rows = list(csv.reader(open(run / "predictions.csv")))
     assert rows[0] == ["id", "label"]
     assert [r[0] for r in rows[1:]] == ["1", "2", "10"]
@@ -190,7 +195,8 @@ def test_prediction_ids_are_file_names_when_stems_are_not_integers(tmp_path):
 
 
 def test_embed_writes_npy_and_labelled_csv(pretrained, data, tmp_path):
-    run = embed(EmbedConfig(model=str(pretrained), data=str(data), out=str(tmp_path / "e"), pooling="mean", device="cpu"))
+    run = embed(EmbedConfig(model=str(pretrained), data=str(data), out=str(tmp_path / "e"), pooling="mean",
+                            device="cpu"))
     emb = np.load(run / "embeddings.npy")
     rows = list(csv.DictReader(open(run / "embeddings.csv")))
     assert list(rows[0]) == ["filename", "label"]
@@ -244,7 +250,8 @@ def test_config_file_then_flags_override_it(data, tmp_path):
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("epochs: 1\npreset: tiny\ndevice: cpu\nbatch_size: 16\nnoise_factor: 0.3\n")
-    assert main(["pretrain", "--config", str(cfg), "--data", str(data), "--batch-size", "64", "--out", str(tmp_path / "r")]) == 0
+    args = ["pretrain", "--config", str(cfg), "--data", str(data), "--batch-size", "64", "--out", str(tmp_path / "r")]
+    assert main(args) == 0
     saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
     assert (saved["epochs"], saved["preset"], saved["batch_size"], saved["noise_factor"]) == (1, "tiny", 64, 0.3)
     assert torch.load(tmp_path / "r" / "best.ckpt", weights_only=True)["config"]["noise_factor"] == 0.3
@@ -253,10 +260,10 @@ def test_config_file_then_flags_override_it(data, tmp_path):
 def test_a_time_budget_sets_the_epochs_from_the_first_one_and_the_schedule_ends_with_them(data, tmp_path, monkeypatch):
     import types
 
-    import aelab.train.engine as engine
+    import aelab.train.trainer as trainer
 
-    clock = iter(range(0, 10_000, 30))  # the engine's clock moves 30 s per reading: each epoch "takes" 30 s
-    monkeypatch.setattr(engine, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    clock = iter(range(0, 10_000, 30))  # the trainer's clock moves 30 s per reading: each epoch "takes" 30 s
+    monkeypatch.setattr(trainer, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
     run = finetune(FinetuneConfig(data=str(data), epochs=20, budget=1.6, patience=20, out=str(tmp_path / "b"), **TINY))
     last = torch.load(run / "last.ckpt", weights_only=True)
     assert last["fit_state"]["planned_epochs"] == 3  # 96 s of budget / 30 s per epoch
@@ -289,3 +296,22 @@ def test_a_photo_model_with_stem_and_pool_head_predicts_from_its_checkpoint(tmp_
     out = predict(PredictConfig(model=str(run), data=str(root), out=str(tmp_path / "p"), device="cpu"))
     rows = (out / "predictions.csv").read_text().splitlines()
     assert rows[0] == "id,label" and len(rows) == 7
+
+
+def test_finetune_reads_the_init_checkpoint_once_and_decides_the_image_kind_once(pretrained, data, tmp_path,
+                                                                                  monkeypatch):
+    import importlib
+
+    import aelab.data.kind as kind
+
+    ft = importlib.import_module("aelab.train.finetune")  # the package's `finetune` is the function
+    loads, kinds = [], []
+    load, image_kind = ft.load_checkpoint, kind.image_kind
+    monkeypatch.setattr(ft, "load_checkpoint", lambda path, *a, **k: (loads.append(str(path)), load(path, *a, **k))[1])
+    monkeypatch.setattr(kind, "image_kind", lambda images, *a, **k: (kinds.append(1), image_kind(images, *a, **k))[1])
+    finetune(FinetuneConfig(init_from=str(pretrained), data=str(data), epochs=1, method="fixmatch",
+                            out=str(tmp_path / "ft"), **TINY))  # auto augment and auto strong augment
+    assert loads == [str(pretrained)] and len(kinds) == 1
+    kinds.clear()
+    finetune(FinetuneConfig(data=str(data), epochs=1, out=str(tmp_path / "rand"), **TINY))  # auto head, stem, augment
+    assert len(kinds) == 1
