@@ -179,7 +179,8 @@ def part3(args, folder: Path, cache: Path, work: Path) -> list[dict]:
         out = work / f"dist-{devices}"
         cmd = [sys.executable, "-m", "aelab.cli.main", "pretrain", "--unlabelled", str(sub), "--preset", "tiny",
                "--image_size", "28", "--channels", "1", "--width", "2", "--depth", "1", "--epochs", "1",
-               "--batch_size", "64", "--val_fraction", "0.1", "--device", "cpu", "--devices", str(devices), "--out", str(out)]
+               "--batch_size", "64", "--val_fraction", "0.1", "--device", "cpu", "--devices", str(devices),
+               "--out", str(out)]
         t0 = time.perf_counter()
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
         wall = time.perf_counter() - t0
@@ -202,13 +203,17 @@ def report(args, dec: dict | None, train: list[dict] | None, dist: list[dict] | 
         print(f"- {dec['rows_checked']} random rows equal decode_image of their files: {dec['rows_equal']}")
     if train:
         ind, mem = train
-        print("\nOne pretraining epoch over every row (10 % trained, 90 % validated), tiny/width 2/depth 1, 28x28x1, 1 thread\n")
+        print("\nOne pretraining epoch over every row (10 % trained, 90 % validated), tiny/width 2/depth 1, "
+              "28x28x1, 1 thread\n")
         print("| data path | command s | epoch s | peak RSS (VmHWM) MiB | private memory peak MiB |")
         print("|---|---:|---:|---:|---:|")
         for r in train:
-            print(f"| {r['mode']} | {r['seconds']:.1f} | {r['epoch_s']:.1f} | {r['vmhwm_mib']:.0f} | {r['peak_anon_mib']:.0f} |")
-        print(f"| ratio in-memory / indexed | {mem['seconds'] / ind['seconds']:.2f}x | {mem['epoch_s'] / ind['epoch_s']:.2f}x | "
-              f"{mem['vmhwm_mib'] / ind['vmhwm_mib']:.2f}x | {mem['peak_anon_mib'] / max(ind['peak_anon_mib'], 1):.1f}x |")
+            print(f"| {r['mode']} | {r['seconds']:.1f} | {r['epoch_s']:.1f} | {r['vmhwm_mib']:.0f} | "
+                  f"{r['peak_anon_mib']:.0f} |")
+        print(f"| ratio in-memory / indexed | {mem['seconds'] / ind['seconds']:.2f}x | "
+              f"{mem['epoch_s'] / ind['epoch_s']:.2f}x | "
+              f"{mem['vmhwm_mib'] / ind['vmhwm_mib']:.2f}x | "
+              f"{mem['peak_anon_mib'] / max(ind['peak_anon_mib'], 1):.1f}x |")
     if dist:
         print(f"\n`aelab pretrain --devices N` on {args.dist_files:,} files (val_fraction 0.1), 1 thread per process\n")
         print("| processes | epoch s | training images/s | vs 1 process | whole command s |")
@@ -221,7 +226,8 @@ def report(args, dec: dict | None, train: list[dict] | None, dist: list[dict] | 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--files", type=int, default=200_000)
-    p.add_argument("--keep", help="folder for the generated files, kept for the next run (default: a temp folder, deleted)")
+    p.add_argument("--keep", help="folder for the generated files, kept for the next run "
+                   "(default: a temp folder, deleted)")
     p.add_argument("--parts", default="1,2,3")
     p.add_argument("--interrupt-after", type=float, default=20.0)
     p.add_argument("--check", type=int, default=300, help="random rows compared with a direct decode")

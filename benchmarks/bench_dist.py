@@ -180,7 +180,8 @@ def main(argv=None) -> None:
         print("| case | forward + gather s | images/s | vs 1 process, 1 thread | whole command s |")
         print("|---|---:|---:|---:|---:|")
         for r in rows:
-            print(f"| {r['case']} | {r['seconds']:.2f} | {r['images_per_s']:,.0f} | {r['images_per_s'] / one:.2f}x | {r['command_s']:.1f} |")
+            print(f"| {r['case']} | {r['seconds']:.2f} | {r['images_per_s']:,.0f} | {r['images_per_s'] / one:.2f}x | "
+                  f"{r['command_s']:.1f} |")
         print(f"\nsame logits in every case: {len({round(r['checksum'], 3) for r in rows}) == 1}")
     if args.part in (0, 2):
         with tempfile.TemporaryDirectory() as tmp:
@@ -190,7 +191,8 @@ def main(argv=None) -> None:
         print("| cache | visit | load s | iterate s | private memory peak MiB | VmHWM MiB |")
         print("|---|---|---:|---:|---:|---:|")
         for r in rows:
-            print(f"| {r['cache']} | {r['visit']} | {r['load_s']:.1f} | {r['iterate_s']:.1f} | {r['peak_anon_mib']:.0f} | {r['vmhwm_mib']:.0f} |")
+            print(f"| {r['cache']} | {r['visit']} | {r['load_s']:.1f} | {r['iterate_s']:.1f} | "
+                  f"{r['peak_anon_mib']:.0f} | {r['vmhwm_mib']:.0f} |")
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
 
 

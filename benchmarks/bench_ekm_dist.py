@@ -117,7 +117,8 @@ def _merge(a: dict | None, b: dict) -> dict:
 
 
 def _table(rows) -> str:
-    lines = ["| n | processes | local step ms | all_reduce ms | all_reduce / step | iteration ms | iteration vs 1 process |",
+    lines = ["| n | processes | local step ms | all_reduce ms | all_reduce / step | iteration ms "
+             "| iteration vs 1 process |",
              "|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         step, red, it = (r[m]["best"] for m in ("step_ms", "allreduce_ms", "iteration_ms"))
@@ -146,10 +147,12 @@ def main() -> None:
         diff = max(float(np.max(np.abs(two["stats"][k] - one["stats"][k]) / (np.abs(one["stats"][k]).max() or 1.0)))
                    for k in ("sum_wx", "sum_w", "objective"))
         for case in (one, two):
-            rows.append(dict(n=n, one_ms=one["iteration_ms"]["best"], **{k: v for k, v in case.items() if k != "stats"}))
+            rows.append(dict(n=n, one_ms=one["iteration_ms"]["best"],
+                             **{k: v for k, v in case.items() if k != "stats"}))
         print(f"n={n:,}: 2-process statistics vs 1 process, max relative difference {diff:.1e}", file=sys.stderr)
     print(f"{_cpu_name()}, {os.cpu_count()} CPUs, numpy {np.__version__}, "
-          f"torch {torch.__version__}, d={D}, K={K}, float64, best of {args.rounds} x {args.repeats}; 1-min load average "
+          f"torch {torch.__version__}, d={D}, K={K}, float64, best of {args.rounds} x {args.repeats}; "
+          "1-min load average "
           f"{load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; {time.perf_counter() - t_start:.0f} s\n")
     print(_table(rows))
     if args.json:

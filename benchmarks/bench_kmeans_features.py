@@ -108,7 +108,8 @@ def main() -> None:
             runs = [] if args.no_pixels else [("pixels", None, None, None)]
             for k in args.centroids.split(","):
                 for lrn in args.learners.split(","):
-                    scales = [float(v) for v in args.ekm_scales.split(",")] if lrn == "ekm" and args.ekm_scales else [None]
+                    scales = ([float(v) for v in args.ekm_scales.split(",")] if lrn == "ekm" and args.ekm_scales
+                              else [None])
                     runs += [(f"{lrn}-{k}" + ("" if sc is None else f"-s{sc:g}"), lrn, int(k), sc) for sc in scales]
             for name, learner, k, scale in runs:
                 c0, w0 = time.process_time(), time.perf_counter()
@@ -116,7 +117,8 @@ def main() -> None:
                     def feats(a):
                         return a.reshape(len(a), -1).astype(np.float32) / 255.0
                 else:
-                    f = KMeansFeatures(k, learner=learner, random_state=seed, **({} if scale is None else dict(ekm_scale=scale)))
+                    f = KMeansFeatures(k, learner=learner, random_state=seed,
+                                       **({} if scale is None else dict(ekm_scale=scale)))
                     feats = f.fit(unl).transform
                 X, Xt = feats(x), feats(xt)
                 clf, C = logistic_cv(X[tr], y[tr], grid, seed=seed)
@@ -136,7 +138,8 @@ def main() -> None:
     print("| labels/class | seed | method | test acc | val acc | CPU s | wall s | note |")
     print("|---:|---:|---|---:|---:|---:|---:|---|")
     for r in rows:
-        print(f"| {r['labels']} | {r['seed']} | {r['method']} | {r['test_acc']:.3f} | {r['val_acc']:.3f} | {r['cpu_s']} "
+        print(f"| {r['labels']} | {r['seed']} | {r['method']} | {r['test_acc']:.3f} | {r['val_acc']:.3f} | "
+              f"{r['cpu_s']} "
               f"| {r['wall_s']} | {r['note']} |")
 
 

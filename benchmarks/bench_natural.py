@@ -75,7 +75,8 @@ def one(data: Path, cfg: ClassificationStudyConfig, out: Path) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| labels/class | unlabelled | method | test accuracy (mean ± std) | seeds | CPU s (mean) | wall s (mean) |",
+    lines = ["| labels/class | unlabelled | method | test accuracy (mean ± std) | seeds | CPU s (mean) "
+             "| wall s (mean) |",
              "|---:|---:|---|---:|---:|---:|---:|"]
     keys = list(dict.fromkeys((r["labels"], r["unlabelled"], r["method"]) for r in rows))
     for labels, unl, method in keys:
@@ -83,7 +84,8 @@ def table(rows: list[dict]) -> str:
         acc = [r["test_acc"] for r in sel if r["test_acc"] is not None]
         sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
         lines.append(f"| {labels} | {unl} | {method} | {statistics.mean(acc):.3f} ± {sd:.3f} | {len(acc)} | "
-                     f"{statistics.mean(r['cpu_seconds'] for r in sel):.0f} | {statistics.mean(r['seconds'] for r in sel):.0f} |")
+                     f"{statistics.mean(r['cpu_seconds'] for r in sel):.0f} | "
+                     f"{statistics.mean(r['seconds'] for r in sel):.0f} |")
     return "\n".join(lines)
 
 
@@ -94,11 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test", type=int, default=2000)
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--methods", default=ClassificationStudyConfig.methods)
-    ap.add_argument("--budget", type=float, default=ClassificationStudyConfig.budget, help="minutes of study 1's training")
+    ap.add_argument("--budget", type=float, default=ClassificationStudyConfig.budget,
+                    help="minutes of study 1's training")
     ap.add_argument("--budgets", default=None, help="comma list: one run per budget (accuracy against time)")
-    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a ClassificationStudyConfig field")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="a ClassificationStudyConfig field")
     ap.add_argument("--no-anchor", action="store_true", help="skip logistic regression on pixels")
-    ap.add_argument("--source", type=Path, default=ARCHIVE, help="the CIFAR-10 archive, or a folder holding train/<class>/")
+    ap.add_argument("--source", type=Path, default=ARCHIVE,
+                    help="the CIFAR-10 archive, or a folder holding train/<class>/")
     ap.add_argument("--work", type=Path, default=Path("benchmarks/_work/natural"))
     ap.add_argument("--json", default=None, help="also write every row to this JSON file")
     args = ap.parse_args(argv)
@@ -115,16 +120,16 @@ def main(argv: list[str] | None = None) -> int:
     for labels in map(int, args.labels.split(",")):
         for unl in map(int, args.unlabelled.split(",")):
             for seed in map(int, args.seeds.split(",")):
-                data = draw(args.work / f"cifar_{labels}_{unl}_{seed}", labels, unl, args.test, seed, source=args.source,
-                            cache=args.work)
+                data = draw(args.work / f"cifar_{labels}_{unl}_{seed}", labels, unl, args.test, seed,
+                            source=args.source, cache=args.work)
                 for budget in budgets:
                     out = args.work / f"run_{labels}_{unl}_{seed}_{int(time.time() * 1000)}"
                     got = one(data, replace(base, seed=seed, budget=budget), out)
                     if not args.no_anchor:
                         c0 = time.process_time()
                         acc = pixel_logistic(data)
-                        got.append(dict(method="logistic regression on pixels (outside aelab)", test_acc=acc, val_acc=None,
-                                        cpu_seconds=round(time.process_time() - c0, 1), seconds=None))
+                        got.append(dict(method="logistic regression on pixels (outside aelab)", test_acc=acc,
+                                        val_acc=None, cpu_seconds=round(time.process_time() - c0, 1), seconds=None))
                     for r in got:
                         r.update(labels=labels, unlabelled=unl, seed=seed, budget=budget)
                     rows += got
@@ -132,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         r["seconds"] = r["seconds"] or 0.0
     print(table(rows))
-    picked = {(r["labels"], r["unlabelled"], r["seed"], r["budget"]): (r.get("chosen"), r.get("best")) for r in rows if "chosen" in r}
+    picked = {(r["labels"], r["unlabelled"], r["seed"], r["budget"]): (r.get("chosen"), r.get("best"))
+              for r in rows if "chosen" in r}
     right = sum(c == b for c, b in picked.values())
     print(f"\nsubmitted method = best test method on {right} of {len(picked)} draws")
     if args.json:

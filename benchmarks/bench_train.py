@@ -56,9 +56,11 @@ def part1(args, tmp: Path) -> list[dict]:
                             n_anomaly_normal=0, n_anomalous=0)
     paths = list_images(layout.unlabelled)
     rows = []
-    pipelines = [("aelab: cached uint8 + batched kornia", lambda: make_aelab_batches(paths, args.size, args.batch_size, cache_dir=str(tmp / "cache")))]
+    pipelines = [("aelab: cached uint8 + batched kornia",
+                  lambda: make_aelab_batches(paths, args.size, args.batch_size, cache_dir=str(tmp / "cache")))]
     for w in args.workers:
-        pipelines.append((f"seed-style: PIL per item, num_workers={w}", lambda w=w: make_seed_loader(paths, args.size, args.batch_size, num_workers=w)))
+        pipelines.append((f"seed-style: PIL per item, num_workers={w}",
+                          lambda w=w: make_seed_loader(paths, args.size, args.batch_size, num_workers=w)))
     for name, make in pipelines:
         times = time_training(make(), args.epochs, args.size)
         steady = sum(times[1:]) / max(len(times) - 1, 1)

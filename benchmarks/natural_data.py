@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unlabelled", type=int, default=5000)
     p.add_argument("--test", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--anomaly-class", default=None, help="a class name: anomaly/normal from it, anomaly/anomalous from the others")
+    p.add_argument("--anomaly-class", default=None,
+                   help="a class name: anomaly/normal from it, anomaly/anomalous from the others")
     p.add_argument("--anomaly", type=int, default=0, help="photos in each of anomaly/normal and anomaly/anomalous")
     p.add_argument("--source", type=Path, default=ARCHIVE, help="the archive, or a folder holding train/<class>/*.jpg")
     a = p.parse_args(argv)

@@ -2,12 +2,24 @@
 
 Per batch b at centroids C, the EKM step needs only ``S_k = Σ_{n∈b} w_kn x_n`` and
 ``N_k = Σ_{n∈b} w_kn`` (:func:`~aelab.cluster.ekm_sufficient_statistics`). The estimator keeps
-an exponentially forgotten running sum ``S ← γ S + S_b``, ``N ← γ N + N_b`` and sets
-``c_k = S_k / N_k`` after every batch (with the same guard as the full-batch estimator where
-``N_k`` is not clearly positive). Because only sums are involved, several processes can each
-compute ``(S_b, N_b)`` on their shard and add them (:func:`~aelab.cluster.sum_stats`) before the
-update: the result is the same as one process seeing all the batches. ``distributed=True`` does
-that with ``torch.distributed`` (:mod:`aelab.cluster.distributed`).
+an exponentially forgotten running sum ``N ← γ N + N_b`` (and ``S``, ``Σ|w|`` alike) and moves
+each centroid by the batch's gradient with the learning rate ``1/N_k`` of EKM's gradient-descent
+form (``∂J/∂c_k = Σ_n w_kn (c_k − x_n)``, step ``1/Σ_n w_kn``; see :mod:`aelab.cluster.ekm`):
+
+    ``c_k ← c_k + Σ_{n∈b} w_kn (x_n − c_k) / N_k``,
+
+which is the accumulated mean ``c_k = S_k / N_k`` of the mini-batch rule whenever the previous
+centroid was ``S_k / N_k`` (as in scikit-learn's ``MiniBatchKMeans``, whose learning rate is one
+over the accumulated count). Where ``N_k`` is not clearly positive the full-batch estimator's
+guard applies (``N_k`` replaced by ``ρ Σ|w|``). The gradient is always the batch's, at the current
+centroids: a repelled centroid (``N_k < 0``, all its weights negative) moved by the *running*
+sums, ``c_k ← c_k + (S_k − N_k c_k)/(ρ Σ|w|)``, is pushed ``1/ρ`` times its distance away from
+``S_k/N_k``, and as the sums only decay once it has left the data, the same push repeats every
+batch: centroids grew ×21 a batch to 1e36 on whitened image patches. Because only sums are
+involved, several processes can each compute ``(S_b, N_b)`` on their shard and add them
+(:func:`~aelab.cluster.sum_stats`) before the update: the result is the same as one process
+seeing all the batches. ``distributed=True`` does that with ``torch.distributed``
+(:mod:`aelab.cluster.distributed`).
 """
 
 from __future__ import annotations
@@ -21,7 +33,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import validate_data
 
 import aelab.cluster.distributed as dist_ekm
-from aelab.cluster.core import EKMStats, centroid_step
+from aelab.cluster.core import _GUARD_RHO, EKMStats
 from aelab.cluster.ekm import (
     _check_int,
     _check_scale,
@@ -37,6 +49,18 @@ from aelab.progress import info
 __all__ = ["MiniBatchEquilibriumKMeans"]
 
 _PARTIAL_FIT_DECAY = 0.9  # γ for partial_fit streams of unknown length (~10 batches of memory)
+
+
+def _minibatch_step(C, batch: EKMStats, run: EKMStats) -> np.ndarray:
+    """``Σ_{n∈b} w_kn (x_n − c_k) / max(N_k, ρ Σ|w|)``: the batch's gradient at C, the running sums' rate.
+
+    ``batch`` holds the statistics of this batch at C, ``run`` the forgotten running sums (this
+    batch included). Only the rate comes from the running sums, so a centroid that has left the
+    data (weights ≈ 0) stops, where a step on the running sums would keep being pushed.
+    """
+    denom = np.maximum(run.sum_w, _GUARD_RHO * run.sum_abs_w)
+    denom = np.where(denom > 0, denom, 1.0)  # all-zero weights so far: the gradient is 0 as well
+    return (batch.sum_wx - batch.sum_w[:, None] * C) / denom[:, None]
 
 
 class MiniBatchEquilibriumKMeans(_SmoothKMeans):
@@ -133,7 +157,7 @@ class MiniBatchEquilibriumKMeans(_SmoothKMeans):
         run = self.stats_
         self.stats_ = EKMStats(gamma * run.sum_wx + st.sum_wx, gamma * run.sum_w + st.sum_w,
                                gamma * run.sum_abs_w + st.sum_abs_w, st.objective)
-        self.cluster_centers_ = (C + centroid_step(C, self.stats_)).astype(self.cluster_centers_.dtype)
+        self.cluster_centers_ = (C + _minibatch_step(C, st, self.stats_)).astype(self.cluster_centers_.dtype)
         self.n_steps_ += 1
         return st.objective
 

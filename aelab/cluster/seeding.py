@@ -79,7 +79,10 @@ def _d2_sampling(X, xsq, n_clusters, random_state):
     d2 = np.maximum(xsq - 2.0 * X @ X[idx[0]] + xsq[idx[0]], 0.0)
     for _ in range(1, n_clusters):
         total = d2.sum()
-        i = random_state.randint(n) if not total > 0 else int(np.searchsorted(np.cumsum(d2), random_state.rand() * total))
+        if total > 0:
+            i = int(np.searchsorted(np.cumsum(d2), random_state.rand() * total))
+        else:
+            i = random_state.randint(n)
         idx.append(min(i, n - 1))
         np.minimum(d2, np.maximum(xsq - 2.0 * X @ X[idx[-1]] + xsq[idx[-1]], 0.0), out=d2)
     return X[idx]
@@ -97,7 +100,8 @@ def _batched_stats(Xc, xsq_half, C, param, kernel):
     """Statistics of M candidate centroid sets at once. ``C`` (M, K, d) → S (M, K, d), N, A (M, K), J (M,)."""
     M, K, d = C.shape
     m = Xc.shape[0]
-    Cf = np.ascontiguousarray(C.transpose(1, 0, 2).reshape(K * M, d), dtype=Xc.dtype)  # cluster-major: row k·M + j is candidate j's c_k
+    # cluster-major: row k·M + j is candidate j's c_k
+    Cf = np.ascontiguousarray(C.transpose(1, 0, 2).reshape(K * M, d), dtype=Xc.dtype)
     D = Cf @ Xc.T
     D *= -1.0
     D += xsq_half

@@ -81,7 +81,8 @@ def _mark(folder: Path) -> None:
 def _is_marked(folder: Path) -> bool:
     tag = folder / TAG_NAME
     try:
-        return not tag.is_symlink() and tag.is_file() and tag.read_text(encoding="utf-8").startswith(_TAG.splitlines()[0])
+        return (not tag.is_symlink() and tag.is_file()
+                and tag.read_text(encoding="utf-8").startswith(_TAG.splitlines()[0]))
     except (OSError, UnicodeDecodeError):
         return False
 
@@ -126,7 +127,8 @@ def cache_key(paths: Sequence[Path], spec: dict) -> str:
 
 def _npy_header(shape: tuple[int, ...]) -> bytes:
     """A ``.npy`` version 1.0 header for uint8 C-order ``shape``, exactly `HEADER_BYTES` long."""
-    body = ("{'descr': '|u1', 'fortran_order': False, 'shape': %r, }" % (tuple(int(s) for s in shape),)).encode("latin1")
+    body = ("{'descr': '|u1', 'fortran_order': False, 'shape': %r, }"
+            % (tuple(int(s) for s in shape),)).encode("latin1")
     pad = HEADER_BYTES - len(_MAGIC) - 2 - len(body) - 1
     if pad < 0:
         raise ValueError(f"shape {shape} does not fit a {HEADER_BYTES}-byte header")
@@ -195,7 +197,8 @@ class PartialEntry:
         self.kept += len(rows)
         self.skipped.extend(skipped)
         self.done = done
-        state = {"n_files": self.n_files, "row_bytes": self.row_bytes, "done": done, "kept": self.kept, "skipped": self.skipped}
+        state = {"n_files": self.n_files, "row_bytes": self.row_bytes, "done": done, "kept": self.kept,
+                 "skipped": self.skipped}
         atomic_write_text(self.progress, json.dumps(state))
 
     def finish(self, row_shape: tuple[int, ...]) -> None:

@@ -29,12 +29,22 @@ import numpy as np
 import PIL
 from PIL import Image
 
-from aelab.data.cache import PartialEntry, cache_key, default_cache_dir, entries_dir, entry_lock, evict, max_cache_bytes, read_entry
+from aelab.data.cache import (
+    PartialEntry,
+    cache_key,
+    default_cache_dir,
+    entries_dir,
+    entry_lock,
+    evict,
+    max_cache_bytes,
+    read_entry,
+)
 from aelab.data.folders import image_ids, list_images
 from aelab.errors import DataError
 from aelab.progress import info, progress
 
-__all__ = ["ImageSet", "decode_image", "load_images", "default_cache_dir", "MemoryGate", "decode_memory_bytes", "RESAMPLE"]
+__all__ = ["ImageSet", "decode_image", "load_images", "default_cache_dir", "MemoryGate", "decode_memory_bytes",
+           "RESAMPLE"]
 
 #: Bump when decoding changes, so old cache entries are not reused.
 DECODER_VERSION = 2
@@ -150,7 +160,8 @@ _MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 4, "PA": 4, "I;16": 2, "I;16L": 2, 
 _ORIENTATION = 0x0112
 _TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
 }
 
 
@@ -191,7 +202,8 @@ def _load_and_shrink(src: Image.Image, image_size: int, channels: int) -> np.nda
     return np.asarray(im, dtype=np.uint8)
 
 
-def decode_image(path: str | os.PathLike, image_size: int, channels: int, memory: MemoryGate | None = None) -> np.ndarray:
+def decode_image(path: str | os.PathLike, image_size: int, channels: int,
+                 memory: MemoryGate | None = None) -> np.ndarray:
     """Decode one file to uint8 ``(channels, image_size, image_size)``.
 
     EXIF orientation is applied, every mode becomes L or RGB (alpha on white, 16-bit scaled),
@@ -276,7 +288,8 @@ def load_images(
     if not paths:
         raise DataError("no image files given")
     if channels not in (1, 3) or image_size < 1:
-        raise DataError(f"need channels 1 or 3 and a positive image_size, got channels={channels}, image_size={image_size}")
+        raise DataError(f"need channels 1 or 3 and a positive image_size, got channels={channels}, "
+                        f"image_size={image_size}")
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     spec = {"v": DECODER_VERSION, "pil": PIL.__version__, "size": image_size, "channels": channels}
     base = entries_dir(root) / cache_key(paths, spec)

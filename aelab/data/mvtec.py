@@ -86,7 +86,8 @@ def read_mvtec(root: str | os.PathLike) -> MVTecData:
     if not is_mvtec(root):
         raise DataError(f"{root} is not in the MVTec AD layout (expected {root}/train/good/ and {root}/test/)")
     train = list_images(root / "train" / GOOD)
-    folders = sorted((p for p in (root / "test").iterdir() if p.is_dir()), key=lambda p: (p.name != GOOD, natural_key(p.name)))
+    folders = sorted((p for p in (root / "test").iterdir() if p.is_dir()),
+                     key=lambda p: (p.name != GOOD, natural_key(p.name)))
     test, labels, masks = [], [], []
     for folder in folders:
         gt = {}
@@ -143,7 +144,8 @@ def _defect_region(img: np.ndarray, kind: str, rng: np.random.Generator) -> tupl
     raise AelabError(f"unknown defect kind {kind!r}; choose one of {', '.join(DEFECT_KINDS)}")
 
 
-def paint_defects(images: np.ndarray, kinds: list[str], seed: int = 0, min_pixels: int = 8) -> tuple[np.ndarray, np.ndarray]:
+def paint_defects(images: np.ndarray, kinds: list[str], seed: int = 0,
+                  min_pixels: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """Draw one local defect into each image (bright objects on a dark background, like digits).
 
     Args:
@@ -217,7 +219,8 @@ def make_mvtec_like(
         raise AelabError(f"digit {normal_digit} has {len(idx)} images, {n_train + n_test} were asked for")
     imgs = np.pad(digits[idx[: n_train + n_test]], ((0, 0), (2, 2), (2, 2)))[:, None]
     if image_size != 32:
-        imgs = np.stack([np.asarray(Image.fromarray(x[0]).resize((image_size, image_size), Image.BILINEAR))[None] for x in imgs])
+        imgs = np.stack([np.asarray(Image.fromarray(x[0]).resize((image_size, image_size), Image.BILINEAR))[None]
+                         for x in imgs])
     _write(root / "train" / GOOD, [f"{i:03d}.png" for i in range(n_train)], imgs[:n_train])
     test = imgs[n_train:]
     _write(root / "test" / GOOD, [f"{i:03d}.png" for i in range(n_test_good)], test[:n_test_good])
@@ -226,5 +229,6 @@ def make_mvtec_like(
         bad, masks = paint_defects(part, [kind] * len(part), seed=seed + 1 + j)
         names = [f"{i:03d}.png" for i in range(len(part))]
         _write(root / "test" / kind, names, bad)
-        _write(root / "ground_truth" / kind, [f"{i:03d}_mask.png" for i in range(len(part))], (masks[:, None] * 255).astype(np.uint8))
+        _write(root / "ground_truth" / kind, [f"{i:03d}_mask.png" for i in range(len(part))],
+               (masks[:, None] * 255).astype(np.uint8))
     return root

@@ -11,7 +11,8 @@ from the images: colour images are treated as photos, grey ones (digits, documen
   Sohn et al. 2020, Sec. 3.2, without its horizontal flip); ``weak-flip`` with it.
 - ``strong``: a RandAugment-like draw (Cubuk et al. 2020) of rotation, shear, scale and
   translation composed into one affine warp, brightness/contrast/sharpness changes, then Cutout
-  (DeVries & Taylor 2017, filled with the image's mean), as FixMatch's strong policy α → A (Sec. 3.2, Table 12), again without flips;
+  (DeVries & Taylor 2017, filled with the image's mean), as FixMatch's strong policy α → A (Sec. 3.2,
+  Table 12), again without flips;
   ``strong-flip`` adds the flip and a saturation change for colour images.
 
 Every parameter is drawn per sample from torch's CPU generator, so ``torch.manual_seed`` repeats a

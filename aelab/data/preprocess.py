@@ -96,7 +96,8 @@ class Preprocessing:
             count += x.shape[0] * x.shape[2] * x.shape[3]
         mean = total / count
         std = np.sqrt(np.maximum(squares / count - mean**2, 1e-6))
-        return Preprocessing(self.image_size, self.channels, tuple(mean.tolist()), tuple(np.maximum(std, 1e-3).tolist()))
+        return Preprocessing(self.image_size, self.channels, tuple(mean.tolist()),
+                             tuple(np.maximum(std, 1e-3).tolist()))
 
     # --- tensors ---------------------------------------------------------------------------------
 
@@ -106,7 +107,8 @@ class Preprocessing:
         if x.dtype != torch.uint8:
             raise AelabError(f"expected a uint8 image batch (B, C, H, W), got dtype {x.dtype}")
         if x.dim() < 3 or x.shape[-3] != self.channels:
-            raise AelabError(f"expected images with {self.channels} channel(s) (B, C, H, W), got shape {tuple(x.shape)}")
+            raise AelabError(f"expected images with {self.channels} channel(s) (B, C, H, W), "
+                             f"got shape {tuple(x.shape)}")
         return x
 
     def target(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -150,7 +152,8 @@ class Preprocessing:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise AelabError(f"unknown preprocessing setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+            raise AelabError(f"unknown preprocessing setting(s): {', '.join(unknown)} "
+                             f"(known: {', '.join(sorted(known))})")
         return cls(**dict(values))
 
     # --- convenience -----------------------------------------------------------------------------

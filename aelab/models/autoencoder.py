@@ -96,8 +96,8 @@ class ModelConfig:
         if self.num_classes < 0:
             raise AelabError(f"num_classes must be >= 0, got {self.num_classes}")
         if self.stem < 0 or self.stem % 2 or self.stem > 18 * self.in_channels:
-            raise AelabError(f"stem must be 0 or an even number of channels up to {18 * self.in_channels} (both signs of "
-                             f"the {9 * self.in_channels} directions of a 3x3 patch), got {self.stem}")
+            raise AelabError(f"stem must be 0 or an even number of channels up to {18 * self.in_channels} "
+                             f"(both signs of the {9 * self.in_channels} directions of a 3x3 patch), got {self.stem}")
         if not 0.0 <= self.dropout < 1.0:
             raise AelabError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -127,7 +127,8 @@ def preset_config(name: str, **overrides: Any) -> ModelConfig:
     if name in DEPRECATED_PRESETS:
         import warnings
 
-        warnings.warn(f"preset {name!r} is now called {DEPRECATED_PRESETS[name]!r}; the old name goes in the next release",
+        warnings.warn(f"preset {name!r} is now called {DEPRECATED_PRESETS[name]!r}; "
+                      "the old name goes in the next release",
                       FutureWarning, stacklevel=2)
         name = DEPRECATED_PRESETS[name]
     if name not in PRESETS:
@@ -212,7 +213,8 @@ class ResUNetAutoencoder(nn.Module):
             # Standardise the flattened bottleneck first: after pretraining its scale is whatever
             # reconstruction left it at, which makes the seed's plain MLP head slow to train.
             layers.append(nn.BatchNorm1d(self.embedding_dim))
-        layers += [nn.Linear(self.embedding_dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, num_classes)]
+        layers += [nn.Linear(self.embedding_dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                   nn.Linear(hidden, num_classes)]
         return nn.Sequential(*layers)
 
     def fit_stem(self, x: torch.Tensor, seed: int = 0) -> None:

@@ -132,9 +132,9 @@ class KMeansFeatures:
             return km.fit(x).cluster_centers_
         from aelab.cluster import EquilibriumKMeans
 
-        # Full-batch EKM on a subsample: MiniBatchEquilibriumKMeans sends centroids off to ~1e36 on
-        # these patches (its guarded step for a centroid with tiny weight sums overshoots), the
-        # full-batch estimator's J-descent checks do not.
+        # Full-batch EKM on a subsample (its J-descent checks). MiniBatchEquilibriumKMeans sent
+        # centroids off to ~1e36 on these patches until its step used the batch's gradient (see
+        # aelab/cluster/minibatch.py); the dictionary has stayed full-batch so the numbers do not move.
         rows = np.random.default_rng(seed).permutation(len(x))[: self.ekm_patches]
         ekm = EquilibriumKMeans(K, scale=self.ekm_scale, init="k-means++", n_init=1, max_iter=self.ekm_iter,
                                 random_state=seed)

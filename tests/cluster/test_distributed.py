@@ -59,7 +59,8 @@ def _worker(rank, world, init_file, out_dir, X, y):
         rows = np.array([5, 400, 719, 0])
         np.savez(os.path.join(out_dir, f"rank{rank}.npz"), ekm=ekm.cluster_centers_, ss=ss.cluster_centers_,
                  objective=ekm.objective_, labels=ekm.labels_, sum_wx=st.sum_wx, J=st.objective,
-                 default=default.cluster_centers_, ss_labels=ss_labels.cluster_centers_, theta=ss_labels.theta_, alpha=default.alpha_, mb=mb.cluster_centers_,
+                 default=default.cluster_centers_, ss_labels=ss_labels.cluster_centers_, theta=ss_labels.theta_,
+                 alpha=default.alpha_, mb=mb.cluster_centers_,
                  mb_pp=mb_pp.cluster_centers_, mb_steps=mb_pp.n_steps_, mb_objective=mb_pp.objective_,
                  mb_labels=gather_rows(mb_pp.labels_), stream=stream.cluster_centers_, rows=seen[rows],
                  all_rows=np.asarray(seen), shape=seen.shape)

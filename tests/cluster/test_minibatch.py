@@ -89,3 +89,37 @@ def test_sklearn_estimator_checks(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         check(estimator)
+
+
+def _two_blobs_and_a_repelled_start():
+    """Two unit blobs 6 apart and a third start 5 above their midpoint, where every point repels it.
+
+    All of the third centroid's EKM weights are negative (``d_kn > h_n + 1/α``), so its weight sum
+    is too: the full-batch estimator pushes it off to a few hundred and keeps the two blob centroids.
+    """
+    X, _ = make_blobs(2000, n_features=2, centers=[[0, 0], [6, 0]], cluster_std=1.0, random_state=0)
+    return X, np.array([[0.0, 0.0], [6.0, 0.0], [3.0, 5.0]])
+
+
+def test_a_repelled_centroid_stays_bounded_and_the_rest_match_full_batch():
+    # Regression: the step used the running sums, so a repelled centroid was pushed 1/ρ = 20 times
+    # its distance away every batch (×21 per batch, 1e25 after five epochs here; 1e36 on whitened
+    # image patches); the step is now the batch's gradient at the current centroids.
+    X, init = _two_blobs_and_a_repelled_start()
+    with warnings.catch_warnings():  # the full fit warns that it keeps 2 clusters: so it should
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        full = EquilibriumKMeans(3, alpha=1.0, init=init).fit(X)
+        mb = MiniBatchEquilibriumKMeans(3, alpha=1.0, init=init, batch_size=100, max_iter=5, random_state=0).fit(X)
+    assert np.abs(mb.cluster_centers_).max() < 100.0  # the data lie within about 10 of the origin
+    np.testing.assert_allclose(mb.cluster_centers_[:2], full.cluster_centers_[:2], atol=0.1)
+    assert mb.objective_ < ekm_sufficient_statistics(X, init, alpha=1.0).objective  # J fell from the start
+    assert mb.objective_ == pytest.approx(full.objective_, rel=1e-3)
+
+
+def test_partial_fit_keeps_a_repelled_centroid_bounded():
+    X, init = _two_blobs_and_a_repelled_start()
+    mb = MiniBatchEquilibriumKMeans(3, alpha=1.0, init=init)
+    for rows in np.array_split(np.random.default_rng(0).permutation(len(X)), 40):
+        mb.partial_fit(X[rows])
+    assert np.abs(mb.cluster_centers_).max() < 100.0
+    np.testing.assert_array_equal(np.unique(mb.predict(X)), [0, 1])

@@ -37,7 +37,8 @@ def _noise_files(folder: Path, n: int, size: int = 12, ext: str = "png", seed: i
 def _reference(path: Path, image_size: int) -> np.ndarray:
     """Pillow alone, as the decoder did before the memory-mapped cache (images under 3x the target)."""
     with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im).convert("RGB").resize((image_size, image_size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+        im = ImageOps.exif_transpose(im).convert("RGB").resize((image_size, image_size), Image.Resampling.LANCZOS,
+                                                               reducing_gap=3.0)
         return np.asarray(im).transpose(2, 0, 1)
 
 
@@ -177,7 +178,8 @@ def test_decoding_threads_follow_the_memory_each_image_needs(tmp_path, monkeypat
     assert max(peaks) == 600 * 600 * 4
     monkeypatch.setenv("AELAB_DECODE_MEMORY_MB", "100")
     load_images(paths, 16, 3, workers=1, cache_dir=tmp_path / "c2")  # the same pixels either way
-    np.testing.assert_array_equal(one_at_a_time.images, load_images(paths, 16, 3, workers=1, cache_dir=tmp_path / "c2").images)
+    np.testing.assert_array_equal(one_at_a_time.images,
+                                  load_images(paths, 16, 3, workers=1, cache_dir=tmp_path / "c2").images)
 
 
 def test_exif_orientation_is_applied_to_reduced_and_small_images(tmp_path):
@@ -194,7 +196,8 @@ def test_exif_orientation_is_applied_to_reduced_and_small_images(tmp_path):
 
 def _run_python(code: str, tmp_path: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -207,7 +210,8 @@ Image.new("RGBA", (4000, 4000), (10, 200, 30, 128)).save("huge.png", compress_le
 Image.new("RGBA", (64, 64)).save("small.png"); decode_image("small.png", 32, 3)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 out = decode_image("huge.png", 32, 3)
-print(json.dumps({"grew_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024, "pixel": out[:, 0, 0].tolist()}))
+grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+print(json.dumps({"grew_mib": grew, "pixel": out[:, 0, 0].tolist()}))
 """
 
 
@@ -282,7 +286,8 @@ def _plant_user_files(folder: Path, outside: Path) -> dict[Path, bytes]:
     close to (but not) an entry's."""
     folder.mkdir(parents=True, exist_ok=True)
     files = {folder / "holiday.jpg": b"my photo", folder / "notes.txt": b"mine", folder / "album" / "1.png": b"png",
-             folder / ("0" * 32 + ".npy.bak"): b"backup", folder / "ABCDEF0123456789ABCDEF0123456789.npy": b"upper case"}
+             folder / ("0" * 32 + ".npy.bak"): b"backup",
+             folder / "ABCDEF0123456789ABCDEF0123456789.npy": b"upper case"}
     for path, data in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)

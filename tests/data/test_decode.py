@@ -33,7 +33,8 @@ def _gray_files(folder, values, size=8):
 
 @pytest.mark.parametrize("ext", ["jpg", "jpeg", "png", "bmp", "gif", "tiff", "tif", "webp"])
 def test_every_supported_format_decodes(tmp_path, ext):
-    path = _save(tmp_path / f"a.{ext}", Image.new("RGB", (20, 12), (200, 40, 90)), **({"quality": 100} if ext == "webp" else {}))
+    path = _save(tmp_path / f"a.{ext}", Image.new("RGB", (20, 12), (200, 40, 90)),
+                 **({"quality": 100} if ext == "webp" else {}))
     out = decode_image(path, 16, 3)
     assert out.shape == (3, 16, 16) and out.dtype == np.uint8
     # GIF palettes and JPEG quantise colours, hence the tolerance.
@@ -216,7 +217,8 @@ def test_preprocessing_is_identical_after_a_checkpoint_round_trip():
     x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
     a, b = pre.model_input(x), restored.model_input(x)
     assert a.dtype == torch.float32 and torch.equal(a, b)
-    expected = (x.float() / 255 - torch.tensor([0.5, 0.4, 0.3]).view(3, 1, 1)) / torch.tensor([0.2, 0.25, 0.3]).view(3, 1, 1)
+    mean, std = torch.tensor([0.5, 0.4, 0.3]).view(3, 1, 1), torch.tensor([0.2, 0.25, 0.3]).view(3, 1, 1)
+    expected = (x.float() / 255 - mean) / std
     torch.testing.assert_close(a, expected)
 
 

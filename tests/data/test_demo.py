@@ -17,7 +17,8 @@ SMALL = dict(labelled_per_class=3, n_unlabelled=40, n_test=30, n_anomaly_normal=
 
 
 def _digests(root):
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in root.rglob("*") if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,8 @@ def test_layout_counts_labels_and_disjointness(tmp_path, mnist_lookup):
     truth = read_labels_csv(layout.test_labels)
     assert truth == {str(i): str(digit) for i, (_, digit) in enumerate(test)}
 
-    normal, anomalous, unlabelled = sources(layout.anomaly_normal), sources(layout.anomaly_anomalous), sources(layout.unlabelled)
+    normal, anomalous = sources(layout.anomaly_normal), sources(layout.anomaly_anomalous)
+    unlabelled = sources(layout.unlabelled)
     assert len(normal) == 10 and {d for _, d in normal} == {4}
     assert len(anomalous) == 12 and 4 not in {d for _, d in anomalous}
     assert len(unlabelled) == 40
@@ -79,7 +81,8 @@ def test_counts_that_do_not_fit_are_a_clear_error(tmp_path):
     with pytest.raises(AelabError, match="5000 MNIST digits"):
         make_demo_data(tmp_path / "x", n_unlabelled=5000)
     with pytest.raises(AelabError, match="n_anomaly_normal"):
-        make_demo_data(tmp_path / "x", labelled_per_class=1, n_unlabelled=0, n_test=0, n_anomaly_normal=600, n_anomalous=0)
+        make_demo_data(tmp_path / "x", labelled_per_class=1, n_unlabelled=0, n_test=0, n_anomaly_normal=600,
+                       n_anomalous=0)
     with pytest.raises(AelabError, match="normal_class"):
         make_demo_data(tmp_path / "x", normal_class=10)
     assert not (tmp_path / "x").exists()  # nothing half-written

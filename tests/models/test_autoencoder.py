@@ -44,7 +44,8 @@ def test_no_head_and_no_skips():
 
 
 def test_decoder_without_skips_cannot_see_the_input_except_through_the_bottleneck():
-    model = ResUNetAutoencoder(in_channels=1, width=4, depth=2, image_size=16, num_classes=0, skip_connections=False).eval()
+    model = ResUNetAutoencoder(in_channels=1, width=4, depth=2, image_size=16, num_classes=0,
+                               skip_connections=False).eval()
     x = torch.rand(1, 1, 16, 16)
     b, skips = model.encode(x)
     # Decoding the same bottleneck with garbage skip maps gives the same image: no skip path.

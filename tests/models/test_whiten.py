@@ -11,7 +11,8 @@ from aelab.models.whiten import patch_whitening
 def _correlated_images(n=200, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 3, 20, 20, generator=g)
-    x = F.avg_pool2d(x, 3, stride=1, padding=1) * 3 + 0.5 * x.mean(1, keepdim=True)  # neighbours and channels correlated
+    # neighbours and channels correlated
+    x = F.avg_pool2d(x, 3, stride=1, padding=1) * 3 + 0.5 * x.mean(1, keepdim=True)
     return x
 
 
@@ -28,11 +29,13 @@ def test_whitened_patches_have_identity_covariance():
 def test_whitening_matches_a_numpy_pca_of_the_patches():
     x = _correlated_images(50)
     w, _ = patch_whitening(x, components=3, eps=0.0)
-    p = np.stack([x[:, :, i:i + 3, j:j + 3].reshape(len(x), -1).numpy() for i in range(18) for j in range(18)]).reshape(-1, 27)
+    p = np.stack([x[:, :, i:i + 3, j:j + 3].reshape(len(x), -1).numpy()
+                  for i in range(18) for j in range(18)]).reshape(-1, 27)
     lam, vec = np.linalg.eigh(np.cov(p.T))
     ref = vec[:, ::-1][:, :3].T / np.sqrt(lam[::-1][:3])[:, None]
     got = w[:3].reshape(3, 27).double().numpy()
-    assert np.allclose(np.abs((got * ref).sum(1)) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1)), 1, atol=1e-4)
+    cosine = np.abs((got * ref).sum(1)) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
+    assert np.allclose(cosine, 1, atol=1e-4)
     assert np.allclose(np.linalg.norm(got, axis=1), np.linalg.norm(ref, axis=1), rtol=1e-3)
 
 

@@ -50,7 +50,8 @@ def test_weights_that_do_not_fit(tmp_path):
 
 
 def test_preprocessing_that_disagrees_with_the_network(tmp_path):
-    assert "preprocessing channels=1" in _error(_save(tmp_path / "m.ckpt", preprocessing=Preprocessing(32, 1).to_dict()))
+    error = _error(_save(tmp_path / "m.ckpt", preprocessing=Preprocessing(32, 1).to_dict()))
+    assert "preprocessing channels=1" in error
 
 
 class Payload:

@@ -55,13 +55,15 @@ def test_shards_are_contiguous_whole_batches_covering_every_row_once(n, batch, w
 
 
 @pytest.mark.slow
-def test_predict_and_embed_with_two_processes_equal_one_process_byte_for_byte(model_and_images, tmp_path, aelab_cache_dir):
+def test_predict_and_embed_with_two_processes_equal_one_process_byte_for_byte(model_and_images, tmp_path,
+                                                                              aelab_cache_dir):
     ckpt, folder = model_and_images
     common = ["--model", str(ckpt), "--images", str(folder), "--device", "cpu", "--batch_size", "16"]
     with pytest.warns(UserWarning, match="skipped 1"):
         one = predict(PredictConfig(model=str(ckpt), images=str(folder), device="cpu", batch_size=16,
                                     probabilities=True, out=str(tmp_path / "p1")))
-    res = _cli("predict", *common, "--devices", "2", "--probabilities", "--out", str(tmp_path / "p2"), cwd=tmp_path, cache=aelab_cache_dir)
+    res = _cli("predict", *common, "--devices", "2", "--probabilities", "--out", str(tmp_path / "p2"), cwd=tmp_path,
+               cache=aelab_cache_dir)
     assert res.returncode == 0, res.stderr
     two = tmp_path / "p2"
     # (the in-process run still holds its run-folder lock file until this process ends)
@@ -72,10 +74,12 @@ def test_predict_and_embed_with_two_processes_equal_one_process_byte_for_byte(mo
 
     # Embeddings are floats: the reference runs under the same thread settings (one thread, as each rank),
     # since a convolution may sum in another order with more threads.
-    ref = _cli("embed", *common, "--devices", "1", "--pooling", "flatten", "--out", str(tmp_path / "e1"), cwd=tmp_path, cache=aelab_cache_dir)
+    ref = _cli("embed", *common, "--devices", "1", "--pooling", "flatten", "--out", str(tmp_path / "e1"), cwd=tmp_path,
+               cache=aelab_cache_dir)
     assert ref.returncode == 0 and "skipped 1" in ref.stderr, ref.stderr
     one = tmp_path / "e1"
-    res = _cli("embed", *common, "--devices", "2", "--pooling", "flatten", "--out", str(tmp_path / "e2"), cwd=tmp_path, cache=aelab_cache_dir)
+    res = _cli("embed", *common, "--devices", "2", "--pooling", "flatten", "--out", str(tmp_path / "e2"), cwd=tmp_path,
+               cache=aelab_cache_dir)
     assert res.returncode == 0, res.stderr
     for name in ("embeddings.npy", "embeddings.csv"):
         assert (tmp_path / "e2" / name).read_bytes() == (one / name).read_bytes(), name
@@ -95,7 +99,8 @@ def test_rank_0_alone_creates_the_run_folder_and_a_refusal_stops_every_rank(tmp_
     made = shared_run_dir(_StubFabric(0, 2), tmp_path / "run", "predict")
     assert made == tmp_path / "run" and made.is_dir()
     # Rank 1 creates nothing: it takes rank 0's path.
-    assert shared_run_dir(_StubFabric(1, 2, ("ok", str(tmp_path / "elsewhere"))), None, "predict") == tmp_path / "elsewhere"
+    stub = _StubFabric(1, 2, ("ok", str(tmp_path / "elsewhere")))
+    assert shared_run_dir(stub, None, "predict") == tmp_path / "elsewhere"
     assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "runs").exists()
     (made / "config.yaml").write_text("seed: 0\n")  # a finished run: rank 0 refuses it ...
     with pytest.raises(AelabError, match="run"):

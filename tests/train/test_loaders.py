@@ -62,7 +62,8 @@ def _peak(script: Path, folder: Path, n: int) -> dict:
     # glibc serves blocks of 1 MiB and more by mmap and returns them when freed (a fixed threshold, not
     # its adaptive one): the peak is then what was live at once, not where the heap happened to fragment.
     env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg", MALLOC_MMAP_THRESHOLD_="1048576")
-    res = subprocess.run([sys.executable, str(script), str(folder)], capture_output=True, text=True, timeout=600, env=env)
+    res = subprocess.run([sys.executable, str(script), str(folder)], capture_output=True, text=True, timeout=600,
+                         env=env)
     assert res.returncode == 0, res.stderr[-2000:]
     return json.loads(res.stdout.strip().splitlines()[-1])
 
