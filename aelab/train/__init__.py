@@ -3,7 +3,16 @@
 from aelab.train.checkpoint import load_checkpoint, load_model, save_checkpoint
 from aelab.train.finetune import FinetuneConfig, FinetuneResult, finetune, finetune_result
 from aelab.train.inference import ForwardResult, batched_forward
-from aelab.train.predict import EmbedConfig, EmbedResult, PredictConfig, PredictResult, embed, embed_result, predict, predict_result
+from aelab.train.predict import (
+    EmbedConfig,
+    EmbedResult,
+    PredictConfig,
+    PredictResult,
+    embed,
+    embed_result,
+    predict,
+    predict_result,
+)
 from aelab.train.pretrain import PretrainConfig, pretrain
 
 __all__ = [

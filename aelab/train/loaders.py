@@ -78,7 +78,8 @@ def make_loader(
     drop_last: bool = False,
     index: np.ndarray | None = None,
 ) -> DataLoader:
-    """A ``DataLoader`` over rows ``index`` (default all) of uint8 images; batches are ``(x_uint8,)`` or ``(x_uint8, y)``.
+    """A ``DataLoader`` over rows ``index`` (default all) of uint8 images; batches are ``(x_uint8,)`` or
+    ``(x_uint8, y)``.
 
     ``images``: an array, tensor, memory map or `aelab.data.RowReader`; rows are read per batch.
     """

@@ -77,7 +77,8 @@ def _mlflow_logger(run_dir: Path) -> Logger:
         try:
             import sqlalchemy  # noqa: F401
         except ModuleNotFoundError:
-            raise AelabError("--logger mlflow writes RUN/mlflow.db (MLflow's SQLite store), which needs the full mlflow "
-                             "package (pip install mlflow), or set MLFLOW_TRACKING_URI to your tracking server") from None
+            raise AelabError("--logger mlflow writes RUN/mlflow.db (MLflow's SQLite store), which needs the full "
+                             "mlflow package (pip install mlflow), or set MLFLOW_TRACKING_URI to your tracking "
+                             "server") from None
         uri = "sqlite:///" + (Path(run_dir) / "mlflow.db").resolve().as_posix()
     return MLFlowLogger(experiment_name="aelab", run_name=Path(run_dir).name, tracking_uri=uri)

@@ -16,7 +16,8 @@ from aelab.train.engine import shared_run_dir
 from aelab.train.inference import launch_inference, load_images_once, sharded_forward
 from aelab.train.options import RunOptions, require, resolve_sources
 
-__all__ = ["EmbedConfig", "EmbedResult", "PredictConfig", "PredictResult", "embed", "embed_result", "predict", "predict_result"]
+__all__ = ["EmbedConfig", "EmbedResult", "PredictConfig", "PredictResult", "embed", "embed_result", "predict",
+           "predict_result"]
 
 
 @dataclass
@@ -87,7 +88,8 @@ def predict_result(cfg: PredictConfig) -> PredictResult:
     paths = list_images(folder, recursive=cfg.recursive)
     if src.test_labels is not None:
         read_labels_csv(src.test_labels)  # a missing or unreadable --labels file is an error before any folder exists
-    fabric = launch_inference(cfg.device, cfg.devices, getattr(cfg, "num_nodes", 1))  # under --devices N, the N processes start here
+    # Under --devices N, the N processes start here.
+    fabric = launch_inference(cfg.device, cfg.devices, getattr(cfg, "num_nodes", 1))
     run_dir = shared_run_dir(fabric, cfg.out, "predict")
     data = load_images_once(fabric, paths, prep.image_size, prep.channels, strict=cfg.strict)
     ids = image_ids(data.paths)
@@ -103,7 +105,8 @@ def predict_result(cfg: PredictConfig) -> PredictResult:
     if cfg.probabilities:
         z = logits - logits.max(1, keepdims=True)
         prob = np.exp(z) / np.exp(z).sum(1, keepdims=True)
-        write_csv(run_dir / "probabilities.csv", ["id", *classes], ([i, *map(lambda v: round(float(v), 6), p)] for i, p in zip(ids, prob)))
+        rows = ([i, *(round(float(v), 6) for v in p)] for i, p in zip(ids, prob))
+        write_csv(run_dir / "probabilities.csv", ["id", *classes], rows)
     metrics: dict = {"n_images": len(ids), "n_skipped": len(data.skipped), "model": str(cfg.model)}
     if truth is not None:
         _warn_unknown_classes(truth, ids, classes, src.test_labels)
@@ -137,11 +140,13 @@ class EmbedConfig(RunOptions):
 
     Attributes:
         model: checkpoint or run folder (pretrain or finetune).
-        data: root folder in the course layout: embeds the labelled images and the test images (labels from ROOT/test_labels.csv when present).
+        data: root folder in the course layout: embeds the labelled images and the test images (labels from
+            ROOT/test_labels.csv when present).
         images: a folder of images to embed instead (no labels).
         labelled: a folder of class subfolders to embed instead (labels from the folder names).
         recursive: look for images in subfolders of --images too.
-        pooling: flatten (the bottleneck map flattened, as the classifier head sees it) or mean (averaged over its spatial grid).
+        pooling: flatten (the bottleneck map flattened, as the classifier head sees it) or mean (averaged over its
+            spatial grid).
         batch_size: images per forward pass.
     """
 
@@ -198,7 +203,8 @@ def embed_result(cfg: EmbedConfig) -> EmbedResult:
     model, ckpt = load_model(cfg.model)
     prep = Preprocessing.from_dict(ckpt["preprocessing"])
     groups = _embed_groups(cfg)
-    fabric = launch_inference(cfg.device, cfg.devices, getattr(cfg, "num_nodes", 1))  # under --devices N, the N processes start here
+    # Under --devices N, the N processes start here.
+    fabric = launch_inference(cfg.device, cfg.devices, getattr(cfg, "num_nodes", 1))
     run_dir = shared_run_dir(fabric, cfg.out, "embed")
     names, labels, chunks = [], [], []
     for paths, labs, base in groups:
@@ -208,7 +214,8 @@ def embed_result(cfg: EmbedConfig) -> EmbedResult:
         for p in map(lambda q: Path(q).resolve(), data.paths):
             names.append(p.relative_to(base).as_posix() if p.is_relative_to(base) else str(p))
             labels.append(lab_of[p])
-        res = sharded_forward(fabric, model, prep, data.images, batch_size=cfg.batch_size, want=("embedding",), pooling=cfg.pooling)
+        res = sharded_forward(fabric, model, prep, data.images, batch_size=cfg.batch_size, want=("embedding",),
+                              pooling=cfg.pooling)
         chunks.append(res.embedding)
     if fabric.global_rank != 0:
         return EmbedResult(run_dir)  # only rank 0 writes

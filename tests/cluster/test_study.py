@@ -177,7 +177,8 @@ def test_data_scaled_by_1e200_clusters_like_the_original(tmp_path):
     X = np.concatenate([rng.normal(0, 1, (60, 2)), rng.normal(8, 1, (30, 2)), rng.normal((0, 8), 1, (30, 2))])
     base = run_cluster_study(ClusterConfig(input=_npy(tmp_path, X), n_clusters=3, alpha="1.0", out=str(tmp_path / "a")))
     (tmp_path / "emb.npy").unlink()
-    big = run_cluster_study(ClusterConfig(input=_npy(tmp_path, X * 1e200), n_clusters=3, alpha="1.0", out=str(tmp_path / "b")))
+    big = run_cluster_study(ClusterConfig(input=_npy(tmp_path, X * 1e200), n_clusters=3, alpha="1.0",
+                                          out=str(tmp_path / "b")))
     assert sorted(np.bincount(big.labels)) == sorted(np.bincount(base.labels)) and min(np.bincount(big.labels)) > 10
 
 
