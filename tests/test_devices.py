@@ -62,3 +62,12 @@ def test_kmeans_torch_backend_takes_cuda_n(two_gpus):
     from aelab.train.inference import pick_device
 
     assert backend_device("cuda:1") == pick_device("cuda:1") == torch.device("cuda", 1)
+
+
+def test_cluster_takes_a_cuda_index_to_the_torch_backend(two_gpus):
+    """`aelab cluster --device cuda:1`: EKM's torch backend runs on GPU 1 (no Fabric for one process)."""
+    from aelab.cluster.study import ClusterConfig, _launch
+
+    fabric, estimator = _launch(ClusterConfig(input="emb.npy", device="cuda:1"), n_samples=100, K=3)
+    assert fabric is None and estimator == dict(backend="torch", device="cuda:1")
+    assert _launch(ClusterConfig(input="emb.npy", device="cpu"), n_samples=100, K=3) == (None, {})

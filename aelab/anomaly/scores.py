@@ -22,8 +22,8 @@ A score is built in three steps, all comparing the reconstruction target (the pl
 
 Several maps can be joined with ``+`` (e.g. ``mse+gms``): the image score is the mean of each
 part's reduced score divided by ``m_k``, the median of that score over held-out normal images,
-so intensity and edge errors count on one scale (a typical normal image scores 1 on each). The
-legacy ``combined`` is ``(sqrt(mse / m_mse) + ssim / m_ssim) / 2``.
+so intensity and edge errors count on one scale (a typical normal image scores 1 on each).
+``combined`` is ``(sqrt(mse / m_mse) + ssim / m_ssim) / 2``.
 
 Example:
     >>> t = torch.zeros(2, 1, 16, 16); r = t.clone(); r[1] += 0.5

@@ -164,28 +164,26 @@ def _check_alpha_scale(alpha, X: np.ndarray) -> None:
 
 
 def _launch(cfg, n_samples: int, K: int):
-    """``(fabric or None, estimator keywords)``: the processes of ``--devices N`` and where EKM runs."""
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        raise AelabError(f"--device must be auto, cpu or cuda, got {cfg.device!r}")
-    if isinstance(cfg.devices, bool) or not isinstance(cfg.devices, int) or cfg.devices < 1:
-        raise AelabError(f"--devices must be a whole number >= 1, got {cfg.devices!r}")
+    """``(fabric or None, estimator keywords)``: the processes of ``--devices N`` and where EKM runs.
+
+    ``--device`` and ``--devices`` were checked by the rule table when ``cfg`` was made; the device is
+    resolved by `aelab.devices.resolve_device` like every other verb's (``cuda:N`` is GPU N).
+    """
     if n_samples // cfg.devices < K:
         raise AelabError(f"{n_samples} samples are too few for {cfg.devices} processes: each needs at least "
                          f"n_clusters={K}; use fewer --devices")
-    accelerator = "cpu"
+    device = "cpu"
     if cfg.device != "cpu":  # torch only when asked for (importing it takes seconds)
-        import torch
+        from aelab.devices import resolve_device
 
-        accelerator = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        if accelerator == "cuda" and not torch.cuda.is_available():
-            raise AelabError("--device cuda was asked for but no CUDA GPU is available; use --device auto or cpu")
+        device = str(resolve_device(cfg.device, mps=False))
     fabric = None
     if cfg.devices > 1:  # every check is done: Fabric re-runs this command in the other processes
         from aelab.train.engine import make_fabric
 
-        fabric = make_fabric(accelerator, cfg.devices, precision="32-true")
-    device = str(fabric.device) if fabric is not None else accelerator
-    estimator = {} if accelerator == "cpu" else dict(backend="torch", device=device)
+        fabric = make_fabric(cfg.device if device != "cpu" else "cpu", cfg.devices, precision="32-true")
+        device = str(fabric.device)
+    estimator = {} if device == "cpu" else dict(backend="torch", device=device)
     return fabric, estimator
 
 

@@ -118,19 +118,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "course": dict(width=64, depth=4, image_size=64, in_channels=3, head="mlp", head_hidden=1024, dropout=0.5),
 }
 
-#: Old preset names, accepted with a warning for one release.
-DEPRECATED_PRESETS = {"seed": "course"}
-
 
 def preset_config(name: str, **overrides: Any) -> ModelConfig:
     """A ``ModelConfig`` from a preset name with keyword overrides (``None`` values are ignored)."""
-    if name in DEPRECATED_PRESETS:
-        import warnings
-
-        warnings.warn(f"preset {name!r} is now called {DEPRECATED_PRESETS[name]!r}; "
-                      "the old name goes in the next release",
-                      FutureWarning, stacklevel=2)
-        name = DEPRECATED_PRESETS[name]
     if name not in PRESETS:
         raise AelabError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     values = dict(PRESETS[name])

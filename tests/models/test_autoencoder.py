@@ -80,9 +80,3 @@ def test_residual_block_keeps_spatial_size():
 def test_config_round_trip():
     cfg = preset_config("small", num_classes=4, skip_connections=False)
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
-
-
-def test_old_preset_name_warns_and_gives_the_same_network():
-    with pytest.warns(FutureWarning, match="course"):
-        old = preset_config("seed", num_classes=10)
-    assert old == preset_config("course", num_classes=10)
