@@ -15,9 +15,12 @@ process uses one torch thread; ``--workers 2`` runs two digits at once on a 2-co
 
 Usage::
 
-    python benchmarks/bench_anomaly.py                 # all 10 digits (10 minutes at 40 epochs; the 60-epoch default takes longer)
-    python benchmarks/bench_anomaly.py --quick         # digits 0-2, 5 epochs: a smoke run
-    python benchmarks/bench_anomaly.py --digits 0,2 --methods pca,aelab   # a subset
+    # all 10 digits (10 minutes at 40 epochs; the 60-epoch default takes longer)
+    python benchmarks/bench_anomaly.py
+    # digits 0-2, 5 epochs: a smoke run
+    python benchmarks/bench_anomaly.py --quick
+    # a subset
+    python benchmarks/bench_anomaly.py --digits 0,2 --methods pca,aelab
 """
 
 from __future__ import annotations
@@ -75,7 +78,8 @@ def _pyod(train: np.ndarray, test: np.ndarray) -> np.ndarray | None:
         from pyod.models.auto_encoder import AutoEncoder
     except ImportError:
         return None
-    a, b = train[:, :, 2:30, 2:30].reshape(len(train), -1) / 255.0, test[:, :, 2:30, 2:30].reshape(len(test), -1) / 255.0
+    a, b = (train[:, :, 2:30, 2:30].reshape(len(train), -1) / 255.0,
+            test[:, :, 2:30, 2:30].reshape(len(test), -1) / 255.0)
     model = AutoEncoder(verbose=0, random_state=0)  # PyOD defaults: [64, 32] hidden, 10 epochs
     return model.fit(a).decision_function(b)
 
@@ -157,7 +161,8 @@ def report(results: list[dict], wall: float, args) -> str:
     methods = [m for m in METHODS if any(r["auroc"][m] is not None for r in results)]
     has_aelab = all("aelab_extra" in r for r in results)
     alt = [k for k in ("auroc_mse", "auroc_combined") if has_aelab and all(k in r["aelab_extra"] for r in results)]
-    lines = ["| digit | " + " | ".join(methods + [f"aelab, {k[6:]} score" for k in alt]) + " | seconds " + "/".join(methods) + " |",
+    lines = ["| digit | " + " | ".join(methods + [f"aelab, {k[6:]} score" for k in alt])
+             + " | seconds " + "/".join(methods) + " |",
              "|---" * (len(methods) + len(alt) + 2) + "|"]
     for r in results:
         cells = [_fmt(r["auroc"][m]) for m in methods] + [_fmt(r["aelab_extra"][k]) for k in alt]
@@ -173,14 +178,16 @@ def report(results: list[dict], wall: float, args) -> str:
     ours = np.array([r["auroc"]["aelab"] for r in results])
     pca = np.array([r["auroc"]["pca"] for r in results])
     above = int(np.sum(ours > pca))
-    lines += ["", f"aelab mean AUROC {ours.mean():.4f} (target >= 0.97: {'met' if ours.mean() >= 0.97 else 'NOT met'}); "
+    lines += ["", f"aelab mean AUROC {ours.mean():.4f} "
+              f"(target >= 0.97: {'met' if ours.mean() >= 0.97 else 'NOT met'}); "
               f"above PCA on {above}/{len(ours)} digits (target >= 8 of 10: {'met' if above >= 8 else 'NOT met'}); "
               f"worst digit {ours.min():.4f} (target >= 0.90: {'met' if ours.min() >= 0.90 else 'NOT met'})."]
     fa = np.mean([r["aelab_extra"]["false_alarm_rate"] for r in results])
     rec = np.mean([r["aelab_extra"]["recall"] for r in results])
     nl = np.mean([r["aelab_extra"]["normal_loss"] for r in results])
     al = np.mean([r["aelab_extra"]["anomaly_loss"] for r in results])
-    lines.append(f"At the stored threshold (conformal, alpha 0.01, on the 80 held-out normals): false-alarm rate {fa:.3f}, recall {rec:.3f} "
+    lines.append(f"At the stored threshold (conformal, alpha 0.01, on the 80 held-out normals): "
+                 f"false-alarm rate {fa:.3f}, recall {rec:.3f} "
                  f"(means over digits). Mean per-image MSE: normal {nl:.5f}, anomalous {al:.5f}.")
     lines.append(f"Wall time {wall:.0f} s with {args.workers} worker process(es), 1 torch thread each; "
                  f"{os.cpu_count()} CPU cores ({cpu_model()}), load average {os.getloadavg()[0]:.1f}; "
@@ -195,11 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="aelab epochs (default: the detector's)")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="digits run in parallel")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override aelab settings, e.g. lr=2e-3")
-    parser.add_argument("--geometric", nargs="*", default=[], metavar="KEY=VALUE", help="GeometricDetector settings, e.g. epochs=20")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override aelab settings, e.g. lr=2e-3")
+    parser.add_argument("--geometric", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="GeometricDetector settings, e.g. epochs=20")
     parser.add_argument("--out", default="benchmarks/_work/anomaly_results.json", help="JSON file of all numbers")
     args = parser.parse_args(argv)
-    digits = [int(d) for d in args.digits.split(",")] if args.digits else ([0, 1, 2] if args.quick else list(range(10)))
+    digits = ([int(d) for d in args.digits.split(",")] if args.digits
+              else ([0, 1, 2] if args.quick else list(range(10))))
     settings = dict(AELAB)
     if args.epochs or args.quick:
         settings["epochs"] = args.epochs or 5

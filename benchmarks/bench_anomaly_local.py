@@ -115,8 +115,10 @@ def run_digit(task: tuple[int, dict]) -> dict:
     _, oc_test, oc_labels = split(y, digit)
     oc = det.decision_function(x[oc_test])
     out["oneclass"] = {"aelab": float(roc_auc_score(oc_labels, oc)),
-                       "pca32": float(roc_auc_score(oc_labels, _pca_maps(train, x[oc_test], 32).reshape(len(oc_test), -1).mean(1)))}
-    out["per_kind"] = {kd: float(roc_auc_score(labels[(kinds == kd) | (labels == 0)], res.scores[(kinds == kd) | (labels == 0)]))
+                       "pca32": float(roc_auc_score(
+                           oc_labels, _pca_maps(train, x[oc_test], 32).reshape(len(oc_test), -1).mean(1)))}
+    out["per_kind"] = {kd: float(roc_auc_score(labels[(kinds == kd) | (labels == 0)],
+                                               res.scores[(kinds == kd) | (labels == 0)]))
                        for kd in sorted(set(kinds) - {"good"})}
     th = det.threshold_info_
     n_norm = int((labels == 0).sum())
@@ -130,8 +132,10 @@ def run_digit(task: tuple[int, dict]) -> dict:
 
 def report(results: list[dict], wall: float, settings: dict, workers: int) -> str:
     methods = ["aelab", "pca32", "pca64", "pca32_map"]
-    lines = ["| digit | " + " | ".join(methods) + " | pixel AUROC aelab | pixel AUROC pca32 | scratch/blob/missing (aelab) "
-             "| false alarms (95 % interval) | one-class aelab | one-class pca32 | aelab seconds |", "|---" * (len(methods) + 8) + "|"]
+    lines = ["| digit | " + " | ".join(methods) + " | pixel AUROC aelab | pixel AUROC pca32 "
+             "| scratch/blob/missing (aelab) | false alarms (95 % interval) "
+             "| one-class aelab | one-class pca32 | aelab seconds |",
+             "|---" * (len(methods) + 8) + "|"]
     for r in results:
         t = r["threshold"]
         pk = "/".join(f"{r['per_kind'][k]:.3f}" for k in ("scratch", "blob", "missing"))
@@ -142,19 +146,24 @@ def report(results: list[dict], wall: float, settings: dict, workers: int) -> st
     mean = {m: float(np.mean([r["auroc"][m] for r in results])) for m in methods}
     pix = {m: float(np.mean([r["pixel_auroc"][m] for r in results])) for m in ("aelab", "pca32")}
     oc = {m: float(np.mean([r["oneclass"][m] for r in results])) for m in ("aelab", "pca32")}
-    lines.append("| **mean** | " + " | ".join(f"**{mean[m]:.3f}**" for m in methods) + f" | **{pix['aelab']:.3f}** | **{pix['pca32']:.3f}** "
+    lines.append("| **mean** | " + " | ".join(f"**{mean[m]:.3f}**" for m in methods)
+                 + f" | **{pix['aelab']:.3f}** | **{pix['pca32']:.3f}** "
                  f"| | | **{oc['aelab']:.3f}** | **{oc['pca32']:.3f}** | |")
     ours = np.array([r["auroc"]["aelab"] for r in results])
     above = sum(r["auroc"]["aelab"] > max(r["auroc"]["pca32"], r["auroc"]["pca64"]) for r in results)
-    inside = sum(r["threshold"]["interval"][0] <= r["threshold"]["observed"] <= r["threshold"]["interval"][1] for r in results)
+    inside = sum(r["threshold"]["interval"][0] <= r["threshold"]["observed"] <= r["threshold"]["interval"][1]
+                 for r in results)
     t = results[0]["threshold"]
-    lines += ["", f"aelab mean image AUROC {ours.mean():.4f} (target >= 0.95: {'met' if ours.mean() >= 0.95 else 'NOT met'}); "
+    lines += ["", f"aelab mean image AUROC {ours.mean():.4f} "
+              f"(target >= 0.95: {'met' if ours.mean() >= 0.95 else 'NOT met'}); "
               f"above PCA-32 and PCA-64 on {above}/{len(results)} digits (target: all). Conformal threshold: alpha "
               f"{t['alpha']}, rank {t['rank']} of {t['n_normal']} held-out normals, expected false-alarm rate "
-              f"{t['expected_false_alarm_rate']:.4f}; observed rate inside its 95 % beta-binomial interval on {inside}/{len(results)} digits. "
-              f"One-class mean AUROC {oc['aelab']:.4f} (target >= 0.97: {'met' if oc['aelab'] >= 0.97 else 'NOT met'}).",
-              f"Settings {settings}; wall {wall:.0f} s, {workers} worker(s), 1 torch thread each; {os.cpu_count()} cores ({cpu_model()}); "
-              f"load average {os.getloadavg()[0]:.1f}."]
+              f"{t['expected_false_alarm_rate']:.4f}; "
+              f"observed rate inside its 95 % beta-binomial interval on {inside}/{len(results)} digits. "
+              f"One-class mean AUROC {oc['aelab']:.4f} "
+              f"(target >= 0.97: {'met' if oc['aelab'] >= 0.97 else 'NOT met'}).",
+              f"Settings {settings}; wall {wall:.0f} s, {workers} worker(s), 1 torch thread each; "
+              f"{os.cpu_count()} cores ({cpu_model()}); load average {os.getloadavg()[0]:.1f}."]
     return "\n".join(lines)
 
 
@@ -162,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--digits", default=",".join(map(str, EVALUATION_DIGITS)))
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override detector settings, e.g. reduction=mean")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override detector settings, e.g. reduction=mean")
     parser.add_argument("--out", default="benchmarks/_work/anomaly_local_results.json")
     args = parser.parse_args(argv)
     settings = dict(SETTINGS)
@@ -182,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"settings": settings, "results": results, "report": text}, indent=2, default=float) + "\n")
+    out.write_text(json.dumps({"settings": settings, "results": results, "report": text},
+                              indent=2, default=float) + "\n")
     return 0
 
 

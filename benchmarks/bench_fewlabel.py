@@ -6,10 +6,13 @@ many labelled images per digit, 3,000 unlabelled, 500 test, all disjoint) and
 table reports test accuracy mean ± std over seeds, the validation accuracy that picks checkpoints,
 and wall time per method.
 
-    python benchmarks/bench_fewlabel.py                                   # 5/20/100 per class x 3 seeds, all methods (long)
+    # 5/20/100 per class x 3 seeds, all methods (long)
+    python benchmarks/bench_fewlabel.py
     python benchmarks/bench_fewlabel.py --labels 20 --seeds 0 --methods supervised,fixmatch
-    python benchmarks/bench_fewlabel.py --fixmatch-epochs 4,8,12,20 --labels 20   # one fixmatch run per budget
-    python benchmarks/bench_fewlabel.py --curve 2,4,8,12,20,30 --labels 20 --seeds 3  # one run, EMA scored at those epochs
+    # one fixmatch run per budget
+    python benchmarks/bench_fewlabel.py --fixmatch-epochs 4,8,12,20 --labels 20
+    # one run, EMA scored at those epochs
+    python benchmarks/bench_fewlabel.py --curve 2,4,8,12,20,30 --labels 20 --seeds 3
 
 Defaults are chosen on demo seed 3 (never reported); the tables in benchmarks/README.md are seeds
 0, 1 and 2 (each seed's accuracy is in the JSON output).
@@ -17,9 +20,9 @@ Defaults are chosen on demo seed 3 (never reported); the tables in benchmarks/RE
 ``--curve`` trains FixMatch once with the default budget (``fixmatch_epochs``) and, at the end of
 each listed epoch, scores the weight average (the EMA model that would be saved) on the test
 images, with the wall time and the process's CPU time since training started (on a shared machine
-the CPU time of a one-thread run is the better estimate of the time on a quiet core). The learning rate follows the 30-epoch cosine
-schedule throughout, so an early point is what stopping that run early gives, not what a shorter
-budget (annealed to 0 sooner) gives.
+the CPU time of a one-thread run is the better estimate of the time on a quiet core). The learning
+rate follows the 30-epoch cosine schedule throughout, so an early point is what stopping that run
+early gives, not what a shorter budget (annealed to 0 sooner) gives.
 """
 
 from __future__ import annotations
@@ -104,7 +107,8 @@ def curve(labels: int, seed: int, cfg: ClassificationStudyConfig, epochs: list[i
     with mock.patch.object(classify, "build_classifier_stage", scored_stage):
         finetune_result(FinetuneConfig(
             data=str(data), method="fixmatch", epochs=max(epochs), preset=cfg.preset, channels=cfg.channels,
-            val_fraction=cfg.val_fraction, seed=seed, device=cfg.device, out=str(work / f"curve_{labels}_{seed}"), **fixmatch))
+            val_fraction=cfg.val_fraction, seed=seed, device=cfg.device, out=str(work / f"curve_{labels}_{seed}"),
+            **fixmatch))
     return points
 
 
@@ -138,12 +142,15 @@ def plot_curve(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.4), dpi=110)
     for key in sorted({(r["labels"], r["seed"]) for r in rows}):
         sel = [r for r in rows if (r["labels"], r["seed"]) == key]
-        ax.plot([r["cpu_seconds"] / 60 for r in sel], [r["test_acc"] for r in sel], "o-", label=f"{key[0]} labels/class, seed {key[1]}")
+        ax.plot([r["cpu_seconds"] / 60 for r in sel], [r["test_acc"] for r in sel], "o-",
+                label=f"{key[0]} labels/class, seed {key[1]}")
         for r in sel:
-            ax.annotate(str(r["epoch"]), (r["cpu_seconds"] / 60, r["test_acc"]), textcoords="offset points", xytext=(0, 5), fontsize=7)
+            ax.annotate(str(r["epoch"]), (r["cpu_seconds"] / 60, r["test_acc"]), textcoords="offset points",
+                        xytext=(0, 5), fontsize=7)
     ax.set(xlabel="CPU minutes of FixMatch training (one thread)", ylabel="test accuracy (EMA weights)",
            title="FixMatch accuracy against time (epoch at each point)")
-    late = [r["test_acc"] for r in rows if r["epoch"] >= 4] or [r["test_acc"] for r in rows]  # the first epochs are near chance
+    # the first epochs are near chance
+    late = [r["test_acc"] for r in rows if r["epoch"] >= 4] or [r["test_acc"] for r in rows]
     ax.set_ylim(max(0.0, min(late) - 0.02), 1.0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
@@ -155,13 +162,15 @@ def plot_curve(rows: list[dict], path: Path) -> None:
 def table(rows: list[dict]) -> str:
     lines = ["| labels/class | method | test accuracy (mean ± std) | seeds | val accuracy | seconds (mean) |",
              "|---:|---|---:|---:|---:|---:|"]
-    keys = sorted({(r["labels"], r["method"]) for r in rows}, key=lambda k: (k[0], [r["method"] for r in rows].index(k[1])))
+    keys = sorted({(r["labels"], r["method"]) for r in rows},
+                  key=lambda k: (k[0], [r["method"] for r in rows].index(k[1])))
     for labels, method in keys:
         sel = [r for r in rows if r["labels"] == labels and r["method"] == method]
         acc = [r["test_acc"] for r in sel if r["test_acc"] is not None]
         sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
         lines.append(f"| {labels} | {method} | {statistics.mean(acc):.3f} ± {sd:.3f} | {len(acc)} | "
-                     f"{statistics.mean(r['val_acc'] for r in sel):.3f} | {statistics.mean(r['seconds'] for r in sel):.0f} |")
+                     f"{statistics.mean(r['val_acc'] for r in sel):.3f} | "
+                     f"{statistics.mean(r['seconds'] for r in sel):.0f} |")
     return "\n".join(lines)
 
 
@@ -171,13 +180,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--methods", default=ClassificationStudyConfig.methods)
     ap.add_argument("--fixmatch-epochs", default=None, help="comma list: one fixmatch run per value (accuracy vs time)")
-    ap.add_argument("--curve", default=None, help="comma list of epochs: one fixmatch run, its EMA model scored at each")
+    ap.add_argument("--curve", default=None,
+                    help="comma list of epochs: one fixmatch run, its EMA model scored at each")
     ap.add_argument("--threshold", type=float, default=None, help="--curve only: fixmatch's confidence threshold tau")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                    help="--curve only: a fine-tuning setting of the FixMatch run (e.g. distribution_alignment=true); repeatable")
+                    help="--curve only: a fine-tuning setting of the FixMatch run (e.g. distribution_alignment=true); "
+                         "repeatable")
     ap.add_argument("--plain-fixmatch", action="store_true",
                     help="FixMatch with one confidence threshold (no FlexMatch class thresholds): the earlier default")
-    ap.add_argument("--n-test", type=int, default=500, help="test images (tuning only: a larger test set changes the unlabelled draw)")
+    ap.add_argument("--n-test", type=int, default=500,
+                    help="test images (tuning only: a larger test set changes the unlabelled draw)")
     ap.add_argument("--plot", default=None, help="--curve only: also draw test accuracy against minutes into this PNG")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--json", default=None, help="also write every row to this JSON file")
@@ -186,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     N_TEST = args.n_test
     if args.threads:
         torch.set_num_threads(args.threads)
-    base = ClassificationStudyConfig(methods=args.methods, device="cpu", fixmatch_class_thresholds=not args.plain_fixmatch)
+    base = ClassificationStudyConfig(methods=args.methods, device="cpu",
+                                     fixmatch_class_thresholds=not args.plain_fixmatch)
     variants = [base] if not args.fixmatch_epochs else [
         replace(base, methods="fixmatch", fixmatch_epochs=int(e)) for e in args.fixmatch_epochs.split(",")]
     rows: list[dict] = []
@@ -200,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         print("| labels/class | seed | epoch | test accuracy (EMA) | val accuracy | CPU seconds | wall seconds |\n"
               "|---:|---:|---:|---:|---:|---:|---:|")
         for r in rows:
-            print(f"| {r['labels']} | {r['seed']} | {r['epoch']} | {r['test_acc']:.3f} | {r['val_acc']:.3f} | {r['cpu_seconds']:.0f} | {r['seconds']:.0f} |")
+            print(f"| {r['labels']} | {r['seed']} | {r['epoch']} | {r['test_acc']:.3f} | {r['val_acc']:.3f} | "
+                  f"{r['cpu_seconds']:.0f} | {r['seconds']:.0f} |")
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=1))
         if args.plot:
