@@ -145,6 +145,7 @@ def run_class(c: int, args, names, settings: dict) -> dict:
             out["auroc"]["geometric"] = float(roc_auc_score(labels, scores["transform"]))
             out["auroc"]["geometric_knn"] = float(roc_auc_score(labels, scores["knn"]))
             out["geometric_best_epoch"] = det.best_epoch_ + 1
+            out["geometric_train_loss"] = [round(float(h["train_loss"]), 3) for h in det.history_]  # did it learn?
             out["geometric_false_alarm_rate"] = float(np.mean(scores[det.score][labels == 0] > det.threshold_))
         elif method == "reconstruction":
             from aelab.anomaly import ReconstructionDetector
