@@ -8,16 +8,20 @@ Self-Supervised Learning Can Improve Model Robustness and Uncertainty", Sec. 4.2
 translations). Solving the task needs what normal images look like: where the sky, the wheels, the
 ground are. On an image of another kind the network is unsure, whatever how busy it is.
 
-**Score** (higher = more anomalous): minus the mean over all ``K`` transformations of the
-log-probability the network gives to the right one,
+**Score** (higher = more anomalous), with ``heads="joint"`` (one softmax over the ``K``
+transformations): minus the mean over all ``K`` transformations of the log-probability the network
+gives to the right one,
 
     s(x) = -(1/K) * sum_k log softmax(f(T_k(x)))_k,
 
 the negative of the "simplified normality score" ``n_S(x) = (1/K) sum_k log y(T_k(x))_k`` of Golan
-& El-Yaniv 2018 (Sec. 4.1, used beside their Dirichlet score, Eq. 2) and the negative
-log-likelihood over all transformations that Hendrycks et al. 2019 (Sec. 4.2) score with. It is
-``>= 0`` (so ``score / (score + threshold)`` is defined) and 0 only for a network certain and right
-on every transformation.
+& El-Yaniv 2018 (Sec. 4.1, used beside their Dirichlet score, Eq. 2). With ``heads="separate"``
+(Hendrycks et al. 2019, Sec. 4.2) the network has one softmax per factor of ``T_k`` (rotation,
+flip, horizontal and vertical translation), is trained on the sum of their cross-entropies, and
+the score sums the heads' ``-log p(right answer)`` before the mean over ``k``
+(`aelab.anomaly.transforms`, which holds the transformations, labels, losses and scores). Either
+score is ``>= 0`` (so ``score / (score + threshold)`` is defined) and 0 only for a network certain
+and right on every transformation.
 
 ``score="knn"`` instead uses the mean cosine distance of the image's pooled features (averaged
 over its ``K`` transformed copies) to their ``knn`` nearest training images (Bergman, Cohen &
