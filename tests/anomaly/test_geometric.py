@@ -43,7 +43,8 @@ def unoriented(n: int, seed: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def fitted():
     torch.set_num_threads(1)
-    det = GeometricDetector(width=8, epochs=8, batch_size=16, lr=0.05, augment=1, patience=8, device="cpu", seed=0)
+    det = GeometricDetector(width=8, epochs=8, batch_size=16, lr=0.05, augment=1, patience=8, device="cpu", seed=0,
+                            heads="joint", shift=0)
     return det.fit(oriented(96, 0))
 
 
@@ -101,7 +102,7 @@ def test_score_matches_numpy_reference(fitted):
 
 
 def test_score_with_translations_matches_numpy_reference():
-    det = GeometricDetector(width=4, epochs=1, batch_size=16, shift=3, device="cpu").fit(oriented(24, 1))
+    det = GeometricDetector(width=4, epochs=1, batch_size=16, shift=3, heads="joint", device="cpu").fit(oriented(24, 1))
     assert det.num_transforms == 72
     imgs = oriented(4, 9)
     np.testing.assert_allclose(det.decision_function(imgs), numpy_reference(det, imgs), rtol=1e-4, atol=1e-5)
@@ -210,7 +211,7 @@ def test_cli_fit_score_evaluate_with_method_geometric(tmp_path):
         fit = tmp_path / "fit"
         assert cli_main.main(["anomaly", "fit", "--data", str(tmp_path / "data"), "--method", "geometric",
                               "--image_size", str(SIDE), "--geometric.width", "4", "--geometric.epochs", "2",
-                              "--geometric.batch_size", "8",
+                              "--geometric.batch_size", "8", "--geometric.shift", "4",
                               "--device", "cpu", "--out", str(fit)]) == 0
         th = json.loads((fit / "threshold.json").read_text())
         assert th["method"] == "geometric" and th["rule"] == "conformal" and th["n_train"] + th["n_held_out"] == 40
