@@ -146,6 +146,7 @@ def run_class(c: int, args, names, settings: dict) -> dict:
             out["auroc"]["geometric"] = float(roc_auc_score(labels, scores["transform"]))
             out["auroc"]["geometric_knn"] = float(roc_auc_score(labels, scores["knn"]))
             out["geometric_best_epoch"] = det.best_epoch_ + 1
+            out["geometric_train_loss"] = [round(float(h["train_loss"]), 3) for h in det.history_]  # did it learn?
             out["geometric_false_alarm_rate"] = float(np.mean(scores[det.score][labels == 0] > det.threshold_))
         elif method == "reconstruction":
             from aelab.anomaly import ReconstructionDetector
@@ -169,15 +170,19 @@ def run_class(c: int, args, names, settings: dict) -> dict:
 def report(results: list[dict], settings: dict, args, wall: float) -> str:
     cols = [m for m in ("geometric", "geometric_knn", "reconstruction", "pca16", "pca64", "pixel_knn")
             if all(m in r["auroc"] for r in results)]
-    lines = ["| class | " + " | ".join(cols) + " | CPU s geometric | CPU s reconstruction |", "|---" * (len(cols) + 3) + "|"]
+    lines = ["| class | " + " | ".join(cols) + " | CPU s geometric | CPU s reconstruction |",
+             "|---" * (len(cols) + 3) + "|"]
     for r in results:
+        cpu = r["cpu_seconds"]
         lines.append(f"| {r['class']} | " + " | ".join(f"{r['auroc'][m]:.3f}" for m in cols)
-                     + f" | {r['cpu_seconds'].get('geometric', 0):.0f} | {r['cpu_seconds'].get('reconstruction', 0):.0f} |")
-    lines.append("| **mean** | " + " | ".join(f"**{np.mean([r['auroc'][m] for r in results]):.3f}**" for m in cols) + " | | |")
+                     + f" | {cpu.get('geometric', 0):.0f} | {cpu.get('reconstruction', 0):.0f} |")
+    means = " | ".join(f"**{np.mean([r['auroc'][m] for r in results]):.3f}**" for m in cols)
+    lines.append("| **mean** | " + means + " | | |")
     lines.append("")
     lines.append(f"geometric settings {settings}; reconstruction epochs {args.recon_epochs}; {args.n_fit} fit / "
                  f"{args.n_test} held-out normal / {args.n_test} anomalous photos per class. Wall {wall:.0f} s; "
-                 f"{os.cpu_count()} CPU cores, 1 torch thread, load average {os.getloadavg()[0]:.1f}; python {platform.python_version()}.")
+                 f"{os.cpu_count()} CPU cores, 1 torch thread, load average {os.getloadavg()[0]:.1f}; "
+                 f"python {platform.python_version()}.")
     return "\n".join(lines)
 
 
@@ -189,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n_fit", type=int, default=800)
     parser.add_argument("--n_test", type=int, default=400)
     parser.add_argument("--recon_epochs", type=int, default=30)
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="GeometricDetector settings, e.g. epochs=20")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="GeometricDetector settings, e.g. epochs=20")
     parser.add_argument("--out", default="benchmarks/_work/oneclass_results.json")
     args = parser.parse_args(argv)
     if args.data is None:

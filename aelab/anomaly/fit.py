@@ -35,8 +35,8 @@ DETECTOR_KEYS: tuple[str, ...] = tuple(n for n in _SIGNATURE if n not in ("self"
 
 _GEOMETRIC = inspect.signature(GeometricDetector.__init__).parameters
 # Parameters of GeometricDetector set by `GeometricSettings` (the rest are shared with the reconstruction detector).
-GEOMETRIC_KEYS: tuple[str, ...] = ("width", "flips", "shift", "augment", "score", "knn", "epochs", "batch_size", "lr",
-                                   "weight_decay", "patience")
+GEOMETRIC_KEYS: tuple[str, ...] = ("width", "flips", "shift", "heads", "augment", "score", "knn", "epochs",
+                                   "batch_size", "lr", "weight_decay", "patience")
 # Shared by both detectors: taken from the top-level settings.
 SHARED_KEYS: tuple[str, ...] = ("image_size", "channels", "contamination", "threshold", "threshold_rule",
                                 "val_fraction")
@@ -65,6 +65,7 @@ class GeometricSettings:
         width: channels of the CNN's first block (then 2x and 4x).
         flips: add a horizontal flip to the 4 rotations (8 transformations).
         shift: also translate by this many pixels in x and y (3 x 3 grid: 9 times the transformations); 0 = none.
+        heads: joint (one softmax over all transformations) or separate (one per rotation, flip, x and y shift).
         augment: random translation of up to this many pixels while training.
         score: transform (minus the mean log-probability of the right transformation) or knn (feature kNN
             distance).
@@ -81,6 +82,7 @@ class GeometricSettings:
     width: int = _gdefault("width")
     flips: bool = _gdefault("flips")
     shift: int = _gdefault("shift")
+    heads: str = _gdefault("heads")
     augment: int = _gdefault("augment")
     score: str = _gdefault("score")
     knn: int = _gdefault("knn")

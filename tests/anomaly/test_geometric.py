@@ -48,29 +48,52 @@ def fitted():
     return det.fit(oriented(96, 0), engine=Engine(device="cpu"))
 
 
+OFFSETS = [(0, 0), (-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]  # (dy, dx) of translation t
+
+
+def numpy_transform(x: np.ndarray, k: int, flips: bool, s: int) -> np.ndarray:
+    """``T_k`` in numpy: translate by ``OFFSETS[t] * s`` (reflected border), flip, rotate ``k % 4`` quarter turns."""
+    per = 8 if flips else 4
+    dy, dx = (OFFSETS[k // per][0] * s, OFFSETS[k // per][1] * s) if s else (0, 0)
+    if (dy, dx) != (0, 0):
+        p = np.pad(x, ((0, 0), (0, 0), (s, s), (s, s)), mode="reflect")
+        x = p[..., s - dy : s - dy + SIDE, s - dx : s - dx + SIDE]
+    if flips and (k // 4) % 2:
+        x = x[..., ::-1]
+    return np.rot90(x, k % 4, axes=(2, 3))
+
+
+def numpy_logits(det: GeometricDetector, images: np.ndarray, k: int) -> np.ndarray:
+    mean, std = np.array(det.mean_).reshape(1, -1, 1, 1), np.array(det.std_).reshape(1, -1, 1, 1)
+    y = numpy_transform((images / 255.0 - mean) / std, k, det.flips, det.shift)
+    with torch.no_grad():
+        return det.model_(torch.from_numpy(np.ascontiguousarray(y)).float()).double().numpy()
+
+
+def numpy_log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(1, keepdims=True)
+    return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+
 def numpy_reference(det: GeometricDetector, images: np.ndarray) -> np.ndarray:
     """``-(1/K) sum_k log softmax(f(T_k x))_k`` with the transformations and softmax written in numpy."""
-    mean, std = np.array(det.mean_).reshape(1, -1, 1, 1), np.array(det.std_).reshape(1, -1, 1, 1)
-    x = (images / 255.0 - mean) / std
-    s = det.shift
-    offsets = [(0, 0), (-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)] if s else [(0, 0)]
-    per = 8 if det.flips else 4
+    K = num_transforms(det.flips, det.shift)
+    return -sum(numpy_log_softmax(numpy_logits(det, images, k))[:, k] for k in range(K)) / K
+
+
+def numpy_separate_reference(det: GeometricDetector, images: np.ndarray) -> np.ndarray:
+    """Hendrycks et al. 2019 (Sec. 4.2): ``(1/K) sum_k sum_heads -log p_head(right answer | T_k x)``, the
+    logits split into a 4-way rotation, 2-way flip, 3-way horizontal and 3-way vertical shift softmax."""
+    K, per = num_transforms(det.flips, det.shift), 8 if det.flips else 4
     total = np.zeros(len(images))
-    for k in range(num_transforms(det.flips, s)):
-        y = x
-        dy, dx = offsets[k // per][0] * s, offsets[k // per][1] * s
-        if (dy, dx) != (0, 0):
-            p = np.pad(y, ((0, 0), (0, 0), (s, s), (s, s)), mode="reflect")
-            y = p[..., s - dy : s - dy + SIDE, s - dx : s - dx + SIDE]
-        if det.flips and (k // 4) % 2:
-            y = y[..., ::-1]
-        y = np.rot90(y, k % 4, axes=(2, 3))
-        with torch.no_grad():
-            logits = det.model_(torch.from_numpy(np.ascontiguousarray(y)).float()).double().numpy()
-        logp = logits - logits.max(1, keepdims=True)
-        logp = logp - np.log(np.exp(logp).sum(1, keepdims=True))
-        total += logp[:, k]
-    return -total / num_transforms(det.flips, s)
+    for k in range(K):
+        z = numpy_logits(det, images, k)
+        rot, flip, (dy, dx) = k % 4, (k // 4) % 2, OFFSETS[k // per]
+        total += numpy_log_softmax(z[:, 0:4])[:, rot] + numpy_log_softmax(z[:, 4:6])[:, flip]
+        if det.shift:
+            total += numpy_log_softmax(z[:, 6:9])[:, {-1: 0, 0: 1, 1: 2}[dx]]
+            total += numpy_log_softmax(z[:, 9:12])[:, {-1: 0, 0: 1, 1: 2}[dy]]
+    return -total / K
 
 
 def test_score_matches_numpy_reference(fitted):
@@ -117,7 +140,41 @@ def test_save_load_round_trip_gives_identical_scores(fitted, tmp_path):
         ReconstructionDetector.load(file)
 
 
+@pytest.fixture(scope="module")
+def fitted_separate():
+    """Hendrycks et al.'s separate heads with translations by 2 pixels (K = 72: rotation, flip, x and y shift)."""
+    torch.set_num_threads(1)
+    det = GeometricDetector(width=8, epochs=8, batch_size=16, lr=0.05, augment=1, patience=8, random_state=0,
+                            heads="separate", shift=2)
+    return det.fit(oriented(96, 0), engine=Engine(device="cpu"))
+
+
+def test_separate_heads_score_matches_numpy_reference(fitted_separate):
+    assert fitted_separate.model_.head.out_features == 4 + 2 + 3 + 3
+    imgs = np.concatenate([oriented(4, 7), unoriented(4, 8)])
+    expected = numpy_separate_reference(fitted_separate, imgs)
+    np.testing.assert_allclose(fitted_separate.decision_function(imgs), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_separate_heads_rank_unoriented_images_above_held_out_normals(fitted_separate):
+    normal, anomalous = oriented(60, 11), unoriented(60, 12)
+    s = fitted_separate.decision_function(np.concatenate([normal, anomalous]))
+    assert roc_auc_score(np.r_[np.zeros(60), np.ones(60)], s) > 0.85
+    assert np.all(s >= 0)
+
+
+def test_separate_heads_save_load_round_trip(fitted_separate, tmp_path):
+    imgs = np.concatenate([oriented(4, 3), unoriented(4, 4)])
+    file = fitted_separate.save(tmp_path / "det.ckpt")
+    back = load_detector(file)
+    assert isinstance(back, GeometricDetector) and (back.heads, back.shift) == ("separate", 2)
+    np.testing.assert_array_equal(back.decision_function(imgs), fitted_separate.decision_function(imgs))
+    np.testing.assert_array_equal(back.predict(imgs), fitted_separate.predict(imgs))
+
+
 def test_bad_parameters_fail_before_training():
+    with pytest.raises(AelabError, match="heads"):
+        GeometricDetector(heads="both").fit(oriented(8, 0))
     with pytest.raises(AelabError, match="score"):
         GeometricDetector(score="mse").fit(oriented(8, 0))
     with pytest.raises(AelabError, match="half the image"):
