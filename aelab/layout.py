@@ -71,6 +71,11 @@ class RunLayout:
         """A classical reference's ``predictions.csv`` (a network's is in `predict_run`)."""
         return self.method_run(method) / "predictions.csv"
 
+    def method_probabilities(self, method: str) -> Path:
+        """Class probabilities of one study-1 method's validation and test images (``probabilities.npz``), which
+        the ``ensemble`` method combines."""
+        return self.method_run(method) / "probabilities.npz"
+
     def predict_run(self, stage: str) -> Path:
         """The prediction run inside a fine-tune's folder (``<stage>/predict``)."""
         return self.root / stage / "predict"

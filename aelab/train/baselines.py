@@ -21,11 +21,14 @@ __all__ = ["BaselineResult", "kmeans_features_baseline", "label_spreading_baseli
 
 @dataclass
 class BaselineResult:
-    """Predicted class indices for the validation images and the query (test) images."""
+    """Predicted class indices for the validation images and the query (test) images; the class probabilities
+    behind them where the method has them."""
 
     val_pred: np.ndarray
     query_pred: np.ndarray
     seconds: float
+    val_proba: np.ndarray | None = None
+    query_proba: np.ndarray | None = None
 
 
 def label_spreading_baseline(labelled: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
@@ -117,7 +120,15 @@ def kmeans_features_baseline(labelled: np.ndarray, labels: np.ndarray, train_idx
     feats = KMeansFeatures(n_centroids=n_centroids, learner=learner, random_state=seed, **feature_options).fit(source)
     X = feats.transform(labelled)
     clf, _ = logistic_cv(X[train_idx], labels[train_idx], C_GRID if C is None else (C,), seed=seed)
-    val_pred = clf.predict(X[val_idx]) if len(val_idx) else np.array([], dtype=np.int64)
-    none = np.array([], dtype=np.int64)
-    query_pred = clf.predict(feats.transform(query)) if query is not None and len(query) else none
-    return BaselineResult(val_pred, query_pred, time.perf_counter() - t0)
+    k = int(labels.max()) + 1
+
+    def proba(x: np.ndarray) -> np.ndarray:  # (N, K) over every class, also one the training split lacks
+        out = np.zeros((len(x), k))
+        if len(x):
+            out[:, clf.classes_] = clf.predict_proba(x)
+        return out
+
+    val_proba = proba(X[val_idx])
+    query_proba = proba(feats.transform(query) if query is not None and len(query) else X[:0])
+    return BaselineResult(val_proba.argmax(1), query_proba.argmax(1), time.perf_counter() - t0, val_proba,
+                          query_proba)

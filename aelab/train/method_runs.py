@@ -8,18 +8,25 @@ row. The registry (`aelab.train.methods`) names them.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from aelab.errors import NoUnlabelledImages
 from aelab.layout import RunLayout
 from aelab.results import MethodResult
-from aelab.runs import write_csv
+from aelab.runs import atomic_write, write_csv
 
-__all__ = ["pretrain_denoise", "run_course", "run_course_noaug", "run_fixmatch", "run_kmeans_features",
-           "run_label_spreading", "run_supervised", "run_vicreg"]
+if TYPE_CHECKING:
+    from aelab.data import DataLayout
+    from aelab.data.decode import ImageSet
+
+__all__ = ["StudyImages", "pretrain_denoise", "run_course", "run_course_noaug", "run_fixmatch", "run_kmeans_features",
+           "run_label_spreading", "run_supervised", "run_vicreg", "save_probabilities",
+           "score_test", "study_images"]
 
 
 def engine(cfg) -> dict:
@@ -76,7 +83,7 @@ def finetune_and_predict(name: str, cfg, data: Path, layout: RunLayout, **settin
     return result
 
 
-def _score_test(out: MethodResult, lay, classes: list[str], test, query_pred, path: Path) -> None:
+def score_test(out: MethodResult, lay, classes: list[str], test, query_pred, path: Path) -> None:
     """Write a classical reference's ``predictions.csv`` and its test accuracy when the data have test labels."""
     from aelab.data import image_ids, read_labels_csv
 
@@ -89,16 +96,32 @@ def _score_test(out: MethodResult, lay, classes: list[str], test, query_pred, pa
         out.test_acc = float(np.mean([t == p for t, p in pairs])) if pairs else None
 
 
-def classical(cfg, data: Path, layout: RunLayout, name: str, baseline_fn) -> MethodResult:
-    """A classical reference row: ``baseline_fn`` (the signature of `label_spreading_baseline`) on the
-    decoded images at the preset's size, the same split as the networks; writes its ``predictions.csv``."""
+@dataclass
+class StudyImages:
+    """The images every study-1 method sees, decoded at one size: the labelled ones with the shared split, the
+    unlabelled ones and the test folder (None where the data have none)."""
+
+    layout: DataLayout
+    classes: list[str]
+    images: np.ndarray
+    labels: np.ndarray
+    names: list[str]  # of the labelled images, relative to the labelled folder
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    unlabelled: np.ndarray | None
+    test: ImageSet | None
+
+
+def study_images(cfg, data: Path, prep=None) -> StudyImages:
+    """Decode the study's images with ``prep`` (default: the preset's size and ``cfg.channels``) and split the
+    labelled ones as the networks do (`split_indices` with ``cfg.val_fraction`` and ``cfg.seed``)."""
     from aelab.data import Preprocessing, load_images, resolve_layout, scan_labelled
     from aelab.models import preset_config
     from aelab.train.loaders import split_indices
 
-    t0 = time.perf_counter()
-    mc = preset_config(cfg.preset, image_size=cfg.image_size, in_channels=cfg.channels)
-    prep = Preprocessing(image_size=mc.image_size, channels=mc.in_channels)
+    if prep is None:
+        mc = preset_config(cfg.preset, image_size=cfg.image_size, in_channels=cfg.channels)
+        prep = Preprocessing(image_size=mc.image_size, channels=mc.in_channels)
     lay = resolve_layout(data)
     lab = scan_labelled(lay.require("labelled"))
     images = load_images(lab.paths, prep.image_size, prep.channels, strict=cfg.strict)
@@ -107,12 +130,38 @@ def classical(cfg, data: Path, layout: RunLayout, name: str, baseline_fn) -> Met
     unl = prep.load(lay.unlabelled, strict=cfg.strict).images if lay.unlabelled is not None else None
     test = prep.load(lay.test, strict=cfg.strict) if lay.test is not None else None
     train_idx, val_idx = split_indices(len(labels), cfg.val_fraction, cfg.seed, labels)
-    res = baseline_fn(images.images, labels, train_idx, val_idx, unl, None if test is None else test.images,
-                      seed=cfg.seed)
-    out = MethodResult(name, float(np.mean(res.val_pred == labels[val_idx])), int(len(val_idx)),
+    names = [Path(p).resolve().relative_to(Path(lay.labelled).resolve()).as_posix() for p in images.paths]
+    return StudyImages(lay, list(lab.classes), images.images, labels, names, train_idx, val_idx, unl, test)
+
+
+def save_probabilities(path: Path, val: np.ndarray, test: np.ndarray | None, s: StudyImages) -> None:
+    """``probabilities.npz``: validation and test class probabilities, with what identifies the images they are
+    of (the validation images' names, the test ids, the class names), so a later method can check it combines like
+    with like."""
+    from aelab.data import image_ids
+
+    arrays = dict(val=np.asarray(val, np.float32), val_names=np.array([s.names[i] for i in s.val_idx]),
+                  classes=np.array(s.classes))
+    if test is not None and s.test is not None:
+        arrays.update(test=np.asarray(test, np.float32), test_ids=np.array(image_ids(s.test.paths)))
+    atomic_write(path, lambda fh: np.savez(fh, **arrays))
+
+
+def classical(cfg, data: Path, layout: RunLayout, name: str, baseline_fn) -> MethodResult:
+    """A classical reference row: ``baseline_fn`` (the signature of `label_spreading_baseline`) on the
+    decoded images at the preset's size, the same split as the networks; writes its ``predictions.csv`` (and its
+    ``probabilities.npz`` when the reference gives probabilities)."""
+    t0 = time.perf_counter()
+    s = study_images(cfg, data)
+    res = baseline_fn(s.images, s.labels, s.train_idx, s.val_idx, s.unlabelled,
+                      None if s.test is None else s.test.images, seed=cfg.seed)
+    out = MethodResult(name, float(np.mean(res.val_pred == s.labels[s.val_idx])), int(len(s.val_idx)),
                        labels_per_class(data))
-    if test is not None:
-        _score_test(out, lay, lab.classes, test, res.query_pred, layout.method_predictions(name))
+    if s.test is not None:
+        score_test(out, s.layout, s.classes, s.test, res.query_pred, layout.method_predictions(name))
+    if res.val_proba is not None:
+        layout.method_run(name).mkdir(parents=True, exist_ok=True)
+        save_probabilities(layout.method_probabilities(name), res.val_proba, res.query_proba, s)
     out.seconds = round(time.perf_counter() - t0, 2)
     return out
 

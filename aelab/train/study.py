@@ -14,6 +14,8 @@ test folder. Methods:
 ``label-spreading`` classical reference: LabelSpreading on a PCA of the pixels (scikit-learn)
 ``kmeans-features`` classical reference: single-layer k-means features (Coates, Lee & Ng 2011)
                     learned on the unlabelled images, logistic regression
+``ensemble``        fixmatch and kmeans-features together: a weighted average of their class
+                    probabilities (`aelab.train.ensemble`); runs after both
 ==================  ==========================================================================
 
 ``aelab run`` runs one method per stage (so an interrupted run resumes per method);
@@ -56,7 +58,8 @@ class ClassificationStudyConfig(RunOptions):
 
     Attributes:
         methods: comma-separated methods to compare: supervised, course, course-noaug, fixmatch, vicreg,
-            label-spreading, kmeans-features (aelab.train.methods).
+            label-spreading, kmeans-features, ensemble (aelab.train.methods; ensemble combines fixmatch and
+            kmeans-features, so it comes after both).
         preset: network size: tiny, small (CPU) or course (the course report's network, for GPUs).
         image_size: square size every image is resized to; none = the preset's.
         channels: 1 or 3 image channels.
@@ -78,7 +81,7 @@ class ClassificationStudyConfig(RunOptions):
         kmeans_features_learner: its dictionary learner: kmeans (scikit-learn) or ekm (Equilibrium K-Means).
     """
 
-    methods: str = "supervised,course,course-noaug,fixmatch,vicreg,label-spreading,kmeans-features"
+    methods: str = "supervised,course,course-noaug,fixmatch,vicreg,label-spreading,kmeans-features,ensemble"
     preset: str = _finetune_default("preset")
     image_size: int | None = _finetune_default("image_size")
     channels: int = _finetune_default("channels")

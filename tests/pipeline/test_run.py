@@ -15,7 +15,8 @@ from aelab.pipeline import RunConfig, run_all
 TINY = dict(preset="tiny", pretrain_epochs=1, finetune_epochs=2, fixmatch_epochs=1, vicreg_epochs=1,
             anomaly=AnomalyStudySettings(epochs=2, geometric=GeometricSettings(epochs=1, width=4)),
             demo_unlabelled=150, demo_labelled_per_class=6, demo_test=60, device="cpu", kmeans_features_centroids=32)
-METHODS = ["supervised", "course", "course-noaug", "fixmatch", "vicreg", "label-spreading", "kmeans-features"]
+METHODS = ["supervised", "course", "course-noaug", "fixmatch", "vicreg", "label-spreading", "kmeans-features",
+           "ensemble"]
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def test_report_files_and_sections(run_dir):
     pred = (run_dir / "predictions.csv").read_text()
     chosen = stages["predict"]["result"]["chosen"]
     assert chosen == choose([MethodResult(**stages[m]["result"]) for m in METHODS])[0].method
-    folder = run_dir / chosen / ("" if chosen in ("label-spreading", "kmeans-features") else "predict")
+    folder = run_dir / chosen / ("" if chosen in ("label-spreading", "kmeans-features", "ensemble") else "predict")
     assert pred == (folder / "predictions.csv").read_text()
     assert pred.splitlines()[0] == "id,label" and len(pred.splitlines()) == 1 + TINY["demo_test"]
 
