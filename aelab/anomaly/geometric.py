@@ -114,9 +114,9 @@ class GeometricDetector(BaseDetector):
         contamination, threshold, threshold_rule: as `ReconstructionDetector` (conformal by default).
         epochs, batch_size, lr, weight_decay, patience: training (SGD with Nesterov momentum 0.9,
             cosine schedule; the epoch with the lowest held-out normals' mean score is kept, and ``patience``
-            epochs without a lower one stop early). ``patience`` 30 = the whole 30-epoch schedule: with 10, cat
-            and frog photos stopped at epochs 11-20 while the loss was still near chance, before the
-            transformation task had started to be learnt (benchmarks/README.md, "One-class CIFAR-10").
+            epochs without a lower one stop early). With the default 30 epochs, ``patience`` 30 runs the whole
+            schedule: with 10, cat and frog photos stopped at epochs 11-20 while the loss was still near chance,
+            before the transformation task had started to be learnt (benchmarks/README.md, "One-class CIFAR-10").
         val_fraction: share of the normal images held out (early stopping and threshold).
         random_state: seed of the split, the initialisation and the transformations drawn.
     """

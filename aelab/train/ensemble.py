@@ -54,23 +54,47 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
-def _member_files(layout: RunLayout) -> tuple[Path, Path]:
+def _member_files(cfg, layout: RunLayout) -> tuple[Path, Path]:
+    """The ``fixmatch`` checkpoint and the ``kmeans-features`` probabilities of this run folder.
+
+    A member not in ``--methods`` skips the row (`StageSkipped`, with the reason). A member that was asked for
+    but has not finished is an error, so that ``aelab run`` runs the row again on resume, after the member
+    (``aelab run`` records each stage in ``stages.json``: a member there must be ``done``)."""
+    from aelab.runs import read_json
     from aelab.train.checkpoint import resolve_checkpoint
 
+    absent = [m for m in MEMBERS if m not in cfg.method_list()]
+    if absent:
+        raise StageSkipped(f"the ensemble combines {' and '.join(MEMBERS)}, and {' and '.join(absent)} is not in "
+                           f"--methods (put {', '.join(MEMBERS)} before ensemble)")
+    stages = read_json(layout.stages, {})
+    unfinished = [m for m in MEMBERS if m in stages and (stages[m] or {}).get("status") != "done"]
     network, features = MEMBERS
-    missing = []
     try:
         ckpt = resolve_checkpoint(layout.method_run(network))
-    except (AelabError, OSError):
+    except AelabError:
         ckpt = None
-        missing.append(network)
+        unfinished.append(network)
     probs = layout.method_probabilities(features)
     if not probs.is_file():
-        missing.append(features)
-    if missing:
-        raise StageSkipped(f"the ensemble combines {' and '.join(MEMBERS)}, and {' and '.join(missing)} did not run "
-                           f"in {layout.root} (put {', '.join(MEMBERS)} before ensemble in --methods)")
+        unfinished.append(features)
+    if unfinished:
+        names = " and ".join(dict.fromkeys(unfinished))
+        raise AelabError(f"the ensemble combines {' and '.join(MEMBERS)}, and {names} has not finished in "
+                         f"{layout.root}")
     return ckpt, probs
+
+
+def _read_probabilities(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path) as f:
+            feat = {k: f[k] for k in f.files}
+    except Exception as exc:  # a truncated or foreign file: one line, not a zip traceback
+        raise AelabError(f"cannot read {path}: {exc.__class__.__name__}: {exc} (run kmeans-features again)") from None
+    missing = {"val", "val_names", "classes"} - set(feat)
+    if missing:
+        raise AelabError(f"{path} lacks {', '.join(sorted(missing))} (run kmeans-features again)")
+    return feat
 
 
 def _network_probabilities(ckpt: Path, cfg, data: Path):
@@ -83,7 +107,7 @@ def _network_probabilities(ckpt: Path, cfg, data: Path):
 
     model, state = load_model(ckpt)
     prep = Preprocessing.from_dict(state["preprocessing"])
-    s = study_images(cfg, data, prep)
+    s = study_images(cfg, data, prep, unlabelled=False)
     if list(state.get("classes") or []) != s.classes:
         raise AelabError(f"{ckpt} was trained on other classes than the labelled folder of {data}")
 
@@ -103,12 +127,11 @@ def run_ensemble(cfg, data: Path, layout: RunLayout, pretrained: Path | None = N
 
     t0 = time.perf_counter()
     require_unlabelled(data, "ensemble")
-    ckpt, probs_file = _member_files(layout)
+    ckpt, probs_file = _member_files(cfg, layout)
+    feat = _read_probabilities(probs_file)
     s, net_val, net_test = _network_probabilities(ckpt, cfg, data)
-    with np.load(probs_file) as f:
-        feat = {k: f[k] for k in f.files}
     same_val = list(feat["val_names"]) == [s.names[i] for i in s.val_idx] and list(feat["classes"]) == s.classes
-    same_test = (s.test is None) == ("test" not in feat) and (
+    same_test = (s.test is None) == ("test" not in feat or "test_ids" not in feat) and (
         s.test is None or list(feat["test_ids"]) == image_ids(s.test.paths))
     if not (same_val and same_test):
         raise AelabError(f"{probs_file} belongs to other images than {data} with this split: run kmeans-features "

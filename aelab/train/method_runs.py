@@ -7,6 +7,7 @@ row. The registry (`aelab.train.methods`) names them.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -112,9 +113,10 @@ class StudyImages:
     test: ImageSet | None
 
 
-def study_images(cfg, data: Path, prep=None) -> StudyImages:
+def study_images(cfg, data: Path, prep=None, unlabelled: bool = True) -> StudyImages:
     """Decode the study's images with ``prep`` (default: the preset's size and ``cfg.channels``) and split the
-    labelled ones as the networks do (`split_indices` with ``cfg.val_fraction`` and ``cfg.seed``)."""
+    labelled ones as the networks do (`split_indices` with ``cfg.val_fraction`` and ``cfg.seed``); the unlabelled
+    images only when ``unlabelled``."""
     from aelab.data import Preprocessing, load_images, resolve_layout, scan_labelled
     from aelab.models import preset_config
     from aelab.train.loaders import split_indices
@@ -126,11 +128,15 @@ def study_images(cfg, data: Path, prep=None) -> StudyImages:
     lab = scan_labelled(lay.require("labelled"))
     images = load_images(lab.paths, prep.image_size, prep.channels, strict=cfg.strict)
     kept = {Path(p).resolve() for p in images.paths}
-    labels = lab.labels[[Path(p).resolve() in kept for p in lab.paths]]
-    unl = prep.load(lay.unlabelled, strict=cfg.strict).images if lay.unlabelled is not None else None
+    keep = [Path(p).resolve() in kept for p in lab.paths]
+    labels = lab.labels[keep]
+    # names as listed (not resolved: a folder of links names its images, not their targets)
+    names = [Path(os.path.relpath(p, lay.labelled)).as_posix() for p, k in zip(lab.paths, keep) if k]
+    unl = None
+    if unlabelled and lay.unlabelled is not None:
+        unl = prep.load(lay.unlabelled, strict=cfg.strict).images
     test = prep.load(lay.test, strict=cfg.strict) if lay.test is not None else None
     train_idx, val_idx = split_indices(len(labels), cfg.val_fraction, cfg.seed, labels)
-    names = [Path(p).resolve().relative_to(Path(lay.labelled).resolve()).as_posix() for p in images.paths]
     return StudyImages(lay, list(lab.classes), images.images, labels, names, train_idx, val_idx, unl, test)
 
 
@@ -147,6 +153,11 @@ def save_probabilities(path: Path, val: np.ndarray, test: np.ndarray | None, s: 
     atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
+def _all_classes(proba: np.ndarray, s: StudyImages) -> np.ndarray:
+    """``proba`` with a zero column for each class after the last one with labelled images (an empty folder)."""
+    return np.pad(proba, ((0, 0), (0, len(s.classes) - proba.shape[1])))
+
+
 def classical(cfg, data: Path, layout: RunLayout, name: str, baseline_fn) -> MethodResult:
     """A classical reference row: ``baseline_fn`` (the signature of `label_spreading_baseline`) on the
     decoded images at the preset's size, the same split as the networks; writes its ``predictions.csv`` (and its
@@ -161,7 +172,8 @@ def classical(cfg, data: Path, layout: RunLayout, name: str, baseline_fn) -> Met
         score_test(out, s.layout, s.classes, s.test, res.query_pred, layout.method_predictions(name))
     if res.val_proba is not None:
         layout.method_run(name).mkdir(parents=True, exist_ok=True)
-        save_probabilities(layout.method_probabilities(name), res.val_proba, res.query_proba, s)
+        save_probabilities(layout.method_probabilities(name), _all_classes(res.val_proba, s),
+                           None if res.query_proba is None else _all_classes(res.query_proba, s), s)
     out.seconds = round(time.perf_counter() - t0, 2)
     return out
 

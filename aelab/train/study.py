@@ -115,6 +115,11 @@ class ClassificationStudyConfig(RunOptions):
         if unknown or not names:
             raise AelabError(f"unknown method(s) {', '.join(unknown) or '(none)'}; "
                              f"choose from {', '.join(METHODS)}")
+        for i, m in enumerate(names):
+            late = [n for n in METHODS[m].needs if n in names[i + 1:]]
+            if late:
+                raise AelabError(f"{m} reads the results of {', '.join(late)}: put {', '.join(late)} before {m} in "
+                                 "--methods")
         return names
 
 
@@ -229,8 +234,11 @@ def classification_study(cfg: ClassificationStudyConfig, data: str | Path, out: 
 
 def submission(result: StudyResult, layout: RunLayout) -> ClassificationResult:
     """Study 1's record for ``aelab run``: the chosen method and the network study 2 embeds with (the chosen
-    method's, or the best network's when a classical reference won; relative to the run folder)."""
-    chosen_run = next((r.run for r in result.rows if r.method == result.chosen and r.run), None)
+    method's; for a method that combines others, the first of them with a network; the best network's when a
+    classical reference won; relative to the run folder)."""
+    runs = {r.method: r.run for r in result.rows if r.run}
+    own = [result.chosen, *(METHODS[result.chosen].needs if result.chosen in METHODS else ())]
+    chosen_run = next((runs[m] for m in own if m in runs), None)
     best_run = max((r for r in result.rows if r.run), key=lambda r: r.val_acc, default=None)
     model = chosen_run or (best_run.run if best_run else None)
     return ClassificationResult(result.chosen, result.reason, layout.relative(layout.methods_csv),

@@ -15,9 +15,11 @@ def test_combine_is_the_weighted_sum_rule():
     a, b = rng.dirichlet(np.ones(4), 5), rng.dirichlet(np.ones(4), 5)
     np.testing.assert_allclose(combine(a, b, 0.25), 0.25 * a + 0.75 * b)
     np.testing.assert_allclose(combine(a, b).sum(1), 1.0)
-    # a confident network outvotes soft features at the default weight, not the other way round
+    # a confident network outvotes soft features at the default weight; a hesitant one does not
     sharp, soft = np.array([[0.98, 0.01, 0.01]]), np.array([[0.30, 0.45, 0.25]])
-    assert combine(sharp, soft).argmax() == 0 and NETWORK_WEIGHT < 0.5
+    assert combine(sharp, soft).argmax() == 0
+    assert combine(np.array([[0.5, 0.4, 0.1]]), soft).argmax() == 1
+    assert combine(sharp, soft, NETWORK_WEIGHT).tolist() == combine(sharp, soft).tolist()
 
 
 def _read(path):
@@ -76,7 +78,67 @@ def test_ensemble_without_its_members_is_skipped_with_the_reason(demo_root, tmp_
                                     device="cpu")
     result = classification_study(cfg, demo_root, tmp_path / "run")
     assert [r.method for r in result.rows] == ["kmeans-features"]
-    assert "fixmatch did not run" in result.skipped["ensemble"] and "--methods" in result.skipped["ensemble"]
+    assert "fixmatch is not in --methods" in result.skipped["ensemble"]
+
+
+def test_ensemble_before_its_members_is_refused_in_one_line():
+    from aelab.errors import AelabError
+    from aelab.train.study import ClassificationStudyConfig
+
+    with pytest.raises(AelabError, match="put fixmatch before ensemble"):
+        ClassificationStudyConfig(methods="kmeans-features,ensemble,fixmatch")
+
+
+def test_unfinished_member_is_an_error_so_a_resumed_run_retries_it(study, demo_root, tmp_path):
+    """In an `aelab run` folder a member that failed (status in stages.json) must not be combined, even with a
+    checkpoint on disk, and the row must fail (retried on resume), not be skipped for good."""
+    import json
+    import shutil
+
+    from aelab.errors import AelabError, StageSkipped
+    from aelab.layout import RunLayout
+    from aelab.train.ensemble import run_ensemble
+
+    cfg, out, _ = study
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    (copy / "stages.json").write_text(json.dumps({"fixmatch": {"status": "failed"},
+                                                  "kmeans-features": {"status": "done"}}))
+    with pytest.raises(AelabError, match="fixmatch has not finished") as err:
+        run_ensemble(cfg, demo_root, RunLayout(copy))
+    assert not isinstance(err.value, StageSkipped)
+    (copy / "kmeans-features" / "probabilities.npz").write_bytes(b"not a zip")
+    (copy / "stages.json").write_text(json.dumps({"fixmatch": {"status": "done"}}))
+    with pytest.raises(AelabError, match="cannot read .*probabilities.npz"):
+        run_ensemble(cfg, demo_root, RunLayout(copy))
+
+
+def test_submitted_ensemble_embeds_with_the_fixmatch_network(study):
+    from aelab.layout import RunLayout
+    from aelab.train.study import StudyResult, submission
+
+    cfg, out, result = study
+    chosen = StudyResult(result.rows, "ensemble", "test", result.predictions)
+    assert submission(chosen, RunLayout(out)).model == "fixmatch"
+
+
+def test_linked_labelled_images_keep_their_listed_names(demo_root, tmp_path):
+    """A folder of symbolic links (how the benchmarks draw their folders) names its images, not the targets."""
+    from aelab.train.method_runs import study_images
+    from aelab.train.study import ClassificationStudyConfig
+
+    linked = tmp_path / "data"
+    for part in ("dev/unlabelled", "test"):
+        (linked / part).parent.mkdir(parents=True, exist_ok=True)
+        (linked / part).symlink_to(demo_root / part)
+    for folder in sorted((demo_root / "dev" / "labelled").iterdir()):
+        (linked / "dev" / "labelled" / folder.name).mkdir(parents=True)
+        for f in sorted(folder.iterdir()):
+            (linked / "dev" / "labelled" / folder.name / f"link_{f.name}").symlink_to(f)
+    s = study_images(ClassificationStudyConfig(channels=1, device="cpu"), linked, unlabelled=False)
+    assert s.unlabelled is None and len(s.names) == len(s.labels) > 0
+    assert all(n.split("/")[1].startswith("link_") for n in s.names)
+    assert [s.classes.index(n.split("/")[0]) for n in s.names] == s.labels.tolist()
 
 
 def test_ensemble_refuses_probabilities_of_another_split(study, demo_root, tmp_path):
