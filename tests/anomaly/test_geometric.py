@@ -253,3 +253,27 @@ def test_cli_geometric_defaults_are_the_detectors():
     parsed = build_parser().parse_args(["anomaly", "fit"])["anomaly"]["fit"]
     assert parsed["method"] == "auto"
     assert {k: parsed["geometric"][k] for k in GEOMETRIC_KEYS} == {k: sig[k] for k in GEOMETRIC_KEYS}
+
+
+def test_combined_score_is_the_sum_of_the_two_scaled_by_held_out_spread(fitted):
+    """``transform+knn`` = s_t/σ_t + s_knn/σ_knn, σ the standard deviation over the held-out normals."""
+    imgs = np.concatenate([oriented(6, 3), unoriented(6, 4)])
+    scores = fitted.all_scores(imgs)
+    assert set(scores) == {"transform", "knn", "transform+knn"}
+    assert fitted.score_scale_["transform"] == pytest.approx(np.std(fitted.val_scores_))  # score="transform" here
+    scale = fitted.score_scale_
+    np.testing.assert_allclose(scores["transform+knn"],
+                               scores["transform"] / scale["transform"] + scores["knn"] / scale["knn"])
+    np.testing.assert_allclose(scores["transform"], numpy_reference(fitted, imgs), rtol=1e-4, atol=1e-5)
+
+
+def test_combined_score_ranks_unoriented_images_and_survives_save_load(tmp_path):
+    torch.set_num_threads(1)
+    det = GeometricDetector(width=8, epochs=8, batch_size=16, lr=0.05, augment=1, patience=8, random_state=0,
+                            score="transform+knn").fit(oriented(96, 0), engine=Engine(device="cpu"))
+    normal, anomalous = oriented(60, 11), unoriented(60, 12)
+    s = det.decision_function(np.concatenate([normal, anomalous]))
+    assert roc_auc_score(np.r_[np.zeros(60), np.ones(60)], s) > 0.85 and np.all(s >= 0)
+    assert det.threshold_ == pytest.approx(np.max(det.val_scores_))
+    back = GeometricDetector.load(det.save(tmp_path / "det.ckpt"))
+    np.testing.assert_array_equal(back.decision_function(anomalous), det.decision_function(anomalous))
