@@ -48,12 +48,6 @@ def combine(network: np.ndarray, features: np.ndarray, weight: float = NETWORK_W
     return weight * network + (1.0 - weight) * features
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
-
-
 def _member_files(cfg, layout: RunLayout) -> tuple[Path, Path]:
     """The ``fixmatch`` checkpoint and the ``kmeans-features`` probabilities of this run folder.
 
@@ -100,6 +94,8 @@ def _read_probabilities(path: Path) -> dict[str, np.ndarray]:
 def _network_probabilities(ckpt: Path, cfg, data: Path):
     """The fine-tuned network's probabilities of the validation and test images, decoded with its own
     preprocessing and split as in training."""
+    from scipy.special import softmax
+
     from aelab.data import Preprocessing
     from aelab.train.checkpoint import load_model
     from aelab.train.inference import batched_forward
@@ -112,7 +108,7 @@ def _network_probabilities(ckpt: Path, cfg, data: Path):
         raise AelabError(f"{ckpt} was trained on other classes than the labelled folder of {data}")
 
     def probs(images: np.ndarray) -> np.ndarray:
-        return _softmax(batched_forward(model, prep, images, device=cfg.device, want=("logits",)).logits)
+        return softmax(batched_forward(model, prep, images, device=cfg.device, want=("logits",)).logits, axis=1)
 
     val = probs(s.images[s.val_idx])
     test = probs(s.test.images) if s.test is not None else None
