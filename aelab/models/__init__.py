@@ -1,6 +1,7 @@
-"""Networks: the residual block and the residual U-Net autoencoder with its presets."""
+"""Networks: the residual U-Net autoencoder with its presets, and a plain CNN without a decoder for photos."""
 
 from aelab.models.autoencoder import (
+    ARCHS,
     PRESETS,
     AutoencoderOutput,
     ModelConfig,
@@ -9,11 +10,15 @@ from aelab.models.autoencoder import (
     preset_config,
 )
 from aelab.models.blocks import ResidualBlock
+from aelab.models.cnn import ConvBlock, PlainCNN
 
 __all__ = [
+    "ARCHS",
     "PRESETS",
     "AutoencoderOutput",
+    "ConvBlock",
     "ModelConfig",
+    "PlainCNN",
     "ResUNetAutoencoder",
     "ResidualBlock",
     "build_model",

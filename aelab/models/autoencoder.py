@@ -11,10 +11,17 @@ from torch import nn
 
 from aelab.errors import AelabError
 from aelab.models.blocks import ResidualBlock
+from aelab.models.whiten import WhiteningStem
 
-__all__ = ["AutoencoderOutput", "ModelConfig", "ResUNetAutoencoder", "PRESETS", "build_model", "preset_config"]
+__all__ = ["ARCHS", "AutoencoderOutput", "ModelConfig", "ResUNetAutoencoder", "PRESETS", "build_model",
+           "preset_config"]
 
 HEADS = ("mlp", "bn-mlp", "linear", "pool", "none")
+#: Networks: the residual U-Net autoencoder (`ResUNetAutoencoder`, the course report's) and a plain convolutional
+#: classifier without a decoder (`aelab.models.cnn.PlainCNN`, for photos).
+ARCHS = ("unet", "cnn")
+#: The heads a `PlainCNN` takes: its embedding is already pooled.
+CNN_HEADS = ("pool", "linear", "none")
 
 
 class PoolHead(nn.Module):
@@ -68,6 +75,9 @@ class ModelConfig:
         dropout: dropout of the mlp head.
         stem: output channels of a fixed first layer that PCA-whitens 3×3 patches (`aelab.models.whiten`),
             fitted on the training images before training (0 = none; even: each direction with both signs).
+        arch: ``"unet"`` (`ResUNetAutoencoder`) or ``"cnn"`` (`aelab.models.cnn.PlainCNN`: no decoder; its
+            block ``i`` has ``width * 2**i`` channels and its embedding is pooled, ``width * 2**(depth-1)``
+            values). Checkpoints from before this field are U-Nets.
     """
 
     in_channels: int = 3
@@ -80,6 +90,7 @@ class ModelConfig:
     head_hidden: int | None = None
     dropout: float = 0.5
     stem: int = 0
+    arch: str = "unet"
 
     def validate(self) -> None:
         if self.in_channels not in (1, 3):
@@ -100,6 +111,10 @@ class ModelConfig:
                              f"(both signs of the {9 * self.in_channels} directions of a 3x3 patch), got {self.stem}")
         if not 0.0 <= self.dropout < 1.0:
             raise AelabError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.arch not in ARCHS:
+            raise AelabError(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        if self.arch == "cnn" and self.head not in CNN_HEADS:
+            raise AelabError(f"head {self.head!r} is the U-Net's; the cnn network takes {', '.join(CNN_HEADS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -117,20 +132,29 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": dict(width=16, depth=3, image_size=32),
     "course": dict(width=64, depth=4, image_size=64, in_channels=3, head="mlp", head_hidden=1024, dropout=0.5),
 }
+#: The first block's width of each preset's cnn network (same depth and image size). `small`: 48, 96 and 192
+#: channels, 657k parameters with a 24-channel whitening layer, as the prototype measured in benchmarks/README.md;
+#: the U-Net's 16 would give a network of 74k.
+CNN_WIDTHS: dict[str, int] = {"tiny": 8, "small": 48, "course": 64}
 
 
 def preset_config(name: str, **overrides: Any) -> ModelConfig:
-    """A ``ModelConfig`` from a preset name with keyword overrides (``None`` values are ignored)."""
+    """A ``ModelConfig`` from a preset name with keyword overrides (``None`` values are ignored).
+
+    With ``arch="cnn"`` the width is `CNN_WIDTHS`' unless given, and the course preset's mlp head becomes ``pool``.
+    """
     if name not in PRESETS:
         raise AelabError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     values = dict(PRESETS[name])
+    if overrides.get("arch") == "cnn":
+        values.update(width=CNN_WIDTHS[name], head="pool")
     values.update({k: v for k, v in overrides.items() if v is not None})
     cfg = ModelConfig(**values)
     cfg.validate()
     return cfg
 
 
-class ResUNetAutoencoder(nn.Module):
+class ResUNetAutoencoder(WhiteningStem, nn.Module):
     """Residual U-Net autoencoder with an optional classifier head on the flattened bottleneck.
 
     Encoder: ``depth`` residual blocks each followed by 2× max pooling, then a bottleneck block.
@@ -157,18 +181,19 @@ class ResUNetAutoencoder(nn.Module):
         head_hidden: int | None = None,
         dropout: float = 0.5,
         stem: int = 0,
+        arch: str = "unet",
     ):
         super().__init__()
         self.config = ModelConfig(
-            in_channels, width, depth, image_size, num_classes, skip_connections, head, head_hidden, dropout, stem
+            in_channels, width, depth, image_size, num_classes, skip_connections, head, head_hidden, dropout, stem,
+            arch,
         )
         self.config.validate()
+        if arch != "unet":
+            raise AelabError(f"ResUNetAutoencoder builds arch 'unet', not {arch!r}; use build_model")
         chans = [width * 2**i for i in range(depth)]
         bottleneck_ch = width * 2**depth
-        self.stem = None
-        if stem:
-            self.stem = nn.Conv2d(in_channels, stem, kernel_size=3, padding=1)
-            self.stem.requires_grad_(False)  # fitted on the data (`fit_stem`), never trained
+        self.stem = self.make_stem(in_channels, stem)
         self.encoders = nn.ModuleList(
             ResidualBlock(cin, cout) for cin, cout in zip([stem or in_channels] + chans[:-1], chans)
         )
@@ -207,14 +232,19 @@ class ResUNetAutoencoder(nn.Module):
                    nn.Linear(hidden, num_classes)]
         return nn.Sequential(*layers)
 
-    def fit_stem(self, x: torch.Tensor, seed: int = 0) -> None:
-        """Fit the whitening layer (if the network has one) on network inputs ``x`` ``(N, C, H, W)``."""
-        if self.stem is not None:
-            from aelab.models.whiten import patch_whitening
+    has_decoder = True
 
-            w, b = patch_whitening(x, self.stem.out_channels // 2, seed=seed)
-            self.stem.weight.copy_(w)
-            self.stem.bias.copy_(b)
+    def encoder_modules(self) -> tuple[nn.Module, ...]:
+        """The modules ``--freeze_encoder`` keeps fixed."""
+        return (*self.encoders, self.bottleneck)
+
+    def decoder_modules(self) -> tuple[nn.Module, ...]:
+        """The modules only the reconstruction uses: a stage that never decodes (``decode=False``) freezes them."""
+        return (self.upconvs, self.decoders, self.final_conv)
+
+    def pool_embedding(self, embedding: torch.Tensor) -> torch.Tensor:
+        """The flattened bottleneck ``(B, D)`` averaged over its positions: ``(B, bottleneck_channels)``."""
+        return embedding.view(len(embedding), self.bottleneck_channels, -1).mean(-1)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Bottleneck map ``(B, bottleneck_channels, H/2^depth, W/2^depth)`` and the skip maps."""
@@ -244,6 +274,10 @@ class ResUNetAutoencoder(nn.Module):
         return AutoencoderOutput(self.decode(b, skips) if decode else None, logits, flat)
 
 
-def build_model(config: ModelConfig) -> ResUNetAutoencoder:
-    """Instantiate the network described by ``config``."""
+def build_model(config: ModelConfig) -> nn.Module:
+    """Instantiate the network described by ``config``: a `ResUNetAutoencoder`, or a `PlainCNN` for arch cnn."""
+    if config.arch == "cnn":
+        from aelab.models.cnn import PlainCNN
+
+        return PlainCNN(**config.to_dict())
     return ResUNetAutoencoder(**config.to_dict())

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["patch_whitening"]
+__all__ = ["WhiteningStem", "patch_whitening"]
 
 
 @torch.no_grad()
@@ -48,3 +48,26 @@ def patch_whitening(x: torch.Tensor, components: int, eps: float = 1e-2, max_pat
     w = (vec.T / torch.sqrt(lam + eps)[:, None]).float()  # (k, C·9)
     w = torch.cat([w, -w])
     return w.reshape(2 * k, c, 3, 3), -(w @ mean)
+
+
+class WhiteningStem:
+    """What a network with the optional fixed whitening first layer (``self.stem``) shares: making and fitting it."""
+
+    stem: torch.nn.Conv2d | None
+
+    @staticmethod
+    def make_stem(in_channels: int, channels: int) -> torch.nn.Conv2d | None:
+        """A 3×3 convolution to ``channels`` outputs that is never trained (0 channels: None)."""
+        if not channels:
+            return None
+        stem = torch.nn.Conv2d(in_channels, channels, kernel_size=3, padding=1)
+        stem.requires_grad_(False)  # fitted on the data (`fit_stem`), never trained
+        return stem
+
+    @torch.no_grad()
+    def fit_stem(self, x: torch.Tensor, seed: int = 0) -> None:
+        """Fit the whitening layer (if the network has one) on network inputs ``x`` ``(N, C, H, W)``."""
+        if self.stem is not None:
+            w, b = patch_whitening(x, self.stem.out_channels // 2, seed=seed)
+            self.stem.weight.copy_(w)
+            self.stem.bias.copy_(b)

@@ -43,10 +43,14 @@ def section_1a(layout: RunLayout, stages: RunStages) -> Section:
         return Section("1a", title, [Paragraph(
             "Architecture not recorded: no model.json in this run folder (no network was trained).")])
     stage, info = found
+    if info.get("class") == "PlainCNN":
+        title = "The model (a plain CNN: no autoencoder)"
     cfg = info.get("config") or {}
     desc = ", ".join(f"{k}={v}" for k, v in cfg.items())
-    kind = ("Residual U-Net autoencoder with a classifier head on the flattened bottleneck"
-            if info.get("class") == "ResUNetAutoencoder" else f"Network {info.get('class', '?')}")
+    kind = {"ResUNetAutoencoder": "Residual U-Net autoencoder with a classifier head on the flattened bottleneck",
+            "PlainCNN": "Plain convolutional network without a decoder (aelab's network for colour photos), with a "
+                        "linear classifier on the average of its last map"}.get(info.get("class"),
+                                                                                f"Network {info.get('class', '?')}")
     rows = [[b["name"], b["type"], "×".join(map(str, b["output_shape"])) if b.get("output_shape") else None,
              b["parameters"]] for b in info.get("blocks", [])]
     text = f"{kind} ({desc}). It has {info.get('parameters', 0):,} parameters"
@@ -141,6 +145,11 @@ def _settings_sentences(settings: dict) -> list[str]:
         out.append(f"The images are {kind} by aelab's rule ({settings.get('rule', '')}), so the training "
                    f"augmentations {flip}: {settings.get('weak_augmentation')} for labelled and weak views, "
                    f"{settings.get('strong_augmentation')} for strong views.")
+        if settings.get("network"):
+            net = ("a plain CNN without a decoder" if settings["network"] == "cnn"
+                   else "the residual U-Net autoencoder")
+            out.append(f"The supervised and FixMatch rows trained {net} from random weights; the course methods and "
+                       "VICReg train the U-Net, whose decoder they use or which they were measured with.")
     if settings.get("budget_minutes"):
         shares = settings.get("budget_shares") or {}
         total = sum(shares.values()) or 1

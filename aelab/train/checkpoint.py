@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from aelab.errors import AelabError
-from aelab.models import ModelConfig, ResUNetAutoencoder, build_model
+from aelab.models import ModelConfig, build_model
 from aelab.runs import atomic_torch_save, to_plain
 
 __all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "load_model", "resolve_checkpoint"]
@@ -79,7 +79,7 @@ def _first_line(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {lines[0][:200]}" if lines else exc.__class__.__name__
 
 
-def load_model(path: str | os.PathLike, which: str = "best") -> tuple[ResUNetAutoencoder, dict[str, Any]]:
+def load_model(path: str | os.PathLike, which: str = "best") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the network of a checkpoint with its weights, in eval mode, on the CPU.
 
     Raises:

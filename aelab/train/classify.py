@@ -23,8 +23,9 @@ __all__ = ["ClassifierStage", "build_classifier_stage", "decoder_modules"]
 
 
 def decoder_modules(raw_model) -> tuple[nn.Module, ...]:
-    """The modules only the reconstruction uses: a stage that never decodes (``decode=False``) freezes them."""
-    return (raw_model.upconvs, raw_model.decoders, raw_model.final_conv)
+    """The modules only the reconstruction uses (none for a network without a decoder): a stage that never
+    decodes (``decode=False``) freezes them."""
+    return raw_model.decoder_modules()
 
 
 @dataclass
@@ -60,7 +61,7 @@ def build_classifier_stage(cfg, fabric, raw_model, prep, data, run_dir: Path) ->
     train_idx, val_idx = split_indices(len(data.labels), cfg.val_fraction, cfg.seed, data.labels)
     if len(val_idx) == 0:
         raise AelabError("no validation images: each class needs at least 2 labelled images")
-    frozen = (*raw_model.encoders, raw_model.bottleneck) if cfg.freeze_encoder else ()
+    frozen = raw_model.encoder_modules() if cfg.freeze_encoder else ()
     w = cfg.resolved_recon_weight()
     for module in (*frozen, *(decoder_modules(raw_model) if w == 0 else ())):
         module.requires_grad_(False)  # not trained (and, under --devices N, no parameter DDP waits for in vain)

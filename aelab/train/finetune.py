@@ -44,13 +44,17 @@ class FinetuneConfig(RunOptions):
         unlabelled: folder of unlabelled images for fixmatch (overrides --data).
         preset: network when starting from random weights: tiny, small or course (the report's 49M-parameter
             net, for GPUs); ignored with --init-from.
+        arch: network when starting from random weights: auto (cnn for colour photos unless the method
+            reconstructs, else unet), unet (the residual U-Net autoencoder) or cnn (a plain CNN without a decoder:
+            no course method); with --init-from, the checkpoint's.
         image_size: override the preset's input size (random weights only).
         channels: 1 or 3 (random weights only; with --init-from the checkpoint's preprocessing is used).
-        width: channels of the first encoder block (random weights only; none = the preset's).
+        width: channels of the first encoder block (random weights only; none = the preset's: 16 for the small
+            U-Net, 48 for the small cnn).
         stem: channels of the fixed patch-whitening first layer (random weights only; none = 24 for colour photos,
             0 = none, the default for grey images).
-        head: classifier head on the flattened bottleneck: auto (pool for colour photos from random weights, else
-            bn-mlp), bn-mlp (an MLP after a BatchNorm of the embedding; trains far better from pretrained
+        head: classifier head on the flattened bottleneck: auto (pool for the cnn and for colour photos from random
+            weights, else bn-mlp), bn-mlp (an MLP after a BatchNorm of the embedding; trains far better from pretrained
             weights), mlp (exactly the course report's), linear, pool (global average pooling of the bottleneck,
             then linear).
         dropout: dropout of the mlp head.
@@ -94,6 +98,7 @@ class FinetuneConfig(RunOptions):
     labelled: str | None = None
     unlabelled: str | None = None
     preset: str = "small"
+    arch: str = "auto"
     image_size: int | None = None
     channels: int = 3
     width: int | None = None
@@ -133,6 +138,9 @@ class FinetuneConfig(RunOptions):
 def _check(cfg: FinetuneConfig) -> None:
     if cfg.method not in METHODS:
         raise AelabError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+    if cfg.arch == "cnn" and cfg.init_from is None and cfg.resolved_recon_weight() > 0:
+        raise AelabError(f"the cnn network has no decoder, and --method {cfg.method} with recon_weight "
+                         f"{cfg.resolved_recon_weight():g} reconstructs: use --arch unet or --recon_weight 0")
 
 
 def _input_format(cfg: FinetuneConfig, init: dict | None):
@@ -145,14 +153,14 @@ def _input_format(cfg: FinetuneConfig, init: dict | None):
     return Preprocessing.from_dict(init["preprocessing"])
 
 
-def _initial_model(cfg: FinetuneConfig, init: dict | None, num_classes: int, head: str, stem: int):
+def _initial_model(cfg: FinetuneConfig, init: dict | None, num_classes: int, head: str, stem: int, arch: str):
     """The network, its config and preprocessing: from the preset, or from the pretrained checkpoint ``init``."""
     from aelab.data import Preprocessing
 
     if init is None:
         model_cfg = preset_config(
             cfg.preset, image_size=cfg.image_size, in_channels=cfg.channels, num_classes=num_classes,
-            head=head, dropout=cfg.dropout, stem=stem, width=cfg.width,
+            head=head, dropout=cfg.dropout, stem=stem, width=cfg.width, arch=arch,
         )
         prep = Preprocessing(image_size=model_cfg.image_size, channels=model_cfg.in_channels)
         return build_model(model_cfg), model_cfg, prep
@@ -199,12 +207,34 @@ def _load_data(cfg: FinetuneConfig, prep) -> _Data:
     return _Data(data.images, labels, list(lab.classes), unlabelled, image_kind(data.images))
 
 
-def _resolve_head(cfg: FinetuneConfig, kind: str) -> str:
-    """``auto``: pool for colour photos trained from random weights (supervised on a CIFAR-10 draw, 25 labels per
-    class: 0.407 against 0.350 with bn-mlp, benchmarks/README.md), else bn-mlp (digits; pretrained encoders)."""
+def _resolve_arch(cfg: FinetuneConfig, kind: str, init: dict | None) -> str:
+    """The network: the checkpoint's with ``--init_from``; else ``auto`` gives the U-Net to a method that
+    reconstructs (``recon_weight`` > 0, the course method) and `aelab.data.kind.resolve_arch`'s rule otherwise."""
+    reconstructs = cfg.resolved_recon_weight() > 0
+    if init is not None:
+        arch = ModelConfig.from_dict(init["model_config"]).arch
+        if cfg.arch not in ("auto", arch):
+            raise AelabError(f"--arch {cfg.arch}: {cfg.init_from} holds a {arch} network; leave --arch auto with "
+                             "--init_from")
+    elif cfg.arch == "auto" and reconstructs:
+        arch = "unet"
+    else:
+        from aelab.data.kind import resolve_arch
+
+        arch = resolve_arch(cfg.arch, None, kind=kind)
+    if arch == "cnn" and reconstructs:
+        raise AelabError(f"the cnn network has no decoder, and --method {cfg.method} with recon_weight "
+                         f"{cfg.resolved_recon_weight():g} reconstructs: use --arch unet or --recon_weight 0")
+    return arch
+
+
+def _resolve_head(cfg: FinetuneConfig, kind: str, arch: str) -> str:
+    """``auto``: pool for the cnn and for colour photos trained from random weights (supervised on a CIFAR-10 draw,
+    25 labels per class: 0.407 against 0.350 with bn-mlp, benchmarks/README.md), else bn-mlp (digits; pretrained
+    encoders)."""
     if cfg.head != "auto":
         return cfg.head
-    return "pool" if cfg.init_from is None and kind == "photo" else "bn-mlp"
+    return "pool" if arch == "cnn" or (cfg.init_from is None and kind == "photo") else "bn-mlp"
 
 
 @dataclass
@@ -264,7 +294,9 @@ def _model_and_input(cfg: FinetuneConfig, init: dict | None, data: _Data, resume
 
     last = None if resumed is None else load_checkpoint(resumed, which="last")
     stem = int(last["model_config"].get("stem", 0)) if last else resolve_stem(cfg.stem, data.images, kind=data.kind)
-    raw_model, model_cfg, prep = _initial_model(cfg, init, len(data.classes), _resolve_head(cfg, data.kind), stem)
+    arch = str(last["model_config"].get("arch", "unet")) if last else _resolve_arch(cfg, data.kind, init)
+    raw_model, model_cfg, prep = _initial_model(cfg, init, len(data.classes), _resolve_head(cfg, data.kind, arch),
+                                                stem, arch)
     if last is not None:
         prep = Preprocessing.from_dict(last["preprocessing"])
     elif init is None:

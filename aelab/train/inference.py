@@ -12,7 +12,6 @@ import torch
 
 from aelab.devices import resolve_device
 from aelab.errors import AelabError
-from aelab.models import ResUNetAutoencoder
 
 __all__ = [
     "ForwardResult", "batched_forward", "pick_device", "launch_inference", "shard_range",
@@ -36,7 +35,7 @@ def pick_device(device: str = "auto") -> torch.device:
 
 @torch.no_grad()
 def batched_forward(
-    model: ResUNetAutoencoder,
+    model: torch.nn.Module,
     preprocessing,
     images: np.ndarray,
     *,
@@ -62,10 +61,11 @@ def batched_forward(
         if "embedding" in parts:
             emb = out.embedding
             if pooling == "mean":
-                side = model.config.image_size // 2**model.config.depth
-                emb = emb.view(len(x), -1, side * side).mean(-1)
+                emb = model.pool_embedding(emb)
             parts["embedding"].append(emb.float().cpu().numpy())
         if "reconstruction" in parts:
+            if out.reconstruction is None:
+                raise AelabError(f"a {model.config.arch} network has no decoder: it gives no reconstruction")
             parts["reconstruction"].append(out.reconstruction.float().cpu().numpy())
     return ForwardResult(**{k: (np.concatenate(v) if v else None) for k, v in parts.items()})
 
@@ -130,7 +130,7 @@ def load_images_once(fabric, paths, image_size: int, channels: int, strict: bool
 
 def sharded_forward(
     fabric,
-    model: ResUNetAutoencoder,
+    model: torch.nn.Module,
     preprocessing,
     images: np.ndarray,
     *,

@@ -108,6 +108,7 @@ RULES: dict[str, Rule] = {
     "demo_test": Interval(0, integer=True),
     "budget": Rule(lambda v: v is None or (_num(v) and v > 0), "a number of minutes > 0, or null (no budget)"),
     "stem": Rule(lambda v: _int(v) and v >= 0 and v % 2 == 0, "an even integer >= 0"),
+    "arch": OneOf(("auto", "unet", "cnn")),
     "kmeans_features_learner": OneOf(("kmeans", "ekm")),
     "kmeans_features_centroids": Interval(2, integer=True),
 }

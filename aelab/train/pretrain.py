@@ -142,8 +142,7 @@ def _vicreg_task(cfg, trainer: Trainer, prep, augment) -> Task:
     model, raw_model, fabric = trainer.model, trainer.raw_model, trainer.fabric
 
     def embed(x01):
-        return raw_model.projector(model(prep.normalize(x01), decode=False).embedding.view(
-            len(x01), raw_model.bottleneck_channels, -1).mean(2))
+        return raw_model.projector(raw_model.pool_embedding(model(prep.normalize(x01), decode=False).embedding))
 
     def gather(z):
         return fabric.all_gather(z, sync_grads=True).reshape(-1, z.shape[-1])

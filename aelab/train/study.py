@@ -61,6 +61,9 @@ class ClassificationStudyConfig(RunOptions):
             label-spreading, kmeans-features, ensemble (aelab.train.methods; ensemble combines fixmatch and
             kmeans-features, so it comes after both).
         preset: network size: tiny, small (CPU) or course (the course report's network, for GPUs).
+        arch: network of the supervised and fixmatch rows (trained from random weights): auto (a plain CNN without a
+            decoder for colour photos, the U-Net for grey images such as digits; see aelab.data.kind), unet or cnn.
+            The course methods and VICReg always train the U-Net.
         image_size: square size every image is resized to; none = the preset's.
         channels: 1 or 3 image channels.
         pretrain_epochs: epochs of the course report's denoising pretraining.
@@ -83,6 +86,7 @@ class ClassificationStudyConfig(RunOptions):
 
     methods: str = "supervised,course,course-noaug,fixmatch,vicreg,label-spreading,kmeans-features,ensemble"
     preset: str = _finetune_default("preset")
+    arch: str = _finetune_default("arch")
     image_size: int | None = _finetune_default("image_size")
     channels: int = _finetune_default("channels")
     pretrain_epochs: int = 15
@@ -171,7 +175,7 @@ def choose(rows: list[MethodResult]) -> tuple[MethodResult, str]:
 def study_settings(cfg: ClassificationStudyConfig, data: Path) -> dict:
     """What the report says about how study 1 ran: the kind of images and its augmentation rule, the budget."""
     from aelab.data import load_images, resolve_layout, scan_labelled
-    from aelab.data.kind import COLOUR_THRESHOLD, augmentation_for, image_kind
+    from aelab.data.kind import COLOUR_THRESHOLD, augmentation_for, image_kind, resolve_arch
 
     layout = resolve_layout(data)
     if layout.labelled is None:  # nothing trained: nothing to say
@@ -180,7 +184,7 @@ def study_settings(cfg: ClassificationStudyConfig, data: Path) -> dict:
     paths = [paths[i] for i in np.unique(np.linspace(0, len(paths) - 1, min(512, len(paths))).astype(int))]
     kind = image_kind(load_images(paths, 32, cfg.channels, strict=False).images)
     return {"images": kind, "weak_augmentation": augmentation_for(kind, "weak"),
-            "strong_augmentation": augmentation_for(kind, "strong"),
+            "strong_augmentation": augmentation_for(kind, "strong"), "network": resolve_arch(cfg.arch, None, kind=kind),
             "rule": f"colour channels differ by more than {COLOUR_THRESHOLD:g}/255 on average: photos (flipped "
                     "left-right); else grey images such as digits (never flipped)",
             "budget_minutes": cfg.budget, "budget_shares": budget_shares(cfg.method_list())}

@@ -292,6 +292,9 @@ def test_a_photo_model_with_stem_and_pool_head_predicts_from_its_checkpoint(tmp_
     run = finetune(FinetuneConfig(data=str(root), epochs=3, out=str(tmp_path / "ft"), **{**TINY, "batch_size": 4}))
     ckpt = torch.load(run / "best.ckpt", weights_only=True)
     assert ckpt["model_config"]["stem"] == 24 and ckpt["model_config"]["head"] == "pool"
+    # colour photos from random weights get the plain CNN (aelab.data.kind.PHOTO_ARCH), at the preset's cnn width
+    assert ckpt["model_config"]["arch"] == "cnn" and ckpt["model_config"]["width"] == 8
+    assert json.loads((run / "model.json").read_text())["class"] == "PlainCNN"
     assert ckpt["preprocessing"]["mean"][0] > ckpt["preprocessing"]["mean"][1]  # fitted: red is brighter than green
     out = predict(PredictConfig(model=str(run), data=str(root), out=str(tmp_path / "p"), device="cpu"))
     rows = (out / "predictions.csv").read_text().splitlines()
@@ -315,3 +318,56 @@ def test_finetune_reads_the_init_checkpoint_once_and_decides_the_image_kind_once
     kinds.clear()
     finetune(FinetuneConfig(data=str(data), epochs=1, out=str(tmp_path / "rand"), **TINY))  # auto head, stem, augment
     assert len(kinds) == 1
+
+
+def _stripes(root, n_per_class, rng, labels_csv=None):
+    """Colour photos of two classes, horizontal and vertical stripes, in random colours and phases."""
+    rows = []
+    for i in range(2 * n_per_class):
+        c = i % 2
+        phase, colour = rng.integers(0, 8), rng.integers(60, 255, 3)
+        wave = (np.arange(32) + phase) % 8 < 4
+        mask = np.repeat(wave[:, None], 32, 1) if c == 0 else np.repeat(wave[None, :], 32, 0)
+        img = np.clip(mask[..., None] * colour + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
+        folder = root / f"c{c}" if labels_csv is None else root
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(folder / f"{i}.png")
+        rows.append(f"{i},c{c}")
+    if labels_csv is not None:
+        labels_csv.write_text("id,label\n" + "\n".join(rows) + "\n")
+
+
+def test_the_photo_cnn_learns_and_predicts_unseen_photos_above_chance(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "stripes"
+    _stripes(root / "dev" / "labelled", 16, rng)
+    _stripes(root / "test", 20, rng, labels_csv=root / "test_labels.csv")
+    run = finetune(FinetuneConfig(data=str(root), epochs=20, patience=20, out=str(tmp_path / "ft"),
+                                  **{**TINY, "batch_size": 8}))
+    assert torch.load(run / "best.ckpt", weights_only=True)["model_config"]["arch"] == "cnn"
+    from aelab.train.predict import predict_result
+
+    res = predict_result(PredictConfig(model=str(run), data=str(root), out=str(tmp_path / "p"), device="cpu"))
+    assert res.metrics["accuracy"] >= 0.8  # 40 unseen photos of 2 classes; chance is 0.5
+    for pooling in ("flatten", "mean"):  # its embedding is already pooled: both give the last block's 16 channels
+        out = embed(EmbedConfig(model=str(run), data=str(root), pooling=pooling, out=str(tmp_path / pooling),
+                                device="cpu"))
+        assert np.load(out / "embeddings.npy").shape == (32 + 40, 16)
+
+
+def test_grey_images_keep_the_unet_and_the_cnn_refuses_to_reconstruct(data, pretrained, tmp_path):
+    from aelab.errors import AelabError
+
+    run = finetune(FinetuneConfig(data=str(data), epochs=1, out=str(tmp_path / "grey"), **TINY))
+    assert torch.load(run / "best.ckpt", weights_only=True)["model_config"]["arch"] == "unet"
+    with pytest.raises(AelabError, match="no decoder"):  # refused before any folder is made
+        finetune(FinetuneConfig(data=str(data), method="course", arch="cnn", out=str(tmp_path / "c"), **TINY))
+    assert not (tmp_path / "c").exists()
+    with pytest.raises(AelabError, match="holds a unet network"):
+        finetune(FinetuneConfig(data=str(data), init_from=str(pretrained), arch="cnn", out=str(tmp_path / "i"),
+                                **TINY))
+    # the course method from random weights with arch auto gets the U-Net, whatever the images
+    run = finetune(FinetuneConfig(data=str(data), method="course", epochs=1, out=str(tmp_path / "cu"), **TINY))
+    assert torch.load(run / "best.ckpt", weights_only=True)["model_config"]["arch"] == "unet"
+    cnn = finetune(FinetuneConfig(data=str(data), arch="cnn", epochs=1, out=str(tmp_path / "gc"), **TINY))
+    assert torch.load(cnn / "best.ckpt", weights_only=True)["model_config"]["head"] == "pool"  # auto head
