@@ -45,7 +45,10 @@ def section_1a(layout: RunLayout, stages: RunStages) -> Section:
     stage, info = found
     if info.get("class") == "PlainCNN":
         title = "The model (a plain CNN: no autoencoder)"
-    cfg = info.get("config") or {}
+    cfg = dict(info.get("config") or {})
+    if info.get("class") == "PlainCNN":  # settings of the U-Net's decoder and MLP head it does not have
+        for key in ("skip_connections", "head_hidden", "dropout"):
+            cfg.pop(key, None)
     desc = ", ".join(f"{k}={v}" for k, v in cfg.items())
     kind = {"ResUNetAutoencoder": "Residual U-Net autoencoder with a classifier head on the flattened bottleneck",
             "PlainCNN": "Plain convolutional network without a decoder (aelab's network for colour photos), with a "
@@ -148,8 +151,9 @@ def _settings_sentences(settings: dict) -> list[str]:
         if settings.get("network"):
             net = ("a plain CNN without a decoder" if settings["network"] == "cnn"
                    else "the residual U-Net autoencoder")
-            out.append(f"The supervised and FixMatch rows trained {net} from random weights; the course methods and "
-                       "VICReg train the U-Net, whose decoder they use or which they were measured with.")
+            out.append(f"The supervised and FixMatch rows trained {net} from random weights (aelab's rule: the "
+                       "plain CNN for colour photos, the U-Net for grey images). The course methods, which "
+                       "reconstruct images, and VICReg's pretraining always train the residual U-Net.")
     if settings.get("budget_minutes"):
         shares = settings.get("budget_shares") or {}
         total = sum(shares.values()) or 1

@@ -312,3 +312,16 @@ def test_a_full_disk_while_pretraining_is_one_line(tmp_path, capsys, monkeypatch
                  "--device", "cpu"]) == 2
     line = _one_line(capsys)
     assert line == f"aelab: error: no space left on device writing {out / 'last.ckpt'}", line
+
+
+@pytest.mark.parametrize("args, words", [
+    (["finetune", "--arch", "cnn", "--method", "course"], "no decoder"),
+    (["finetune", "--arch", "resnet"], "--arch must be one of auto, unet, cnn"),
+    (["run", "--arch", "resnet"], "--arch must be one of auto, unet, cnn"),
+])
+def test_a_network_that_cannot_serve_is_refused_in_one_line(tmp_path, capsys, args, words):
+    _images(tmp_path / "data" / "dev" / "labelled" / "a", ["1.png", "2.png"])
+    out = tmp_path / "o"
+    assert main([*args, "--data", str(tmp_path / "data"), "--out", str(out), "--device", "cpu"]) == 2
+    assert words in _one_line(capsys)
+    assert not out.exists()

@@ -216,3 +216,20 @@ def test_a_method_that_did_not_run_shows_its_note(tmp_path, make_run_folder):
     assert table.rows[-1][6] == f"{100 * (0.866 - 0.951):+.1f} points"
     items = report.headline[0].items
     assert items[0]["value"] == "95.1%" and items[1]["value"] == "-8.5 points"
+
+
+def test_1a_and_the_appendix_describe_a_photo_cnn_as_what_it_is(tmp_path, make_run_folder):
+    from aelab.models import build_model, preset_config
+    from aelab.models.summary import describe_model
+
+    run = make_run_folder(tmp_path / "run")
+    info = describe_model(build_model(preset_config("tiny", arch="cnn", stem=8, num_classes=3)))
+    (run / "study1" / "fixmatch" / "model.json").write_text(json.dumps(info))
+    report = make_report(run)
+    section = _section(report, "1a")
+    text = section.blocks[0].text
+    assert "no autoencoder" in section.title and text.startswith("Plain convolutional network without a decoder")
+    assert "arch=cnn" in text and "skip_connections" not in text and "dropout" not in text
+    assert f"It has {info['parameters']:,} parameters" in text
+    listed = " ".join(str(getattr(b, "text", "")) + str(getattr(b, "code", "")) for b in _section(report, "A").blocks)
+    assert "class PlainCNN" in listed and "class ConvBlock" in listed and "class ResidualBlock" not in listed
