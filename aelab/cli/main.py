@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str | None, str, str]] = {
     "finetune": ("aelab.train:FinetuneConfig", "aelab.train:finetune",
                  "fine-tune a classifier head on labelled images"),
     "predict": ("aelab.train:PredictConfig", "aelab.train:predict", "label a test folder into predictions.csv"),
-    "embed": ("aelab.train:EmbedConfig", "aelab.train:embed", "write bottleneck embeddings for clustering"),
+    "embed": ("aelab.train:EmbedConfig", "aelab.train:embed", "write a network's embeddings for clustering"),
     "cluster": ("aelab.cluster.study:ClusterConfig", "aelab.cluster.study:run_cluster_study",
                 "cluster embeddings with Equilibrium K-Means"),
     "anomaly fit": ("aelab.anomaly.fit:AnomalyFitConfig", "aelab.anomaly.fit:anomaly_fit",

@@ -114,7 +114,8 @@ class ModelConfig:
         if self.arch not in ARCHS:
             raise AelabError(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
         if self.arch == "cnn" and self.head not in CNN_HEADS:
-            raise AelabError(f"head {self.head!r} is the U-Net's; the cnn network takes {', '.join(CNN_HEADS)}")
+            raise AelabError(f"head {self.head!r} is the U-Net's (arch unet); the cnn network takes "
+                             f"{', '.join(CNN_HEADS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

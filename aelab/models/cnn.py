@@ -47,10 +47,6 @@ class ConvBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
 
-    def pool_embedding(self, embedding: torch.Tensor) -> torch.Tensor:
-        """The embedding itself: it is already the average over the positions of the last map."""
-        return embedding
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.pool(self.conv1(x))))
         return self.relu(self.bn2(self.conv2(x)))

@@ -85,8 +85,9 @@ def _stage_times(stages: RunStages) -> Table:
 
 def section_appendix(stages: RunStages, model_class: str | None) -> Section:
     """Stage times and the source of the network and of the EKM update."""
-    names = ["ConvBlock", "PlainCNN"] if model_class == "PlainCNN" else ["ResidualBlock", model_class or
-                                                                         "ResUNetAutoencoder"]
+    # The U-Net always: the course methods, pretraining and the reconstruction detector train it.
+    names = ["ResidualBlock", "ResUNetAutoencoder"] + ([model_class, "ConvBlock"] if model_class == "PlainCNN" else
+                                                       [model_class] if model_class else [])
     codes = [listing("aelab.models", n) for n in dict.fromkeys(names)]
     codes += [listing("aelab.cluster", n) for n in _CLUSTER_NAMES]
     codes = [c for c in codes if c is not None]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from aelab.layout import RunLayout
 from aelab.report.content import Figure, Paragraph, Section, Table
-from aelab.report.runfiles import find_model_json, read_rows
+from aelab.report.runfiles import find_model_json, read_json, read_rows
 from aelab.results import ChosenMethod, MethodRow, RunStages
 
 __all__ = ["section_1a", "section_1b", "unlabelled_gain", "score_key", "pct", "points"]
@@ -148,12 +148,6 @@ def _settings_sentences(settings: dict) -> list[str]:
         out.append(f"The images are {kind} by aelab's rule ({settings.get('rule', '')}), so the training "
                    f"augmentations {flip}: {settings.get('weak_augmentation')} for labelled and weak views, "
                    f"{settings.get('strong_augmentation')} for strong views.")
-        if settings.get("network"):
-            net = ("a plain CNN without a decoder" if settings["network"] == "cnn"
-                   else "the residual U-Net autoencoder")
-            out.append(f"The supervised and FixMatch rows trained {net} from random weights (aelab's rule: the "
-                       "plain CNN for colour photos, the U-Net for grey images). The course methods, which "
-                       "reconstruct images, and VICReg's pretraining always train the residual U-Net.")
     if settings.get("budget_minutes"):
         shares = settings.get("budget_shares") or {}
         total = sum(shares.values()) or 1
@@ -165,6 +159,29 @@ def _settings_sentences(settings: dict) -> list[str]:
     elif "budget_minutes" in settings:
         out.append("Study 1 ran without a time budget: every stage ran its configured epochs.")
     return out
+
+
+_NETWORKS = {"PlainCNN": "a plain CNN without a decoder", "ResUNetAutoencoder": "the residual U-Net autoencoder"}
+
+
+def _network_sentence(layout: RunLayout, methods: list[MethodRow], settings: dict) -> str | None:
+    """Which network each row trained, as its run folder's model.json records it (and the rule, for ``--arch
+    auto``)."""
+    trained: dict[str, list[str]] = {}
+    for m in methods:
+        path = layout.model_json(m.run) if m.run else None
+        if path is not None and path.is_file():
+            cls = read_json(path).get("class")
+            trained.setdefault(_NETWORKS.get(cls, f"the network {cls}"), []).append(m.method)
+    if not trained:
+        return None
+    parts = [f"{' and '.join(rows) if len(rows) < 3 else ', '.join(rows[:-1]) + ' and ' + rows[-1]} trained {net}"
+             for net, rows in trained.items()]
+    text = "Networks: " + "; ".join(parts) + "."
+    if settings.get("arch") == "auto" and len(trained) > 1:
+        text += (" aelab's rule (--arch auto): a network trained from random weights by a method that does not "
+                 "reconstruct images is the plain CNN for colour photos; every other network is the U-Net.")
+    return text
 
 
 def _table_1b(methods: list[MethodRow]) -> Table:
@@ -193,6 +210,9 @@ def _section_1b_methods(layout: RunLayout, methods: list[MethodRow]) -> Section:
     chosen = ChosenMethod.read(layout)
     blocks = [_table_1b(methods), Paragraph(_validation_sentence(methods, chosen))]
     blocks += [Paragraph(text) for text in _settings_sentences(chosen.settings or {})]
+    networks = _network_sentence(layout, methods, chosen.settings or {})
+    if networks:
+        blocks.append(Paragraph(networks))
     if chosen.method:
         why = f" ({chosen.reason})" if chosen.reason else ""
         blocks.append(Paragraph(f"predictions.csv was written with {chosen.method}{why}."))

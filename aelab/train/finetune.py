@@ -20,6 +20,7 @@ import numpy as np
 
 from aelab.errors import AelabError, NoUnlabelledImages
 from aelab.models import ModelConfig, build_model, preset_config
+from aelab.models.autoencoder import CNN_HEADS
 from aelab.progress import info
 from aelab.runs import set_seed
 from aelab.train.checkpoint import load_checkpoint
@@ -45,18 +46,18 @@ class FinetuneConfig(RunOptions):
         preset: network when starting from random weights: tiny, small or course (the report's 49M-parameter
             net, for GPUs); ignored with --init-from.
         arch: network when starting from random weights: auto (cnn for colour photos unless the method
-            reconstructs, else unet), unet (the residual U-Net autoencoder) or cnn (a plain CNN without a decoder:
-            no course method); with --init-from, the checkpoint's.
+            reconstructs or --head is mlp or bn-mlp, else unet), unet (the residual U-Net autoencoder) or cnn (a
+            plain CNN without a decoder: no course method); with --init-from, the checkpoint's.
         image_size: override the preset's input size (random weights only).
         channels: 1 or 3 (random weights only; with --init-from the checkpoint's preprocessing is used).
         width: channels of the first encoder block (random weights only; none = the preset's: 16 for the small
             U-Net, 48 for the small cnn).
         stem: channels of the fixed patch-whitening first layer (random weights only; none = 24 for colour photos,
             0 = none, the default for grey images).
-        head: classifier head on the flattened bottleneck: auto (pool for the cnn and for colour photos from random
-            weights, else bn-mlp), bn-mlp (an MLP after a BatchNorm of the embedding; trains far better from pretrained
+        head: classifier head: auto (pool for the cnn and for colour photos from random weights, else bn-mlp),
+            bn-mlp (an MLP after a BatchNorm of the U-Net's flattened bottleneck; trains far better from pretrained
             weights), mlp (exactly the course report's), linear, pool (global average pooling of the bottleneck,
-            then linear).
+            then linear); the cnn takes pool or linear (the same: its embedding is already pooled).
         dropout: dropout of the mlp head.
         freeze_encoder: train only the head and decoder; the pretrained encoder stays fixed.
         recon_weight: w in (1-w)*classification + w*MSE; none = 0.5 for course, 0 for supervised and fixmatch.
@@ -209,15 +210,16 @@ def _load_data(cfg: FinetuneConfig, prep) -> _Data:
 
 def _resolve_arch(cfg: FinetuneConfig, kind: str, init: dict | None) -> str:
     """The network: the checkpoint's with ``--init_from``; else ``auto`` gives the U-Net to a method that
-    reconstructs (``recon_weight`` > 0, the course method) and `aelab.data.kind.resolve_arch`'s rule otherwise."""
+    reconstructs (``recon_weight`` > 0, the course method) or asks for a head only the U-Net has (mlp, bn-mlp),
+    and `aelab.data.kind.resolve_arch`'s rule otherwise."""
     reconstructs = cfg.resolved_recon_weight() > 0
     if init is not None:
         arch = ModelConfig.from_dict(init["model_config"]).arch
         if cfg.arch not in ("auto", arch):
             raise AelabError(f"--arch {cfg.arch}: {cfg.init_from} holds a {arch} network; leave --arch auto with "
                              "--init_from")
-    elif cfg.arch == "auto" and reconstructs:
-        arch = "unet"
+    elif cfg.arch == "auto" and (reconstructs or cfg.head not in ("auto", *CNN_HEADS)):
+        arch = "unet"  # the course method's decoder, or a head only the U-Net has (mlp, bn-mlp)
     else:
         from aelab.data.kind import resolve_arch
 

@@ -47,7 +47,8 @@ def batched_forward(
     """Run ``model`` on uint8 images ``(N, C, H, W)`` with the checkpoint's own preprocessing.
 
     ``pooling`` shapes the embedding: ``flatten`` (the course report's flattened bottleneck, what the head
-    sees) or ``mean`` (global average over the bottleneck's spatial grid: one value per channel).
+    sees) or ``mean`` (global average over the bottleneck's spatial grid: one value per channel). A network
+    without a decoder (`aelab.models.PlainCNN`) returns its pooled embedding for both.
     """
     device = pick_device(device) if isinstance(device, str) else device
     model = model.to(device).eval()

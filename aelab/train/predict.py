@@ -145,8 +145,8 @@ class EmbedConfig(RunOptions):
         images: a folder of images to embed instead (no labels).
         labelled: a folder of class subfolders to embed instead (labels from the folder names).
         recursive: look for images in subfolders of --images too.
-        pooling: flatten (the bottleneck map flattened, as the classifier head sees it) or mean (averaged over its
-            spatial grid).
+        pooling: flatten (the U-Net's bottleneck map flattened, as its classifier head sees it) or mean (averaged
+            over its spatial grid); a cnn's embedding is already the average of its last map (both give it).
         batch_size: images per forward pass.
     """
 

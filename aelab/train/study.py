@@ -175,7 +175,7 @@ def choose(rows: list[MethodResult]) -> tuple[MethodResult, str]:
 def study_settings(cfg: ClassificationStudyConfig, data: Path) -> dict:
     """What the report says about how study 1 ran: the kind of images and its augmentation rule, the budget."""
     from aelab.data import load_images, resolve_layout, scan_labelled
-    from aelab.data.kind import COLOUR_THRESHOLD, augmentation_for, image_kind, resolve_arch
+    from aelab.data.kind import COLOUR_THRESHOLD, augmentation_for, image_kind
 
     layout = resolve_layout(data)
     if layout.labelled is None:  # nothing trained: nothing to say
@@ -184,7 +184,7 @@ def study_settings(cfg: ClassificationStudyConfig, data: Path) -> dict:
     paths = [paths[i] for i in np.unique(np.linspace(0, len(paths) - 1, min(512, len(paths))).astype(int))]
     kind = image_kind(load_images(paths, 32, cfg.channels, strict=False).images)
     return {"images": kind, "weak_augmentation": augmentation_for(kind, "weak"),
-            "strong_augmentation": augmentation_for(kind, "strong"), "network": resolve_arch(cfg.arch, None, kind=kind),
+            "strong_augmentation": augmentation_for(kind, "strong"), "arch": cfg.arch,
             "rule": f"colour channels differ by more than {COLOUR_THRESHOLD:g}/255 on average: photos (flipped "
                     "left-right); else grey images such as digits (never flipped)",
             "budget_minutes": cfg.budget, "budget_shares": budget_shares(cfg.method_list())}

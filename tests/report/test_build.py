@@ -232,4 +232,24 @@ def test_1a_and_the_appendix_describe_a_photo_cnn_as_what_it_is(tmp_path, make_r
     assert "arch=cnn" in text and "skip_connections" not in text and "dropout" not in text
     assert f"It has {info['parameters']:,} parameters" in text
     listed = " ".join(str(getattr(b, "text", "")) + str(getattr(b, "code", "")) for b in _section(report, "A").blocks)
-    assert "class PlainCNN" in listed and "class ConvBlock" in listed and "class ResidualBlock" not in listed
+    # both networks: the course rows, the pretraining and the reconstruction detector still train the U-Net
+    assert all(f"class {name}" in listed for name in ("PlainCNN", "ConvBlock", "ResidualBlock", "ResUNetAutoencoder"))
+
+
+def test_1b_says_which_network_each_row_trained_from_its_model_json(tmp_path, make_run_folder):
+    from aelab.models import build_model, preset_config
+    from aelab.models.summary import describe_model
+
+    run = make_run_folder(tmp_path / "run")
+    cnn = describe_model(build_model(preset_config("tiny", arch="cnn", num_classes=3)))
+    unet = describe_model(build_model(preset_config("tiny", num_classes=3)))
+    (run / "study1" / "fixmatch" / "model.json").write_text(json.dumps(cnn))
+    (run / "study1" / "supervised" / "model.json").write_text(json.dumps(cnn))
+    (run / "study1" / "course" / "model.json").write_text(json.dumps(unet))
+    chosen = json.loads((run / "study1" / "chosen.json").read_text())
+    chosen["settings"] = {"arch": "auto"}
+    (run / "study1" / "chosen.json").write_text(json.dumps(chosen))
+    texts = [b.text for b in _blocks(_section(make_report(run), "1b"), "paragraph") if "Networks:" in b.text]
+    assert len(texts) == 1
+    assert "trained a plain CNN without a decoder" in texts[0] and "course trained the residual U-Net" in texts[0]
+    assert "--arch auto" in texts[0]

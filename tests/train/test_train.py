@@ -371,3 +371,46 @@ def test_grey_images_keep_the_unet_and_the_cnn_refuses_to_reconstruct(data, pret
     assert torch.load(run / "best.ckpt", weights_only=True)["model_config"]["arch"] == "unet"
     cnn = finetune(FinetuneConfig(data=str(data), arch="cnn", epochs=1, out=str(tmp_path / "gc"), **TINY))
     assert torch.load(cnn / "best.ckpt", weights_only=True)["model_config"]["head"] == "pool"  # auto head
+    with pytest.raises(AelabError, match=r"is the U-Net's \(arch unet\)"):
+        finetune(FinetuneConfig(data=str(data), arch="cnn", head="bn-mlp", out=str(tmp_path / "h"), **TINY))
+
+
+def test_a_photo_cnn_run_resumes_to_the_same_weights_and_freezes_its_blocks(tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    root = tmp_path / "stripes"
+    _stripes(root / "dev" / "labelled", 6, rng)
+    settings = dict(data=str(root), epochs=3, patience=3, **{**TINY, "batch_size": 4})
+    whole = finetune(FinetuneConfig(out=str(tmp_path / "whole"), **settings))
+    # an explicit U-Net head on photos gets the U-Net (arch auto), not a refusal
+    mlp = finetune(FinetuneConfig(out=str(tmp_path / "mlp"), head="bn-mlp", **{**settings, "epochs": 1}))
+    assert torch.load(mlp / "best.ckpt", weights_only=True)["model_config"]["arch"] == "unet"
+
+    from aelab.runs import MetricsLogger
+
+    original, calls = MetricsLogger.log, {"n": 0}
+
+    def interrupting_log(self, row):  # stop the second run right after its second epoch is logged
+        original(self, row)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(MetricsLogger, "log", interrupting_log)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(FinetuneConfig(out=str(tmp_path / "cut"), **settings))
+    monkeypatch.setattr(MetricsLogger, "log", original)
+    resumed = finetune(FinetuneConfig(resume=str(tmp_path / "cut")))
+    a = torch.load(whole / "last.ckpt", weights_only=True)
+    b = torch.load(resumed / "last.ckpt", weights_only=True)
+    assert a["model_config"] == b["model_config"] and b["model_config"]["arch"] == "cnn"
+    for k, v in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][k], v, msg=k)
+
+    frozen = finetune(FinetuneConfig(init_from=str(whole), freeze_encoder=True, out=str(tmp_path / "frozen"),
+                                     **{**settings, "epochs": 1}))
+    f = torch.load(frozen / "last.ckpt", weights_only=True)
+    assert f["model_config"]["arch"] == "cnn"  # the checkpoint's network
+    for k, v in a["state_dict"].items():
+        if k.startswith(("encoders.", "stem.")):  # the blocks, BatchNorm statistics included, stay as they were
+            torch.testing.assert_close(f["state_dict"][k], v, msg=k)
+    assert not torch.equal(f["state_dict"]["head.weight"], a["state_dict"]["head.weight"])  # the head trained
