@@ -179,8 +179,8 @@ def _network_sentence(layout: RunLayout, methods: list[MethodRow], settings: dic
              for net, rows in trained.items()]
     text = "Networks: " + "; ".join(parts) + "."
     if settings.get("arch") == "auto" and len(trained) > 1:
-        text += (" aelab's rule (--arch auto): a network trained from random weights by a method that does not "
-                 "reconstruct images is the plain CNN for colour photos; every other network is the U-Net.")
+        text += (" aelab's rule (--arch auto): FixMatch trains the plain CNN from random weights on colour photos, "
+                 "where it learned more from the unlabelled images than the U-Net; every other network is the U-Net.")
     return text
 
 

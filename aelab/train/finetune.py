@@ -45,9 +45,9 @@ class FinetuneConfig(RunOptions):
         unlabelled: folder of unlabelled images for fixmatch (overrides --data).
         preset: network when starting from random weights: tiny, small or course (the report's 49M-parameter
             net, for GPUs); ignored with --init-from.
-        arch: network when starting from random weights: auto (cnn for colour photos unless the method
-            reconstructs or --head is mlp or bn-mlp, else unet), unet (the residual U-Net autoencoder) or cnn (a
-            plain CNN without a decoder: no course method); with --init-from, the checkpoint's.
+        arch: network when starting from random weights: auto (cnn for fixmatch on colour photos unless --head is
+            mlp or bn-mlp, else unet), unet (the residual U-Net autoencoder) or cnn (a plain CNN without a decoder:
+            no course method); with --init-from, the checkpoint's.
         image_size: override the preset's input size (random weights only).
         channels: 1 or 3 (random weights only; with --init-from the checkpoint's preprocessing is used).
         width: channels of the first encoder block (random weights only; none = the preset's: 16 for the small
@@ -223,7 +223,7 @@ def _resolve_arch(cfg: FinetuneConfig, kind: str, init: dict | None) -> str:
     else:
         from aelab.data.kind import resolve_arch
 
-        arch = resolve_arch(cfg.arch, None, kind=kind)
+        arch = resolve_arch(cfg.arch, None, kind=kind, method=cfg.method)
     if arch == "cnn" and reconstructs:
         raise AelabError(f"the cnn network has no decoder, and --method {cfg.method} with recon_weight "
                          f"{cfg.resolved_recon_weight():g} reconstructs: use --arch unet or --recon_weight 0")

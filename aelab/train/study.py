@@ -62,7 +62,7 @@ class ClassificationStudyConfig(RunOptions):
             kmeans-features, so it comes after both).
         preset: network size: tiny, small (CPU) or course (the course report's network, for GPUs).
         arch: network of the supervised and fixmatch rows (trained from random weights): auto (a plain CNN without a
-            decoder for colour photos, the U-Net for grey images such as digits; see aelab.data.kind), unet or cnn.
+            decoder for fixmatch on colour photos, else the U-Net; see aelab.data.kind), unet or cnn (both rows).
             The course methods and VICReg always train the U-Net.
         image_size: square size every image is resized to; none = the preset's.
         channels: 1 or 3 image channels.

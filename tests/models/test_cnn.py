@@ -60,3 +60,12 @@ def test_arch_rules():
     course = preset_config("course", arch="cnn")
     assert course.head == "pool" and course.width == 64 and course.depth == 4
     assert preset_config("small", arch="cnn", width=32).width == 32
+
+
+def test_the_rule_gives_the_cnn_to_fixmatch_on_photos_only():
+    from aelab.data.kind import resolve_arch
+
+    assert resolve_arch("auto", None, kind="photo", method="fixmatch") == "cnn"
+    assert resolve_arch("auto", None, kind="photo", method="supervised") == "unet"  # level on the tuning draw
+    assert resolve_arch("auto", None, kind="grey", method="fixmatch") == "unet"  # the digits' measured network
+    assert resolve_arch("cnn", None, kind="grey", method="supervised") == "cnn"  # an explicit choice stands

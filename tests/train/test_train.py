@@ -292,9 +292,9 @@ def test_a_photo_model_with_stem_and_pool_head_predicts_from_its_checkpoint(tmp_
     run = finetune(FinetuneConfig(data=str(root), epochs=3, out=str(tmp_path / "ft"), **{**TINY, "batch_size": 4}))
     ckpt = torch.load(run / "best.ckpt", weights_only=True)
     assert ckpt["model_config"]["stem"] == 24 and ckpt["model_config"]["head"] == "pool"
-    # colour photos from random weights get the plain CNN (aelab.data.kind.PHOTO_ARCH), at the preset's cnn width
-    assert ckpt["model_config"]["arch"] == "cnn" and ckpt["model_config"]["width"] == 8
-    assert json.loads((run / "model.json").read_text())["class"] == "PlainCNN"
+    # supervised training keeps the U-Net on photos (aelab.data.kind.PHOTO_ARCH_METHODS: FixMatch only)
+    assert ckpt["model_config"]["arch"] == "unet"
+    assert json.loads((run / "model.json").read_text())["class"] == "ResUNetAutoencoder"
     assert ckpt["preprocessing"]["mean"][0] > ckpt["preprocessing"]["mean"][1]  # fitted: red is brighter than green
     out = predict(PredictConfig(model=str(run), data=str(root), out=str(tmp_path / "p"), device="cpu"))
     rows = (out / "predictions.csv").read_text().splitlines()
@@ -342,9 +342,11 @@ def test_the_photo_cnn_learns_and_predicts_unseen_photos_above_chance(tmp_path):
     root = tmp_path / "stripes"
     _stripes(root / "dev" / "labelled", 16, rng)
     _stripes(root / "test", 20, rng, labels_csv=root / "test_labels.csv")
-    run = finetune(FinetuneConfig(data=str(root), epochs=20, patience=20, out=str(tmp_path / "ft"),
+    run = finetune(FinetuneConfig(data=str(root), arch="cnn", epochs=20, patience=20, out=str(tmp_path / "ft"),
                                   **{**TINY, "batch_size": 8}))
-    assert torch.load(run / "best.ckpt", weights_only=True)["model_config"]["arch"] == "cnn"
+    ckpt = torch.load(run / "best.ckpt", weights_only=True)
+    assert ckpt["model_config"]["arch"] == "cnn" and ckpt["model_config"]["width"] == 8  # the preset's cnn width
+    assert json.loads((run / "model.json").read_text())["class"] == "PlainCNN"
     from aelab.train.predict import predict_result
 
     res = predict_result(PredictConfig(model=str(run), data=str(root), out=str(tmp_path / "p"), device="cpu"))
@@ -379,11 +381,15 @@ def test_a_photo_cnn_run_resumes_to_the_same_weights_and_freezes_its_blocks(tmp_
     rng = np.random.default_rng(1)
     root = tmp_path / "stripes"
     _stripes(root / "dev" / "labelled", 6, rng)
-    settings = dict(data=str(root), epochs=3, patience=3, **{**TINY, "batch_size": 4})
-    whole = finetune(FinetuneConfig(out=str(tmp_path / "whole"), **settings))
-    # an explicit U-Net head on photos gets the U-Net (arch auto), not a refusal
-    mlp = finetune(FinetuneConfig(out=str(tmp_path / "mlp"), head="bn-mlp", **{**settings, "epochs": 1}))
+    _stripes(root / "dev" / "unlabelled", 8, rng, labels_csv=tmp_path / "unused.csv")
+    # FixMatch on photos gets the CNN (arch auto); with an explicit U-Net head, the U-Net, not a refusal
+    once = dict(data=str(root), method="fixmatch", epochs=1, **{**TINY, "batch_size": 4})
+    fm = finetune(FinetuneConfig(out=str(tmp_path / "fm"), **once))
+    assert torch.load(fm / "best.ckpt", weights_only=True)["model_config"]["arch"] == "cnn"
+    mlp = finetune(FinetuneConfig(out=str(tmp_path / "mlp"), head="bn-mlp", **once))
     assert torch.load(mlp / "best.ckpt", weights_only=True)["model_config"]["arch"] == "unet"
+    settings = dict(data=str(root), arch="cnn", epochs=3, patience=3, **{**TINY, "batch_size": 4})
+    whole = finetune(FinetuneConfig(out=str(tmp_path / "whole"), **settings))
 
     from aelab.runs import MetricsLogger
 
@@ -407,7 +413,7 @@ def test_a_photo_cnn_run_resumes_to_the_same_weights_and_freezes_its_blocks(tmp_
         torch.testing.assert_close(b["state_dict"][k], v, msg=k)
 
     frozen = finetune(FinetuneConfig(init_from=str(whole), freeze_encoder=True, out=str(tmp_path / "frozen"),
-                                     **{**settings, "epochs": 1}))
+                                     **{**settings, "epochs": 1, "arch": "auto"}))
     f = torch.load(frozen / "last.ckpt", weights_only=True)
     assert f["model_config"]["arch"] == "cnn"  # the checkpoint's network
     for k, v in a["state_dict"].items():
