@@ -29,6 +29,25 @@ from aelab.train import (
 TINY = dict(preset="tiny", device="cpu", batch_size=32)
 
 
+def interrupted(monkeypatch, run, epochs: int = 2) -> None:
+    """Call ``run`` and stop it with a KeyboardInterrupt right after its ``epochs``-th epoch is logged (before that
+    epoch's checkpoint), as Ctrl-C would."""
+    from aelab.runs import MetricsLogger
+
+    original, calls = MetricsLogger.log, {"n": 0}
+
+    def interrupting_log(self, row):
+        original(self, row)
+        calls["n"] += 1
+        if calls["n"] == epochs:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(MetricsLogger, "log", interrupting_log)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(MetricsLogger, "log", original)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("train") / "demo"
@@ -59,21 +78,7 @@ def test_resume_reaches_the_same_weights(data, tmp_path, monkeypatch):
     full = pretrain(PretrainConfig(out=str(tmp_path / "full"), **cfg))
 
     # Interrupt the second run right after its second epoch is logged (before that epoch's checkpoint).
-    from aelab.runs import MetricsLogger
-
-    original = MetricsLogger.log
-    calls = {"n": 0}
-
-    def interrupting_log(self, row):
-        original(self, row)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(MetricsLogger, "log", interrupting_log)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain(PretrainConfig(out=str(tmp_path / "cut"), **cfg))
-    monkeypatch.setattr(MetricsLogger, "log", original)
+    interrupted(monkeypatch, lambda: pretrain(PretrainConfig(out=str(tmp_path / "cut"), **cfg)))
     assert load_checkpoint(tmp_path / "cut", which="last")["epoch"] == 0
 
     resumed = pretrain(PretrainConfig(resume=str(tmp_path / "cut")))
@@ -390,21 +395,7 @@ def test_a_photo_cnn_run_resumes_to_the_same_weights_and_freezes_its_blocks(tmp_
     assert torch.load(mlp / "best.ckpt", weights_only=True)["model_config"]["arch"] == "unet"
     settings = dict(data=str(root), arch="cnn", epochs=3, patience=3, **{**TINY, "batch_size": 4})
     whole = finetune(FinetuneConfig(out=str(tmp_path / "whole"), **settings))
-
-    from aelab.runs import MetricsLogger
-
-    original, calls = MetricsLogger.log, {"n": 0}
-
-    def interrupting_log(self, row):  # stop the second run right after its second epoch is logged
-        original(self, row)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(MetricsLogger, "log", interrupting_log)
-    with pytest.raises(KeyboardInterrupt):
-        finetune(FinetuneConfig(out=str(tmp_path / "cut"), **settings))
-    monkeypatch.setattr(MetricsLogger, "log", original)
+    interrupted(monkeypatch, lambda: finetune(FinetuneConfig(out=str(tmp_path / "cut"), **settings)))
     resumed = finetune(FinetuneConfig(resume=str(tmp_path / "cut")))
     a = torch.load(whole / "last.ckpt", weights_only=True)
     b = torch.load(resumed / "last.ckpt", weights_only=True)
