@@ -135,7 +135,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 #: The first block's width of each preset's cnn network (same depth and image size). `small`: 48, 96 and 192
 #: channels, 657k parameters with a 24-channel whitening layer, as the prototype measured in benchmarks/README.md;
-#: the U-Net's 16 would give a network of 74k.
+#: the U-Net's 16 would give a network of 77k.
 CNN_WIDTHS: dict[str, int] = {"tiny": 8, "small": 48, "course": 64}
 
 
