@@ -233,8 +233,6 @@ class ResUNetAutoencoder(WhiteningStem, nn.Module):
                    nn.Linear(hidden, num_classes)]
         return nn.Sequential(*layers)
 
-    has_decoder = True
-
     def encoder_modules(self) -> tuple[nn.Module, ...]:
         """The modules ``--freeze_encoder`` keeps fixed."""
         return (*self.encoders, self.bottleneck)

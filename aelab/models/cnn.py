@@ -79,8 +79,6 @@ class PlainCNN(WhiteningStem, nn.Module):
         self.head = None if head == "none" or num_classes == 0 else nn.Linear(chans[-1], num_classes)
         self.to(memory_format=torch.channels_last)  # as the U-Net: faster convolutions on CPU threads and GPUs
 
-    has_decoder = False
-
     def encoder_modules(self) -> tuple[nn.Module, ...]:
         """The modules ``--freeze_encoder`` keeps fixed."""
         return tuple(self.encoders)

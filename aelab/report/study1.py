@@ -43,10 +43,9 @@ def section_1a(layout: RunLayout, stages: RunStages) -> Section:
         return Section("1a", title, [Paragraph(
             "Architecture not recorded: no model.json in this run folder (no network was trained).")])
     stage, info = found
+    cfg = dict(info.get("config") or {})
     if info.get("class") == "PlainCNN":
         title = "The model (a plain CNN: no autoencoder)"
-    cfg = dict(info.get("config") or {})
-    if info.get("class") == "PlainCNN":  # settings of the U-Net's decoder and MLP head it does not have
         for key in ("skip_connections", "head_hidden", "dropout"):
             cfg.pop(key, None)
     desc = ", ".join(f"{k}={v}" for k, v in cfg.items())

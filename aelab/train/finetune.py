@@ -139,7 +139,13 @@ class FinetuneConfig(RunOptions):
 def _check(cfg: FinetuneConfig) -> None:
     if cfg.method not in METHODS:
         raise AelabError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
-    if cfg.arch == "cnn" and cfg.init_from is None and cfg.resolved_recon_weight() > 0:
+    if cfg.init_from is None:
+        _refuse_reconstruction(cfg, cfg.arch)  # before any folder is made
+
+
+def _refuse_reconstruction(cfg: FinetuneConfig, arch: str) -> None:
+    """A network without a decoder cannot serve a method that reconstructs (``recon_weight`` > 0)."""
+    if arch == "cnn" and cfg.resolved_recon_weight() > 0:
         raise AelabError(f"the cnn network has no decoder, and --method {cfg.method} with recon_weight "
                          f"{cfg.resolved_recon_weight():g} reconstructs: use --arch unet or --recon_weight 0")
 
@@ -224,9 +230,7 @@ def _resolve_arch(cfg: FinetuneConfig, kind: str, init: dict | None) -> str:
         from aelab.data.kind import resolve_arch
 
         arch = resolve_arch(cfg.arch, None, kind=kind, method=cfg.method)
-    if arch == "cnn" and reconstructs:
-        raise AelabError(f"the cnn network has no decoder, and --method {cfg.method} with recon_weight "
-                         f"{cfg.resolved_recon_weight():g} reconstructs: use --arch unet or --recon_weight 0")
+    _refuse_reconstruction(cfg, arch)
     return arch
 
 

@@ -35,7 +35,7 @@ def test_forward_pools_the_last_map_and_never_reconstructs():
     torch.testing.assert_close(out.embedding, fmap.mean((2, 3)))
     torch.testing.assert_close(out.logits, model.head(fmap.mean((2, 3))))
     assert model.pool_embedding(out.embedding) is out.embedding
-    assert model.decoder_modules() == () and not model.has_decoder
+    assert model.decoder_modules() == ()
 
 
 def test_the_whitening_stem_is_fitted_and_never_trained():
