@@ -89,6 +89,35 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot_budgets(rows: list[dict], path: Path) -> None:
+    """Test accuracy against the method's CPU minutes, one line per (method, labels, unlabelled, seed) with more
+    than one budget; each point is labelled with its budget in minutes (a whole run, schedule annealed to its end)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.4), dpi=110)
+    keys = dict.fromkeys((r["method"], r["labels"], r["unlabelled"], r["seed"]) for r in rows
+                         if r.get("val_acc") is not None)
+    for key in keys:
+        sel = sorted((r for r in rows if (r["method"], r["labels"], r["unlabelled"], r["seed"]) == key),
+                     key=lambda r: r["budget"])
+        if len(sel) < 2:
+            continue
+        x, y = [r["cpu_seconds"] / 60 for r in sel], [r["test_acc"] for r in sel]
+        ax.plot(x, y, "o-", label=f"{key[0]}, {key[1]} labels/class, seed {key[3]}")
+        for r, xi, yi in zip(sel, x, y):
+            ax.annotate(f"{r['budget']:g} min", (xi, yi), textcoords="offset points", xytext=(0, 5), fontsize=7)
+    ax.set(xlabel="CPU minutes of the method", ylabel="test accuracy",
+           title="Photos: test accuracy against the time budget")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--labels", default="25", help="labelled photos per class, comma-separated (4, 25, 400)")
@@ -106,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the CIFAR-10 archive, or a folder holding train/<class>/")
     ap.add_argument("--work", type=Path, default=Path("benchmarks/_work/natural"))
     ap.add_argument("--json", default=None, help="also write every row to this JSON file")
+    ap.add_argument("--plot", type=Path, default=None,
+                    help="with --budgets: draw test accuracy against CPU minutes into this PNG")
     args = ap.parse_args(argv)
     settings = {}
     for pair in args.set:
@@ -143,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nsubmitted method = best test method on {right} of {len(picked)} draws")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
+    if args.plot:
+        plot_budgets(rows, args.plot)
     return 0
 
 
