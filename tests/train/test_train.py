@@ -274,6 +274,10 @@ def test_a_time_budget_sets_the_epochs_from_the_first_one_and_the_schedule_ends_
     assert last["fit_state"]["planned_epochs"] == 3  # 96 s of budget / 30 s per epoch
     assert len(last["fit_state"]["history"]) == 3
     assert last["scheduler"]["T_max"] == 3  # the cosine schedule ends with the last planned epoch
+    clock = iter(range(0, 10_000, 30))
+    near = finetune(FinetuneConfig(data=str(data), epochs=20, budget=1.3, patience=20, out=str(tmp_path / "r"), **TINY))
+    # 78 s / 30 s = 2.6 epochs: the nearest whole number, 3 (90 s, 12 s over), not 2 (60 s, 18 s unused)
+    assert torch.load(near / "last.ckpt", weights_only=True)["fit_state"]["planned_epochs"] == 3
     free = finetune(FinetuneConfig(data=str(data), epochs=4, budget=None, patience=20, out=str(tmp_path / "n"), **TINY))
     assert len(torch.load(free / "last.ckpt", weights_only=True)["fit_state"]["history"]) == 4
 
