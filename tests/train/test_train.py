@@ -277,7 +277,11 @@ def test_a_time_budget_sets_the_epochs_from_the_first_one_and_the_schedule_ends_
     clock = iter(range(0, 10_000, 30))
     near = finetune(FinetuneConfig(data=str(data), epochs=20, budget=1.3, patience=20, out=str(tmp_path / "r"), **TINY))
     # 78 s / 30 s = 2.6 epochs: the nearest whole number, 3 (90 s, 12 s over), not 2 (60 s, 18 s unused)
-    assert torch.load(near / "last.ckpt", weights_only=True)["fit_state"]["planned_epochs"] == 3
+    saved = torch.load(near / "last.ckpt", weights_only=True)["fit_state"]
+    assert saved["planned_epochs"] == 3
+    # the cosine schedule over the 3 planned epochs, from the second one on: (1 + cos(pi t / 3)) / 2 of the rate
+    rates = [row["lr"] / saved["history"][0]["lr"] for row in saved["history"]]
+    assert rates == pytest.approx([1.0, 0.75, 0.25])
     free = finetune(FinetuneConfig(data=str(data), epochs=4, budget=None, patience=20, out=str(tmp_path / "n"), **TINY))
     assert len(torch.load(free / "last.ckpt", weights_only=True)["fit_state"]["history"]) == 4
 
