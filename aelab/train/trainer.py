@@ -309,8 +309,8 @@ class Trainer:
         """Fit the stage into ``budget_s``: the whole number of epochs nearest to what the first one's time allows
         (at least 1, at most ``epochs``), decided on rank 0 and shared; the cosine schedule is stretched to end with
         them. Nearest, not fewer: a stage then misses its share by at most half an epoch either way, where rounding
-        down lost up to a whole one (with 45,000 unlabelled photos one FixMatch epoch took 190 s of a 360 s share,
-        and rounding down left 170 s unused: benchmarks/README.md)."""
+        down lost up to a whole one (with 45,000 unlabelled photos one FixMatch epoch took 190 s, and rounding down
+        used 195 s of a 360 s share: benchmarks/README.md)."""
         budget = self.config.budget_s
         planned = max(1, min(self.epochs, int(budget / max(first_epoch_s, 1e-6) + 0.5)))
         if self.fabric.world_size > 1:
