@@ -109,6 +109,7 @@ def plot_budgets(rows: list[dict], path: Path) -> None:
         ax.plot(x, y, "o-", label=f"{key[0]}, {key[1]} labels/class, seed {key[3]}")
         for r, xi, yi in zip(sel, x, y):
             ax.annotate(f"{r['budget']:g} min", (xi, yi), textcoords="offset points", xytext=(0, 5), fontsize=7)
+    ax.margins(x=0.08, y=0.2)  # room for the labels above the points
     ax.set(xlabel="CPU minutes of the method", ylabel="test accuracy",
            title="Photos: test accuracy against the time budget")
     ax.grid(alpha=0.3)
