@@ -46,7 +46,7 @@ def test_only_confident_images_become_pseudo_labels():
     assert torch.all(strong.grad[1] == 0)
     assert strong.grad[0, 0] < 0 and strong.grad[2, 2] < 0
     # Above every confidence, nothing is learned from the unlabelled images.
-    assert float(fixmatch_unlabelled_loss(weak, strong, threshold=1.0)[0]) == 0.0
+    assert float(fixmatch_unlabelled_loss(weak, strong, threshold=1.0)[0].detach()) == 0.0
 
 
 def _flexmatch_reference(latest: np.ndarray, n_classes: int, tau: float) -> np.ndarray:
