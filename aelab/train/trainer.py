@@ -243,7 +243,6 @@ class Trainer:
         t0 = time.perf_counter()
         row: dict[str, Any] = {"epoch": epoch, **self.train_epoch(task, epoch)}
         lr = self._inner_optimizer().param_groups[0]["lr"]  # the rate this epoch used
-        self.scheduler.step()
         self.model.eval()
         with torch.no_grad():
             row.update(task.validate())
@@ -252,6 +251,7 @@ class Trainer:
         self.state.epoch = epoch + 1
         if epoch == 0 and cfg.budget_s is not None:
             self.plan(row["seconds"])
+        self.scheduler.step()  # after the plan: the next epoch's rate comes from the planned schedule's length
         self.state.history.append(dict(row))
         numbers = {k: v for k, v in row.items() if isinstance(v, (int, float))}
         self.metrics_file.log_metrics(numbers, step=epoch)
@@ -319,22 +319,9 @@ class Trainer:
             info(f"[{self.config.desc}] budget {budget / 60:.1f} min: {planned} epochs of {first_epoch_s:.1f} s "
                  f"(of at most {self.epochs})")
         self.epochs = self.state.planned_epochs = planned
-        self._stretch_schedule(planned)
-
-    def _stretch_schedule(self, epochs: int) -> None:
-        """The cosine schedule over ``epochs`` from the next epoch on: its rate becomes the closed form
-        ``η_min + (η_0 − η_min)(1 + cos(π t / T)) / 2`` at ``t`` = the epochs done, ``T`` = ``epochs``
-        (Loshchilov & Hutter 2017, Eq. 5), from which torch's recursive step continues. Setting ``T_max``
-        alone would let the next epoch run at the old schedule's rate: with 2 planned epochs the second
-        one ran at 99.7 % of the first one's rate instead of half."""
-        sched = self.scheduler
-        sched.T_max = epochs
-        t = sched.last_epoch
-        rates = [sched.eta_min + (base - sched.eta_min) * (1 + math.cos(math.pi * t / epochs)) / 2
-                 for base in sched.base_lrs]
-        for group, rate in zip(self._inner_optimizer().param_groups, rates):
-            group["lr"] = rate
-        sched._last_lr = rates
+        # Set before the first epoch's scheduler step (`run_epoch`), so the second epoch already runs at the
+        # planned cosine's rate (with 2 planned epochs: half the first one's; set after it, 99.7 %).
+        self.scheduler.T_max = planned
 
     # --- checkpoints and resume -----------------------------------------------------------------
     def _inner_optimizer(self):
