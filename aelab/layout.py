@@ -14,7 +14,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["RunLayout"]
+__all__ = ["PLAN_FILE", "RunLayout"]
+
+#: The file a training stage under a time budget writes into its own folder: its plan (`aelab.results.StagePlan`).
+PLAN_FILE = "budget.json"
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,10 @@ class RunLayout:
     def metrics_csv(self, stage: str) -> Path:
         """``<stage>/metrics.csv`` (one row per epoch) of a training stage; ``stage`` relative to the run folder."""
         return self.root / stage / "metrics.csv"
+
+    def plan_json(self, stage: str) -> Path:
+        """``<stage>/budget.json``: the epochs a training stage's time budget allowed (`aelab.results.StagePlan`)."""
+        return self.root / stage / PLAN_FILE
 
     def model_json(self, stage: str) -> Path:
         """``<stage>/model.json`` (`aelab.models.summary.describe_model`) of a training stage."""

@@ -6,7 +6,7 @@ are declared here once. The module imports no torch and nothing from ``train``, 
 ``cluster``: the report reads a run folder with it alone.
 
 Example:
-    >>> from aelab.layout import RunLayout
+    >>> from aelab.layout import PLAN_FILE, RunLayout
     >>> rec = StageRecord("done", None, 1.5, {"run": "pretrain"})
     >>> PretrainResult.from_dict(rec.result).run
     'pretrain'
@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aelab.layout import RunLayout
+from aelab.layout import PLAN_FILE, RunLayout
 from aelab.runs import atomic_write_text, read_json, write_csv, write_json
 
 __all__ = ["AnomalyStudyResult", "AnomalySummary", "ChosenMethod", "ClassificationResult", "ClusterStudyResult",
-           "DataResult", "METHOD_COLUMNS", "MethodResult", "MethodRow", "PretrainResult", "RunStages", "StageRecord"]
+           "DataResult", "METHOD_COLUMNS", "MethodResult", "MethodRow", "PretrainResult", "RunStages", "StagePlan",
+           "StageRecord"]
 
 
 def _from_fields(cls, data: dict):
@@ -204,6 +205,41 @@ class MethodRow:
                     _int(r.get("labels_per_class")), _float(r.get("val_acc")), _int(r.get("n_val")),
                     _float(r.get("test_acc")), _float(r.get("seconds")), r.get("run") or "", r.get("note") or "")
                 for r in rows] or None
+
+
+#: A stage whose budget allows fewer epochs than this (and than its configured maximum) is cut short: its result
+#: may be far from what it reaches with time (at 400 labelled photos per class the supervised-only row ran 3 epochs in
+#: its 45-second share and scored 0.424; benchmarks/README.md).
+SHORT_EPOCHS = 10
+
+
+@dataclass
+class StagePlan:
+    """``<stage>/budget.json``: how a training stage fitted its time budget (`aelab.train.trainer.Trainer.plan`)."""
+
+    budget_s: float
+    first_epoch_s: float
+    planned_epochs: int
+    max_epochs: int
+
+    @property
+    def cut_short(self) -> bool:
+        """Fewer than `SHORT_EPOCHS` epochs (and fewer than its maximum) fitted in the stage's share."""
+        return self.planned_epochs < min(SHORT_EPOCHS, self.max_epochs)
+
+    def write(self, run_dir: str | Path) -> None:
+        write_json(Path(run_dir) / PLAN_FILE, dataclasses.asdict(self))
+
+    @classmethod
+    def read(cls, run_dir: str | Path) -> StagePlan | None:
+        """The plan of the stage in ``run_dir``, or ``None`` (no budget, or written by an older aelab)."""
+        data = read_json(Path(run_dir) / PLAN_FILE, default={})
+        try:
+            return None if not data else cls(
+                float(data["budget_s"]), float(data["first_epoch_s"]), int(data["planned_epochs"]),
+                int(data["max_epochs"]))
+        except (KeyError, TypeError, ValueError):
+            return None
 
 
 @dataclass

@@ -96,3 +96,16 @@ def test_anomaly_summary_writes_what_the_report_reads(tmp_path):
     stage = AnomalyStudyResult.from_summary(summary, path).to_dict()
     assert stage == {"summary": str(path), "auroc": 0.9, "auroc_skip": 0.8, "auroc_geometric": 0.95,
                      "default_method": "reconstruction"}
+
+
+def test_a_stage_plan_is_cut_short_below_ten_epochs_or_its_maximum(tmp_path):
+    from aelab.results import StagePlan
+
+    assert StagePlan(45.0, 12.8, 3, 100).cut_short  # 400 labels per class: 3 epochs in 45 s
+    assert not StagePlan(360.0, 18.0, 20, 30).cut_short
+    assert not StagePlan(60.0, 6.0, 10, 100).cut_short  # ten epochs are enough not to be named
+    assert not StagePlan(60.0, 6.0, 8, 8).cut_short  # every configured epoch ran
+    assert StagePlan(60.0, 30.0, 2, 8).cut_short
+    assert StagePlan.read(tmp_path) is None  # no budget.json: no budget, or an older aelab
+    StagePlan(45.0, 12.8, 3, 100).write(tmp_path)
+    assert StagePlan.read(tmp_path) == StagePlan(45.0, 12.8, 3, 100)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aelab.layout import RunLayout
 from aelab.report.content import Highlights
-from aelab.report.study1 import pct, points, score_key, unlabelled_gain
+from aelab.report.study1 import cut_short, pct, points, score_key, unlabelled_gain
 from aelab.results import AnomalySummary, ClusterStudyResult, MethodRow, RunStages
 
 __all__ = ["headline"]
@@ -22,7 +22,7 @@ def _not_run(label: str, reason: str, section: str) -> dict[str, str]:
     return _item(label, "—", f"Not available: {reason}", section)
 
 
-def _study1(methods: list[MethodRow] | None, stages: RunStages) -> list[dict[str, str]]:
+def _study1(layout: RunLayout, methods: list[MethodRow] | None, stages: RunStages) -> list[dict[str, str]]:
     if not methods:
         return [_not_run("Best test accuracy", stages.skipped("predict") or "no study1/methods.csv in the run folder",
                          "1b")]
@@ -39,9 +39,13 @@ def _study1(methods: list[MethodRow] | None, stages: RunStages) -> list[dict[str
     gain = unlabelled_gain(methods)
     if gain:
         key = metric.split("_")[0]
+        short = cut_short(layout, [m.run for m in (gain["best"], gain["base"]) if m.run])
+        ran = ", ".join(f"{st} {p.planned_epochs} of {p.max_epochs} epochs" for st, p in short.items())
+        caveat = f" Cut short by the time budget ({ran}): partly the budget's effect." if short else ""
         items.append(_item("What the unlabelled images add", points(gain[key]),
                            f"{gain['best'].method} ({pct(getattr(gain['best'], metric))}) against "
-                           f"{gain['base'].method} ({pct(getattr(gain['base'], metric))}), {on} accuracy.", "1b"))
+                           f"{gain['base'].method} ({pct(getattr(gain['base'], metric))}), {on} accuracy.{caveat}",
+                           "1b"))
     return items
 
 
@@ -80,6 +84,6 @@ def _study3(layout: RunLayout, stages: RunStages) -> dict[str, str]:
 
 def headline(layout: RunLayout, stages: RunStages) -> Highlights:
     """The headline results of a run folder (missing studies say why)."""
-    items = _study1(MethodRow.read(layout), stages)
+    items = _study1(layout, MethodRow.read(layout), stages)
     items += [_study2(layout, stages), _study3(layout, stages)]
     return Highlights(items)

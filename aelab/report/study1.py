@@ -8,9 +8,9 @@ from pathlib import Path
 from aelab.layout import RunLayout
 from aelab.report.content import Figure, Paragraph, Section, Table
 from aelab.report.runfiles import find_model_json, read_json, read_rows
-from aelab.results import ChosenMethod, MethodRow, RunStages
+from aelab.results import SHORT_EPOCHS, ChosenMethod, MethodRow, RunStages, StagePlan
 
-__all__ = ["section_1a", "section_1b", "unlabelled_gain", "score_key", "pct", "points"]
+__all__ = ["section_1a", "section_1b", "unlabelled_gain", "cut_short", "score_key", "pct", "points"]
 
 
 def pct(x: float | None) -> str:
@@ -126,6 +126,26 @@ def unlabelled_gain(methods: list[MethodRow]) -> dict | None:
     return {"metric": metric, "best": best, "base": base[0], "val": delta("val_acc"), "test": delta("test_acc")}
 
 
+def cut_short(layout: RunLayout, stages: list[str]) -> dict[str, StagePlan]:
+    """The training stages (folders of the run) that their share of the time budget cut short (`StagePlan`)."""
+    plans = {st: StagePlan.read(layout.stage(st)) for st in stages if layout.stage(st).is_dir()}
+    return {st: plan for st, plan in plans.items() if plan is not None and plan.cut_short}
+
+
+def _cut_short_sentence(layout: RunLayout, settings: dict) -> str | None:
+    """Which stages the budget cut short, and what that means for the table (``None``: none was)."""
+    short = cut_short(layout, list(settings.get("budget_shares") or {}))
+    if not short:
+        return None
+    parts = [f"{st} ran {p.planned_epochs} of its {p.max_epochs} epochs in {p.budget_s / 60:.1f} minutes"
+             for st, p in short.items()]
+    return (f"Cut short by the time budget: {'; '.join(parts)}. Fewer than {SHORT_EPOCHS} epochs fitted in "
+            f"{'this stage' if len(short) == 1 else 'these stages'}' share{'' if len(short) == 1 else 's'}, so "
+            "the rows that depend on them may be far below what their methods reach with more time, and a "
+            "difference with them (such as what the unlabelled images add) measures the budget as much as the "
+            "method. For a fair table, run again with a larger --budget (or --budget null: every epoch).")
+
+
 def _validation_sentence(methods: list[MethodRow], chosen: ChosenMethod) -> str:
     sizes = sorted({m.n_val for m in methods if m.n_val})
     protocol = chosen.validation or "held-out labelled images"
@@ -209,6 +229,9 @@ def _section_1b_methods(layout: RunLayout, methods: list[MethodRow]) -> Section:
     chosen = ChosenMethod.read(layout)
     blocks = [_table_1b(methods), Paragraph(_validation_sentence(methods, chosen))]
     blocks += [Paragraph(text) for text in _settings_sentences(chosen.settings or {})]
+    short = _cut_short_sentence(layout, chosen.settings or {})
+    if short:
+        blocks.append(Paragraph(short))
     networks = _network_sentence(layout, methods, chosen.settings or {})
     if networks:
         blocks.append(Paragraph(networks))

@@ -36,6 +36,7 @@ from torch import nn
 
 from aelab.errors import AelabError
 from aelab.progress import info, progress
+from aelab.results import StagePlan
 from aelab.runs import atomic_write
 from aelab.train.checkpoint import load_checkpoint, save_checkpoint
 from aelab.train.loaders import make_loader
@@ -315,9 +316,16 @@ class Trainer:
         planned = max(1, min(self.epochs, int(budget / max(first_epoch_s, 1e-6) + 0.5)))
         if self.fabric.world_size > 1:
             planned = int(self.fabric.broadcast(planned, src=0))
+        plan = StagePlan(round(budget, 1), round(first_epoch_s, 3), planned, self.epochs)
+        if self.fabric.is_global_zero:
+            plan.write(self.run_dir)  # the report reads it: the epochs each method had
         if planned != self.epochs:
             info(f"[{self.config.desc}] budget {budget / 60:.1f} min: {planned} epochs of {first_epoch_s:.1f} s "
                  f"(of at most {self.epochs})")
+        if plan.cut_short:
+            info(f"[{self.config.desc}] note: only {planned} of its {self.epochs} epochs fit in its "
+                 f"{budget / 60:.1f}-minute share of the budget, so it may end far below what it reaches with more "
+                 "time: raise --budget, or --budget null to run every epoch")
         self.epochs = self.state.planned_epochs = planned
         # Set before the first epoch's scheduler step (`run_epoch`), so the second epoch already runs at the
         # planned cosine's rate (with 2 planned epochs: half the first one's; set after it, 99.7 %).

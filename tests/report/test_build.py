@@ -253,3 +253,25 @@ def test_1b_says_which_network_each_row_trained_from_its_model_json(tmp_path, ma
     assert len(texts) == 1
     assert "trained a plain CNN without a decoder" in texts[0] and "course trained the residual U-Net" in texts[0]
     assert "--arch auto" in texts[0]
+
+
+def test_a_stage_the_budget_cut_short_is_named_in_1b_and_in_the_headline(tmp_path, make_run_folder):
+    from aelab.results import StagePlan
+
+    run = make_run_folder(tmp_path / "run")
+    StagePlan(45.0, 12.8, 3, 100).write(run / "study1" / "supervised")  # 400 labels per class: 3 epochs fitted
+    StagePlan(360.0, 18.0, 20, 30).write(run / "study1" / "fixmatch")  # 20 of 30: a full enough run
+    chosen = json.loads((run / "study1" / "chosen.json").read_text())
+    chosen["settings"] = {"budget_minutes": 12.0, "budget_shares": {"study1/supervised": 1, "study1/fixmatch": 8}}
+    (run / "study1" / "chosen.json").write_text(json.dumps(chosen))
+    report = make_report(run)
+    texts = [b.text for b in _blocks(_section(report, "1b"), "paragraph") if "Cut short" in b.text]
+    assert len(texts) == 1
+    assert "study1/supervised ran 3 of its 100 epochs in 0.8 minutes" in texts[0] and "fixmatch" not in texts[0]
+    (gain,) = [i for i in report.headline[0].items if i["label"] == "What the unlabelled images add"]
+    assert "Cut short by the time budget (study1/supervised 3 of 100 epochs)" in gain["detail"]
+    # without a cut-short stage neither says so
+    StagePlan(45.0, 0.4, 100, 100).write(run / "study1" / "supervised")
+    report = make_report(run)
+    assert not [b for b in _blocks(_section(report, "1b"), "paragraph") if "Cut short" in b.text]
+    assert not any("Cut short" in i["detail"] for i in report.headline[0].items)

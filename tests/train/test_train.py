@@ -262,10 +262,12 @@ def test_config_file_then_flags_override_it(data, tmp_path):
     assert torch.load(tmp_path / "r" / "best.ckpt", weights_only=True)["config"]["noise_factor"] == 0.3
 
 
-def test_a_time_budget_sets_the_epochs_from_the_first_one_and_the_schedule_ends_with_them(data, tmp_path, monkeypatch):
+def test_a_time_budget_sets_the_epochs_from_the_first_one_and_the_schedule_ends_with_them(data, tmp_path, monkeypatch,
+                                                                                         capsys):
     import types
 
     import aelab.train.trainer as trainer
+    from aelab.results import StagePlan
 
     clock = iter(range(0, 10_000, 30))  # the trainer's clock moves 30 s per reading: each epoch "takes" 30 s
     monkeypatch.setattr(trainer, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
@@ -274,6 +276,9 @@ def test_a_time_budget_sets_the_epochs_from_the_first_one_and_the_schedule_ends_
     assert last["fit_state"]["planned_epochs"] == 3  # 96 s of budget / 30 s per epoch
     assert len(last["fit_state"]["history"]) == 3
     assert last["scheduler"]["T_max"] == 3  # the cosine schedule ends with the last planned epoch
+    # the plan, in the run folder for the report: 3 of 20 epochs is cut short, and the user is told so
+    assert StagePlan.read(run) == StagePlan(96.0, 30.0, 3, 20) and StagePlan.read(run).cut_short
+    assert "only 3 of its 20 epochs fit in its 1.6-minute share" in capsys.readouterr().err
     clock = iter(range(0, 10_000, 30))
     near = finetune(FinetuneConfig(data=str(data), epochs=20, budget=1.3, patience=20, out=str(tmp_path / "r"), **TINY))
     # 78 s / 30 s = 2.6 epochs: the nearest whole number, 3 (90 s, 12 s over), not 2 (60 s, 18 s unused)
@@ -284,6 +289,7 @@ def test_a_time_budget_sets_the_epochs_from_the_first_one_and_the_schedule_ends_
     assert rates == pytest.approx([1.0, 0.75, 0.25])
     free = finetune(FinetuneConfig(data=str(data), epochs=4, budget=None, patience=20, out=str(tmp_path / "n"), **TINY))
     assert len(torch.load(free / "last.ckpt", weights_only=True)["fit_state"]["history"]) == 4
+    assert StagePlan.read(free) is None  # no budget, no plan
 
 
 def test_a_photo_model_with_stem_and_pool_head_predicts_from_its_checkpoint(tmp_path):
