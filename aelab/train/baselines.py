@@ -8,6 +8,12 @@ be compared with it.
 Single-layer k-means features (Coates, Lee & Ng, AISTATS 2011; `aelab.train.patch_features`):
 a whitened patch dictionary learned on the unlabelled images, triangle codes pooled over four
 quadrants, then a standardised L2 logistic regression on the labelled images.
+
+Both predict the validation images from the training split only, and then (``refit=True``, the default) the test
+images with every labelled image: these rows choose nothing on the hold-out (no epoch, no C: it is fixed), so its
+labels are better spent on the model that predicts the test, as one refits on all the data after model selection
+(Hastie, Tibshirani & Friedman 2009, Sec. 7.10). On the seed-0 CIFAR-10 draw (25 labelled per class) the k-means
+features' test accuracy rose from 0.428 (mean of 5 hold-outs of 50) to 0.4485 (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ class BaselineResult:
 
 def label_spreading_baseline(labelled: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
                              unlabelled: np.ndarray | None, query: np.ndarray | None, n_components: int = 50,
-                             n_neighbors: int = 10, seed: int = 0) -> BaselineResult:
+                             n_neighbors: int = 10, seed: int = 0, refit: bool = True) -> BaselineResult:
     """Fit PCA + LabelSpreading on all images with only ``labels[train_idx]`` known.
 
     Args:
@@ -41,6 +47,7 @@ def label_spreading_baseline(labelled: np.ndarray, labels: np.ndarray, train_idx
         train_idx, val_idx: the same stratified split the network methods use; validation
             images are given to the graph unlabelled and scored against their labels.
         unlabelled: uint8 unlabelled images (or None), ``query``: images to predict (or None).
+        refit: predict ``query`` from a second spreading where the validation labels are known too.
 
     Returns:
         `BaselineResult` with predictions for ``val_idx`` and ``query``.
@@ -57,11 +64,18 @@ def label_spreading_baseline(labelled: np.ndarray, labels: np.ndarray, train_idx
     y[train_idx] = labels[train_idx]
     k = int(min(n_components, X.shape[0] - 1, X.shape[1]))
     Z = PCA(n_components=k, random_state=seed).fit_transform(X)
-    model = LabelSpreading(kernel="knn", n_neighbors=int(min(n_neighbors, len(X) - 1)), max_iter=100)
-    model.fit(Z, y)
-    pred = model.transduction_
+    def spread(known: np.ndarray) -> np.ndarray:
+        model = LabelSpreading(kernel="knn", n_neighbors=int(min(n_neighbors, len(X) - 1)), max_iter=100)
+        return model.fit(Z, known).transduction_
+
+    pred = spread(y)
     n_query = 0 if query is None else len(query)
-    return BaselineResult(pred[val_idx], pred[len(X) - n_query:], time.perf_counter() - t0)
+    if refit and n_query and len(val_idx):
+        y[val_idx] = labels[val_idx]
+        query_pred = spread(y)[len(X) - n_query:]
+    else:
+        query_pred = pred[len(X) - n_query:]
+    return BaselineResult(pred[val_idx], query_pred, time.perf_counter() - t0)
 
 
 FEATURES_C = 1e-3  # fixed from benchmarks/bench_kmeans_features.py (CIFAR-10 draws, seeds 0 and 1)
@@ -94,18 +108,19 @@ def logistic_cv(X: np.ndarray, y: np.ndarray, c_grid=C_GRID, folds: int = 3, see
 def kmeans_features_baseline(labelled: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
                              unlabelled: np.ndarray | None, query: np.ndarray | None, n_centroids: int = 800,
                              learner: str = "kmeans", C: float | None = FEATURES_C, seed: int = 0,
-                             **feature_options) -> BaselineResult:
+                             refit: bool = True, **feature_options) -> BaselineResult:
     """Coates et al.'s single-layer features learned on the unlabelled images, then logistic regression.
 
     Args:
         labelled, labels, train_idx, val_idx, unlabelled, query: as `label_spreading_baseline`;
             the dictionary is learned on ``unlabelled`` (on the labelled images when there are none),
-            the classifier on ``labelled[train_idx]`` only.
+            the classifier on ``labelled[train_idx]`` for the validation images.
         n_centroids: dictionary size K (4K features).
         learner: ``"kmeans"`` or ``"ekm"`` (Equilibrium K-Means), see `KMeansFeatures`.
         C: inverse L2 strength of the logistic regression on the standardised features; None = 3-fold
             CV over `C_GRID` on the training split (with 20 images per class it picked C from 0.001
             to 1 and lost up to 2 points against the fixed 0.001: benchmarks/README.md).
+        refit: predict ``query`` with the classifier refit on ``train_idx`` and ``val_idx`` together (the same C).
         feature_options: further `KMeansFeatures` arguments (patch, stride, n_patches, ekm_scale, ...).
 
     Returns:
@@ -119,16 +134,20 @@ def kmeans_features_baseline(labelled: np.ndarray, labels: np.ndarray, train_idx
     source = unlabelled if unlabelled is not None and len(unlabelled) else labelled
     feats = KMeansFeatures(n_centroids=n_centroids, learner=learner, random_state=seed, **feature_options).fit(source)
     X = feats.transform(labelled)
-    clf, _ = logistic_cv(X[train_idx], labels[train_idx], C_GRID if C is None else (C,), seed=seed)
+    clf, chosen_c = logistic_cv(X[train_idx], labels[train_idx], C_GRID if C is None else (C,), seed=seed)
     k = int(labels.max()) + 1
 
-    def proba(x: np.ndarray) -> np.ndarray:  # (N, K) over every class, also one the training split lacks
+    def proba(model, x: np.ndarray) -> np.ndarray:  # (N, K) over every class, also one the training split lacks
         out = np.zeros((len(x), k))
         if len(x):
-            out[:, clf.classes_] = clf.predict_proba(x)
+            out[:, model.classes_] = model.predict_proba(x)
         return out
 
-    val_proba = proba(X[val_idx])
-    query_proba = proba(feats.transform(query) if query is not None and len(query) else X[:0])
+    val_proba = proba(clf, X[val_idx])
+    has_query = query is not None and len(query)
+    if refit and has_query and len(val_idx):
+        every = np.concatenate([train_idx, val_idx])
+        clf = logistic_cv(X[every], labels[every], (chosen_c,), seed=seed)[0]
+    query_proba = proba(clf, feats.transform(query) if has_query else X[:0])
     return BaselineResult(val_proba.argmax(1), query_proba.argmax(1), time.perf_counter() - t0, val_proba,
                           query_proba)

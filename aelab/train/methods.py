@@ -91,10 +91,12 @@ for _m in (
            True, runs.run_fixmatch, {"fixmatch": 8}, 0, True),
     Method("vicreg", "self-supervised VICReg pretraining (Bardes et al. 2022), then supervised fine-tuning", True,
            runs.run_vicreg, {"vicreg_pretrain": 2, "vicreg": 1}, 1, True),
-    Method("label-spreading", "classical reference: LabelSpreading on a 50-component PCA of the pixels", True,
+    Method("label-spreading", "classical reference: LabelSpreading on a 50-component PCA of the pixels; the test "
+           "images with every labelled image known", True,
            runs.run_label_spreading, {}, 6),
     Method("kmeans-features", "classical reference: single-layer k-means features (Coates et al. 2011) learned on "
-           "the unlabelled images, logistic regression", True, runs.run_kmeans_features, {}, 5),
+           "the unlabelled images, logistic regression; refit on every labelled image for the test images", True,
+           runs.run_kmeans_features, {}, 5),
     Method("ensemble", "fixmatch and kmeans-features together: 0.3 x the network's class probabilities + 0.7 x "
            "the k-means-features classifier's (aelab.train.ensemble)", True, run_ensemble, {}, -1,
            needs=MEMBERS),

@@ -18,6 +18,9 @@ test folder. Methods:
                     probabilities (`aelab.train.ensemble`); runs after both
 ==================  ==========================================================================
 
+The two classical rows choose nothing on the validation split, so they predict the test images with every
+labelled image (`aelab.train.baselines`, ``refit``); their validation accuracy comes from the training split alone.
+
 ``aelab run`` runs one method per stage (so an interrupted run resumes per method);
 `classification_study` runs them all in one call for Python users.
 """

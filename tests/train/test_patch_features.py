@@ -137,3 +137,25 @@ def test_unknown_learner_is_one_line():
 
     with pytest.raises(AelabError, match="kmeans_features_learner"):
         ClassificationStudyConfig(kmeans_features_learner="dbscan")
+
+
+@pytest.mark.parametrize("baseline", ["kmeans-features", "label-spreading"])
+def test_the_test_images_are_predicted_with_the_validation_labels_too(baseline):
+    """The classical rows predict the validation images from the training split and, with ``refit``, the test
+    images from every labelled image: a class only the validation split holds is then found in the test."""
+    from functools import partial
+
+    from aelab.train.baselines import label_spreading_baseline
+
+    fn = (partial(kmeans_features_baseline, n_centroids=24, patch=5, n_patches=5000)
+          if baseline == "kmeans-features" else label_spreading_baseline)
+    x, y = _texture_classes(40, seed=0)
+    unl, _ = _texture_classes(60, seed=1)
+    query, y_query = _texture_classes(30, seed=2)
+    train_idx = np.flatnonzero((y != 2) & (np.arange(len(y)) % 2 == 0))  # class 2 only in the validation split
+    val_idx = np.setdiff1d(np.arange(len(y)), train_idx)
+    kept = fn(x, y, train_idx, val_idx, unl, query, seed=0, refit=False)
+    both = fn(x, y, train_idx, val_idx, unl, query, seed=0)
+    assert not np.any(kept.query_pred == 2) and not np.any(both.val_pred == 2)  # the hold-out stays unseen
+    assert np.mean(both.query_pred[y_query == 2] == 2) >= 0.7
+    assert np.mean(both.query_pred == y_query) > np.mean(kept.query_pred == y_query) + 0.2
