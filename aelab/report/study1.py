@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aelab.layout import RunLayout
+from aelab.layout import PLAN_FILE, RunLayout
 from aelab.report.content import Figure, Paragraph, Section, Table
 from aelab.report.runfiles import find_model_json, read_json, read_rows
 from aelab.results import SHORT_EPOCHS, ChosenMethod, MethodRow, RunStages, StagePlan
@@ -134,7 +134,9 @@ def cut_short(layout: RunLayout, stages: list[str]) -> dict[str, StagePlan]:
 
 def _cut_short_sentence(layout: RunLayout, settings: dict) -> str | None:
     """Which stages the budget cut short, and what that means for the table (``None``: none was)."""
-    short = cut_short(layout, list(settings.get("budget_shares") or {}))
+    stages = list(settings.get("budget_shares") or {})  # the budget's order; then any other planned stage
+    stages += sorted(p.parent.name for p in layout.root.glob(f"*/{PLAN_FILE}") if p.parent.name not in stages)
+    short = cut_short(layout, stages)
     if not short:
         return None
     parts = [f"{st} ran {p.planned_epochs} of its {p.max_epochs} epochs in {p.budget_s / 60:.1f} minutes"
