@@ -105,6 +105,8 @@ def test_a_stage_plan_is_cut_short_below_ten_epochs_or_its_maximum(tmp_path):
     assert not StagePlan(360.0, 18.0, 20, 30).cut_short
     assert not StagePlan(60.0, 6.0, 10, 100).cut_short  # ten epochs are enough not to be named
     assert not StagePlan(60.0, 6.0, 8, 8).cut_short  # every configured epoch ran
+    assert not StagePlan(90.0, 13.1, 7, 8).cut_short  # VICReg's pretraining: 7 of its 8
+    assert StagePlan(90.0, 15.1, 6, 15).cut_short  # the denoising pretraining: 6 of its 15
     assert StagePlan(60.0, 30.0, 2, 8).cut_short
     assert StagePlan.read(tmp_path) is None  # no budget.json: no budget, or an older aelab
     StagePlan(45.0, 12.8, 3, 100).write(tmp_path)

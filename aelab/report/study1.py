@@ -143,9 +143,9 @@ def _cut_short_sentence(layout: RunLayout, settings: dict) -> str | None:
              for st, p in short.items()]
     where = "this stage's share, so the rows that depend on it" if len(short) == 1 else \
         "these stages' shares, so the rows that depend on them"
-    return (f"Cut short by the time budget: {'; '.join(parts)}. Fewer than {SHORT_EPOCHS} epochs fitted in "
-            f"{where} may be far below what their methods reach with more time, and a "
-            "difference with them (such as what the unlabelled images add) measures the budget as much as the "
+    return (f"Cut short by the time budget: {'; '.join(parts)}. Fewer than {SHORT_EPOCHS} epochs, and under half "
+            f"of the configured ones, fitted in {where} may be far below what their methods reach with more time, "
+            "and a difference with them (such as what the unlabelled images add) measures the budget as much as the "
             "method. For a fair table, run again with a larger --budget (or --budget null: every epoch).")
 
 
