@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from natural_data import ARCHIVE, draw  # noqa: E402
 
 from aelab.layout import RunLayout  # noqa: E402
-from aelab.train.study import ClassificationStudyConfig, run_method, summarize  # noqa: E402
+from aelab.train.study import ClassificationStudyConfig, run_method, study_settings, summarize  # noqa: E402
 
 
 def pixel_logistic(data: Path, image_size: int = 32) -> float:
@@ -67,7 +67,7 @@ def one(data: Path, cfg: ClassificationStudyConfig, out: Path) -> list[dict]:
         results.append(res)
         rows.append(dict(method=method, val_acc=res.val_acc, n_val=res.n_val, test_acc=res.test_acc,
                          cpu_seconds=round(time.process_time() - c0, 1), seconds=round(time.perf_counter() - t0, 1)))
-    chosen = summarize(results, layout).chosen
+    chosen = summarize(results, layout, settings=study_settings(cfg, data)).chosen  # as `aelab run` would choose
     best = max(rows, key=lambda r: r["test_acc"] or 0)["method"]
     for r in rows:
         r.update(chosen=chosen, best=best)

@@ -39,7 +39,7 @@ from aelab.progress import info
 from aelab.results import ChosenMethod, ClassificationResult, MethodResult, MethodRow
 from aelab.runs import atomic_write_bytes
 from aelab.train.method_runs import pretrain_denoise
-from aelab.train.methods import METHODS, budget_shares, get_method
+from aelab.train.methods import METHODS, budget_shares, get_method, preference
 from aelab.train.options import RunOptions
 
 __all__ = ["METHODS", "ClassificationStudyConfig", "MethodResult", "StudyResult", "classification_study",
@@ -156,15 +156,16 @@ def _indistinguishable(a: MethodResult, b: MethodResult) -> bool:
     return b.val_acc - a.val_acc <= 2 * math.sqrt(p * (1 - p) * (1 / max(a.n_val, 1) + 1 / max(b.n_val, 1)))
 
 
-def choose(rows: list[MethodResult]) -> tuple[MethodResult, str]:
-    """The submitted method: the first in the benchmarks' order whose validation accuracy the best one's does
-    not beat by more than the hold-out's noise (`_indistinguishable`); else the best on validation.
+def choose(rows: list[MethodResult], images: str | None = None) -> tuple[MethodResult, str]:
+    """The submitted method: the first in the benchmarks' order (`aelab.train.methods.preference`, which depends on
+    the kind of ``images`` and the labels per class) whose validation accuracy the best one's does not beat by more
+    than the hold-out's noise (`_indistinguishable`); else the best on validation.
 
     A hold-out of a few labelled images per class cannot separate methods a few points apart, and the best
     of many epochs' validation accuracies is biased upwards; the benchmarks' order holds on average.
     """
     best = max(rows, key=lambda r: r.val_acc)
-    for r in sorted(rows, key=lambda r: METHODS[r.method].rank if r.method in METHODS else math.inf):
+    for r in sorted(rows, key=lambda r: preference(r.method, images, r.labels_per_class)):
         if _indistinguishable(r, best):
             if r is best or r.val_acc == best.val_acc:
                 return r, (f"highest validation accuracy ({r.val_acc:.3f} on {r.n_val} held-out labelled images; "
@@ -213,7 +214,7 @@ def summarize(rows: list[MethodResult], layout: RunLayout, skipped: dict[str, st
         reason = "no method wrote predictions (the data have no test folder)" if rows else "no method ran"
         ChosenMethod(None, reason, VALIDATION, settings=settings).write(layout)
         return StudyResult(rows, None, reason, None, dict(skipped or {}))
-    best, reason = choose(candidates)
+    best, reason = choose(candidates, (settings or {}).get("images"))
     atomic_write_bytes(layout.predictions, Path(best.predictions).read_bytes())
     ChosenMethod(best.method, reason, VALIDATION, best.val_acc, best.n_val, settings).write(layout)
     info(f"[study 1] predictions.csv from {best.method}: {reason}")

@@ -77,7 +77,8 @@ def test_report_files_and_sections(run_dir):
 
     pred = (run_dir / "predictions.csv").read_text()
     chosen = stages["predict"]["result"]["chosen"]
-    assert chosen == choose([MethodResult(**stages[m]["result"]) for m in METHODS])[0].method
+    images = json.loads((run_dir / "study1" / "chosen.json").read_text())["settings"]["images"]
+    assert chosen == choose([MethodResult(**stages[m]["result"]) for m in METHODS], images)[0].method
     folder = run_dir / chosen / ("" if chosen in ("label-spreading", "kmeans-features", "ensemble") else "predict")
     assert pred == (folder / "predictions.csv").read_text()
     assert pred.splitlines()[0] == "id,label" and len(pred.splitlines()) == 1 + TINY["demo_test"]
