@@ -39,7 +39,7 @@ from aelab.progress import info
 from aelab.results import ChosenMethod, ClassificationResult, MethodResult, MethodRow
 from aelab.runs import atomic_write_bytes
 from aelab.train.method_runs import pretrain_denoise
-from aelab.train.methods import METHODS, budget_shares, get_method, preference
+from aelab.train.methods import FEW_PHOTO_LABELS, METHODS, budget_shares, get_method, preference
 from aelab.train.options import RunOptions
 
 __all__ = ["METHODS", "ClassificationStudyConfig", "MethodResult", "StudyResult", "classification_study",
@@ -167,10 +167,14 @@ def choose(rows: list[MethodResult], images: str | None = None) -> tuple[MethodR
     best = max(rows, key=lambda r: r.val_acc)
     for r in sorted(rows, key=lambda r: preference(r.method, images, r.labels_per_class)):
         if _indistinguishable(r, best):
+            order = "the benchmarks' order"
+            if r.method in METHODS and preference(r.method, images, r.labels_per_class) < METHODS[r.method].rank:
+                order += (f" for colour photos with fewer than {FEW_PHOTO_LABELS} labelled per class, where "
+                          f"{r.method} comes first")
             if r is best or r.val_acc == best.val_acc:
                 return r, (f"highest validation accuracy ({r.val_acc:.3f} on {r.n_val} held-out labelled images; "
-                           "ties go to the method first in the benchmarks' order)")
-            return r, (f"first in the benchmarks' order among the methods the hold-out cannot tell apart: "
+                           f"ties go to the method first in {order})")
+            return r, (f"first in {order} among the methods the hold-out cannot tell apart: "
                        f"{best.method}'s validation accuracy {best.val_acc:.3f} is within two standard errors of "
                        f"{r.method}'s {r.val_acc:.3f} on {r.n_val} held-out labelled images")
     return best, f"highest validation accuracy ({best.val_acc:.3f} on {best.n_val} held-out labelled images)"

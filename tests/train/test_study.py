@@ -107,7 +107,8 @@ def test_with_few_labelled_photos_the_k_means_features_come_first():
         return [_row("ensemble", 0.1, 10, labels), _row("fixmatch", 0.2, 10, labels),
                 _row("kmeans-features", 0.1, 10, labels)]
 
-    assert choose(rows("4"), "photo")[0].method == "kmeans-features"
+    chosen, reason = choose(rows("4"), "photo")
+    assert chosen.method == "kmeans-features" and f"fewer than {FEW_PHOTO_LABELS} labelled per class" in reason
     assert choose(rows(f"3-{FEW_PHOTO_LABELS + 5}"), "photo")[0].method == "kmeans-features"  # the fewest decide
     assert choose(rows(str(FEW_PHOTO_LABELS)), "photo")[0].method == "ensemble"
     assert choose(rows("4"), "grey")[0].method == "ensemble"
