@@ -88,10 +88,6 @@ class RunLayout:
         """``<stage>/metrics.csv`` (one row per epoch) of a training stage; ``stage`` relative to the run folder."""
         return self.root / stage / "metrics.csv"
 
-    def plan_json(self, stage: str) -> Path:
-        """``<stage>/budget.json``: the epochs a training stage's time budget allowed (`aelab.results.StagePlan`)."""
-        return self.root / stage / PLAN_FILE
-
     def model_json(self, stage: str) -> Path:
         """``<stage>/model.json`` (`aelab.models.summary.describe_model`) of a training stage."""
         return self.root / stage / "model.json"

@@ -6,7 +6,7 @@ are declared here once. The module imports no torch and nothing from ``train``, 
 ``cluster``: the report reads a run folder with it alone.
 
 Example:
-    >>> from aelab.layout import PLAN_FILE, RunLayout
+    >>> from aelab.layout import RunLayout
     >>> rec = StageRecord("done", None, 1.5, {"run": "pretrain"})
     >>> PretrainResult.from_dict(rec.result).run
     'pretrain'

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from aelab.layout import RunLayout
 from aelab.report.content import Highlights
-from aelab.report.study1 import cut_short, pct, points, score_key, unlabelled_gain
-from aelab.results import AnomalySummary, ClusterStudyResult, MethodRow, RunStages
+from aelab.report.study1 import cut_short, describe_cut, pct, points, row_stages, score_key, unlabelled_gain
+from aelab.results import AnomalySummary, ChosenMethod, ClusterStudyResult, MethodRow, RunStages
 
 __all__ = ["headline"]
 
@@ -39,9 +39,11 @@ def _study1(layout: RunLayout, methods: list[MethodRow] | None, stages: RunStage
     gain = unlabelled_gain(methods)
     if gain:
         key = metric.split("_")[0]
-        short = cut_short(layout, [m.run for m in (gain["best"], gain["base"]) if m.run])
-        ran = ", ".join(f"{st} {p.planned_epochs} of {p.max_epochs} epochs" for st, p in short.items())
-        caveat = f" Cut short by the time budget ({ran}): partly the budget's effect." if short else ""
+        settings = ChosenMethod.read(layout).settings
+        short = cut_short(layout, list(dict.fromkeys(
+            st for m in (gain["best"], gain["base"]) for st in row_stages(m, settings))))
+        ran = "; ".join(describe_cut(st, p) for st, p in short.items())
+        caveat = f" Cut short by the time budget ({ran}), so the gap partly reflects the budget." if short else ""
         items.append(_item("What the unlabelled images add", points(gain[key]),
                            f"{gain['best'].method} ({pct(getattr(gain['best'], metric))}) against "
                            f"{gain['base'].method} ({pct(getattr(gain['base'], metric))}), {on} accuracy.{caveat}",

@@ -10,7 +10,8 @@ from aelab.report.content import Figure, Paragraph, Section, Table
 from aelab.report.runfiles import find_model_json, read_json, read_rows
 from aelab.results import SHORT_EPOCHS, ChosenMethod, MethodRow, RunStages, StagePlan
 
-__all__ = ["section_1a", "section_1b", "unlabelled_gain", "cut_short", "score_key", "pct", "points"]
+__all__ = ["section_1a", "section_1b", "unlabelled_gain", "cut_short", "describe_cut", "row_stages", "score_key", "pct",
+           "points"]
 
 
 def pct(x: float | None) -> str:
@@ -132,15 +133,31 @@ def cut_short(layout: RunLayout, stages: list[str]) -> dict[str, StagePlan]:
     return {st: plan for st, plan in plans.items() if plan is not None and plan.cut_short}
 
 
+def row_stages(method: MethodRow, settings: dict | None) -> list[str]:
+    """The training stages a row depends on (``study1/chosen.json``'s ``method_stages``; else its own run folder)."""
+    recorded = (settings or {}).get("method_stages") or {}
+    return list(recorded.get(method.method) or ([method.run] if method.run else []))
+
+
+def describe_cut(stage: str, plan: StagePlan) -> str:
+    """``pretrain ran 6 of its 15 epochs in its 1.5-minute share``."""
+    return (f"{stage} ran {plan.planned_epochs} of its {plan.max_epochs} epochs in its "
+            f"{plan.budget_s / 60:.1f}-minute share")
+
+
 def _cut_short_sentence(layout: RunLayout, settings: dict) -> str | None:
-    """Which stages the budget cut short, and what that means for the table (``None``: none was)."""
+    """Which stages the budget cut short, the rows that depend on them, and what that means for the table
+    (``None``: none was)."""
     stages = list(settings.get("budget_shares") or {})  # the budget's order; then any other planned stage
     stages += sorted(p.parent.name for p in layout.root.glob(f"*/{PLAN_FILE}") if p.parent.name not in stages)
     short = cut_short(layout, stages)
     if not short:
         return None
-    parts = [f"{st} ran {p.planned_epochs} of its {p.max_epochs} epochs in {p.budget_s / 60:.1f} minutes"
-             for st, p in short.items()]
+    recorded = settings.get("method_stages") or {}
+    parts = []
+    for st, plan in short.items():
+        rows = [m for m, needs in recorded.items() if st in needs]
+        parts.append(describe_cut(st, plan) + (f" (rows {', '.join(rows)})" if rows else ""))
     where = "this stage's share, so the rows that depend on it" if len(short) == 1 else \
         "these stages' shares, so the rows that depend on them"
     return (f"Cut short by the time budget: {'; '.join(parts)}. Fewer than {SHORT_EPOCHS} epochs, and under half "

@@ -64,6 +64,7 @@ def label_spreading_baseline(labelled: np.ndarray, labels: np.ndarray, train_idx
     y[train_idx] = labels[train_idx]
     k = int(min(n_components, X.shape[0] - 1, X.shape[1]))
     Z = PCA(n_components=k, random_state=seed).fit_transform(X)
+
     def spread(known: np.ndarray) -> np.ndarray:
         model = LabelSpreading(kernel="knn", n_neighbors=int(min(n_neighbors, len(X) - 1)), max_iter=100)
         return model.fit(Z, known).transduction_

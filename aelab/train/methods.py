@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from aelab.layout import RunLayout
     from aelab.results import MethodResult
 
-__all__ = ["FEW_PHOTO_LABELS", "METHODS", "Method", "budget_shares", "get_method", "preference", "register"]
+__all__ = ["FEW_PHOTO_LABELS", "METHODS", "Method", "budget_shares", "few_labelled_photos", "get_method",
+           "preference", "register", "stages_of"]
 
 
 @dataclass(frozen=True)
@@ -78,21 +79,33 @@ def get_method(name: str) -> Method:
 FEW_PHOTO_LABELS = 10
 
 
+def few_labelled_photos(images: str | None, labels_per_class: int | str | None) -> bool:
+    """Colour photos (``images == "photo"``) with fewer than `FEW_PHOTO_LABELS` labelled images in some class
+    (``labels_per_class``: a number, or ``"min-max"`` as `study1/methods.csv` writes it)."""
+    try:
+        fewest = int(str(labels_per_class).split("-")[0])
+    except ValueError:
+        return False
+    return images == "photo" and fewest < FEW_PHOTO_LABELS
+
+
 def preference(method: str, images: str | None = None, labels_per_class: int | str | None = None) -> float:
     """A method's place in the benchmarks' order for these data (lower first): its `Method.rank`, except for the
-    k-means features on colour photos (``images == "photo"``) with fewer than `FEW_PHOTO_LABELS` labelled images in
-    some class (``labels_per_class``: a number, or ``"min-max"``), where it comes first."""
+    k-means features when `few_labelled_photos`, which then come first."""
     if method not in METHODS:
         return math.inf
-    fewest = None
-    if labels_per_class not in (None, ""):
-        try:
-            fewest = int(str(labels_per_class).split("-")[0])
-        except ValueError:
-            fewest = None
-    if method == "kmeans-features" and images == "photo" and fewest is not None and fewest < FEW_PHOTO_LABELS:
+    if method == "kmeans-features" and few_labelled_photos(images, labels_per_class):
         return min(m.rank for m in METHODS.values()) - 1
     return METHODS[method].rank
+
+
+def stages_of(method: str) -> list[str]:
+    """The training stages (run-folder names) a method's row depends on: its own budgeted stages, then those of the
+    methods it reads (``needs``), e.g. ``course`` -> pretrain, course; ``ensemble`` -> fixmatch."""
+    out = list(METHODS[method].budget) if method in METHODS else []
+    for need in METHODS[method].needs if method in METHODS else ():
+        out += [st for st in stages_of(need) if st not in out]
+    return out
 
 
 def budget_shares(names: list[str] | None = None) -> dict[str, float]:

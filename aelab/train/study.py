@@ -39,7 +39,15 @@ from aelab.progress import info
 from aelab.results import ChosenMethod, ClassificationResult, MethodResult, MethodRow
 from aelab.runs import atomic_write_bytes
 from aelab.train.method_runs import pretrain_denoise
-from aelab.train.methods import FEW_PHOTO_LABELS, METHODS, budget_shares, get_method, preference
+from aelab.train.methods import (
+    FEW_PHOTO_LABELS,
+    METHODS,
+    budget_shares,
+    few_labelled_photos,
+    get_method,
+    preference,
+    stages_of,
+)
 from aelab.train.options import RunOptions
 
 __all__ = ["METHODS", "ClassificationStudyConfig", "MethodResult", "StudyResult", "classification_study",
@@ -168,9 +176,9 @@ def choose(rows: list[MethodResult], images: str | None = None) -> tuple[MethodR
     for r in sorted(rows, key=lambda r: preference(r.method, images, r.labels_per_class)):
         if _indistinguishable(r, best):
             order = "the benchmarks' order"
-            if r.method in METHODS and preference(r.method, images, r.labels_per_class) < METHODS[r.method].rank:
-                order += (f" for colour photos with fewer than {FEW_PHOTO_LABELS} labelled per class, where "
-                          f"{r.method} comes first")
+            if few_labelled_photos(images, r.labels_per_class):
+                order += (f" for colour photos with fewer than {FEW_PHOTO_LABELS} labelled per class (the k-means "
+                          "features first)")
             if r is best or r.val_acc == best.val_acc:
                 return r, (f"highest validation accuracy ({r.val_acc:.3f} on {r.n_val} held-out labelled images; "
                            f"ties go to the method first in {order})")
@@ -195,7 +203,8 @@ def study_settings(cfg: ClassificationStudyConfig, data: Path) -> dict:
             "strong_augmentation": augmentation_for(kind, "strong"), "arch": cfg.arch,
             "rule": f"colour channels differ by more than {COLOUR_THRESHOLD:g}/255 on average: photos (flipped "
                     "left-right); else grey images such as digits (never flipped)",
-            "budget_minutes": cfg.budget, "budget_shares": budget_shares(cfg.method_list())}
+            "budget_minutes": cfg.budget, "budget_shares": budget_shares(cfg.method_list()),
+            "method_stages": {m: stages_of(m) for m in cfg.method_list()}}
 
 
 def summarize(rows: list[MethodResult], layout: RunLayout, skipped: dict[str, str] | None = None,

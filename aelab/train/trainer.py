@@ -324,8 +324,8 @@ class Trainer:
                  f"(of at most {self.epochs})")
         if plan.cut_short:
             info(f"[{self.config.desc}] note: only {planned} of its {self.epochs} epochs fit in its "
-                 f"{budget / 60:.1f}-minute share of the budget, so it may end far below what it reaches with more "
-                 "time: raise --budget, or --budget null to run every epoch")
+                 f"{budget / 60:.1f}-minute time budget, so it may end far below what it reaches with more time: "
+                 "raise --budget, or --budget null to run every epoch")
         self.epochs = self.state.planned_epochs = planned
         # Set before the first epoch's scheduler step (`run_epoch`), so the second epoch already runs at the
         # planned cosine's rate (with 2 planned epochs: half the first one's; set after it, 99.7 %).

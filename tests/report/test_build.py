@@ -267,16 +267,33 @@ def test_a_stage_the_budget_cut_short_is_named_in_1b_and_in_the_headline(tmp_pat
     report = make_report(run)
     texts = [b.text for b in _blocks(_section(report, "1b"), "paragraph") if "Cut short" in b.text]
     assert len(texts) == 1
-    assert "study1/supervised ran 3 of its 100 epochs in 0.8 minutes" in texts[0] and "fixmatch" not in texts[0]
+    assert "study1/supervised ran 3 of its 100 epochs in its 0.8-minute share" in texts[0]
+    assert "fixmatch" not in texts[0]
     (gain,) = [i for i in report.headline[0].items if i["label"] == "What the unlabelled images add"]
-    assert "Cut short by the time budget (study1/supervised 3 of 100 epochs)" in gain["detail"]
+    assert ("Cut short by the time budget (study1/supervised ran 3 of its 100 epochs in its 0.8-minute share)"
+            in gain["detail"])
     # a run of the Python API records no budget shares: the planned stages are found in the folder
     StagePlan(90.0, 16.1, 6, 15).write(run / "pretrain")
     chosen["settings"] = None
     (run / "study1" / "chosen.json").write_text(json.dumps(chosen))
     (text,) = [b.text for b in _blocks(_section(make_report(run), "1b"), "paragraph") if "Cut short" in b.text]
-    assert "pretrain ran 6 of its 15 epochs in 1.5 minutes" in text and "supervised" not in text  # one level down
+    assert "pretrain ran 6 of its 15 epochs in its 1.5-minute share" in text
+    assert "supervised" not in text  # its folder is one level down in this fixture
     (run / "pretrain" / "budget.json").unlink()
+    # with the stages each row depends on recorded (aelab run), the 1b paragraph names the rows, and the headline
+    # looks at every stage of its two rows: here the course row's pretraining
+    StagePlan(90.0, 16.1, 6, 15).write(run / "pretrain")
+    StagePlan(45.0, 0.4, 100, 100).write(run / "study1" / "supervised")
+    chosen["settings"] = {"method_stages": {"supervised-only": ["study1/supervised"],
+                                            "course": ["pretrain", "study1/course"], "fixmatch": ["study1/fixmatch"]}}
+    (run / "study1" / "chosen.json").write_text(json.dumps(chosen))
+    report = make_report(run)
+    (text,) = [b.text for b in _blocks(_section(report, "1b"), "paragraph") if "Cut short" in b.text]
+    assert "pretrain ran 6 of its 15 epochs in its 1.5-minute share (rows course)" in text
+    (gain,) = [i for i in report.headline[0].items if i["label"] == "What the unlabelled images add"]
+    assert "Cut short" not in gain["detail"]  # fixmatch against supervised-only: neither depends on the pretraining
+    (run / "pretrain" / "budget.json").unlink()
+    StagePlan(45.0, 12.8, 3, 100).write(run / "study1" / "supervised")
     # without a cut-short stage neither says so
     StagePlan(45.0, 0.4, 100, 100).write(run / "study1" / "supervised")
     report = make_report(run)

@@ -133,3 +133,12 @@ def test_the_study_records_the_network_rule_it_ran_with(tmp_path):
     assert study_settings(ClassificationStudyConfig(device="cpu"), tmp_path / "photos")["arch"] == "auto"
     forced = study_settings(ClassificationStudyConfig(device="cpu", arch="unet"), tmp_path / "photos")
     assert (forced["images"], forced["arch"]) == ("photo", "unet")
+
+
+def test_each_row_depends_on_its_own_stages_and_those_of_the_methods_it_reads():
+    from aelab.train.methods import stages_of
+
+    assert stages_of("course") == ["pretrain", "course"]
+    assert stages_of("vicreg") == ["vicreg_pretrain", "vicreg"]
+    assert stages_of("ensemble") == ["fixmatch"]  # the k-means features train no network stage
+    assert stages_of("label-spreading") == [] and stages_of("no-such-method") == []

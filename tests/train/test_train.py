@@ -278,7 +278,7 @@ def test_a_time_budget_sets_the_epochs_from_the_first_one_and_the_schedule_ends_
     assert last["scheduler"]["T_max"] == 3  # the cosine schedule ends with the last planned epoch
     # the plan, in the run folder for the report: 3 of 20 epochs is cut short, and the user is told so
     assert StagePlan.read(run) == StagePlan(96.0, 30.0, 3, 20) and StagePlan.read(run).cut_short
-    assert "only 3 of its 20 epochs fit in its 1.6-minute share" in capsys.readouterr().err
+    assert "only 3 of its 20 epochs fit in its 1.6-minute time budget" in capsys.readouterr().err
     clock = iter(range(0, 10_000, 30))
     near = finetune(FinetuneConfig(data=str(data), epochs=20, budget=1.3, patience=20, out=str(tmp_path / "r"), **TINY))
     # 78 s / 30 s = 2.6 epochs: the nearest whole number, 3 (90 s, 12 s over), not 2 (60 s, 18 s unused)
