@@ -193,7 +193,8 @@ def _settings_sentences(settings: dict) -> list[str]:
         parts = ", ".join(f"{st} {settings['budget_minutes'] * w / total:.1f}" for st, w in shares.items())
         out.append(f"Study 1's training had a budget of {settings['budget_minutes']:g} minutes, shared among its "
                    f"stages ({parts} minutes); each stage ran the whole number of epochs nearest to what its "
-                   "first epoch's time allowed within its share (at most its configured epochs). The seconds "
+                   "share allowed at its second epoch's speed (the first's, if only one fitted; at most its "
+                   "configured epochs). The seconds "
                    "column is what each method spent, prediction included.")
     elif "budget_minutes" in settings:
         out.append("Study 1 ran without a time budget: every stage ran its configured epochs.")

@@ -68,8 +68,8 @@ class TrainerConfig:
         ema_decay: decay of an exponential moving average of the weights (`aelab.train.semi.ModelEMA`), whose
             weights validation and checkpoints use; 0 = none.
         budget_s: seconds the stage may take: after the first epoch the number of epochs becomes the whole number
-            nearest to what fits at that epoch's speed (at most ``epochs``), and the schedule ends with them;
-            None = all ``epochs``.
+            nearest to what fits at that epoch's speed (at most ``epochs``), after the second at the second one's
+            (the first carries one-time costs), and the schedule ends with them; None = all ``epochs``.
         val_batch_size: images per validation batch; None = ``max(batch_size, 256)``.
         desc: the stage's name in progress lines.
     """
@@ -250,9 +250,13 @@ class Trainer:
         row["lr"], row["seconds"] = lr, round(time.perf_counter() - t0, 3)
         improved = self._judge(row)
         self.state.epoch = epoch + 1
+        replanned = False
         if epoch == 0 and cfg.budget_s is not None:
             self.plan(row["seconds"])
-        self.scheduler.step()  # after the plan: the next epoch's rate comes from the planned schedule's length
+        elif epoch == 1 and cfg.budget_s is not None:
+            replanned = self.replan(row["seconds"])
+        if not replanned:  # after the plan: the next epoch's rate comes from the planned schedule's length
+            self.scheduler.step()
         self.state.history.append(dict(row))
         numbers = {k: v for k, v in row.items() if isinstance(v, (int, float))}
         self.metrics_file.log_metrics(numbers, step=epoch)
@@ -308,28 +312,62 @@ class Trainer:
 
     def plan(self, first_epoch_s: float) -> None:
         """Fit the stage into ``budget_s``: the whole number of epochs nearest to what the first one's time allows
-        (at least 1, at most ``epochs``), decided on rank 0 and shared; the cosine schedule is stretched to end with
-        them. Nearest, not fewer: a stage then misses its share by at most half an epoch either way, where rounding
-        down lost up to a whole one (with 45,000 unlabelled photos one FixMatch epoch took 190 s, and rounding down
-        used 195 s of a 360 s share: benchmarks/README.md)."""
+        (at least 1, at most ``epochs``; `replan` revises it after the second), decided on rank 0 and shared; the
+        cosine schedule is stretched to end with them. Nearest, not fewer: a stage then misses its share by at
+        most half an epoch either way, where rounding down lost up to a whole one (with 45,000 unlabelled photos
+        one FixMatch epoch took 190 s, and rounding down used 195 s of a 360 s share: benchmarks/README.md)."""
         budget = self.config.budget_s
         planned = max(1, min(self.epochs, int(budget / max(first_epoch_s, 1e-6) + 0.5)))
         if self.fabric.world_size > 1:
             planned = int(self.fabric.broadcast(planned, src=0))
-        plan = StagePlan(round(budget, 1), round(first_epoch_s, 3), planned, self.epochs)
-        if self.fabric.is_global_zero:
-            plan.write(self.run_dir)  # the report reads it: the epochs each method had
         if planned != self.epochs:
             info(f"[{self.config.desc}] budget {budget / 60:.1f} min: {planned} epochs of {first_epoch_s:.1f} s "
                  f"(of at most {self.epochs})")
-        if plan.cut_short:
-            info(f"[{self.config.desc}] note: only {planned} of its {self.epochs} epochs fit in its "
-                 f"{budget / 60:.1f}-minute time budget, so it may end far below what it reaches with more time: "
-                 "raise --budget, or --budget null to run every epoch")
+        self._record_plan(StagePlan(round(budget, 1), round(first_epoch_s, 3), planned, self.epochs),
+                          final=planned < 2)  # with 2 or more, `replan` has the last word
         self.epochs = self.state.planned_epochs = planned
         # Set before the first epoch's scheduler step (`run_epoch`), so the second epoch already runs at the
         # planned cosine's rate (with 2 planned epochs: half the first one's; set after it, 99.7 %).
         self.scheduler.T_max = planned
+
+    def replan(self, second_epoch_s: float) -> bool:
+        """After the second epoch, plan the epochs left at its speed: the first epoch carries one-time costs (on
+        photos the first FixMatch epoch took 25.3 s and the next ones 17-21 s, so the plan from it used 287 s of a
+        360 s share; a supervised epoch 1.0 s and then 0.4 s: benchmarks/README.md). Returns whether the number of
+        epochs changed; the schedule then continues as the closed-form cosine of the new length (Loshchilov &
+        Hutter 2017, Eq. 5) from the third epoch on."""
+        budget, first = self.config.budget_s, float(self.state.history[0]["seconds"])
+        before = self.state.planned_epochs or self.epochs
+        left = budget - first - second_epoch_s
+        planned = max(2, min(self.config.epochs, 2 + int(left / max(second_epoch_s, 1e-6) + 0.5)))
+        if self.fabric.world_size > 1:
+            planned = int(self.fabric.broadcast(planned, src=0))
+        if planned != before:
+            info(f"[{self.config.desc}] budget {budget / 60:.1f} min: {planned} epochs at the second epoch's "
+                 f"{second_epoch_s:.1f} s (the first took {first:.1f} s)")
+        self._record_plan(StagePlan(round(budget, 1), round(first, 3), planned, self.config.epochs), final=True)
+        if planned == before:
+            return False
+        self.epochs = self.state.planned_epochs = planned
+        # The next epoch's rate from the new length's closed form, not from the old length's last rate (torch's
+        # step is recursive); later steps continue it exactly.
+        sched = self.scheduler
+        sched.T_max = planned
+        sched.step()
+        for group, base in zip(self._inner_optimizer().param_groups, sched.base_lrs):
+            cosine = (1 + math.cos(math.pi * sched.last_epoch / planned)) / 2
+            group["lr"] = sched.eta_min + (base - sched.eta_min) * cosine
+        return True
+
+    def _record_plan(self, plan: StagePlan, final: bool) -> None:
+        """Write the plan into the run folder (the report reads it) and, once final, tell the user if the budget
+        cuts the stage short."""
+        if self.fabric.is_global_zero:
+            plan.write(self.run_dir)
+        if final and plan.cut_short:
+            info(f"[{self.config.desc}] note: only {plan.planned_epochs} of its {plan.max_epochs} epochs fit in its "
+                 f"{plan.budget_s / 60:.1f}-minute time budget, so it may end far below what it reaches with more "
+                 "time: raise --budget, or --budget null to run every epoch")
 
     # --- checkpoints and resume -----------------------------------------------------------------
     def _inner_optimizer(self):

@@ -292,6 +292,27 @@ def test_a_time_budget_sets_the_epochs_from_the_first_one_and_the_schedule_ends_
     assert StagePlan.read(free) is None  # no budget, no plan
 
 
+def test_the_budget_replans_at_the_second_epochs_speed_when_the_first_was_slow(data, tmp_path, monkeypatch):
+    """The first epoch carries one-time costs: 60 s, then 30 s each. 150 s planned from the first is 3 epochs
+    (2.5 rounds up); at the second one's speed 2 + (150 - 90) / 30 = 4, and the cosine continues in closed form."""
+    import math
+    import types
+
+    import aelab.train.trainer as trainer
+    from aelab.results import StagePlan
+
+    clock = iter([0, 60] + list(range(60, 10_000, 30)))  # (start, end) readings: 60 s, then 30 s per epoch
+    monkeypatch.setattr(trainer, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    run = finetune(FinetuneConfig(data=str(data), epochs=20, budget=2.5, patience=20, out=str(tmp_path / "b"), **TINY))
+    saved = torch.load(run / "last.ckpt", weights_only=True)
+    assert saved["fit_state"]["planned_epochs"] == 4 and len(saved["fit_state"]["history"]) == 4
+    assert StagePlan.read(run) == StagePlan(150.0, 60.0, 4, 20)
+    rates = [row["lr"] / saved["fit_state"]["history"][0]["lr"] for row in saved["fit_state"]["history"]]
+    # epoch 2 on the 3-epoch plan, epochs 3-4 on the 4-epoch cosine's closed form: (1 + cos(pi t / T)) / 2
+    expected = [1.0, (1 + math.cos(math.pi / 3)) / 2] + [(1 + math.cos(math.pi * t / 4)) / 2 for t in (2, 3)]
+    assert rates == pytest.approx(expected)
+
+
 def test_a_photo_model_with_stem_and_pool_head_predicts_from_its_checkpoint(tmp_path):
     import numpy as np
     from PIL import Image
