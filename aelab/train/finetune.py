@@ -89,8 +89,8 @@ class FinetuneConfig(RunOptions):
         patience: stop after this many epochs without a higher validation accuracy (not fixmatch, which keeps its
             last epoch).
         resume: continue an interrupted run from RUN/last.ckpt.
-        budget: minutes this stage may take: after the first epoch, the whole number of epochs nearest to what
-            fits (at most --epochs); null = all epochs.
+        budget: minutes this stage may take: after the first epoch (and again after the second, at its speed), the
+            whole number of epochs nearest to what fits (at most --epochs); null = all epochs.
     """
 
     method: str = "supervised"

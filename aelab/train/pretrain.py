@@ -64,8 +64,8 @@ class PretrainConfig(RunOptions):
         val_fraction: share of images held out for validation (early stopping, best checkpoint).
         patience: stop after this many epochs without a lower validation loss.
         resume: continue an interrupted run from RUN/last.ckpt (its saved config is used).
-        budget: minutes this stage may take: after the first epoch, the whole number of epochs nearest to what
-            fits (at most --epochs); null = all epochs.
+        budget: minutes this stage may take: after the first epoch (and again after the second, at its speed), the
+            whole number of epochs nearest to what fits (at most --epochs); null = all epochs.
     """
 
     objective: str = "denoise"

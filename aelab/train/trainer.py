@@ -250,13 +250,13 @@ class Trainer:
         row["lr"], row["seconds"] = lr, round(time.perf_counter() - t0, 3)
         improved = self._judge(row)
         self.state.epoch = epoch + 1
-        replanned = False
         if epoch == 0 and cfg.budget_s is not None:
             self.plan(row["seconds"])
         elif epoch == 1 and cfg.budget_s is not None:
-            replanned = self.replan(row["seconds"])
-        if not replanned:  # after the plan: the next epoch's rate comes from the planned schedule's length
-            self.scheduler.step()
+            self.replan(row["seconds"])
+        self.scheduler.step()
+        if cfg.budget_s is not None and epoch < 2:
+            self._closed_form_rate()
         self.state.history.append(dict(row))
         numbers = {k: v for k, v in row.items() if isinstance(v, (int, float))}
         self.metrics_file.log_metrics(numbers, step=epoch)
@@ -326,16 +326,12 @@ class Trainer:
         self._record_plan(StagePlan(round(budget, 1), round(first_epoch_s, 3), planned, self.epochs),
                           final=planned < 2)  # with 2 or more, `replan` has the last word
         self.epochs = self.state.planned_epochs = planned
-        # Set before the first epoch's scheduler step (`run_epoch`), so the second epoch already runs at the
-        # planned cosine's rate (with 2 planned epochs: half the first one's; set after it, 99.7 %).
         self.scheduler.T_max = planned
 
-    def replan(self, second_epoch_s: float) -> bool:
+    def replan(self, second_epoch_s: float) -> None:
         """After the second epoch, plan the epochs left at its speed: the first epoch carries one-time costs (on
         photos the first FixMatch epoch took 25.3 s and the next ones 17-21 s, so the plan from it used 287 s of a
-        360 s share; a supervised epoch 1.0 s and then 0.4 s: benchmarks/README.md). Returns whether the number of
-        epochs changed; the schedule then continues as the closed-form cosine of the new length (Loshchilov &
-        Hutter 2017, Eq. 5) from the third epoch on."""
+        360 s share; a supervised epoch 1.0 s and then 0.4 s: benchmarks/README.md)."""
         budget, first = self.config.budget_s, float(self.state.history[0]["seconds"])
         before = self.state.planned_epochs or self.epochs
         left = budget - first - second_epoch_s
@@ -346,18 +342,17 @@ class Trainer:
             info(f"[{self.config.desc}] budget {budget / 60:.1f} min: {planned} epochs at the second epoch's "
                  f"{second_epoch_s:.1f} s (the first took {first:.1f} s)")
         self._record_plan(StagePlan(round(budget, 1), round(first, 3), planned, self.config.epochs), final=True)
-        if planned == before:
-            return False
-        self.epochs = self.state.planned_epochs = planned
-        # The next epoch's rate from the new length's closed form, not from the old length's last rate (torch's
-        # step is recursive); later steps continue it exactly.
+        self.epochs = self.state.planned_epochs = self.scheduler.T_max = planned
+
+    def _closed_form_rate(self) -> None:
+        """After a (re)plan and the scheduler's step: the next epoch's rate from the planned cosine's closed form
+        ``η_min + (η_0 − η_min)(1 + cos(π t / T)) / 2`` (Loshchilov & Hutter 2017, Eq. 5; ``t`` the epochs done,
+        ``T`` the planned ones), which torch's recursive step then continues exactly. Recursing from the old
+        length's last rate instead ran the second of 2 planned epochs at 99.7 % of the first one's rate, not half."""
         sched = self.scheduler
-        sched.T_max = planned
-        sched.step()
         for group, base in zip(self._inner_optimizer().param_groups, sched.base_lrs):
-            cosine = (1 + math.cos(math.pi * sched.last_epoch / planned)) / 2
+            cosine = (1 + math.cos(math.pi * sched.last_epoch / sched.T_max)) / 2
             group["lr"] = sched.eta_min + (base - sched.eta_min) * cosine
-        return True
 
     def _record_plan(self, plan: StagePlan, final: bool) -> None:
         """Write the plan into the run folder (the report reads it) and, once final, tell the user if the budget
