@@ -196,6 +196,8 @@ def _settings_sentences(settings: dict) -> list[str]:
                    "share allowed at its second epoch's speed (the first's, if only one fitted; at most its "
                    "configured epochs). The seconds "
                    "column is what each method spent, prediction included.")
+        if settings.get("budget_note"):
+            out.append(settings["budget_note"])
     elif "budget_minutes" in settings:
         out.append("Study 1 ran without a time budget: every stage ran its configured epochs.")
     return out

@@ -26,13 +26,23 @@ if TYPE_CHECKING:
     from aelab.data.decode import ImageSet
 
 __all__ = ["StudyImages", "pretrain_denoise", "run_course", "run_course_noaug", "run_fixmatch", "run_kmeans_features",
-           "run_label_spreading", "run_supervised", "run_vicreg", "save_probabilities",
+           "run_label_spreading", "run_supervised", "run_vicreg", "save_probabilities", "stage_minutes",
            "score_test", "study_images"]
 
 
 def engine(cfg) -> dict:
     """The engine options of ``cfg`` every training stage takes."""
     return cfg.engine().options()
+
+
+def stage_minutes(cfg, stage: str, data: Path) -> float | None:
+    """``cfg.minutes(stage)`` with the labelled images ``data`` holds (the supervised share grows with them:
+    `aelab.train.methods.budget_shares`)."""
+    from aelab.data import resolve_layout, scan_labelled
+
+    if cfg.budget is None:
+        return None
+    return cfg.minutes(stage, len(scan_labelled(resolve_layout(data).require("labelled")).paths))
 
 
 def labels_per_class(data: Path) -> str:
@@ -57,8 +67,8 @@ def pretrain_denoise(cfg, data: Path, out: Path) -> Path:
     from aelab.train.pretrain import PretrainConfig, pretrain
 
     return pretrain(PretrainConfig(data=str(data), preset=cfg.preset, channels=cfg.channels, image_size=cfg.image_size,
-                                   epochs=cfg.pretrain_epochs, out=str(out), budget=cfg.minutes("pretrain"),
-                                   **engine(cfg)))
+                                   epochs=cfg.pretrain_epochs, out=str(out),
+                                   budget=stage_minutes(cfg, "pretrain", data), **engine(cfg)))
 
 
 def finetune_and_predict(name: str, cfg, data: Path, layout: RunLayout, **settings) -> MethodResult:
@@ -70,7 +80,8 @@ def finetune_and_predict(name: str, cfg, data: Path, layout: RunLayout, **settin
 
     t0 = time.perf_counter()
     ft = FinetuneConfig(data=str(data), preset=cfg.preset, channels=cfg.channels, image_size=cfg.image_size,
-                        val_fraction=cfg.val_fraction, out=str(layout.method_run(name)), budget=cfg.minutes(name),
+                        val_fraction=cfg.val_fraction, out=str(layout.method_run(name)),
+                        budget=stage_minutes(cfg, name, data),
                         **settings,
                         **engine(cfg))
     trained = finetune_result(ft)
@@ -229,7 +240,7 @@ def run_vicreg(cfg, data: Path, layout: RunLayout, pretrained: Path | None = Non
     pre = pretrain(PretrainConfig(data=str(data), objective="vicreg", preset=cfg.preset, channels=cfg.channels,
                                   image_size=cfg.image_size, epochs=cfg.vicreg_epochs, batch_size=128,
                                   patience=cfg.vicreg_epochs, out=str(layout.stage("vicreg_pretrain")),
-                                  budget=cfg.minutes("vicreg_pretrain"), **engine(cfg)))
+                                  budget=stage_minutes(cfg, "vicreg_pretrain", data), **engine(cfg)))
     res = finetune_and_predict("vicreg", cfg, data, layout, method="supervised",
                                init_from=str(pre), epochs=cfg.finetune_epochs, patience=cfg.finetune_epochs,
                                augment=cfg.supervised_augment)

@@ -45,6 +45,7 @@ from aelab.train.methods import (
     budget_shares,
     few_labelled_photos,
     get_method,
+    grown_shares_note,
     preference,
     stages_of,
 )
@@ -116,13 +117,13 @@ class ClassificationStudyConfig(RunOptions):
         super().__post_init__()  # kmeans_features_* and the others: `aelab.train.options.RULES`
         self.method_list()  # unknown methods: one line, before anything runs
 
-    def minutes(self, stage: str) -> float | None:
+    def minutes(self, stage: str, n_labelled: int | None = None) -> float | None:
         """The share of ``budget`` of one training stage (each method's `Method.budget`), among the stages the
-        chosen methods run."""
+        chosen methods run, with ``n_labelled`` labelled images (`budget_shares`)."""
         if self.budget is None:
             return None
-        chosen = budget_shares(self.method_list())
-        return self.budget * budget_shares()[stage] / sum(chosen.values())
+        chosen = budget_shares(self.method_list(), n_labelled)
+        return self.budget * chosen.get(stage, budget_shares(None, n_labelled)[stage]) / sum(chosen.values())
 
     def method_list(self) -> list[str]:
         names = [m.strip() for m in self.methods.split(",") if m.strip()]
@@ -197,13 +198,15 @@ def study_settings(cfg: ClassificationStudyConfig, data: Path) -> dict:
     if layout.labelled is None:  # nothing trained: nothing to say
         return {}
     paths = scan_labelled(layout.labelled).paths
+    n_labelled = len(paths)
     paths = [paths[i] for i in np.unique(np.linspace(0, len(paths) - 1, min(512, len(paths))).astype(int))]
     kind = image_kind(load_images(paths, 32, cfg.channels, strict=False).images)
     return {"images": kind, "weak_augmentation": augmentation_for(kind, "weak"),
             "strong_augmentation": augmentation_for(kind, "strong"), "arch": cfg.arch,
             "rule": f"colour channels differ by more than {COLOUR_THRESHOLD:g}/255 on average: photos (flipped "
                     "left-right); else grey images such as digits (never flipped)",
-            "budget_minutes": cfg.budget, "budget_shares": budget_shares(cfg.method_list()),
+            "budget_minutes": cfg.budget, "budget_shares": budget_shares(cfg.method_list(), n_labelled),
+            "labelled_images": n_labelled, "budget_note": grown_shares_note(cfg.method_list(), n_labelled),
             "method_stages": {m: stages_of(m) for m in cfg.method_list()}}
 
 
