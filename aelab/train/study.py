@@ -89,9 +89,10 @@ class ClassificationStudyConfig(RunOptions):
         vicreg_epochs: epochs of self-supervised pretraining.
         course_augment: augmentation of the course report's method (its own list by default).
         val_fraction: share of each class held out to pick checkpoints and the submitted method.
-        budget: minutes the training stages of study 1 may take together (each stage gets a fixed share, see
-            aelab.train.methods; its epochs come from its first epoch's measured time, at most the epochs above);
-            null = always the epochs above (`--budget null`).
+        budget: minutes the training stages of study 1 may take together (each stage gets a fixed share, but the
+            supervised-only one grows with more than 250 labelled images: aelab.train.methods.budget_shares; its
+            epochs come from its first two epochs' measured time, at most the epochs above); null = always the
+            epochs above (`--budget null`).
         kmeans_features_centroids: dictionary size K of the k-means features method (4K features).
         kmeans_features_learner: its dictionary learner: kmeans (scikit-learn) or ekm (Equilibrium K-Means).
     """

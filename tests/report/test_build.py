@@ -294,6 +294,13 @@ def test_a_stage_the_budget_cut_short_is_named_in_1b_and_in_the_headline(tmp_pat
     assert "Cut short" not in gain["detail"]  # fixmatch against supervised-only: neither depends on the pretraining
     (run / "pretrain" / "budget.json").unlink()
     StagePlan(45.0, 12.8, 3, 100).write(run / "study1" / "supervised")
+    # with many labelled images the report says the supervised share grew (study_settings' budget_note)
+    chosen["settings"] = {"budget_minutes": 12.0, "budget_shares": {"study1/supervised": 8, "study1/fixmatch": 8},
+                          "budget_note": "With 4,000 labelled images the share of the supervised-only row grew."}
+    (run / "study1" / "chosen.json").write_text(json.dumps(chosen))
+    texts = [b.text for b in _blocks(_section(make_report(run), "1b"), "paragraph")]
+    assert any("study1/supervised 6.0, study1/fixmatch 6.0 minutes" in t for t in texts)
+    assert any("With 4,000 labelled images the share of the supervised-only row grew." in t for t in texts)
     # without a cut-short stage neither says so
     StagePlan(45.0, 0.4, 100, 100).write(run / "study1" / "supervised")
     report = make_report(run)

@@ -118,7 +118,7 @@ def test_with_few_labelled_photos_the_k_means_features_come_first():
     assert choose(many, "photo")[0].method == "ensemble"
 
 
-def test_the_study_records_the_network_rule_it_ran_with(tmp_path):
+def test_the_study_records_the_network_rule_and_the_budget_shares_it_ran_with(tmp_path, monkeypatch):
     import numpy as np
     from PIL import Image
 
@@ -133,6 +133,13 @@ def test_the_study_records_the_network_rule_it_ran_with(tmp_path):
     assert study_settings(ClassificationStudyConfig(device="cpu"), tmp_path / "photos")["arch"] == "auto"
     forced = study_settings(ClassificationStudyConfig(device="cpu", arch="unet"), tmp_path / "photos")
     assert (forced["images"], forced["arch"]) == ("photo", "unet")
+    assert forced["labelled_images"] == 6 and forced["budget_note"] is None
+    assert forced["budget_shares"]["supervised"] == 1
+    import aelab.train.methods as methods  # shares set for 3 labelled images: 6 double the supervised share
+
+    monkeypatch.setattr(methods, "SHARES_SET_AT", 3)
+    grown = study_settings(ClassificationStudyConfig(device="cpu"), tmp_path / "photos")
+    assert grown["budget_shares"]["supervised"] == 2 and "supervised from 1 to 2" in grown["budget_note"]
 
 
 def test_each_row_depends_on_its_own_stages_and_those_of_the_methods_it_reads():
@@ -142,3 +149,25 @@ def test_each_row_depends_on_its_own_stages_and_those_of_the_methods_it_reads():
     assert stages_of("vicreg") == ["vicreg_pretrain", "vicreg"]
     assert stages_of("ensemble") == ["fixmatch"]  # the k-means features train no network stage
     assert stages_of("label-spreading") == [] and stages_of("no-such-method") == []
+
+
+def test_the_supervised_share_grows_with_the_labelled_images_up_to_the_largest_share():
+    from aelab.train.methods import SHARES_SET_AT, budget_shares, grown_shares_note
+
+    table = budget_shares()
+    assert budget_shares(None, SHARES_SET_AT) == table and budget_shares(None, 200) == table  # the digits demo
+    assert budget_shares(None, 2 * SHARES_SET_AT)["supervised"] == 2 * table["supervised"]
+    many = budget_shares(None, 4000)  # 400 per class: 16 times, capped at FixMatch's share
+    assert many["supervised"] == table["fixmatch"] == 8
+    assert {k: v for k, v in many.items() if k != "supervised"} == {k: v for k, v in table.items() if k != "supervised"}
+    assert budget_shares(["supervised", "course"], 4000)["supervised"] == 2  # the largest share of the chosen ones
+    assert grown_shares_note(None, 250) is None
+    assert "supervised from 1 to 8 of 23 parts" in grown_shares_note(None, 4000)
+
+    cfg = ClassificationStudyConfig(device="cpu", budget=12.0)
+    for n in (40, 250, 4000):  # the chosen stages' minutes add up to the budget whatever the labelled set
+        assert sum(cfg.minutes(st, n) for st in budget_shares(cfg.method_list())) == pytest.approx(12.0)
+    assert cfg.minutes("supervised", 250) == pytest.approx(12.0 / 16)
+    assert cfg.minutes("supervised", 4000) == pytest.approx(12.0 * 8 / 23)
+    assert cfg.minutes("fixmatch", 4000) == pytest.approx(12.0 * 8 / 23)
+    assert ClassificationStudyConfig(device="cpu", budget=None).minutes("supervised", 4000) is None
