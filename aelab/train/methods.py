@@ -122,8 +122,8 @@ def budget_shares(names: list[str] | None = None, n_labelled: int | None = None)
     """Training stage -> budget share, of the methods ``names`` (default: every registered one), in their order.
 
     With ``n_labelled`` labelled images, the share of each stage in `GROWS_WITH_LABELS` is multiplied by
-    ``n_labelled / SHARES_SET_AT`` when that is above 1, up to the largest share among the stages (the
-    semi-supervised method's): with many labels the comparison of the supervised row with it is made at equal time.
+    ``n_labelled / SHARES_SET_AT`` when that is above 1, up to the largest share among the stages of ``names``
+    (FixMatch's in the default table): with many labels the supervised row is compared with it at equal time.
     """
     shares = {st: w for m in (names if names is not None else METHODS) for st, w in METHODS[m].budget.items()}
     if n_labelled and n_labelled > SHARES_SET_AT:
@@ -140,18 +140,20 @@ def grown_shares_note(names: list[str] | None, n_labelled: int | None) -> str | 
     moved = [st for st in GROWS_WITH_LABELS if st in base and grown[st] != base[st]]
     if not moved:
         return None
-    parts = ", ".join(f"{st} from {base[st]:g} to {grown[st]:g}" for st in moved)
-    return (f"With {n_labelled:,} labelled images the share of the supervised-only row grew ({parts} of "
-            f"{sum(grown.values()):g} parts): the shares were set for {SHARES_SET_AT} labelled images, and this row, "
-            "the baseline of what the unlabelled images add, passes over the labelled images only, so its share "
-            "grows with them, up to the semi-supervised method's.")
+    old, new = sum(base.values()), sum(grown.values())
+    parts = ", ".join(f"{st} from {base[st]:g} of {old:g} parts to {grown[st]:g} of {new:g}" for st in moved)
+    return (f"With {n_labelled:,} labelled images the share of the supervised-only row grew ({parts}): the shares "
+            f"were set for {SHARES_SET_AT} labelled images, and this row, the baseline of what the unlabelled images "
+            "add, passes over the labelled images only, so its share grows with them, up to the largest share of "
+            "the other stages.")
 
 
 # The benchmarks' order (benchmarks/README.md: FixMatch first on digits and on photos at 25 labels per class; its
 # ensemble with the k-means features above it on two photo draws and level on the digits demo; at 4 labelled
 # photos per class the k-means features come first: `preference`) gives each method's rank. The
 # semi-supervised method, which reads every unlabelled image several times per step, gets half of the full
-# table's budget.
+# table's budget (8 of 16 parts; 8 of 23 with 400 labelled per class, where the supervised share grows:
+# `budget_shares`).
 for _m in (
     Method("supervised", "supervised only: random weights, cross-entropy, strong augmentation "
            "(flipped left-right for photos only)", False, runs.run_supervised, {"supervised": 1}, 2, True),

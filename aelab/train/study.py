@@ -91,8 +91,8 @@ class ClassificationStudyConfig(RunOptions):
         val_fraction: share of each class held out to pick checkpoints and the submitted method.
         budget: minutes the training stages of study 1 may take together (each stage gets a fixed share, but the
             supervised-only one grows with more than 250 labelled images: aelab.train.methods.budget_shares; its
-            epochs come from its first two epochs' measured time, at most the epochs above); null = always the
-            epochs above (`--budget null`).
+            epochs are planned at its second epoch's speed, the first's if only one fits, at most the epochs
+            above); null = always the epochs above (`--budget null`).
         kmeans_features_centroids: dictionary size K of the k-means features method (4K features).
         kmeans_features_learner: its dictionary learner: kmeans (scikit-learn) or ekm (Equilibrium K-Means).
     """
@@ -124,7 +124,8 @@ class ClassificationStudyConfig(RunOptions):
         if self.budget is None:
             return None
         chosen = budget_shares(self.method_list(), n_labelled)
-        return self.budget * chosen.get(stage, budget_shares(None, n_labelled)[stage]) / sum(chosen.values())
+        share = chosen[stage] if stage in chosen else budget_shares(None, n_labelled)[stage]
+        return self.budget * share / sum(chosen.values())
 
     def method_list(self) -> list[str]:
         names = [m.strip() for m in self.methods.split(",") if m.strip()]

@@ -139,7 +139,8 @@ def test_the_study_records_the_network_rule_and_the_budget_shares_it_ran_with(tm
 
     monkeypatch.setattr(methods, "SHARES_SET_AT", 3)
     grown = study_settings(ClassificationStudyConfig(device="cpu"), tmp_path / "photos")
-    assert grown["budget_shares"]["supervised"] == 2 and "supervised from 1 to 2" in grown["budget_note"]
+    assert grown["budget_shares"]["supervised"] == 2
+    assert "supervised from 1 of 16 parts to 2 of 17" in grown["budget_note"]
 
 
 def test_each_row_depends_on_its_own_stages_and_those_of_the_methods_it_reads():
@@ -162,7 +163,7 @@ def test_the_supervised_share_grows_with_the_labelled_images_up_to_the_largest_s
     assert {k: v for k, v in many.items() if k != "supervised"} == {k: v for k, v in table.items() if k != "supervised"}
     assert budget_shares(["supervised", "course"], 4000)["supervised"] == 2  # the largest share of the chosen ones
     assert grown_shares_note(None, 250) is None
-    assert "supervised from 1 to 8 of 23 parts" in grown_shares_note(None, 4000)
+    assert "supervised from 1 of 16 parts to 8 of 23" in grown_shares_note(None, 4000)
 
     cfg = ClassificationStudyConfig(device="cpu", budget=12.0)
     for n in (40, 250, 4000):  # the chosen stages' minutes add up to the budget whatever the labelled set
@@ -171,3 +172,7 @@ def test_the_supervised_share_grows_with_the_labelled_images_up_to_the_largest_s
     assert cfg.minutes("supervised", 4000) == pytest.approx(12.0 * 8 / 23)
     assert cfg.minutes("fixmatch", 4000) == pytest.approx(12.0 * 8 / 23)
     assert ClassificationStudyConfig(device="cpu", budget=None).minutes("supervised", 4000) is None
+    # without FixMatch the cap is the largest chosen share: the denoising pretraining's 2 of 2 + 1 + 2
+    two = ClassificationStudyConfig(device="cpu", budget=12.0, methods="supervised,course")
+    assert two.minutes("supervised", 4000) == pytest.approx(12.0 * 2 / 5)
+    assert two.minutes("pretrain", 4000) + two.minutes("course", 4000) == pytest.approx(12.0 * 3 / 5)
