@@ -35,20 +35,21 @@ def engine(cfg) -> dict:
     return cfg.engine().options()
 
 
+def _labelled(data: Path):
+    """The labelled folder of ``data``, scanned (paths and labels; nothing decoded)."""
+    from aelab.data import resolve_layout, scan_labelled
+
+    return scan_labelled(resolve_layout(data).require("labelled"))
+
+
 def stage_minutes(cfg, stage: str, data: Path) -> float | None:
     """``cfg.minutes(stage)`` with the labelled images ``data`` holds (the supervised share grows with them:
     `aelab.train.methods.budget_shares`)."""
-    from aelab.data import resolve_layout, scan_labelled
-
-    if cfg.budget is None:
-        return None
-    return cfg.minutes(stage, len(scan_labelled(resolve_layout(data).require("labelled")).paths))
+    return None if cfg.budget is None else cfg.minutes(stage, len(_labelled(data).paths))
 
 
 def labels_per_class(data: Path) -> str:
-    from aelab.data import resolve_layout, scan_labelled
-
-    lab = scan_labelled(resolve_layout(data).require("labelled"))
+    lab = _labelled(data)
     counts = np.bincount(lab.labels, minlength=len(lab.classes))
     return str(int(counts[0])) if counts.min() == counts.max() else f"{int(counts.min())}-{int(counts.max())}"
 

@@ -141,6 +141,11 @@ def test_the_study_records_the_network_rule_and_the_budget_shares_it_ran_with(tm
     grown = study_settings(ClassificationStudyConfig(device="cpu"), tmp_path / "photos")
     assert grown["budget_shares"]["supervised"] == 2
     assert "supervised from 1 of 16 parts to 2 of 17" in grown["budget_note"]
+    from aelab.train.method_runs import stage_minutes  # what each training stage of aelab run is given
+
+    budgeted = ClassificationStudyConfig(device="cpu", budget=17.0)
+    assert stage_minutes(budgeted, "supervised", tmp_path / "photos") == pytest.approx(2.0)
+    assert stage_minutes(budgeted, "fixmatch", tmp_path / "photos") == pytest.approx(8.0)
 
 
 def test_each_row_depends_on_its_own_stages_and_those_of_the_methods_it_reads():
