@@ -71,6 +71,11 @@ def Interval(low: float | None = None, high: float | None = None, closed: str = 
     return Rule(test, text + (", or null" if none else ""))
 
 
+#: ``kmeans_features_augment``: the copies of the labelled images the k-means-features classifier also learns from
+#: (`aelab.train.baselines.labelled_copies`).
+KMEANS_FEATURES_COPIES = ("auto", "none", "shift", "flip-shift")
+
+
 def OneOf(values: Iterable[Any], extra: str = "") -> Rule:
     """One of ``values`` (``extra``: words added to the message)."""
     allowed = tuple(values)
@@ -111,6 +116,7 @@ RULES: dict[str, Rule] = {
     "arch": OneOf(("auto", "unet", "cnn")),
     "kmeans_features_learner": OneOf(("kmeans", "ekm")),
     "kmeans_features_centroids": Interval(2, integer=True),
+    "kmeans_features_augment": OneOf(KMEANS_FEATURES_COPIES),
 }
 
 

@@ -95,6 +95,8 @@ class ClassificationStudyConfig(RunOptions):
             above); null = always the epochs above (`--budget null`).
         kmeans_features_centroids: dictionary size K of the k-means features method (4K features).
         kmeans_features_learner: its dictionary learner: kmeans (scikit-learn) or ekm (Equilibrium K-Means).
+        kmeans_features_augment: copies of the labelled images its classifier also learns from: auto (shifted by
+            an eighth of the side, and mirrored for colour photos), shift, flip-shift or none.
     """
 
     methods: str = "supervised,course,course-noaug,fixmatch,vicreg,label-spreading,kmeans-features,ensemble"
@@ -113,6 +115,7 @@ class ClassificationStudyConfig(RunOptions):
     budget: float | None = 12.0
     kmeans_features_centroids: int = 800
     kmeans_features_learner: str = "kmeans"
+    kmeans_features_augment: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()  # kmeans_features_* and the others: `aelab.train.options.RULES`
