@@ -159,3 +159,51 @@ def test_the_test_images_are_predicted_with_the_validation_labels_too(baseline):
     assert not np.any(kept.query_pred == 2) and not np.any(both.val_pred == 2)  # the hold-out stays unseen
     assert np.mean(both.query_pred[y_query == 2] == 2) >= 0.7
     assert np.mean(both.query_pred == y_query) > np.mean(kept.query_pred == y_query) + 0.2
+
+
+def test_labelled_copies_shift_by_an_eighth_and_mirror_photos_only():
+    """The k-means-features classifier's copies: the images first, then (photos) their mirrors, then each set
+    shifted by an eighth of the side in four directions, with reflected borders; grey images are never mirrored."""
+    from aelab.train.baselines import labelled_copies
+
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (3, 3, 16, 16), dtype=np.uint8)
+    grey = np.repeat(photo[:, :1], 3, axis=1)
+    copies = labelled_copies(photo, "auto")
+    assert len(copies) == 10 and all(c.shape == photo.shape and c.dtype == np.uint8 for c in copies)
+    assert np.array_equal(copies[0], photo) and np.array_equal(copies[1], photo[..., ::-1])
+    d = 2  # 16 // 8
+    down = copies[2]  # shifted by +d rows: row i of the copy is row i + d of the image
+    assert np.array_equal(down[:, :, : 16 - d], photo[:, :, d:])
+    left = copies[5]  # the fourth shift: -d columns
+    assert np.array_equal(left[:, :, :, d:], photo[:, :, :, : 16 - d])
+    grey_copies = labelled_copies(grey, "auto")
+    assert len(grey_copies) == 5 and not any(np.array_equal(c, grey[..., ::-1]) for c in grey_copies)
+    assert len(labelled_copies(photo, "none")) == 1
+    assert len(labelled_copies(photo, "flip-shift", max_rows=7)) == 2  # 7 rows hold two sets of 3
+    assert len(labelled_copies(photo, "flip-shift", max_rows=1)) == 1  # never fewer than the images
+    with pytest.raises(ValueError, match="augment"):
+        labelled_copies(photo, "rotate")
+
+
+def test_copies_teach_the_classifier_a_pattern_seen_only_mirrored():
+    """Classes whose labelled images all show their object on the left are still recognised on the right when
+    the classifier learns from the mirrored copies too (the quadrant pooling keeps left and right apart)."""
+    rng = np.random.default_rng(0)
+
+    def images(n, side):  # class 0: a red block, class 1: a green block, on the left half or the right
+        x = rng.normal(110, 10, (2 * n, 3, 16, 16))
+        cols = slice(2, 6) if side == "left" else slice(10, 14)
+        x[:n, 0, 4:12, cols] += 110
+        x[n:, 1, 4:12, cols] += 110
+        return np.clip(x, 0, 255).astype(np.uint8), np.repeat([0, 1], n)
+
+    x, y = images(20, "left")
+    unl = np.concatenate([images(30, "left")[0], images(30, "right")[0]])
+    query, y_query = images(30, "right")
+    train_idx, val_idx = np.arange(0, 40, 2), np.arange(1, 40, 2)
+    kwargs = dict(n_centroids=16, patch=4, n_patches=4000, seed=0)
+    plain = kmeans_features_baseline(x, y, train_idx, val_idx, unl, query, augment="none", **kwargs)
+    mirrored = kmeans_features_baseline(x, y, train_idx, val_idx, unl, query, augment="auto", **kwargs)
+    assert np.mean(mirrored.query_pred == y_query) >= 0.9
+    assert np.mean(mirrored.query_pred == y_query) > np.mean(plain.query_pred == y_query)
