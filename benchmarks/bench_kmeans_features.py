@@ -10,7 +10,9 @@ on the test images:
 - ``pixels``: standardised logistic regression on the raw pixels (C by 3-fold CV);
 - ``kmeans-K`` / ``ekm-K[-sS]``: what `aelab.train.baselines.kmeans_features_baseline` does, with
   that learner, K centroids (and EKM α scale S): dictionary on the unlabelled images, logistic
-  regression on the training split with C = ``FEATURES_C`` (``--C cv``: 3-fold CV on the split).
+  regression on the training split with C = ``FEATURES_C`` (``--C cv``: 3-fold CV on the split);
+  ``--augment none,auto`` scores both on the same dictionary: the classifier on the training images alone, and
+  on them with their copies (`aelab.train.baselines.labelled_copies`, the study's default ``auto``).
 
 Each row reports test accuracy, validation accuracy, the chosen C, the process CPU seconds of
 fit + encoding + CV (the fair time on a shared machine; run with ``OMP_NUM_THREADS=1`` for
@@ -18,6 +20,7 @@ one-core figures), and (JSON only, untimed) the test accuracy at every C of the 
 
     OMP_NUM_THREADS=1 python benchmarks/bench_kmeans_features.py --seeds 0,1 --centroids 400,800,1600
     OMP_NUM_THREADS=1 python benchmarks/bench_kmeans_features.py --seeds 2 --centroids 800 --learners kmeans
+    OMP_NUM_THREADS=1 python benchmarks/bench_kmeans_features.py --seeds 0,1 --centroids 800 --learners kmeans --augment none,auto
 """
 
 from __future__ import annotations
@@ -86,6 +89,8 @@ def main() -> None:
     ap.add_argument("--learners", default="kmeans,ekm")
     ap.add_argument("--ekm-scales", default="", help="EKM α scales to try (default: KMeansFeatures' ekm_scale)")
     ap.add_argument("--C", default=None, help="logistic regression C; 'cv' = 3-fold CV over C_GRID; default FEATURES_C")
+    ap.add_argument("--augment", default="none,auto",
+                    help="comma list of kmeans_features_augment settings (none, shift, flip-shift, auto), one row each")
     ap.add_argument("--no-pixels", action="store_true", help="skip the logistic regression on pixels")
     ap.add_argument("--json", default=None, help="append one JSON line per row to this file")
     args = ap.parse_args()
@@ -94,7 +99,7 @@ def main() -> None:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from aelab.train.baselines import C_GRID, FEATURES_C, logistic_cv
+    from aelab.train.baselines import C_GRID, FEATURES_C, labelled_copies, logistic_cv
     from aelab.train.patch_features import KMeansFeatures
 
     grid = C_GRID if args.C == "cv" else (FEATURES_C if args.C is None else float(args.C),)
@@ -121,19 +126,28 @@ def main() -> None:
                                        **({} if scale is None else dict(ekm_scale=scale)))
                     feats = f.fit(unl).transform
                 X, Xt = feats(x), feats(xt)
-                clf, C = logistic_cv(X[tr], y[tr], grid, seed=seed)
-                val, pred = clf.predict(X[va]), clf.predict(Xt)
-                cpu, wall = time.process_time() - c0, time.perf_counter() - w0
-                by_c = {c: round(float(np.mean(make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=1000))
-                                               .fit(X[tr], y[tr]).predict(Xt) == yt)), 3) for c in C_GRID}
-                row = dict(labels=labels, seed=seed, method=name, test_acc=round(float(np.mean(pred == yt)), 4),
-                           val_acc=round(float(np.mean(val == y[va])), 4), n_val=int(len(va)), C=C,
-                           cpu_s=round(cpu, 1), wall_s=round(wall, 1), test_by_C=by_c, note=f"C={C:g}")
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-                if args.json:
-                    with open(args.json, "a") as fh:
-                        fh.write(json.dumps(row) + "\n")
+                fit_cpu, fit_wall = time.process_time() - c0, time.perf_counter() - w0
+                for augment in (["none"] if learner is None else args.augment.split(",")):
+                    c1, w1 = time.process_time(), time.perf_counter()
+                    sets = [X[tr]] + [feats(c) for c in labelled_copies(x[tr], augment)[1:]]
+                    Xa, ya = np.concatenate(sets), np.tile(y[tr], len(sets))
+                    # C by CV on the images alone (a copy in one fold and its image in another would leak)
+                    C = logistic_cv(X[tr], y[tr], grid, seed=seed)[1] if len(grid) > 1 else grid[0]
+                    clf = logistic_cv(Xa, ya, (C,), seed=seed)[0]
+                    val, pred = clf.predict(X[va]), clf.predict(Xt)
+                    cpu = fit_cpu + time.process_time() - c1
+                    wall = fit_wall + time.perf_counter() - w1
+                    by_c = {c: round(float(np.mean(make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=1000))
+                                                   .fit(Xa, ya).predict(Xt) == yt)), 3) for c in C_GRID}
+                    label = name if augment == "none" or learner is None else f"{name}+{augment}"
+                    row = dict(labels=labels, seed=seed, method=label, test_acc=round(float(np.mean(pred == yt)), 4),
+                               val_acc=round(float(np.mean(val == y[va])), 4), n_val=int(len(va)), C=C,
+                               cpu_s=round(cpu, 1), wall_s=round(wall, 1), test_by_C=by_c, note=f"C={C:g}")
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+                    if args.json:
+                        with open(args.json, "a") as fh:
+                            fh.write(json.dumps(row) + "\n")
     print(f"\nOMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, load average {os.getloadavg()[0]:.1f}\n")
     print("| labels/class | seed | method | test acc | val acc | CPU s | wall s | note |")
     print("|---:|---:|---|---:|---:|---:|---:|---|")
