@@ -20,7 +20,8 @@ one-core figures), and (JSON only, untimed) the test accuracy at every C of the 
 
     OMP_NUM_THREADS=1 python benchmarks/bench_kmeans_features.py --seeds 0,1 --centroids 400,800,1600
     OMP_NUM_THREADS=1 python benchmarks/bench_kmeans_features.py --seeds 2 --centroids 800 --learners kmeans
-    OMP_NUM_THREADS=1 python benchmarks/bench_kmeans_features.py --seeds 0,1 --centroids 800 --learners kmeans --augment none,auto
+    OMP_NUM_THREADS=1 python benchmarks/bench_kmeans_features.py --seeds 0,1 --centroids 800 --learners kmeans \
+        --augment none,auto
 """
 
 from __future__ import annotations
@@ -99,9 +100,11 @@ def main() -> None:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from aelab.train.baselines import C_GRID, FEATURES_C, labelled_copies, logistic_cv
+    from aelab.train.baselines import C_GRID, FEATURES_C, check_copies, labelled_copies, logistic_cv
     from aelab.train.patch_features import KMeansFeatures
 
+    for augment in args.augment.split(","):
+        check_copies(augment)  # before any dictionary is fitted
     grid = C_GRID if args.C == "cv" else (FEATURES_C if args.C is None else float(args.C),)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -137,8 +140,11 @@ def main() -> None:
                     val, pred = clf.predict(X[va]), clf.predict(Xt)
                     cpu = fit_cpu + time.process_time() - c1
                     wall = fit_wall + time.perf_counter() - w1
-                    by_c = {c: round(float(np.mean(make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=1000))
-                                                   .fit(Xa, ya).predict(Xt) == yt)), 3) for c in C_GRID}
+                    def test_at(c):
+                        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=1000)).fit(Xa, ya)
+                        return round(float(np.mean(model.predict(Xt) == yt)), 3)
+
+                    by_c = {c: test_at(c) for c in C_GRID}
                     label = name if augment == "none" or learner is None else f"{name}+{augment}"
                     row = dict(labels=labels, seed=seed, method=label, test_acc=round(float(np.mean(pred == yt)), 4),
                                val_acc=round(float(np.mean(val == y[va])), 4), n_val=int(len(va)), C=C,

@@ -7,8 +7,9 @@ be compared with it.
 
 Single-layer k-means features (Coates, Lee & Ng, AISTATS 2011; `aelab.train.patch_features`):
 a whitened patch dictionary learned on the unlabelled images, triangle codes pooled over four
-quadrants, then a standardised L2 logistic regression on the labelled images and fixed copies of them under the
-networks' weak augmentation (`labelled_copies`: shifted by an eighth of the side, and mirrored for photos).
+quadrants, then a standardised L2 logistic regression on the labelled images and fixed copies of them
+(`labelled_copies`: shifted by an eighth of the side, as far as the networks' weak augmentation shifts, and
+mirrored for photos).
 
 Both predict the validation images from the training split only, and then (``refit=True``, the default) the test
 images with every labelled image: these rows choose nothing on the hold-out (no epoch, no C: it is fixed), so its
@@ -25,8 +26,8 @@ import numpy as np
 
 from aelab.train.options import KMEANS_FEATURES_COPIES
 
-__all__ = ["AUGMENT_ROWS", "BaselineResult", "COPIES", "kmeans_features_baseline", "label_spreading_baseline",
-           "labelled_copies", "logistic_cv"]
+__all__ = ["AUGMENT_ROWS", "BaselineResult", "COPIES", "check_copies", "kmeans_features_baseline",
+           "label_spreading_baseline", "labelled_copies", "logistic_cv"]
 
 
 @dataclass
@@ -85,44 +86,61 @@ def label_spreading_baseline(labelled: np.ndarray, labels: np.ndarray, train_idx
 
 #: ``kmeans_features_augment`` settings (`aelab.train.options` holds the one list).
 COPIES = KMEANS_FEATURES_COPIES
-#: The most rows (images and their copies) the classifier learns from: with many labelled images fewer copies
-#: are made (the first ones of `labelled_copies`' order), so the row's time stays near that of 25 per class.
+#: The most rows (images and their copies) the classifier learns from: with many labelled images fewer copies are
+#: made (whole groups of `labelled_copies`' order), so the rows stay at most 4 times those of 25 labelled per class
+#: with every copy (2,500 rows for 250 photos); at 400 photos per class the images and their mirrors (8,000 rows).
 AUGMENT_ROWS = 10_000
 
 
 def labelled_copies(images: np.ndarray, augment: str, max_rows: int | None = AUGMENT_ROWS) -> list[np.ndarray]:
-    """The labelled images and fixed copies of them, as the networks' weak augmentation would draw them.
+    """The labelled images and fixed copies of them, shifted as far as the networks' weak augmentation shifts.
 
-    ``augment``: ``none`` (the images only), ``shift`` (also shifted by an eighth of the side up, down, left and
-    right, with reflected borders: the ``weak`` preset's largest translation), ``flip-shift`` (also mirrored
+    ``augment``: ``none`` (the images only), ``shift`` (also shifted by an eighth of the shorter side, at least one
+    pixel: the picture moves up, down, left and right, with reflected borders), ``flip-shift`` (also mirrored
     left-right, and the mirrored images shifted: 10 sets), ``auto`` (``flip-shift`` for photos and ``shift`` for
-    grey images, the rule of `aelab.data.kind`). Returns a list of uint8 arrays shaped like ``images``, the images
-    first, then the mirrored ones, then the shifts; at most ``max_rows`` rows in all (at least the images).
+    grey images, the rule of `aelab.data.kind`). Returns a list of uint8 arrays shaped like ``images``: the images,
+    the mirrored ones, then up and down, left and right of the images, then of the mirrors. With ``max_rows``, only
+    as many whole groups of that order (the images; the mirrors; a pair of opposite shifts) as fit in ``max_rows``
+    rows, and always the images, so a kept shift always comes with its opposite.
 
     Example:
         >>> x = np.arange(2 * 3 * 8 * 8, dtype=np.uint8).reshape(2, 3, 8, 8)
-        >>> [len(labelled_copies(x, a)) for a in ("none", "shift", "flip-shift")], len(labelled_copies(x, "flip-shift", 7))
-        ([1, 5, 10], 3)
+        >>> [len(labelled_copies(x, a)) for a in ("none", "shift", "flip-shift")]
+        [1, 5, 10]
+        >>> len(labelled_copies(x, "flip-shift", max_rows=7))  # the images, the mirrors; not half a pair
+        2
     """
     from aelab.data.kind import image_kind
 
-    if augment not in COPIES:
-        raise ValueError(f"augment must be one of {', '.join(COPIES)}, got {augment!r}")
+    check_copies(augment)
     if augment == "auto":
         augment = "flip-shift" if image_kind(images) == "photo" else "shift"
     bases = [images]
     if augment == "flip-shift":
         bases.append(np.ascontiguousarray(images[..., ::-1]))
-    copies = list(bases)
+    groups = [[b] for b in bases]
     H, W = images.shape[2:]
     d = max(1, min(H, W) // 8)
     if augment != "none" and min(H, W) > d:
         for base in bases:
             padded = np.pad(base, ((0, 0), (0, 0), (d, d), (d, d)), mode="reflect")
-            copies += [np.ascontiguousarray(padded[:, :, d + dy : d + dy + H, d + dx : d + dx + W])
-                       for dy, dx in ((d, 0), (-d, 0), (0, d), (0, -d))]
-    keep = len(copies) if max_rows is None else max(1, min(len(copies), max_rows // max(1, len(images))))
-    return copies[:keep]
+
+            def moved(dy: int, dx: int, padded=padded) -> np.ndarray:  # the picture moves by (-dy, -dx)
+                return np.ascontiguousarray(padded[:, :, d + dy : d + dy + H, d + dx : d + dx + W])
+
+            groups += [[moved(d, 0), moved(-d, 0)], [moved(0, d), moved(0, -d)]]
+    copies, n = [], max(1, len(images))
+    for group in groups:
+        if copies and max_rows is not None and (len(copies) + len(group)) * n > max_rows:
+            break
+        copies += group
+    return copies
+
+
+def check_copies(augment: str) -> None:
+    """A ``ValueError`` naming the settings unless ``augment`` is one of `COPIES`."""
+    if augment not in COPIES:
+        raise ValueError(f"augment must be one of {', '.join(COPIES)}, got {augment!r}")
 
 
 FEATURES_C = 1e-3  # fixed from benchmarks/bench_kmeans_features.py (CIFAR-10 draws, seeds 0 and 1)
@@ -181,16 +199,24 @@ def kmeans_features_baseline(labelled: np.ndarray, labels: np.ndarray, train_idx
 
     from aelab.train.patch_features import KMeansFeatures
 
+    check_copies(augment)  # before the dictionary's seconds
     t0 = time.perf_counter()
     source = unlabelled if unlabelled is not None and len(unlabelled) else labelled
     feats = KMeansFeatures(n_centroids=n_centroids, learner=learner, random_state=seed, **feature_options).fit(source)
-    sets = [feats.transform(c) for c in labelled_copies(labelled, augment)]
-    X = sets[0]
+    X = feats.transform(labelled)
+    has_query = query is not None and len(query)
+    refitting = bool(refit and has_query and len(val_idx))
+    copied = np.sort(np.concatenate([train_idx, val_idx])) if refitting else np.sort(train_idx)
+    at = np.full(len(labelled), -1)
+    at[copied] = np.arange(len(copied))  # row of each copied image in the copies' features
+    sets = [feats.transform(c) for c in labelled_copies(np.asarray(labelled)[copied], augment)[1:]]
 
     def rows(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # the images of ``idx`` and their copies
-        return np.concatenate([f[idx] for f in sets]), np.tile(labels[idx], len(sets))
+        return np.concatenate([X[idx]] + [f[at[idx]] for f in sets]), np.tile(labels[idx], 1 + len(sets))
 
-    # C by cross-validation on the images alone: a copy in one fold and its image in another would leak
+    # C by cross-validation on the images alone (a copy in one fold and its image in another would leak); with
+    # copies the regression sums its loss over more rows, so this C regularises less than it did in the CV. The
+    # default is the fixed FEATURES_C, chosen without copies and still near the best with them (benchmarks/README.md).
     chosen_c = C if C is not None else logistic_cv(X[train_idx], labels[train_idx], C_GRID, seed=seed)[1]
     clf = logistic_cv(*rows(train_idx), (chosen_c,), seed=seed)[0]
     k = int(labels.max()) + 1
@@ -202,8 +228,7 @@ def kmeans_features_baseline(labelled: np.ndarray, labels: np.ndarray, train_idx
         return out
 
     val_proba = proba(clf, X[val_idx])
-    has_query = query is not None and len(query)
-    if refit and has_query and len(val_idx):
+    if refitting:
         every = np.concatenate([train_idx, val_idx])
         clf = logistic_cv(*rows(every), (chosen_c,), seed=seed)[0]
     query_proba = proba(clf, feats.transform(query) if has_query else X[:0])

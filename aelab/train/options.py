@@ -20,7 +20,12 @@ from aelab.devices import DEVICES, is_device
 from aelab.errors import AelabError, ParameterError
 
 __all__ = ["RunOptions", "Engine", "Sources", "Rule", "Interval", "OneOf", "RULES", "resolve_sources",
-           "rules_for", "validate_options", "validate_params", "check_option", "DEVICES", "PRECISIONS"]
+           "rules_for", "validate_options", "validate_params", "check_option", "DEVICES", "PRECISIONS",
+           "KMEANS_FEATURES_COPIES"]
+
+#: ``kmeans_features_augment``: the copies of the labelled images the k-means-features classifier also learns from
+#: (`aelab.train.baselines.labelled_copies`).
+KMEANS_FEATURES_COPIES = ("auto", "none", "shift", "flip-shift")
 
 #: Values of ``--precision`` (Lightning Fabric's names).
 PRECISIONS: tuple[str, ...] = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
@@ -69,11 +74,6 @@ def Interval(low: float | None = None, high: float | None = None, closed: str = 
     else:
         text = "a finite number" if not integer else kind
     return Rule(test, text + (", or null" if none else ""))
-
-
-#: ``kmeans_features_augment``: the copies of the labelled images the k-means-features classifier also learns from
-#: (`aelab.train.baselines.labelled_copies`).
-KMEANS_FEATURES_COPIES = ("auto", "none", "shift", "flip-shift")
 
 
 def OneOf(values: Iterable[Any], extra: str = "") -> Rule:

@@ -163,7 +163,8 @@ def test_the_test_images_are_predicted_with_the_validation_labels_too(baseline):
 
 def test_labelled_copies_shift_by_an_eighth_and_mirror_photos_only():
     """The k-means-features classifier's copies: the images first, then (photos) their mirrors, then each set
-    shifted by an eighth of the side in four directions, with reflected borders; grey images are never mirrored."""
+    shifted by an eighth of the side (the picture moves up, down, left, right), with reflected borders; grey images
+    are never mirrored."""
     from aelab.train.baselines import labelled_copies
 
     rng = np.random.default_rng(0)
@@ -171,19 +172,60 @@ def test_labelled_copies_shift_by_an_eighth_and_mirror_photos_only():
     grey = np.repeat(photo[:, :1], 3, axis=1)
     copies = labelled_copies(photo, "auto")
     assert len(copies) == 10 and all(c.shape == photo.shape and c.dtype == np.uint8 for c in copies)
-    assert np.array_equal(copies[0], photo) and np.array_equal(copies[1], photo[..., ::-1])
+    mirror = photo[..., ::-1]
+    assert np.array_equal(copies[0], photo) and np.array_equal(copies[1], mirror)
     d = 2  # 16 // 8
-    down = copies[2]  # shifted by +d rows: row i of the copy is row i + d of the image
-    assert np.array_equal(down[:, :, : 16 - d], photo[:, :, d:])
-    left = copies[5]  # the fourth shift: -d columns
-    assert np.array_equal(left[:, :, :, d:], photo[:, :, :, : 16 - d])
+    up, down, left, right = copies[2:6]
+    assert np.array_equal(up[:, :, : 16 - d], photo[:, :, d:])  # row i of the copy is row i + d of the image
+    assert np.array_equal(up[:, :, 16 - d :], photo[:, :, 14:12:-1])  # reflected border: rows 14, 13
+    assert np.array_equal(down[:, :, d:], photo[:, :, : 16 - d])
+    assert np.array_equal(left[:, :, :, : 16 - d], photo[:, :, :, d:])
+    assert np.array_equal(right[:, :, :, d:], photo[:, :, :, : 16 - d])
+    assert np.array_equal(copies[6][:, :, : 16 - d], mirror[:, :, d:])  # then the mirror, moved up
     grey_copies = labelled_copies(grey, "auto")
     assert len(grey_copies) == 5 and not any(np.array_equal(c, grey[..., ::-1]) for c in grey_copies)
+    one_channel = labelled_copies(photo[:, :1], "auto")  # (N, 1, H, W): grey
+    assert len(one_channel) == 5 and one_channel[1].shape == (3, 1, 16, 16)
+    tiny = labelled_copies(photo[:, :, :6, :6], "shift")  # 6 // 8 = 0: shifted by one pixel
+    assert np.array_equal(tiny[1][:, :, :5], photo[:, :, 1:6, :6])
+    assert len(labelled_copies(photo[:, :, :1, :1], "flip-shift")) == 2  # a 1-pixel image is not shifted
     assert len(labelled_copies(photo, "none")) == 1
-    assert len(labelled_copies(photo, "flip-shift", max_rows=7)) == 2  # 7 rows hold two sets of 3
+
+
+def test_the_row_cap_keeps_whole_groups_of_copies():
+    """With many labelled images only whole groups are kept (the images, the mirrors, a shift with its opposite):
+    a shift in one direction alone would teach the classifier where objects sit."""
+    from aelab.train.baselines import labelled_copies
+
+    photo = np.random.default_rng(1).integers(0, 256, (3, 3, 16, 16), dtype=np.uint8)
+    grey = photo[:, :1]
+    assert len(labelled_copies(photo, "flip-shift", max_rows=7)) == 2  # 7 rows hold the images and the mirrors
+    assert len(labelled_copies(grey, "shift", max_rows=12)) == 3  # the images, up and down; not left alone
+    assert len(labelled_copies(grey, "shift", max_rows=15)) == 5
     assert len(labelled_copies(photo, "flip-shift", max_rows=1)) == 1  # never fewer than the images
     with pytest.raises(ValueError, match="augment"):
         labelled_copies(photo, "rotate")
+
+
+def test_bad_augment_is_one_line_and_the_study_passes_it_on(monkeypatch, demo_root, tmp_path):
+    from aelab.errors import AelabError
+    from aelab.train import baselines
+    from aelab.train.study import ClassificationStudyConfig, classification_study
+
+    with pytest.raises(AelabError, match="kmeans_features_augment"):
+        ClassificationStudyConfig(kmeans_features_augment="flip")
+    seen = {}
+    real = baselines.kmeans_features_baseline
+
+    def spy(*args, **kwargs):
+        seen["augment"] = kwargs.get("augment")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(baselines, "kmeans_features_baseline", spy)
+    cfg = ClassificationStudyConfig(methods="kmeans-features", channels=1, kmeans_features_centroids=8,
+                                    kmeans_features_augment="none", device="cpu")
+    classification_study(cfg, demo_root, tmp_path / "run")
+    assert seen == {"augment": "none"}
 
 
 def test_copies_teach_the_classifier_a_pattern_seen_only_mirrored():
