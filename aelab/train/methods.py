@@ -170,8 +170,8 @@ for _m in (
            "images with every labelled image known", True,
            runs.run_label_spreading, {}, 6),
     Method("kmeans-features", "classical reference: single-layer k-means features (Coates et al. 2011) learned on "
-           "the unlabelled images, logistic regression on the labelled images and copies of them (shifted; also "
-           "mirrored for photos); refit on every labelled image for the test images", True,
+           "the unlabelled images, logistic regression on the labelled images (for photos also on shifted and "
+           "mirrored copies of them); refit on every labelled image for the test images", True,
            runs.run_kmeans_features, {}, 5),
     Method("ensemble", "fixmatch and kmeans-features together: 0.3 x the network's class probabilities + 0.7 x "
            "the k-means-features classifier's (aelab.train.ensemble)", True, run_ensemble, {}, -1,

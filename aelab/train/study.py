@@ -95,8 +95,9 @@ class ClassificationStudyConfig(RunOptions):
             above); null = always the epochs above (`--budget null`).
         kmeans_features_centroids: dictionary size K of the k-means features method (4K features).
         kmeans_features_learner: its dictionary learner: kmeans (scikit-learn) or ekm (Equilibrium K-Means).
-        kmeans_features_augment: copies of the labelled images its classifier also learns from: auto (shifted by
-            an eighth of the side, and mirrored for colour photos), shift, flip-shift or none.
+        kmeans_features_augment: copies of the labelled images its classifier also learns from: auto (flip-shift
+            for colour photos, none for grey images), flip-shift (mirrored, and shifted by an eighth of the side),
+            shift or none.
     """
 
     methods: str = "supervised,course,course-noaug,fixmatch,vicreg,label-spreading,kmeans-features,ensemble"

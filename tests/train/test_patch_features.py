@@ -163,8 +163,8 @@ def test_the_test_images_are_predicted_with_the_validation_labels_too(baseline):
 
 def test_labelled_copies_shift_by_an_eighth_and_mirror_photos_only():
     """The k-means-features classifier's copies: the images first, then (photos) their mirrors, then each set
-    shifted by an eighth of the side (the picture moves up, down, left, right), with reflected borders; grey images
-    are never mirrored."""
+    shifted by an eighth of the side (the picture moves up, down, left, right), with reflected borders; ``auto``
+    copies photos only, and grey images are never mirrored."""
     from aelab.train.baselines import labelled_copies
 
     rng = np.random.default_rng(0)
@@ -182,10 +182,12 @@ def test_labelled_copies_shift_by_an_eighth_and_mirror_photos_only():
     assert np.array_equal(left[:, :, :, : 16 - d], photo[:, :, :, d:])
     assert np.array_equal(right[:, :, :, d:], photo[:, :, :, : 16 - d])
     assert np.array_equal(copies[6][:, :, : 16 - d], mirror[:, :, d:])  # then the mirror, moved up
-    grey_copies = labelled_copies(grey, "auto")
+    assert len(labelled_copies(grey, "auto")) == 1
+    grey_copies = labelled_copies(grey, "shift")
     assert len(grey_copies) == 5 and not any(np.array_equal(c, grey[..., ::-1]) for c in grey_copies)
-    one_channel = labelled_copies(photo[:, :1], "auto")  # (N, 1, H, W): grey
-    assert len(one_channel) == 5 and one_channel[1].shape == (3, 1, 16, 16)
+    assert len(labelled_copies(photo[:, :1], "auto")) == 1  # (N, 1, H, W): grey
+    one_channel = labelled_copies(photo[:, :1], "flip-shift")
+    assert len(one_channel) == 10 and one_channel[1].shape == (3, 1, 16, 16)
     tiny = labelled_copies(photo[:, :, :6, :6], "shift")  # 6 // 8 = 0: shifted by one pixel
     assert np.array_equal(tiny[1][:, :, :5], photo[:, :, 1:6, :6])
     assert len(labelled_copies(photo[:, :, :1, :1], "flip-shift")) == 2  # a 1-pixel image is not shifted
