@@ -129,13 +129,14 @@ def main() -> None:
                                        **({} if scale is None else dict(ekm_scale=scale)))
                     feats = f.fit(unl).transform
                 X, Xt = feats(x), feats(xt)
+                # C by CV on the images alone (a copy in one fold and its image in another would leak), once for
+                # every setting of the copies
+                C = logistic_cv(X[tr], y[tr], grid, seed=seed)[1] if len(grid) > 1 else grid[0]
                 fit_cpu, fit_wall = time.process_time() - c0, time.perf_counter() - w0
                 for augment in (["none"] if learner is None else args.augment.split(",")):
                     c1, w1 = time.process_time(), time.perf_counter()
                     sets = [X[tr]] + [feats(c) for c in labelled_copies(x[tr], augment)[1:]]
                     Xa, ya = np.concatenate(sets), np.tile(y[tr], len(sets))
-                    # C by CV on the images alone (a copy in one fold and its image in another would leak)
-                    C = logistic_cv(X[tr], y[tr], grid, seed=seed)[1] if len(grid) > 1 else grid[0]
                     clf = logistic_cv(Xa, ya, (C,), seed=seed)[0]
                     val, pred = clf.predict(X[va]), clf.predict(Xt)
                     cpu = fit_cpu + time.process_time() - c1
