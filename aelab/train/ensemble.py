@@ -1,20 +1,27 @@
 """Study 1's ``ensemble`` row: FixMatch's network and the k-means-features classifier, averaged.
 
 The two learn from the unlabelled images in different ways (a network's consistency training; a patch
-dictionary under a linear classifier) and make different mistakes on photos, so a weighted average of their
-class probabilities, ``p = w·p_network + (1 − w)·p_features``, is right more often than either (an average
-of classifiers' posteriors, Kittler et al., "On Combining Classifiers", IEEE TPAMI 1998, the sum rule, Eq. 11;
-with weights, as in Sec. 2.1 there).
+dictionary under a linear classifier) and make different mistakes on photos, so an average of their class
+probabilities is right more often than either (an average of classifiers' posteriors, Kittler et al., "On
+Combining Classifiers", IEEE TPAMI 1998, the sum rule, Eq. 11).
 
-The weight ``w = 0.3`` comes from `benchmarks/README.md` ("Study 1 on photos", the test ensemble): chosen
-on the seed-0 CIFAR-10 draw among 0.3, 0.5 and 0.7, then measured on the held-apart seed-2 draw and on the
-digits demo. The network's probabilities are sharp (mean top probability 0.99 on the demo) and the
-logistic regression's soft (0.61), so 0.3 does not make the network the junior partner: where FixMatch is
-confident and the features are not, FixMatch still decides. Nothing is fitted to the validation images, so
-their accuracy is an honest estimate like every other row's.
+An average is fair only between members whose probabilities mean the same. They do not: FixMatch's network
+is overconfident (mean top probability 0.8 on photos where it is right less than half the time; 0.99 on the
+digits demo) and the logistic regression is nearer calibrated, or underconfident on digits. So each member is
+first temperature-scaled (`fit_temperature`, Guo et al. 2017) to its own likelihood on the validation images,
+then the two are averaged with equal weights (`calibrated_combine`): the member that is right more often is
+the surer one, whichever it is. The validation images' own row is cross-fitted (each fold's temperatures come
+from the other folds), so its accuracy stays an estimate like every other row's.
+
+With fewer than `MIN_CALIBRATION_IMAGES` validation images (4 labelled photos per class leave 10) a
+temperature is too noisy to fit, and the row falls back to the unscaled ``0.3·p_network + 0.7·p_features``
+(`NETWORK_WEIGHT`, chosen on the seed-0 CIFAR-10 draw among 0.3, 0.5 and 0.7). Both rules, and why the
+calibrated one replaced the fixed weight, are in `benchmarks/README.md` ("The ensemble's members are
+calibrated before they are averaged"; `benchmarks/bench_ensemble.py`).
 
 It trains nothing: it reads the ``fixmatch`` row's fine-tuned network and the ``kmeans-features`` row's
-``probabilities.npz`` from the same run folder, so it runs after both (its place in ``--methods``).
+``probabilities.npz`` from the same run folder, so it runs after both (its place in ``--methods``), and writes
+the rule it used and the temperatures to ``ensemble/temperatures.json``.
 """
 
 from __future__ import annotations
@@ -28,12 +35,19 @@ from aelab.errors import AelabError, StageSkipped
 from aelab.layout import RunLayout
 from aelab.results import MethodResult
 
-__all__ = ["MEMBERS", "NETWORK_WEIGHT", "combine", "run_ensemble"]
+__all__ = ["CALIBRATED_WEIGHT", "CALIBRATION_FOLDS", "MEMBERS", "MIN_CALIBRATION_IMAGES", "NETWORK_WEIGHT",
+           "calibrated_combine", "combine", "ensemble_probabilities", "fit_temperature", "run_ensemble",
+           "temperature_scale"]
 
 #: The network row and the classical row it combines.
 MEMBERS = ("fixmatch", "kmeans-features")
-#: Weight of the network's probabilities (the classical row gets ``1 − NETWORK_WEIGHT``); see the module text.
+#: Weight of the network's unscaled probabilities (the classical row gets ``1 − NETWORK_WEIGHT``), the rule
+#: with fewer than `MIN_CALIBRATION_IMAGES` validation images; see the module text.
 NETWORK_WEIGHT = 0.3
+#: Weight of the network's temperature-scaled probabilities: scaled, the members are averaged as equals.
+CALIBRATED_WEIGHT = 0.5
+#: Fewest validation images on which the members' temperatures are fitted (else the unscaled rule).
+MIN_CALIBRATION_IMAGES = 30
 
 
 def combine(network: np.ndarray, features: np.ndarray, weight: float = NETWORK_WEIGHT) -> np.ndarray:
@@ -46,6 +60,95 @@ def combine(network: np.ndarray, features: np.ndarray, weight: float = NETWORK_W
     if network.shape != features.shape:
         raise AelabError(f"cannot combine probabilities of shapes {network.shape} and {features.shape}")
     return weight * network + (1.0 - weight) * features
+
+
+#: Folds of the validation images for the row's own validation score (`calibrated_combine`).
+CALIBRATION_FOLDS = 5
+_TINY = 1e-12
+
+
+def temperature_scale(proba: np.ndarray, temperature: float) -> np.ndarray:
+    """``softmax(log p / T)`` row by row: ``T > 1`` softens the probabilities ``p``, ``T < 1`` sharpens them, and
+    the order of the classes in each row stays.
+
+    Example:
+        >>> temperature_scale(np.array([[0.8, 0.2]]), 2.0).round(3).tolist()
+        [[0.667, 0.333]]
+    """
+    from scipy.special import softmax
+
+    return softmax(np.log(np.clip(proba, _TINY, None)) / float(temperature), axis=1)
+
+
+def fit_temperature(proba: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature ``T`` that minimises the mean negative log-likelihood of ``labels`` under
+    `temperature_scale` ``(proba, T)``: temperature scaling (Guo et al., "On Calibration of Modern Neural Networks",
+    ICML 2017, Sec. 4.2), one number per classifier, searched over ``log T`` in [−4, 4]."""
+    from scipy.optimize import minimize_scalar
+    from scipy.special import log_softmax
+
+    logp = np.log(np.clip(np.asarray(proba, dtype=np.float64), _TINY, None))
+    y = np.asarray(labels)
+    if len(y) == 0 or len(y) != len(logp):
+        raise AelabError(f"a temperature needs labelled probabilities: {len(logp)} rows and {len(y)} labels")
+    rows = np.arange(len(y))
+
+    def nll(log_t: float) -> float:
+        return float(-log_softmax(logp / np.exp(log_t), axis=1)[rows, y].mean())
+
+    return float(np.exp(minimize_scalar(nll, bounds=(-4.0, 4.0), method="bounded").x))
+
+
+def calibrated_combine(net_val: np.ndarray, feat_val: np.ndarray, val_labels: np.ndarray,
+                       net_test: np.ndarray | None = None, feat_test: np.ndarray | None = None,
+                       weight: float = CALIBRATED_WEIGHT, folds: int = CALIBRATION_FOLDS):
+    """`combine` after `temperature_scale` of each member with its own `fit_temperature` on the validation images.
+
+    A network trained to near-zero training loss is overconfident (mean top probability 0.8 where it is right
+    half the time on photos); the logistic regression is nearer calibrated. Scaled each to its own
+    validation likelihood, the stronger member is the surer one, so the average follows the members'
+    strength. The test images' row uses temperatures fitted on every validation image; the validation images'
+    row uses, in each of ``folds`` interleaved folds, temperatures fitted on the other folds, so that its
+    accuracy stays an estimate on images the row has not fitted (cross-fitting).
+
+    Returns ``(val, test, (T_network, T_features))``; ``test`` is None without test probabilities.
+    """
+    y = np.asarray(val_labels)
+    n = len(y)
+    if net_val.shape != feat_val.shape or len(net_val) != n:
+        raise AelabError(f"cannot calibrate probabilities of shapes {net_val.shape} and {feat_val.shape} "
+                         f"with {n} labels")
+    temps = fit_temperature(net_val, y), fit_temperature(feat_val, y)
+    val = np.empty_like(net_val, dtype=np.float64)
+    fold = np.arange(n) % max(1, min(folds, n))
+    for k in np.unique(fold):
+        fit, out = fold != k, fold == k
+        if not fit.any():  # one validation image: nothing to fit on but itself
+            fit = out
+        tn, tf = fit_temperature(net_val[fit], y[fit]), fit_temperature(feat_val[fit], y[fit])
+        val[out] = combine(temperature_scale(net_val[out], tn), temperature_scale(feat_val[out], tf), weight)
+    test = None
+    if net_test is not None and feat_test is not None:
+        test = combine(temperature_scale(net_test, temps[0]), temperature_scale(feat_test, temps[1]), weight)
+    return val, test, temps
+
+
+def ensemble_probabilities(net_val: np.ndarray, feat_val: np.ndarray, val_labels: np.ndarray,
+                           net_test: np.ndarray | None = None, feat_test: np.ndarray | None = None):
+    """The row's rule: `calibrated_combine` with at least `MIN_CALIBRATION_IMAGES` validation images, else the
+    unscaled `combine` at `NETWORK_WEIGHT`. Returns ``(val, test, info)``; ``info`` says which rule and, for the
+    calibrated one, the two temperatures (what the row writes to ``temperatures.json``)."""
+    n = len(val_labels)
+    if n >= MIN_CALIBRATION_IMAGES:
+        val, test, (t_net, t_feat) = calibrated_combine(net_val, feat_val, val_labels, net_test, feat_test)
+        info = {"rule": "calibrated", "network_weight": CALIBRATED_WEIGHT, "temperature_network": round(t_net, 4),
+                "temperature_kmeans_features": round(t_feat, 4),
+                "fitted_on": f"{n} validation images (their own row: {CALIBRATION_FOLDS}-fold cross-fitted)"}
+        return val, test, info
+    test = None if net_test is None or feat_test is None else combine(net_test, feat_test)
+    info = {"rule": "unscaled", "network_weight": NETWORK_WEIGHT,
+            "why": f"{n} validation images, fewer than the {MIN_CALIBRATION_IMAGES} a temperature is fitted on"}
+    return combine(net_val, feat_val), test, info
 
 
 def _member_files(cfg, layout: RunLayout) -> tuple[Path, Path]:
@@ -117,8 +220,10 @@ def _network_probabilities(ckpt: Path, cfg, data: Path):
 
 def run_ensemble(cfg, data: Path, layout: RunLayout, pretrained: Path | None = None) -> MethodResult:
     """The ``ensemble`` row: combine the ``fixmatch`` network's and the ``kmeans-features`` probabilities
-    (`combine`), write ``predictions.csv`` and ``probabilities.npz`` into ``layout.method_run("ensemble")``."""
+    (`ensemble_probabilities`), write ``predictions.csv``, ``probabilities.npz`` and ``temperatures.json`` into
+    ``layout.method_run("ensemble")``."""
     from aelab.data import image_ids
+    from aelab.runs import write_json
     from aelab.train.method_runs import labels_per_class, require_unlabelled, save_probabilities, score_test
 
     t0 = time.perf_counter()
@@ -132,13 +237,15 @@ def run_ensemble(cfg, data: Path, layout: RunLayout, pretrained: Path | None = N
     if not (same_val and same_test):
         raise AelabError(f"{probs_file} belongs to other images than {data} with this split: run kmeans-features "
                          "again (the same --seed and --val_fraction)")
-    val = combine(net_val, feat["val"])
-    out = MethodResult("ensemble", float(np.mean(val.argmax(1) == s.labels[s.val_idx])), int(len(s.val_idx)),
+    y_val = s.labels[s.val_idx]
+    val, test, info = ensemble_probabilities(net_val, feat["val"], y_val, net_test,
+                                             None if s.test is None else feat["test"])
+    out = MethodResult("ensemble", float(np.mean(val.argmax(1) == y_val)), int(len(s.val_idx)),
                        labels_per_class(data))
-    test = None if s.test is None else combine(net_test, feat["test"])
     layout.method_run("ensemble").mkdir(parents=True, exist_ok=True)
     if s.test is not None:
         score_test(out, s.layout, s.classes, s.test, test.argmax(1), layout.method_predictions("ensemble"))
     save_probabilities(layout.method_probabilities("ensemble"), val, test, s)
+    write_json(layout.method_run("ensemble") / "temperatures.json", info)
     out.seconds = round(time.perf_counter() - t0, 2)
     return out

@@ -173,8 +173,9 @@ for _m in (
            "the unlabelled images, logistic regression on the labelled images (for photos also on shifted and "
            "mirrored copies of them); refit on every labelled image for the test images", True,
            runs.run_kmeans_features, {}, 5),
-    Method("ensemble", "fixmatch and kmeans-features together: 0.3 x the network's class probabilities + 0.7 x "
-           "the k-means-features classifier's (aelab.train.ensemble)", True, run_ensemble, {}, -1,
+    Method("ensemble", "fixmatch and kmeans-features together: the average of their class probabilities, each "
+           "first temperature-scaled on the validation images (with fewer than 30 of them: 0.3 x the network's + "
+           "0.7 x the k-means features', unscaled; aelab.train.ensemble)", True, run_ensemble, {}, -1,
            needs=MEMBERS),
 ):
     register(_m)

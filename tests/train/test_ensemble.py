@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
 
-from aelab.train.ensemble import NETWORK_WEIGHT, combine
+from aelab.train.ensemble import (
+    MIN_CALIBRATION_IMAGES,
+    NETWORK_WEIGHT,
+    calibrated_combine,
+    combine,
+    ensemble_probabilities,
+    fit_temperature,
+    temperature_scale,
+)
 
 
 def test_combine_is_the_weighted_sum_rule():
@@ -20,6 +29,94 @@ def test_combine_is_the_weighted_sum_rule():
     assert combine(sharp, soft).argmax() == 0
     assert combine(np.array([[0.5, 0.4, 0.1]]), soft).argmax() == 1
     assert combine(sharp, soft, NETWORK_WEIGHT).tolist() == combine(sharp, soft).tolist()
+
+
+def _sample_labels(proba, rng):
+    return (proba.cumsum(1) > rng.random((len(proba), 1))).argmax(1)
+
+
+def test_fit_temperature_recovers_the_temperature_that_generated_the_labels():
+    """Labels drawn from softmax(z / 2): the temperature that calibrates softmax(z) is 2 (and 0.5 for z / 4)."""
+    from scipy.special import softmax
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 3, (20_000, 5))
+    y = _sample_labels(softmax(z / 2.0, axis=1), rng)
+    assert fit_temperature(softmax(z, axis=1), y) == pytest.approx(2.0, rel=0.05)
+    assert fit_temperature(softmax(z / 4.0, axis=1), y) == pytest.approx(0.5, rel=0.05)
+
+
+def test_temperature_scale_keeps_each_rows_order_and_sums_to_one():
+    rng = np.random.default_rng(1)
+    p = rng.dirichlet(np.ones(6), 50)
+    np.testing.assert_allclose(temperature_scale(p, 1.0), p, rtol=1e-9)
+    for t in (0.3, 3.0):
+        q = temperature_scale(p, t)
+        np.testing.assert_allclose(q.sum(1), 1.0)
+        assert (np.argsort(q, 1) == np.argsort(p, 1)).all()
+    assert (temperature_scale(p, 3.0).max(1) < p.max(1)).all()  # softer
+
+
+def test_calibration_gives_the_say_to_the_member_that_is_right_more_often():
+    """A sharp network right 30 % of the time and soft features right 80 %: the raw 0.3/0.7 sum lets the sharp
+    network decide where the two disagree; scaled to their validation likelihoods, the features decide."""
+    rng = np.random.default_rng(2)
+    k, n = 5, 4000
+    y = rng.integers(0, k, n)
+
+    def member(right, top):
+        guess = np.where(rng.random(n) < right, y, (y + rng.integers(1, k, n)) % k)
+        p = np.full((n, k), (1 - top) / (k - 1))
+        p[np.arange(n), guess] = top
+        return p
+
+    net, feat = member(0.3, 0.98), member(0.8, 0.4)
+    half = n // 2
+    raw = combine(net[half:], feat[half:]).argmax(1) == y[half:]
+    _, test, (t_net, t_feat) = calibrated_combine(net[:half], feat[:half], y[:half], net[half:], feat[half:])
+    assert t_net > 1.5  # the overconfident member is softened
+    assert raw.mean() < 0.5 < 0.75 < (test.argmax(1) == y[half:]).mean()
+
+
+def test_calibrated_validation_row_is_cross_fitted():
+    """A validation image's combined probabilities come from temperatures fitted without its own label: changing
+    the labels of one fold leaves that fold's rows as they were (and changes the others')."""
+    rng = np.random.default_rng(3)
+    n, k = 50, 10
+    net, feat = rng.dirichlet(np.ones(k) * 0.2, n), rng.dirichlet(np.ones(k), n)
+    y = rng.integers(0, k, n)
+    val, test, temps = calibrated_combine(net, feat, y, net, feat)
+    fold0 = np.arange(n) % 5 == 0
+    y2 = y.copy()
+    y2[fold0] = (y[fold0] + 1) % k
+    val2, _, temps2 = calibrated_combine(net, feat, y2)
+    np.testing.assert_allclose(val2[fold0], val[fold0])
+    assert not np.allclose(val2[~fold0], val[~fold0]) and temps2 != temps
+    np.testing.assert_allclose(test, combine(temperature_scale(net, temps[0]), temperature_scale(feat, temps[1]), 0.5))
+    np.testing.assert_allclose(val.sum(1), 1.0)
+
+
+def test_the_row_calibrates_with_enough_validation_images_only():
+    """From `MIN_CALIBRATION_IMAGES` validation images on, the members are temperature-scaled and averaged as
+    equals; with fewer, the unscaled 0.3/0.7 sum."""
+    rng = np.random.default_rng(4)
+    k = 10
+    for n in (MIN_CALIBRATION_IMAGES - 1, MIN_CALIBRATION_IMAGES, 50):
+        net, feat = rng.dirichlet(np.ones(k) * 0.1, n), rng.dirichlet(np.ones(k), n)
+        nt, ft = rng.dirichlet(np.ones(k) * 0.1, 7), rng.dirichlet(np.ones(k), 7)
+        y = rng.integers(0, k, n)
+        val, test, info = ensemble_probabilities(net, feat, y, nt, ft)
+        if n < MIN_CALIBRATION_IMAGES:
+            assert info["rule"] == "unscaled" and info["network_weight"] == NETWORK_WEIGHT == 0.3
+            np.testing.assert_allclose(test, combine(nt, ft, 0.3))
+            np.testing.assert_allclose(val, combine(net, feat, 0.3))
+        else:
+            assert info["rule"] == "calibrated" and info["network_weight"] == 0.5
+            ref_val, ref_test, temps = calibrated_combine(net, feat, y, nt, ft, 0.5)
+            np.testing.assert_allclose(test, ref_test)
+            np.testing.assert_allclose(val, ref_val)
+            assert info["temperature_network"] == pytest.approx(temps[0], abs=1e-4)
+    assert ensemble_probabilities(net, feat, y)[1] is None  # no test images
 
 
 def _read(path):
@@ -39,8 +136,10 @@ def study(demo_root, tmp_path_factory):
 
 
 def test_ensemble_row_averages_the_two_members_probabilities(study, demo_root, tmp_path):
-    """The row's predictions are the argmax of 0.3·(the network's probabilities, as `aelab predict` writes them)
-    + 0.7·(the k-means-features classifier's), image by image, and its accuracy is that of its CSV."""
+    """The row's predictions are the argmax of w·(the network's probabilities, as `aelab predict` writes them)
+    + (1 − w)·(the k-means-features classifier's), with the rule, weight and temperatures the row wrote in
+    ``temperatures.json`` (here 10 validation images: unscaled, w = 0.3), image by image, and its accuracy is that
+    of its CSV."""
     from aelab.data import image_ids, list_images, read_labels_csv
     from aelab.train.predict import PredictConfig, predict_result
 
@@ -58,7 +157,11 @@ def test_ensemble_row_averages_the_two_members_probabilities(study, demo_root, t
     with np.load(out / "kmeans-features" / "probabilities.npz") as f:
         features, feature_ids = f["test"], list(f["test_ids"])
     assert feature_ids == ids and np.allclose(features.sum(1), 1, atol=1e-5)
-    expected = 0.3 * network + 0.7 * features
+    info = json.loads((out / "ensemble" / "temperatures.json").read_text())
+    if info["rule"] == "calibrated":
+        network = temperature_scale(network, info["temperature_network"])
+        features = temperature_scale(features, info["temperature_kmeans_features"])
+    expected = info["network_weight"] * network + (1 - info["network_weight"]) * features
     classes = head[1:]
     # the CSV's 6 decimals can flip a near tie only
     margin = np.sort(expected, 1)[:, -1] - np.sort(expected, 1)[:, -2]
