@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable, Mapping
 
 from aelab.errors import AelabError
 from aelab.train import method_runs as runs
-from aelab.train.ensemble import MEMBERS, run_ensemble
+from aelab.train.ensemble import MEMBERS, MIN_CALIBRATION_IMAGES, run_ensemble
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -174,8 +174,9 @@ for _m in (
            "mirrored copies of them); refit on every labelled image for the test images", True,
            runs.run_kmeans_features, {}, 5),
     Method("ensemble", "fixmatch and kmeans-features together: the average of their class probabilities, each "
-           "first temperature-scaled on the validation images (with fewer than 30 of them: 0.3 x the network's + "
-           "0.7 x the k-means features', unscaled; aelab.train.ensemble)", True, run_ensemble, {}, -1,
+           "first calibrated on the validation images (temperature scaling); with fewer than "
+           f"{MIN_CALIBRATION_IMAGES} of them, 0.3 x the network's + 0.7 x the k-means features', uncalibrated "
+           "(aelab.train.ensemble)", True, run_ensemble, {}, -1,
            needs=MEMBERS),
 ):
     register(_m)

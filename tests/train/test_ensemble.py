@@ -46,6 +46,19 @@ def test_fit_temperature_recovers_the_temperature_that_generated_the_labels():
     assert fit_temperature(softmax(z / 4.0, axis=1), y) == pytest.approx(0.5, rel=0.05)
 
 
+def test_fit_temperature_stays_in_its_range_and_refuses_bad_labels():
+    """A member right on every image would be sharpened without end: the search stops at the range's floor."""
+    from aelab.errors import AelabError
+    from aelab.train.ensemble import TEMPERATURE_RANGE
+
+    p = np.array([[0.6, 0.4], [0.3, 0.7], [0.55, 0.45]])
+    assert fit_temperature(p, np.array([0, 1, 0])) == pytest.approx(TEMPERATURE_RANGE[0], rel=1e-3)
+    assert fit_temperature(p, np.array([1, 0, 1])) <= TEMPERATURE_RANGE[1]
+    for bad in (np.array([0, 2, 1]), np.array([0, -1, 1]), np.array([0.0, 1.0, 0.0]), np.array([0, 1])):
+        with pytest.raises(AelabError):
+            fit_temperature(p, bad)
+
+
 def test_temperature_scale_keeps_each_rows_order_and_sums_to_one():
     rng = np.random.default_rng(1)
     p = rng.dirichlet(np.ones(6), 50)
@@ -75,7 +88,7 @@ def test_calibration_gives_the_say_to_the_member_that_is_right_more_often():
     raw = combine(net[half:], feat[half:]).argmax(1) == y[half:]
     _, test, (t_net, t_feat) = calibrated_combine(net[:half], feat[:half], y[:half], net[half:], feat[half:])
     assert t_net > 1.5  # the overconfident member is softened
-    assert raw.mean() < 0.5 < 0.75 < (test.argmax(1) == y[half:]).mean()
+    assert raw.mean() < 0.5 and (test.argmax(1) == y[half:]).mean() > 0.75
 
 
 def test_calibrated_validation_row_is_cross_fitted():
@@ -92,13 +105,18 @@ def test_calibrated_validation_row_is_cross_fitted():
     val2, _, temps2 = calibrated_combine(net, feat, y2)
     np.testing.assert_allclose(val2[fold0], val[fold0])
     assert not np.allclose(val2[~fold0], val[~fold0]) and temps2 != temps
+    assert temps == (fit_temperature(net, y), fit_temperature(feat, y))
     np.testing.assert_allclose(test, combine(temperature_scale(net, temps[0]), temperature_scale(feat, temps[1]), 0.5))
+    # fold 0's own rows: the temperatures of the other four folds
+    t0 = fit_temperature(net[~fold0], y[~fold0]), fit_temperature(feat[~fold0], y[~fold0])
+    np.testing.assert_allclose(val[fold0], combine(temperature_scale(net[fold0], t0[0]),
+                                                   temperature_scale(feat[fold0], t0[1]), 0.5))
     np.testing.assert_allclose(val.sum(1), 1.0)
 
 
 def test_the_row_calibrates_with_enough_validation_images_only():
     """From `MIN_CALIBRATION_IMAGES` validation images on, the members are temperature-scaled and averaged as
-    equals; with fewer, the unscaled 0.3/0.7 sum."""
+    equals; with fewer, the uncalibrated 0.3/0.7 sum."""
     rng = np.random.default_rng(4)
     k = 10
     for n in (MIN_CALIBRATION_IMAGES - 1, MIN_CALIBRATION_IMAGES, 50):
@@ -107,15 +125,17 @@ def test_the_row_calibrates_with_enough_validation_images_only():
         y = rng.integers(0, k, n)
         val, test, info = ensemble_probabilities(net, feat, y, nt, ft)
         if n < MIN_CALIBRATION_IMAGES:
-            assert info["rule"] == "unscaled" and info["network_weight"] == NETWORK_WEIGHT == 0.3
+            assert info == {"rule": "uncalibrated", "network_weight": 0.3, "temperatures": None,
+                            "validation_images": n, "folds": None} and NETWORK_WEIGHT == 0.3
             np.testing.assert_allclose(test, combine(nt, ft, 0.3))
             np.testing.assert_allclose(val, combine(net, feat, 0.3))
         else:
-            assert info["rule"] == "calibrated" and info["network_weight"] == 0.5
+            assert info["rule"] == "calibrated" and info["network_weight"] == 0.5 and info["validation_images"] == n
             ref_val, ref_test, temps = calibrated_combine(net, feat, y, nt, ft, 0.5)
             np.testing.assert_allclose(test, ref_test)
             np.testing.assert_allclose(val, ref_val)
-            assert info["temperature_network"] == pytest.approx(temps[0], abs=1e-4)
+            assert info["temperatures"]["fixmatch"] == pytest.approx(temps[0], abs=1e-4)
+            assert info["temperatures"]["kmeans-features"] == pytest.approx(temps[1], abs=1e-4)
     assert ensemble_probabilities(net, feat, y)[1] is None  # no test images
 
 
@@ -136,10 +156,9 @@ def study(demo_root, tmp_path_factory):
 
 
 def test_ensemble_row_averages_the_two_members_probabilities(study, demo_root, tmp_path):
-    """The row's predictions are the argmax of w·(the network's probabilities, as `aelab predict` writes them)
-    + (1 − w)·(the k-means-features classifier's), with the rule, weight and temperatures the row wrote in
-    ``temperatures.json`` (here 10 validation images: unscaled, w = 0.3), image by image, and its accuracy is that
-    of its CSV."""
+    """The row's predictions are the argmax of 0.3·(the network's probabilities, as `aelab predict` writes them)
+    + 0.7·(the k-means-features classifier's), image by image (10 validation images: too few to calibrate on, as
+    ``combination.json`` says), and its accuracy is that of its CSV."""
     from aelab.data import image_ids, list_images, read_labels_csv
     from aelab.train.predict import PredictConfig, predict_result
 
@@ -157,11 +176,11 @@ def test_ensemble_row_averages_the_two_members_probabilities(study, demo_root, t
     with np.load(out / "kmeans-features" / "probabilities.npz") as f:
         features, feature_ids = f["test"], list(f["test_ids"])
     assert feature_ids == ids and np.allclose(features.sum(1), 1, atol=1e-5)
-    info = json.loads((out / "ensemble" / "temperatures.json").read_text())
-    if info["rule"] == "calibrated":
-        network = temperature_scale(network, info["temperature_network"])
-        features = temperature_scale(features, info["temperature_kmeans_features"])
-    expected = info["network_weight"] * network + (1 - info["network_weight"]) * features
+    info = json.loads((out / "ensemble" / "combination.json").read_text())
+    assert rows["ensemble"].n_val < MIN_CALIBRATION_IMAGES
+    assert info == {"rule": "uncalibrated", "network_weight": 0.3, "temperatures": None,
+                    "validation_images": rows["ensemble"].n_val, "folds": None}
+    expected = 0.3 * network + 0.7 * features
     classes = head[1:]
     # the CSV's 6 decimals can flip a near tie only
     margin = np.sort(expected, 1)[:, -1] - np.sort(expected, 1)[:, -2]
