@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable, Mapping
 
 from aelab.errors import AelabError
 from aelab.train import method_runs as runs
-from aelab.train.ensemble import MEMBERS, MIN_CALIBRATION_IMAGES, run_ensemble
+from aelab.train.ensemble import MEMBERS, MIN_CALIBRATION_IMAGES, NETWORK_WEIGHT, run_ensemble
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -175,7 +175,8 @@ for _m in (
            runs.run_kmeans_features, {}, 5),
     Method("ensemble", "fixmatch and kmeans-features together: the average of their class probabilities, each "
            "first calibrated on the validation images (temperature scaling); with fewer than "
-           f"{MIN_CALIBRATION_IMAGES} of them, 0.3 x the network's + 0.7 x the k-means features', uncalibrated "
+           f"{MIN_CALIBRATION_IMAGES} of them, {NETWORK_WEIGHT:g} x the network's + {1 - NETWORK_WEIGHT:g} x the "
+           "k-means features', uncalibrated "
            "(aelab.train.ensemble)", True, run_ensemble, {}, -1,
            needs=MEMBERS),
 ):
