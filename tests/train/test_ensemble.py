@@ -211,6 +211,37 @@ def test_ensemble_before_its_members_is_refused_in_one_line():
         ClassificationStudyConfig(methods="kmeans-features,ensemble,fixmatch")
 
 
+def test_row_with_enough_validation_images_writes_the_calibrated_average(study, demo_root, tmp_path, monkeypatch):
+    """The row's CSV and combination.json follow the calibrated rule once the validation images suffice (the
+    threshold lowered to this small study's 10): each member scaled by the temperature fitted on the validation
+    images, then averaged as equals."""
+    import shutil
+
+    from aelab.layout import RunLayout
+    from aelab.train import ensemble
+
+    cfg, out, _ = study
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    monkeypatch.setattr(ensemble, "MIN_CALIBRATION_IMAGES", 5)
+    row = ensemble.run_ensemble(cfg, demo_root, RunLayout(copy))
+    info = json.loads((copy / "ensemble" / "combination.json").read_text())
+    assert info["rule"] == "calibrated" and info["validation_images"] == row.n_val == 10
+
+    s, net_val, net_test = ensemble.network_probabilities(copy / "fixmatch" / "best.ckpt", cfg, demo_root)
+    with np.load(copy / "kmeans-features" / "probabilities.npz") as f:
+        feat_val, feat_test = f["val"], f["test"]
+    y_val = s.labels[s.val_idx]
+    assert info["temperatures"]["fixmatch"] == pytest.approx(fit_temperature(net_val, y_val), abs=1e-4)
+    assert info["temperatures"]["kmeans-features"] == pytest.approx(fit_temperature(feat_val, y_val), abs=1e-4)
+    expected = 0.5 * temperature_scale(net_test, info["temperatures"]["fixmatch"]) + 0.5 * temperature_scale(
+        feat_test, info["temperatures"]["kmeans-features"])
+    _, body = _read(copy / "ensemble" / "predictions.csv")
+    margin = np.sort(expected, 1)[:, -1] - np.sort(expected, 1)[:, -2]
+    agree = [s.classes[e] == r[1] for e, r, m in zip(expected.argmax(1), body, margin) if m > 1e-3]
+    assert len(agree) >= len(body) - 2 and all(agree)
+
+
 def test_unfinished_member_is_an_error_so_a_resumed_run_retries_it(study, demo_root, tmp_path):
     """In an `aelab run` folder a member that failed (status in stages.json) must not be combined, even with a
     checkpoint on disk, and the row must fail (retried on resume), not be skipped for good."""
