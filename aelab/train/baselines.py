@@ -6,9 +6,9 @@ unlabelled and test images. It takes about a tenth of a second, so every network
 be compared with it.
 
 Single-layer k-means features (Coates, Lee & Ng, AISTATS 2011; `aelab.train.patch_features`):
-a whitened patch dictionary learned on the unlabelled images, triangle codes pooled over four
-quadrants, then a standardised L2 logistic regression on the labelled images and fixed copies of them
-(`labelled_copies`, for photos: mirrored, and shifted by an eighth of the side, as far as the networks' weak
+a whitened patch dictionary learned on the unlabelled images, triangle codes max-pooled over a 3 × 3 grid (the
+paper sums over four quadrants), then a standardised L2 logistic regression on the labelled images and fixed copies
+of them (`labelled_copies`, for photos: mirrored, and shifted by an eighth of the side, as far as the networks' weak
 augmentation shifts).
 
 Both predict the validation images from the training split only, and then (``refit=True``, the default) the test
@@ -180,7 +180,7 @@ def kmeans_features_baseline(labelled: np.ndarray, labels: np.ndarray, train_idx
         labelled, labels, train_idx, val_idx, unlabelled, query: as `label_spreading_baseline`;
             the dictionary is learned on ``unlabelled`` (on the labelled images when there are none),
             the classifier on ``labelled[train_idx]`` for the validation images.
-        n_centroids: dictionary size K (4K features).
+        n_centroids: dictionary size K (grid² · K features; ``grid`` and ``pooling`` in ``feature_options``).
         learner: ``"kmeans"`` or ``"ekm"`` (Equilibrium K-Means), see `KMeansFeatures`.
         C: inverse L2 strength of the logistic regression on the standardised features; None = 3-fold
             CV over `C_GRID` on the training split (with 20 images per class it picked C from 0.001

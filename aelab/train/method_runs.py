@@ -202,7 +202,8 @@ def run_kmeans_features(cfg, data: Path, layout: RunLayout, pretrained: Path | N
     require_unlabelled(data, "kmeans-features")
     return classical(cfg, data, layout, "kmeans-features",
                      partial(kmeans_features_baseline, n_centroids=cfg.kmeans_features_centroids,
-                             learner=cfg.kmeans_features_learner, augment=cfg.kmeans_features_augment))
+                             learner=cfg.kmeans_features_learner, augment=cfg.kmeans_features_augment,
+                             pooling=cfg.kmeans_features_pooling, grid=cfg.kmeans_features_grid))
 
 
 def _course(name: str, augment: str, cfg, data: Path, layout: RunLayout, pretrained: Path | None) -> MethodResult:

@@ -21,11 +21,15 @@ from aelab.errors import AelabError, ParameterError
 
 __all__ = ["RunOptions", "Engine", "Sources", "Rule", "Interval", "OneOf", "RULES", "resolve_sources",
            "rules_for", "validate_options", "validate_params", "check_option", "DEVICES", "PRECISIONS",
-           "KMEANS_FEATURES_COPIES"]
+           "KMEANS_FEATURES_COPIES", "KMEANS_FEATURES_POOLINGS"]
 
 #: ``kmeans_features_augment``: the copies of the labelled images the k-means-features classifier also learns from
 #: (`aelab.train.baselines.labelled_copies`).
 KMEANS_FEATURES_COPIES = ("auto", "none", "shift", "flip-shift")
+
+#: ``kmeans_features_pooling``: how the k-means features' codes are pooled over each region of their grid
+#: (`aelab.train.patch_features.KMeansFeatures`).
+KMEANS_FEATURES_POOLINGS = ("max", "sum")
 
 #: Values of ``--precision`` (Lightning Fabric's names).
 PRECISIONS: tuple[str, ...] = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
@@ -117,6 +121,8 @@ RULES: dict[str, Rule] = {
     "kmeans_features_learner": OneOf(("kmeans", "ekm")),
     "kmeans_features_centroids": Interval(2, integer=True),
     "kmeans_features_augment": OneOf(KMEANS_FEATURES_COPIES),
+    "kmeans_features_pooling": OneOf(KMEANS_FEATURES_POOLINGS),
+    "kmeans_features_grid": Interval(1, integer=True),
 }
 
 

@@ -93,11 +93,13 @@ class ClassificationStudyConfig(RunOptions):
             supervised-only one grows with more than 250 labelled images: aelab.train.methods.budget_shares; its
             epochs are planned at its second epoch's speed, the first's if only one fits, at most the epochs
             above); null = always the epochs above (`--budget null`).
-        kmeans_features_centroids: dictionary size K of the k-means features method (4K features).
+        kmeans_features_centroids: dictionary size K of the k-means features method (grid² · K features).
         kmeans_features_learner: its dictionary learner: kmeans (scikit-learn) or ekm (Equilibrium K-Means).
         kmeans_features_augment: copies of the labelled images its classifier also learns from: auto (flip-shift
             for colour photos, none for grey images), flip-shift (mirrored, and shifted by an eighth of the side),
             shift or none.
+        kmeans_features_pooling: max or sum of its codes over each region of the pooling grid (Coates et al.: sum).
+        kmeans_features_grid: the codes are pooled over grid × grid regions of the image (Coates et al.: 2).
     """
 
     methods: str = "supervised,course,course-noaug,fixmatch,vicreg,label-spreading,kmeans-features,ensemble"
@@ -117,6 +119,8 @@ class ClassificationStudyConfig(RunOptions):
     kmeans_features_centroids: int = 800
     kmeans_features_learner: str = "kmeans"
     kmeans_features_augment: str = "auto"
+    kmeans_features_pooling: str = "max"
+    kmeans_features_grid: int = 3
 
     def __post_init__(self) -> None:
         super().__post_init__()  # kmeans_features_* and the others: `aelab.train.options.RULES`

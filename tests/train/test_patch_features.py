@@ -21,12 +21,17 @@ def _smooth_images(n, size=12, channels=3, seed=0):
 
 def _reference_transform(f: KMeansFeatures, images: np.ndarray) -> np.ndarray:
     """The paper's encoding, one patch at a time: normalise, whiten, z_k = ‖x − c_k‖, f_k = max(0, mean(z) − z_k),
-    summed over the four quadrants of the map (first half = ceil(rows / 2), as the demo's round(rows/2))."""
+    pooled (sum or max) over the g × g regions of the map; region a holds the patch rows i with
+    ceil(a · rows / g) ≤ i < ceil((a + 1) · rows / g) (g 2: the first half is ceil(rows / 2), the demo's round)."""
     N, C, H, W = images.shape
-    p, s = f.patch, f.stride
+    p, s, g = f.patch, f.stride, f.grid
     rows, cols = (H - p) // s + 1, (W - p) // s + 1
     K = len(f.centroids_)
-    out = np.zeros((N, 4, K))
+    out = np.zeros((N, g * g, K))
+
+    def region(i, n):  # the region a with ceil(a·n/g) <= i < ceil((a+1)·n/g)
+        return max(a for a in range(g) if -(-a * n // g) <= i)
+
     for n in range(N):
         for i in range(rows):
             for j in range(cols):
@@ -35,20 +40,31 @@ def _reference_transform(f: KMeansFeatures, images: np.ndarray) -> np.ndarray:
                 x = (x - f.mean_) @ f.whiten_
                 z = np.sqrt(((x[None, :] - f.centroids_) ** 2).sum(1))
                 code = np.maximum(0.0, z.mean() - z)
-                q = 2 * (i >= (rows + 1) // 2) + (j >= (cols + 1) // 2)
-                out[n, q] += code
-    return out.reshape(N, 4 * K)
+                q = g * region(i, rows) + region(j, cols)
+                out[n, q] = out[n, q] + code if f.pooling == "sum" else np.maximum(out[n, q], code)
+    return out.reshape(N, g * g * K)
 
 
-@pytest.mark.parametrize("stride", [1, 2])
-def test_encoding_matches_a_patch_by_patch_reference(stride):
+@pytest.mark.parametrize("stride,pooling,grid", [(1, "sum", 2), (2, "sum", 2), (1, "max", 3), (2, "max", 3),
+                                                 (1, "sum", 3), (1, "max", 1)])
+def test_encoding_matches_a_patch_by_patch_reference(stride, pooling, grid):
     images = _smooth_images(40, size=11)
-    f = KMeansFeatures(n_centroids=7, patch=3, stride=stride, n_patches=2000, random_state=0).fit(images)
+    f = KMeansFeatures(n_centroids=7, patch=3, stride=stride, n_patches=2000, pooling=pooling, grid=grid,
+                       random_state=0).fit(images)
     got = f.transform(images[:2])
     want = _reference_transform(f, images[:2])
-    assert got.shape == (2, 28)
+    assert got.shape == (2, grid * grid * 7) == (2, f.n_features_out)
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-3)
     assert (got >= 0).all() and (got > 0).any()
+
+
+def test_max_pooling_of_one_region_is_the_largest_code_and_sum_pooling_adds_them():
+    images = _smooth_images(40, size=11)
+    kw = dict(n_centroids=5, patch=3, n_patches=2000, grid=1, random_state=0)
+    mx = KMeansFeatures(pooling="max", **kw).fit(images).transform(images[:3])
+    sm = KMeansFeatures(pooling="sum", **kw).fit(images).transform(images[:3])
+    # 9 × 9 patch positions: the sum lies between the largest code and 81 times it
+    assert (sm >= mx - 1e-5).all() and (sm <= 81 * mx + 1e-4).all() and (sm > mx + 1e-3).any()
 
 
 def test_zca_whitening_gives_identity_covariance_on_the_patches():
@@ -105,6 +121,13 @@ def test_bad_settings_are_refused():
         KMeansFeatures(learner="spectral")
     with pytest.raises(RuntimeError, match="not fitted"):
         KMeansFeatures().transform(np.zeros((1, 1, 8, 8), np.uint8))
+    with pytest.raises(ValueError, match="pooling"):
+        KMeansFeatures(pooling="mean")
+    with pytest.raises(ValueError, match="grid"):
+        KMeansFeatures(grid=0)
+    f = KMeansFeatures(n_centroids=3, patch=3, n_patches=500, grid=3).fit(_smooth_images(20, size=8))
+    with pytest.raises(ValueError, match="too few for a 3x3 pooling grid"):
+        f.transform(_smooth_images(2, size=4))  # 2 × 2 patches
 
 
 def test_study_method_writes_predictions_with_id_and_label(demo_root, tmp_path):
