@@ -12,7 +12,9 @@ on the test images:
   that learner, K centroids (and EKM α scale S): dictionary on the unlabelled images, logistic
   regression on the training split with C = ``FEATURES_C`` (``--C cv``: 3-fold CV on the split);
   ``--augment none,auto`` scores both on the same dictionary: the classifier on the training images alone, and
-  on them with their copies (`aelab.train.baselines.labelled_copies`, the study's default ``auto``).
+  on them with their copies (`aelab.train.baselines.labelled_copies`, the study's default ``auto``);
+  ``--poolings max3,sum2`` scores each pooling (max or sum) over its grid (3: 3 × 3 regions, the study's default;
+  ``sum2``: Coates et al.'s four quadrant sums), each on the same dictionary (the same seed).
 
 Each row reports test accuracy, validation accuracy, the chosen C, the process CPU seconds of
 fit + encoding + CV (the fair time on a shared machine; run with ``OMP_NUM_THREADS=1`` for
@@ -22,6 +24,8 @@ one-core figures), and (JSON only, untimed) the test accuracy at every C of the 
     OMP_NUM_THREADS=1 python benchmarks/bench_kmeans_features.py --seeds 2 --centroids 800 --learners kmeans
     OMP_NUM_THREADS=1 python benchmarks/bench_kmeans_features.py --seeds 0,1 --centroids 800 --learners kmeans \
         --augment none,auto
+    OMP_NUM_THREADS=1 python benchmarks/bench_kmeans_features.py --seeds 0,1 --centroids 800 --learners kmeans \
+        --augment auto --poolings sum2,max2,max3 --no-pixels
 """
 
 from __future__ import annotations
@@ -92,6 +96,8 @@ def main() -> None:
     ap.add_argument("--C", default=None, help="logistic regression C; 'cv' = 3-fold CV over C_GRID; default FEATURES_C")
     ap.add_argument("--augment", default="none,auto",
                     help="comma list of kmeans_features_augment settings (none, shift, flip-shift, auto), one row each")
+    ap.add_argument("--poolings", default="max3",
+                    help="poolings, comma-separated: max or sum, then the grid (max3: the default; sum2: the paper's)")
     ap.add_argument("--no-pixels", action="store_true", help="skip the logistic regression on pixels")
     ap.add_argument("--json", default=None, help="append one JSON line per row to this file")
     args = ap.parse_args()
@@ -105,6 +111,11 @@ def main() -> None:
 
     for augment in args.augment.split(","):
         check_copies(augment)  # before any dictionary is fitted
+    poolings = []
+    for v in args.poolings.split(","):
+        if v[:3] not in ("max", "sum") or not v[3:].isdigit() or int(v[3:]) < 1:
+            ap.error(f"--poolings: {v!r} is not max or sum followed by a grid size such as max3 or sum2")
+        poolings.append((v[:3], int(v[3:])))
     grid = C_GRID if args.C == "cv" else (FEATURES_C if args.C is None else float(args.C),)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -113,19 +124,20 @@ def main() -> None:
         for seed in [int(v) for v in args.seeds.split(",")]:
             root = draw(Path(args.source), work, seed, labels, args.unlabelled, args.test)
             x, y, tr, va, unl, xt, yt = load(root, seed)
-            runs = [] if args.no_pixels else [("pixels", None, None, None)]
+            runs = [] if args.no_pixels else [("pixels", None, None, None, None, None)]
             for k in args.centroids.split(","):
                 for lrn in args.learners.split(","):
                     scales = ([float(v) for v in args.ekm_scales.split(",")] if lrn == "ekm" and args.ekm_scales
                               else [None])
-                    runs += [(f"{lrn}-{k}" + ("" if sc is None else f"-s{sc:g}"), lrn, int(k), sc) for sc in scales]
-            for name, learner, k, scale in runs:
+                    runs += [(f"{lrn}-{k}" + ("" if sc is None else f"-s{sc:g}") + f"-{pool}{g}", lrn, int(k), sc,
+                              pool, g) for sc in scales for pool, g in poolings]
+            for name, learner, k, scale, *pooling in runs:
                 c0, w0 = time.process_time(), time.perf_counter()
                 if learner is None:
                     def feats(a):
                         return a.reshape(len(a), -1).astype(np.float32) / 255.0
                 else:
-                    f = KMeansFeatures(k, learner=learner, random_state=seed,
+                    f = KMeansFeatures(k, learner=learner, random_state=seed, pooling=pooling[0], grid=pooling[1],
                                        **({} if scale is None else dict(ekm_scale=scale)))
                     feats = f.fit(unl).transform
                 X, Xt = feats(x), feats(xt)
