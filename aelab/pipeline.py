@@ -252,6 +252,12 @@ def stages_for(cfg: RunConfig) -> list[tuple[str, Callable[[_Ctx], dict]]]:
 CRITICAL = ("data",)
 
 
+#: Options added after run folders existed, with the value that reproduces a run from before them: a run folder
+#: whose ``config.yaml`` lacks one resumes when the option has that value (the k-means features summed their codes
+#: over quadrants before these two existed).
+ADDED_OPTIONS = {"kmeans_features_pooling": "sum", "kmeans_features_grid": 2}
+
+
 def _prepare(cfg: RunConfig) -> Path:
     """Check ``cfg.out`` (a new folder, or a run folder of the same settings) and save the settings."""
     run_dir = Path(cfg.out)
@@ -271,10 +277,13 @@ def _prepare(cfg: RunConfig) -> Path:
 
         old = load_config(run_dir)
         ignore = ("force", "out", "device", "devices", "num_nodes", "precision", "logger")  # the machine may change
-        changed = [k for k, v in asdict(cfg).items() if k not in ignore and old.get(k) != v]
+        changed = [k for k, v in asdict(cfg).items() if k not in ignore and old.get(k, ADDED_OPTIONS.get(k)) != v]
         if changed:
+            earlier = [k for k in changed if k in ADDED_OPTIONS and k not in old]
+            hint = ("; it is from an earlier aelab: " + " ".join(f"--{k} {ADDED_OPTIONS[k]}" for k in earlier)
+                    + " resumes it as it was run") if earlier else ""
             raise AelabError(f"{run_dir} was run with other settings ({', '.join(changed)}); "
-                             "use another --out or --force to start over")
+                             f"use another --out or --force to start over{hint}")
     save_config(run_dir, cfg)
     return run_dir
 

@@ -89,6 +89,8 @@ COPIES = KMEANS_FEATURES_COPIES
 #: The most rows (images and their copies) the classifier learns from: with many labelled images fewer copies are
 #: made (whole groups of `labelled_copies`' order), so the rows stay at most 4 times those of 25 labelled per class
 #: with every copy (2,500 rows for 250 photos); at 400 photos per class the images and their mirrors (8,000 rows).
+#: Memory grows with rows × features: at 8,000 rows of the default 7,200 features (max over 3 × 3, 800 centroids)
+#: the row peaked at 1.4 GiB (benchmarks/README.md).
 AUGMENT_ROWS = 10_000
 
 

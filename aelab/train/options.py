@@ -122,7 +122,7 @@ RULES: dict[str, Rule] = {
     "kmeans_features_centroids": Interval(2, integer=True),
     "kmeans_features_augment": OneOf(KMEANS_FEATURES_COPIES),
     "kmeans_features_pooling": OneOf(KMEANS_FEATURES_POOLINGS),
-    "kmeans_features_grid": Interval(1, integer=True),
+    "kmeans_features_grid": Interval(1, 8, integer=True),  # grid² · K features: 51,200 at 8 and K 800
 }
 
 

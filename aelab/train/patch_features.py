@@ -25,6 +25,8 @@ about ``N·L·K·C·p²`` multiply-adds (``L`` patch positions per image).
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from aelab.train.options import KMEANS_FEATURES_POOLINGS as POOLINGS
@@ -115,7 +117,7 @@ class KMeansFeatures:
             raise ValueError(f"learner must be 'kmeans' or 'ekm', got {learner!r}")
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
-        if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
+        if isinstance(grid, bool) or not isinstance(grid, numbers.Integral) or grid < 1:
             raise ValueError(f"grid must be a whole number >= 1, got {grid!r}")
         if n_centroids < 2 or patch < 1 or stride < 1 or n_patches < n_centroids:
             raise ValueError("need n_centroids >= 2, patch >= 1, stride >= 1 and n_patches >= n_centroids")
@@ -130,7 +132,7 @@ class KMeansFeatures:
         self.ekm_iter = ekm_iter
         self.zca_eps = zca_eps
         self.pooling = pooling
-        self.grid = grid
+        self.grid = int(grid)
         self.random_state = random_state
 
     def fit(self, images: np.ndarray) -> KMeansFeatures:

@@ -154,3 +154,26 @@ def test_missing_anomaly_folder_skips_that_section_with_a_reason(run_dir, tmp_pa
 def test_changed_settings_on_an_existing_run_folder_are_refused(run_dir, capsys):
     assert main(["run", "--out", str(run_dir), "--preset", "small"]) == 2
     assert "other settings" in capsys.readouterr().err
+
+
+def test_a_run_folder_from_before_an_option_existed_resumes_with_its_old_value(run_dir, tmp_path):
+    """A config.yaml written before the k-means features' pooling options lacks them: the default settings are
+    refused with the flags that resume it, and those flags (the pooling the run used) resume it."""
+    import yaml
+
+    from aelab.errors import AelabError
+
+    copy = tmp_path / "old"
+    shutil.copytree(run_dir, copy)
+    saved = yaml.safe_load((copy / "config.yaml").read_text())
+    for key in ("kmeans_features_pooling", "kmeans_features_grid"):
+        del saved[key]
+    (copy / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    with pytest.raises(AelabError, match="--kmeans_features_pooling sum --kmeans_features_grid 2 resumes it"):
+        run_all(RunConfig(out=str(copy), **TINY))
+    with pytest.raises(AelabError, match=r"other settings \(kmeans_features_grid\)"):  # an old run's pooling, not grid
+        run_all(RunConfig(out=str(copy), kmeans_features_pooling="sum", **TINY))
+    before = (copy / "kmeans-features" / "predictions.csv").stat().st_mtime_ns
+    run_all(RunConfig(out=str(copy), kmeans_features_pooling="sum", kmeans_features_grid=2, **TINY))
+    assert (copy / "kmeans-features" / "predictions.csv").stat().st_mtime_ns == before  # nothing ran again
+    assert yaml.safe_load((copy / "config.yaml").read_text())["kmeans_features_pooling"] == "sum"

@@ -45,15 +45,17 @@ def _reference_transform(f: KMeansFeatures, images: np.ndarray) -> np.ndarray:
     return out.reshape(N, g * g * K)
 
 
-@pytest.mark.parametrize("stride,pooling,grid", [(1, "sum", 2), (2, "sum", 2), (1, "max", 3), (2, "max", 3),
-                                                 (1, "sum", 3), (1, "max", 1)])
-def test_encoding_matches_a_patch_by_patch_reference(stride, pooling, grid):
-    images = _smooth_images(40, size=11)
+@pytest.mark.parametrize("stride,pooling,grid,width", [(1, "sum", 2, 11), (2, "sum", 2, 11), (1, "max", 3, 11),
+                                                       (2, "max", 3, 11), (1, "sum", 3, 11), (1, "max", 1, 11),
+                                                       (1, "max", 3, 8), (1, "sum", 2, 8)])
+def test_encoding_matches_a_patch_by_patch_reference(stride, pooling, grid, width):
+    """Square and non-square maps (11 × 11 pixels: 9 × 9 patches; 11 × 8: 9 × 6), 3 images in batches of 2."""
+    images = np.ascontiguousarray(_smooth_images(40, size=11)[..., :width])
     f = KMeansFeatures(n_centroids=7, patch=3, stride=stride, n_patches=2000, pooling=pooling, grid=grid,
-                       random_state=0).fit(images)
-    got = f.transform(images[:2])
-    want = _reference_transform(f, images[:2])
-    assert got.shape == (2, grid * grid * 7) == (2, f.n_features_out)
+                       batch_images=2, random_state=0).fit(images)
+    got = f.transform(images[:3])
+    want = _reference_transform(f, images[:3])
+    assert got.shape == (3, grid * grid * 7) == (3, f.n_features_out)
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-3)
     assert (got >= 0).all() and (got > 0).any()
 
@@ -239,23 +241,28 @@ def test_bad_augment_is_one_line_and_the_study_passes_it_on(monkeypatch, demo_ro
 
     with pytest.raises(AelabError, match="kmeans_features_augment"):
         ClassificationStudyConfig(kmeans_features_augment="flip")
+    with pytest.raises(AelabError, match="kmeans_features_pooling must be one of max, sum"):
+        ClassificationStudyConfig(kmeans_features_pooling="mean")
+    with pytest.raises(AelabError, match="kmeans_features_grid"):
+        ClassificationStudyConfig(kmeans_features_grid=0)
     seen = {}
     real = baselines.kmeans_features_baseline
 
     def spy(*args, **kwargs):
-        seen["augment"] = kwargs.get("augment")
+        seen.update({k: kwargs.get(k) for k in ("augment", "pooling", "grid")})
         return real(*args, **kwargs)
 
     monkeypatch.setattr(baselines, "kmeans_features_baseline", spy)
     cfg = ClassificationStudyConfig(methods="kmeans-features", channels=1, kmeans_features_centroids=8,
-                                    kmeans_features_augment="none", device="cpu")
+                                    kmeans_features_augment="none", kmeans_features_pooling="sum",
+                                    kmeans_features_grid=2, device="cpu")
     classification_study(cfg, demo_root, tmp_path / "run")
-    assert seen == {"augment": "none"}
+    assert seen == {"augment": "none", "pooling": "sum", "grid": 2}
 
 
 def test_copies_teach_the_classifier_a_pattern_seen_only_mirrored():
     """Classes whose labelled images all show their object on the left are still recognised on the right when
-    the classifier learns from the mirrored copies too (the quadrant pooling keeps left and right apart)."""
+    the classifier learns from the mirrored copies too (the pooling grid keeps left and right apart)."""
     rng = np.random.default_rng(0)
 
     def images(n, side):  # class 0: a red block, class 1: a green block, on the left half or the right
