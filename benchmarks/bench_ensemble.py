@@ -8,7 +8,8 @@ network's class probabilities of the validation and test images (as the row does
 - ``uncalibrated``: ``w·p_network + (1 − w)·p_features`` (`combine`; the row's rule with fewer than 30
   validation images, at w = 0.3, and its only rule before the members were calibrated);
 - ``calibrated``: the same after each member's temperature is fitted on the validation images
-  (`calibrated_combine`; the row's rule, at w = 0.5, from 30 validation images on);
+  (`calibrated_combine`; the row's rule from 30 validation images on, at w = 0.4 for colour photos and 0.5 for
+  grey images);
 
 and ``calibrated product``: the normalised product of the two calibrated members' probabilities.
 

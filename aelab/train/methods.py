@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable, Mapping
 
 from aelab.errors import AelabError
 from aelab.train import method_runs as runs
-from aelab.train.ensemble import MEMBERS, MIN_CALIBRATION_IMAGES, NETWORK_WEIGHT, run_ensemble
+from aelab.train.ensemble import CALIBRATED_WEIGHTS, MEMBERS, MIN_CALIBRATION_IMAGES, NETWORK_WEIGHT, run_ensemble
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -174,7 +174,9 @@ for _m in (
            "mirrored copies of them); refit on every labelled image for the test images", True,
            runs.run_kmeans_features, {}, 5),
     Method("ensemble", "fixmatch and kmeans-features together: the average of their class probabilities, each "
-           "first calibrated on the validation images (temperature scaling); with fewer than "
+           "first calibrated on the validation images (temperature scaling), then weighted "
+           f"{CALIBRATED_WEIGHTS['photo']:g} : {1 - CALIBRATED_WEIGHTS['photo']:g} for colour photos and "
+           f"{CALIBRATED_WEIGHTS['grey']:g} : {1 - CALIBRATED_WEIGHTS['grey']:g} for grey images; with fewer than "
            f"{MIN_CALIBRATION_IMAGES} of them, {NETWORK_WEIGHT:g} x the network's + {1 - NETWORK_WEIGHT:g} x the "
            "k-means features', uncalibrated "
            "(aelab.train.ensemble)", True, run_ensemble, {}, -1,

@@ -139,6 +139,29 @@ def test_the_row_calibrates_with_enough_validation_images_only():
     assert ensemble_probabilities(net, feat, y)[1] is None  # no test images
 
 
+def test_photos_give_the_network_less_weight_than_grey_images():
+    """The calibrated rule averages the members as equals for grey images and gives the network 0.4 for colour
+    photos, where the k-means features were the stronger member on every benchmark draw; an unknown kind is a
+    one-line error."""
+    rng = np.random.default_rng(5)
+    k, n = 10, 40
+    net, feat = rng.dirichlet(np.ones(k) * 0.1, n), rng.dirichlet(np.ones(k), n)
+    nt, ft = rng.dirichlet(np.ones(k) * 0.1, 9), rng.dirichlet(np.ones(k), 9)
+    y = rng.integers(0, k, n)
+    for kind, weight in (("grey", 0.5), ("photo", 0.4)):
+        val, test, info = ensemble_probabilities(net, feat, y, nt, ft, kind=kind)
+        assert info["network_weight"] == weight and info["images"] == kind
+        ref_val, ref_test, temps = calibrated_combine(net, feat, y, nt, ft, weight)
+        np.testing.assert_allclose(test, ref_test)
+        np.testing.assert_allclose(val, ref_val)
+        np.testing.assert_allclose(test, weight * temperature_scale(nt, temps[0])
+                                   + (1 - weight) * temperature_scale(ft, temps[1]))
+    assert not np.allclose(ensemble_probabilities(net, feat, y, nt, ft, kind="photo")[1],
+                           ensemble_probabilities(net, feat, y, nt, ft, kind="grey")[1])
+    with pytest.raises(ValueError, match="kind must be one of photo, grey"):
+        ensemble_probabilities(net, feat, y, kind="colour")
+
+
 def _read(path):
     with open(path, newline="") as fh:
         rows = list(csv.reader(fh))
@@ -211,12 +234,16 @@ def test_ensemble_before_its_members_is_refused_in_one_line():
         ClassificationStudyConfig(methods="kmeans-features,ensemble,fixmatch")
 
 
-def test_row_with_enough_validation_images_writes_the_calibrated_average(study, demo_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind, weight", [("grey", 0.5), ("photo", 0.4)])
+def test_row_with_enough_validation_images_writes_the_calibrated_average(study, demo_root, tmp_path, monkeypatch,
+                                                                          kind, weight):
     """The row's CSV and combination.json follow the calibrated rule once the validation images suffice (the
     threshold lowered to this small study's 10): each member scaled by the temperature fitted on the validation
-    images, then averaged as equals."""
+    images, then averaged as equals for the digits; had the images been colour photos, with the network's weight
+    0.4 (the kind the row sees made "photo")."""
     import shutil
 
+    import aelab.data.kind
     from aelab.layout import RunLayout
     from aelab.train import ensemble
 
@@ -224,9 +251,12 @@ def test_row_with_enough_validation_images_writes_the_calibrated_average(study, 
     copy = tmp_path / "run"
     shutil.copytree(out, copy)
     monkeypatch.setattr(ensemble, "MIN_CALIBRATION_IMAGES", 5)
+    if kind == "photo":
+        monkeypatch.setattr(aelab.data.kind, "image_kind", lambda images, **kw: "photo")
     row = ensemble.run_ensemble(cfg, demo_root, RunLayout(copy))
     info = json.loads((copy / "ensemble" / "combination.json").read_text())
     assert info["rule"] == "calibrated" and info["validation_images"] == row.n_val == 10
+    assert info["images"] == kind and info["network_weight"] == weight
 
     s, net_val, net_test = ensemble.network_probabilities(copy / "fixmatch" / "best.ckpt", cfg, demo_root)
     with np.load(copy / "kmeans-features" / "probabilities.npz") as f:
@@ -234,8 +264,8 @@ def test_row_with_enough_validation_images_writes_the_calibrated_average(study, 
     y_val = s.labels[s.val_idx]
     assert info["temperatures"]["fixmatch"] == pytest.approx(fit_temperature(net_val, y_val), abs=1e-4)
     assert info["temperatures"]["kmeans-features"] == pytest.approx(fit_temperature(feat_val, y_val), abs=1e-4)
-    expected = 0.5 * temperature_scale(net_test, info["temperatures"]["fixmatch"]) + 0.5 * temperature_scale(
-        feat_test, info["temperatures"]["kmeans-features"])
+    expected = weight * temperature_scale(net_test, info["temperatures"]["fixmatch"]) + (
+        1 - weight) * temperature_scale(feat_test, info["temperatures"]["kmeans-features"])
     _, body = _read(copy / "ensemble" / "predictions.csv")
     margin = np.sort(expected, 1)[:, -1] - np.sort(expected, 1)[:, -2]
     agree = [s.classes[e] == r[1] for e, r, m in zip(expected.argmax(1), body, margin) if m > 1e-5]
