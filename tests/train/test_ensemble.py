@@ -125,7 +125,7 @@ def test_the_row_calibrates_with_enough_validation_images_only():
         y = rng.integers(0, k, n)
         val, test, info = ensemble_probabilities(net, feat, y, nt, ft)
         if n < MIN_CALIBRATION_IMAGES:
-            assert info == {"rule": "uncalibrated", "network_weight": 0.3, "temperatures": None,
+            assert info == {"rule": "uncalibrated", "network_weight": 0.3, "images": "grey", "temperatures": None,
                             "validation_images": n, "folds": None} and NETWORK_WEIGHT == 0.3
             np.testing.assert_allclose(test, combine(nt, ft, 0.3))
             np.testing.assert_allclose(val, combine(net, feat, 0.3))
@@ -201,7 +201,7 @@ def test_ensemble_row_averages_the_two_members_probabilities(study, demo_root, t
     assert feature_ids == ids and np.allclose(features.sum(1), 1, atol=1e-5)
     info = json.loads((out / "ensemble" / "combination.json").read_text())
     assert rows["ensemble"].n_val < MIN_CALIBRATION_IMAGES
-    assert info == {"rule": "uncalibrated", "network_weight": 0.3, "temperatures": None,
+    assert info == {"rule": "uncalibrated", "network_weight": 0.3, "images": "grey", "temperatures": None,
                     "validation_images": rows["ensemble"].n_val, "folds": None}
     expected = 0.3 * network + 0.7 * features
     classes = head[1:]
@@ -251,14 +251,19 @@ def test_row_with_enough_validation_images_writes_the_calibrated_average(study, 
     copy = tmp_path / "run"
     shutil.copytree(out, copy)
     monkeypatch.setattr(ensemble, "MIN_CALIBRATION_IMAGES", 5)
+    seen = []
     if kind == "photo":
-        monkeypatch.setattr(aelab.data.kind, "image_kind", lambda images, **kw: "photo")
+        def photo(images, **kw):  # the labelled images, decoded as the network sees them
+            seen.append(images.shape)
+            return "photo"
+        monkeypatch.setattr(aelab.data.kind, "image_kind", photo)
     row = ensemble.run_ensemble(cfg, demo_root, RunLayout(copy))
     info = json.loads((copy / "ensemble" / "combination.json").read_text())
     assert info["rule"] == "calibrated" and info["validation_images"] == row.n_val == 10
     assert info["images"] == kind and info["network_weight"] == weight
 
     s, net_val, net_test = ensemble.network_probabilities(copy / "fixmatch" / "best.ckpt", cfg, demo_root)
+    assert seen == ([s.images.shape] if kind == "photo" else [])
     with np.load(copy / "kmeans-features" / "probabilities.npz") as f:
         feat_val, feat_test = f["val"], f["test"]
     y_val = s.labels[s.val_idx]
