@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["COLOUR_THRESHOLD", "PHOTO_ARCH", "PHOTO_ARCH_METHODS", "PHOTO_STEM", "image_kind", "augmentation_for",
-           "resolve_arch", "resolve_augment", "resolve_stem"]
+__all__ = ["COLOUR_THRESHOLD", "PHOTO_ARCH", "PHOTO_ARCH_METHODS", "PHOTO_KMEANS_STEM", "PHOTO_STEM", "image_kind",
+           "augmentation_for", "resolve_arch", "resolve_augment", "resolve_stem"]
 
 #: Channels of the fixed patch-whitening first layer (`aelab.models.whiten`) for photos: the 12 leading
 #: directions of 3x3 colour patches, each with both signs. On a CIFAR-10 draw (25 labels per class) FixMatch
 #: reached 0.4475 with it against 0.418 without (benchmarks/README.md); grey images get none.
 PHOTO_STEM = 24
+#: Centroids of the k-means first layer (`aelab.models.whiten.KMeansStem`, ``--stem_kind kmeans``) for photos. An
+#: option, not the default: on the two CIFAR-10 tuning draws FixMatch in its 6-minute share reached 0.467 and 0.397
+#: with it against 0.4495 and 0.403 with the whitening layer (benchmarks/README.md, "A k-means first layer").
+PHOTO_KMEANS_STEM = 48
 
 #: The network FixMatch trains from random weights on photos (`aelab.models.ModelConfig.arch`): the plain CNN,
 #: whose FixMatch beat the U-Net's by 2.2 points on the seed-0 tuning draw of CIFAR-10 (benchmarks/README.md).
@@ -64,12 +68,14 @@ def resolve_augment(preset: str, images: np.ndarray, strength: str = "weak", *, 
     return augmentation_for(kind or image_kind(images), strength) if preset == "auto" else preset
 
 
-def resolve_stem(stem: int | None, images, *, kind: str | None = None) -> int:
-    """``stem`` itself, or for ``None`` `PHOTO_STEM` for photos and 0 (no whitening layer) for grey images
-    (``kind``: the images' `image_kind` when already known)."""
+def resolve_stem(stem: int | None, images, *, kind: str | None = None, stem_kind: str = "whiten") -> int:
+    """``stem`` itself, or for ``None`` `PHOTO_STEM` (`PHOTO_KMEANS_STEM` for a k-means stem) for photos and 0
+    (no fixed first layer) for grey images (``kind``: the images' `image_kind` when already known)."""
     if stem is not None:
         return int(stem)
-    return PHOTO_STEM if (kind or image_kind(images)) == "photo" else 0
+    if (kind or image_kind(images)) != "photo":
+        return 0
+    return PHOTO_KMEANS_STEM if stem_kind == "kmeans" else PHOTO_STEM
 
 
 def resolve_arch(arch: str, images, *, kind: str | None = None, method: str = "fixmatch") -> str:

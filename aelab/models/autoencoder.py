@@ -11,7 +11,7 @@ from torch import nn
 
 from aelab.errors import AelabError
 from aelab.models.blocks import ResidualBlock
-from aelab.models.whiten import WhiteningStem
+from aelab.models.whiten import STEM_KINDS, WhiteningStem
 
 __all__ = ["ARCHS", "AutoencoderOutput", "ModelConfig", "ResUNetAutoencoder", "PRESETS", "build_model",
            "preset_config"]
@@ -22,6 +22,8 @@ HEADS = ("mlp", "bn-mlp", "linear", "pool", "none")
 ARCHS = ("unet", "cnn")
 #: The heads a `PlainCNN` takes: its embedding is already pooled.
 CNN_HEADS = ("pool", "linear", "none")
+#: The most centroids a k-means first layer (``stem_kind="kmeans"``) may have.
+MAX_KMEANS_STEM = 256
 
 
 class PoolHead(nn.Module):
@@ -78,6 +80,9 @@ class ModelConfig:
         arch: ``"unet"`` (`ResUNetAutoencoder`) or ``"cnn"`` (`aelab.models.cnn.PlainCNN`: no decoder; its
             block ``i`` has ``width * 2**i`` channels and its embedding is pooled, ``width * 2**(depth-1)``
             values). Checkpoints from before this field are U-Nets.
+        stem_kind: what the fixed first layer computes: ``"whiten"`` (PCA whitening of 3×3 patches, each
+            direction with both signs) or ``"kmeans"`` (`aelab.models.whiten.KMeansStem`: the triangle codes of
+            the whitened patches against ``stem`` k-means centroids). Checkpoints from before this field whiten.
     """
 
     in_channels: int = 3
@@ -91,6 +96,7 @@ class ModelConfig:
     dropout: float = 0.5
     stem: int = 0
     arch: str = "unet"
+    stem_kind: str = "whiten"
 
     def validate(self) -> None:
         if self.in_channels not in (1, 3):
@@ -106,7 +112,13 @@ class ModelConfig:
             raise AelabError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         if self.num_classes < 0:
             raise AelabError(f"num_classes must be >= 0, got {self.num_classes}")
-        if self.stem < 0 or self.stem % 2 or self.stem > 18 * self.in_channels:
+        if self.stem_kind not in STEM_KINDS:
+            raise AelabError(f"stem_kind must be one of {', '.join(STEM_KINDS)}, got {self.stem_kind!r}")
+        if self.stem_kind == "kmeans":
+            if self.stem < 0 or self.stem % 2 or self.stem > MAX_KMEANS_STEM:
+                raise AelabError(f"stem must be 0 or an even number of k-means centroids up to {MAX_KMEANS_STEM}, "
+                                 f"got {self.stem}")
+        elif self.stem < 0 or self.stem % 2 or self.stem > 18 * self.in_channels:
             raise AelabError(f"stem must be 0 or an even number of channels up to {18 * self.in_channels} "
                              f"(both signs of the {9 * self.in_channels} directions of a 3x3 patch), got {self.stem}")
         if not 0.0 <= self.dropout < 1.0:
@@ -183,18 +195,19 @@ class ResUNetAutoencoder(WhiteningStem, nn.Module):
         dropout: float = 0.5,
         stem: int = 0,
         arch: str = "unet",
+        stem_kind: str = "whiten",
     ):
         super().__init__()
         self.config = ModelConfig(
             in_channels, width, depth, image_size, num_classes, skip_connections, head, head_hidden, dropout, stem,
-            arch,
+            arch, stem_kind,
         )
         self.config.validate()
         if arch != "unet":
             raise AelabError(f"ResUNetAutoencoder builds arch 'unet', not {arch!r}; use build_model")
         chans = [width * 2**i for i in range(depth)]
         bottleneck_ch = width * 2**depth
-        self.stem = self.make_stem(in_channels, stem)
+        self.stem = self.make_stem(in_channels, stem, stem_kind)
         self.encoders = nn.ModuleList(
             ResidualBlock(cin, cout) for cin, cout in zip([stem or in_channels] + chans[:-1], chans)
         )

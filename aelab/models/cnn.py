@@ -64,14 +64,15 @@ class PlainCNN(WhiteningStem, nn.Module):
 
     def __init__(self, in_channels: int = 3, width: int = 48, depth: int = 3, image_size: int = 32,
                  num_classes: int = 10, skip_connections: bool = True, head: str = "pool",
-                 head_hidden: int | None = None, dropout: float = 0.5, stem: int = 0, arch: str = "cnn"):
+                 head_hidden: int | None = None, dropout: float = 0.5, stem: int = 0, arch: str = "cnn",
+                 stem_kind: str = "whiten"):
         super().__init__()
         self.config = ModelConfig(in_channels, width, depth, image_size, num_classes, skip_connections, head,
-                                  head_hidden, dropout, stem, arch)
+                                  head_hidden, dropout, stem, arch, stem_kind)
         self.config.validate()
         if arch != "cnn":
             raise AelabError(f"PlainCNN builds arch 'cnn', not {arch!r}; use build_model")
-        self.stem = self.make_stem(in_channels, stem)
+        self.stem = self.make_stem(in_channels, stem, stem_kind)
         chans = [width * 2**i for i in range(depth)]
         self.encoders = nn.ModuleList(ConvBlock(cin, cout) for cin, cout in zip([stem or in_channels] + chans[:-1],
                                                                                  chans))

@@ -52,8 +52,11 @@ class FinetuneConfig(RunOptions):
         channels: 1 or 3 (random weights only; with --init-from the checkpoint's preprocessing is used).
         width: channels of the first encoder block (random weights only; none = the preset's: 16 for the small
             U-Net, 48 for the small cnn).
-        stem: channels of the fixed patch-whitening first layer (random weights only; none = 24 for colour photos,
-            0 = none, the default for grey images).
+        stem: channels of the fixed first layer (random weights only; none = 24 whitening channels, or 48 k-means
+            centroids with --stem_kind kmeans, for colour photos; 0 = none, the default for grey images).
+        stem_kind: what that layer computes (random weights only): whiten (PCA whitening of 3x3 patches) or kmeans
+            (the triangle codes of the whitened patches against k-means centroids of the training images; Coates et
+            al. 2011; on CIFAR-10 it was level with whiten for FixMatch in its 6-minute share).
         head: classifier head: auto (pool for the cnn and for colour photos from random weights, else bn-mlp),
             bn-mlp (an MLP after a BatchNorm of the U-Net's flattened bottleneck; trains far better from pretrained
             weights), mlp (exactly the course report's), linear, pool (global average pooling of the bottleneck,
@@ -104,6 +107,7 @@ class FinetuneConfig(RunOptions):
     channels: int = 3
     width: int | None = None
     stem: int | None = None
+    stem_kind: str = "whiten"
     head: str = "auto"
     dropout: float = 0.5
     freeze_encoder: bool = False
@@ -160,14 +164,15 @@ def _input_format(cfg: FinetuneConfig, init: dict | None):
     return Preprocessing.from_dict(init["preprocessing"])
 
 
-def _initial_model(cfg: FinetuneConfig, init: dict | None, num_classes: int, head: str, stem: int, arch: str):
+def _initial_model(cfg: FinetuneConfig, init: dict | None, num_classes: int, head: str, stem: int, arch: str,
+                   stem_kind: str = "whiten"):
     """The network, its config and preprocessing: from the preset, or from the pretrained checkpoint ``init``."""
     from aelab.data import Preprocessing
 
     if init is None:
         model_cfg = preset_config(
             cfg.preset, image_size=cfg.image_size, in_channels=cfg.channels, num_classes=num_classes,
-            head=head, dropout=cfg.dropout, stem=stem, width=cfg.width, arch=arch,
+            head=head, dropout=cfg.dropout, stem=stem, width=cfg.width, arch=arch, stem_kind=stem_kind,
         )
         prep = Preprocessing(image_size=model_cfg.image_size, channels=model_cfg.in_channels)
         return build_model(model_cfg), model_cfg, prep
@@ -299,10 +304,13 @@ def _model_and_input(cfg: FinetuneConfig, init: dict | None, data: _Data, resume
     from aelab.data.kind import resolve_stem
 
     last = None if resumed is None else load_checkpoint(resumed, which="last")
-    stem = int(last["model_config"].get("stem", 0)) if last else resolve_stem(cfg.stem, data.images, kind=data.kind)
     arch = str(last["model_config"].get("arch", "unet")) if last else _resolve_arch(cfg, data.kind, init)
+    if last:
+        stem, stem_kind = int(last["model_config"].get("stem", 0)), str(last["model_config"].get("stem_kind", "whiten"))
+    else:
+        stem_kind, stem = cfg.stem_kind, resolve_stem(cfg.stem, data.images, kind=data.kind, stem_kind=cfg.stem_kind)
     raw_model, model_cfg, prep = _initial_model(cfg, init, len(data.classes), _resolve_head(cfg, data.kind, arch),
-                                                stem, arch)
+                                                stem, arch, stem_kind)
     if last is not None:
         prep = Preprocessing.from_dict(last["preprocessing"])
     elif init is None:

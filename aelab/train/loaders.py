@@ -118,8 +118,8 @@ def fit_input_layer(raw_model, prep, images, seed: int = 0, sample: int = 256):
     """Fit what the network's input depends on to the training images, before training from random weights.
 
     The per-channel mean/std of ``images`` (from up to 2,000 of them) become the preprocessing's (stored with the
-    model), and the network's fixed whitening layer, if it has one, is fitted on the patches of up to ``sample``
-    of them. Returns the new `Preprocessing`.
+    model), and the network's fixed first layer (whitening or k-means), if it has one, is fitted on the patches of
+    up to ``sample`` of them. Returns the new `Preprocessing`.
     """
     prep = prep.fitted(images, seed=seed)
     if getattr(raw_model, "stem", None) is not None:

@@ -118,6 +118,7 @@ RULES: dict[str, Rule] = {
     "budget": Rule(lambda v: v is None or (_num(v) and v > 0), "a number of minutes > 0, or null (no budget)"),
     "stem": Rule(lambda v: _int(v) and v >= 0 and v % 2 == 0, "an even integer >= 0"),
     "arch": OneOf(("auto", "unet", "cnn")),
+    "stem_kind": OneOf(("whiten", "kmeans")),  # aelab.models.whiten.STEM_KINDS
     "kmeans_features_learner": OneOf(("kmeans", "ekm")),
     "kmeans_features_centroids": Interval(2, integer=True),
     "kmeans_features_augment": OneOf(KMEANS_FEATURES_COPIES),

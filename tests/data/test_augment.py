@@ -149,3 +149,7 @@ def test_auto_augmentation_flips_photos_and_not_grey_images():
     from aelab.data.kind import PHOTO_STEM, resolve_stem
 
     assert (resolve_stem(None, photo), resolve_stem(None, grey), resolve_stem(0, photo)) == (PHOTO_STEM, 0, 0)
+    from aelab.data.kind import PHOTO_KMEANS_STEM
+
+    assert resolve_stem(None, photo, stem_kind="kmeans") == PHOTO_KMEANS_STEM
+    assert resolve_stem(None, grey, stem_kind="kmeans") == 0

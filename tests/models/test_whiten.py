@@ -51,3 +51,48 @@ def test_stem_is_fitted_saved_and_never_trained():
     again = build_model(model.config)
     again.load_state_dict(model.state_dict())
     assert torch.equal(again.stem.weight, fitted)
+
+
+def test_kmeans_stem_is_the_triangle_code_of_whitened_patches_against_kmeans_centroids():
+    from scipy.spatial.distance import cdist
+
+    from aelab.models.whiten import KMeansStem
+
+    x = _correlated_images(40)
+    stem = KMeansStem(3, 6)
+    stem.fit(x, seed=0)
+    w = stem.weight.reshape(27, 27).double().numpy()
+    b, c = stem.bias.double().numpy(), stem.centroids.reshape(6, 27).double().numpy()
+    p = np.stack([x[:, :, i:i + 3, j:j + 3].reshape(len(x), -1).numpy()
+                  for i in range(18) for j in range(18)], 1).reshape(-1, 27).astype(np.float64)
+    z = p @ w.T + b
+    # the whitening keeps every direction of the 3x3 patches, uncorrelated, each of variance lambda / (lambda + eps)
+    cov = np.cov(z.T)
+    assert np.allclose(cov - np.diag(np.diag(cov)), 0, atol=1e-3)
+    assert np.all(np.diag(cov) <= 1 + 1e-3) and np.all(np.diag(cov) > 0.5) and cov[0, 0] > 0.99
+    # k-means centroids (Lloyd's fixed point): each is the mean of the whitened patches nearest to it
+    d = cdist(z, c)
+    near = d.argmin(1)
+    assert len(np.unique(near)) == 6
+    means = np.stack([z[near == j].mean(0) for j in range(6)])
+    assert np.allclose(means, c, atol=1e-2 * np.abs(c).max())
+    # the layer's output at every interior position: max(0, mean_i d_i - d_j) (Coates et al. 2011, Sec. 3.1.2)
+    ref = np.maximum(d.mean(1, keepdims=True) - d, 0)
+    got = stem(x)[:, :, 1:19, 1:19].permute(0, 2, 3, 1).reshape(-1, 6).double().numpy()
+    assert np.allclose(got, ref, atol=1e-3)
+    assert (got > 0).any(1).all() and (got == 0).mean() > 0.2  # sparse, and no patch without a code
+
+
+def test_kmeans_stem_is_fitted_saved_and_never_trained():
+    model = build_model(preset_config("tiny", arch="cnn", stem=8, stem_kind="kmeans", num_classes=2))
+    x = F.interpolate(_correlated_images(8)[:, :, :16, :16], size=32)
+    model.fit_stem(x)
+    fitted = {k: v.clone() for k, v in model.stem.state_dict().items()}
+    assert model.stem.out_channels == 8 and fitted["centroids"].abs().sum() > 0
+    assert not any(p.requires_grad for p in model.stem.parameters())
+    model(x).logits.sum().backward()
+    assert all(torch.equal(model.stem.state_dict()[k], v) for k, v in fitted.items())
+    again = build_model(model.config)
+    again.load_state_dict(model.state_dict())
+    model.eval(), again.eval()
+    assert torch.equal(again(x).logits, model(x).logits)

@@ -418,6 +418,8 @@ def test_grey_images_keep_the_unet_and_the_cnn_refuses_to_reconstruct(data, pret
 
 
 def test_a_photo_cnn_run_resumes_to_the_same_weights_and_freezes_its_blocks(tmp_path, monkeypatch):
+    from aelab.data.kind import PHOTO_KMEANS_STEM, PHOTO_STEM
+
     rng = np.random.default_rng(1)
     root = tmp_path / "stripes"
     _stripes(root / "dev" / "labelled", 6, rng)
@@ -425,9 +427,21 @@ def test_a_photo_cnn_run_resumes_to_the_same_weights_and_freezes_its_blocks(tmp_
     # FixMatch on photos gets the CNN (arch auto); with an explicit U-Net head, the U-Net, not a refusal
     once = dict(data=str(root), method="fixmatch", epochs=1, **{**TINY, "batch_size": 4})
     fm = finetune(FinetuneConfig(out=str(tmp_path / "fm"), **once))
-    assert torch.load(fm / "best.ckpt", weights_only=True)["model_config"]["arch"] == "cnn"
+    fm_config = torch.load(fm / "best.ckpt", weights_only=True)["model_config"]
+    assert (fm_config["arch"], fm_config["stem_kind"], fm_config["stem"]) == ("cnn", "whiten", PHOTO_STEM)
     mlp = finetune(FinetuneConfig(out=str(tmp_path / "mlp"), head="bn-mlp", **once))
     assert torch.load(mlp / "best.ckpt", weights_only=True)["model_config"]["arch"] == "unet"
+    # --stem_kind kmeans: the k-means first layer, fitted on the photos and rebuilt from the checkpoint
+    from aelab.models.whiten import KMeansStem
+    from aelab.train.checkpoint import load_model, resolve_checkpoint
+
+    km = finetune(FinetuneConfig(out=str(tmp_path / "km"), stem_kind="kmeans", **once))
+    km_ckpt = torch.load(km / "best.ckpt", weights_only=True)
+    assert (km_ckpt["model_config"]["stem_kind"], km_ckpt["model_config"]["stem"]) == ("kmeans", PHOTO_KMEANS_STEM)
+    assert km_ckpt["state_dict"]["stem.centroids"].abs().sum() > 0
+    model, _ = load_model(resolve_checkpoint(km))
+    assert isinstance(model.stem, KMeansStem)
+    assert torch.equal(model.stem.centroids, km_ckpt["state_dict"]["stem.centroids"])
     settings = dict(data=str(root), arch="cnn", epochs=3, patience=3, **{**TINY, "batch_size": 4})
     whole = finetune(FinetuneConfig(out=str(tmp_path / "whole"), **settings))
     interrupted(monkeypatch, lambda: finetune(FinetuneConfig(out=str(tmp_path / "cut"), **settings)))
