@@ -75,8 +75,9 @@ class ModelConfig:
             or ``"none"``.
         head_hidden: hidden units of the mlp head (default: bottleneck channels, 1024 in the seed).
         dropout: dropout of the mlp head.
-        stem: output channels of a fixed first layer that PCA-whitens 3×3 patches (`aelab.models.whiten`),
-            fitted on the training images before training (0 = none; even: each direction with both signs).
+        stem: output channels of a fixed first layer fitted on the training images before training
+            (`aelab.models.whiten`; 0 = none): with ``stem_kind="whiten"`` PCA whitening of 3×3 patches (even:
+            each direction with both signs), with ``"kmeans"`` the number of centroids (even, up to 256).
         arch: ``"unet"`` (`ResUNetAutoencoder`) or ``"cnn"`` (`aelab.models.cnn.PlainCNN`: no decoder; its
             block ``i`` has ``width * 2**i`` channels and its embedding is pooled, ``width * 2**(depth-1)``
             values). Checkpoints from before this field are U-Nets.

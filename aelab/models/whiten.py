@@ -8,10 +8,12 @@ whitening; Coates, Lee & Ng 2011, Sec. 3.1.1; as a frozen first convolution in K
 airbench, 2024) — gives the network inputs of equal variance in every direction. Each direction is
 kept with both signs (``+w`` and ``-w``), so the layer that follows can react to either side of an edge.
 
-The ``"kmeans"`` stem (`KMeansStem`) goes one step further, as Coates, Lee & Ng 2011 do (Sec. 3.1.2): it
-whitens every direction of the 3×3 patches, learns ``k`` centroids of the whitened patches with k-means, and
-outputs each position's "triangle" code ``f_j(z) = max(0, mean_i d_i(z) − d_j(z))`` with ``d_j`` the distance
-to centroid ``j``: a fixed, sparse, non-linear dictionary of the patterns the training images hold.
+The ``"kmeans"`` stem (`KMeansStem`) goes one step further, after Coates, Lee & Ng 2011 (Sec. 3.1.2, without
+their per-patch brightness and contrast normalisation): it whitens every direction of the 3×3 patches, learns
+``k`` centroids of the whitened patches with k-means, and outputs each position's "triangle" code
+``f_j(z) = max(0, mean_i d_i(z) − d_j(z))`` with ``d_j`` the distance to centroid ``j`` (a centroid nearer than
+the average one scores by how much nearer; the others 0): a fixed, sparse, non-linear dictionary of the patterns
+the training images hold.
 
 Example:
     >>> x = torch.randn(64, 3, 16, 16)
@@ -24,6 +26,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from aelab.errors import AelabError
 
 __all__ = ["STEM_KINDS", "KMeansStem", "WhiteningStem", "patch_kmeans", "patch_whitening"]
 
@@ -75,15 +79,17 @@ def patch_kmeans(x: torch.Tensor, k: int, seed: int = 0, max_patches: int = 50_0
     if len(z) > max_patches:
         z = z[torch.randperm(len(z), generator=torch.Generator().manual_seed(seed))[:max_patches]]
     if len(z) < k:
-        raise ValueError(f"a k-means stem of {k} centroids needs at least {k} patches, got {len(z)}")
-    centres = KMeans(k, n_init=1, random_state=seed).fit(z.double().numpy()).cluster_centers_
-    return w, b, torch.from_numpy(centres).float()
+        raise AelabError(f"a k-means first layer of {k} centroids needs at least {k} patches of 3x3 pixels, "
+                         f"got {len(z)}: use fewer centroids (--stem) or larger images")
+    centres = KMeans(k, n_init=1, random_state=seed).fit(z.detach().cpu().double().numpy()).cluster_centers_
+    return w, b, torch.from_numpy(centres).float().to(x.device)
 
 
 class KMeansStem(torch.nn.Module):
     """A fixed first layer: whiten each 3×3 patch (all ``9C`` directions), then its triangle code against ``k``
     centroids (Coates et al. 2011, Sec. 3.1.2): ``out_j = max(0, mean_i d_i − d_j)``, ``d_j`` the Euclidean
-    distance of the whitened patch to centroid ``j``. Nothing in it is trained; `fit` sets it from images.
+    distance of the whitened patch to centroid ``j``. Nothing in it is trained; `fit` sets it from images. It
+    computes in float32 whatever the precision around it (the distances subtract large numbers).
 
     Shapes:
         ``(B, C, H, W) -> (B, k, H, W)`` (zero padding, as the whitening stem).
@@ -96,7 +102,7 @@ class KMeansStem(torch.nn.Module):
         # Parameters that are never trained, as the whitening stem's convolution: counted with the network's.
         fixed = lambda *shape: torch.nn.Parameter(torch.zeros(*shape), requires_grad=False)  # noqa: E731
         self.weight, self.bias = fixed(d, in_channels, 3, 3), fixed(d)
-        self.centroids, self.centroid_norms = fixed(k, d, 1, 1), fixed(k)
+        self.centroids = fixed(k, d, 1, 1)
 
     @torch.no_grad()
     def fit(self, x: torch.Tensor, seed: int = 0) -> None:
@@ -104,18 +110,20 @@ class KMeansStem(torch.nn.Module):
         self.weight.copy_(w)
         self.bias.copy_(b)
         self.centroids.copy_(c.view(*self.centroids.shape))
-        self.centroid_norms.copy_((c * c).sum(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = F.conv2d(x, self.weight, self.bias, padding=1)
-        # ||z − c_j||² = ||z||² − 2 z·c_j + ||c_j||², one 1×1 convolution for every centroid
-        sq = (z * z).sum(1, keepdim=True) - 2 * F.conv2d(z, self.centroids) + self.centroid_norms.view(1, -1, 1, 1)
-        dist = sq.clamp_min(0).sqrt()
-        return F.relu(dist.mean(1, keepdim=True) - dist)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            c = self.centroids.float()
+            z = F.conv2d(x.float(), self.weight.float(), self.bias.float(), padding=1)
+            # ||z − c_j||² = ||z||² − 2 z·c_j + ||c_j||², one 1×1 convolution for every centroid
+            sq = (z * z).sum(1, keepdim=True) - 2 * F.conv2d(z, c) + (c * c).sum((1, 2, 3)).view(1, -1, 1, 1)
+            dist = sq.clamp_min(0).sqrt()
+            return F.relu(dist.mean(1, keepdim=True) - dist).to(x.dtype)
 
 
 class WhiteningStem:
-    """What a network with the optional fixed whitening first layer (``self.stem``) shares: making and fitting it."""
+    """What a network with the optional fixed first layer (``self.stem``: whitening, or `KMeansStem`) shares: making
+    and fitting it."""
 
     stem: torch.nn.Conv2d | KMeansStem | None
 

@@ -55,8 +55,9 @@ class FinetuneConfig(RunOptions):
         stem: channels of the fixed first layer (random weights only; none = 24 whitening channels, or 48 k-means
             centroids with --stem_kind kmeans, for colour photos; 0 = none, the default for grey images).
         stem_kind: what that layer computes (random weights only): whiten (PCA whitening of 3x3 patches) or kmeans
-            (the triangle codes of the whitened patches against k-means centroids of the training images; Coates et
-            al. 2011; on CIFAR-10 it was level with whiten for FixMatch in its 6-minute share).
+            (how near each whitened patch is to k-means centroids of patches of the images the method learns from,
+            the unlabelled ones for fixmatch; after Coates et al. 2011; on CIFAR-10 photos it was level with whiten
+            for FixMatch in a 6-minute budget, at about 1.5x the time per epoch).
         head: classifier head: auto (pool for the cnn and for colour photos from random weights, else bn-mlp),
             bn-mlp (an MLP after a BatchNorm of the U-Net's flattened bottleneck; trains far better from pretrained
             weights), mlp (exactly the course report's), linear, pool (global average pooling of the bottleneck,

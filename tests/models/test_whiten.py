@@ -96,3 +96,36 @@ def test_kmeans_stem_is_fitted_saved_and_never_trained():
     again.load_state_dict(model.state_dict())
     model.eval(), again.eval()
     assert torch.equal(again(x).logits, model(x).logits)
+
+
+def test_kmeans_stem_settings_are_checked_and_old_checkpoints_whiten():
+    import pytest
+
+    from aelab.errors import AelabError
+    from aelab.models import ModelConfig
+    from aelab.models.whiten import KMeansStem
+
+    with pytest.raises(AelabError, match="stem_kind must be one of whiten, kmeans"):
+        build_model(ModelConfig(stem=8, stem_kind="pca"))
+    with pytest.raises(AelabError, match="k-means centroids up to 256"):
+        build_model(ModelConfig(stem=258, stem_kind="kmeans"))
+    with pytest.raises(AelabError, match="up to 54"):  # whitening: 27 directions of a 3x3 colour patch, two signs
+        build_model(ModelConfig(stem=56))
+    assert build_model(ModelConfig(stem=56, stem_kind="kmeans")).stem.out_channels == 56  # centroids: no such limit
+    with pytest.raises(AelabError, match="needs at least 66 patches of 3x3 pixels, got 64"):  # one 10x10 image
+        KMeansStem(3, 66).fit(torch.randn(1, 3, 10, 10))
+    # checkpoints from before the field rebuild with the whitening layer
+    old = {k: v for k, v in ModelConfig(stem=8).to_dict().items() if k != "stem_kind"}
+    assert isinstance(build_model(ModelConfig.from_dict(old)).stem, torch.nn.Conv2d)
+
+
+def test_kmeans_stem_computes_in_float32_under_autocast():
+    from aelab.models.whiten import KMeansStem
+
+    x = _correlated_images(16)
+    stem = KMeansStem(3, 8)
+    stem.fit(x)
+    ref = stem(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = stem(x)
+    assert got.dtype == torch.float32 and torch.allclose(got, ref)
