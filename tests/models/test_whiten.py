@@ -103,10 +103,13 @@ def test_kmeans_stem_settings_are_checked_and_old_checkpoints_whiten():
 
     from aelab.errors import AelabError
     from aelab.models import ModelConfig
-    from aelab.models.whiten import KMeansStem
+    from aelab.models.whiten import STEM_KINDS, KMeansStem
+    from aelab.train.options import RULES
 
     with pytest.raises(AelabError, match="stem_kind must be one of whiten, kmeans"):
         build_model(ModelConfig(stem=8, stem_kind="pca"))
+    # the command line's rule (options.py keeps its own tuple) accepts exactly the kinds the model builds
+    assert all(RULES["stem_kind"](k) for k in STEM_KINDS) and not RULES["stem_kind"]("pca")
     with pytest.raises(AelabError, match="k-means centroids up to 256"):
         build_model(ModelConfig(stem=258, stem_kind="kmeans"))
     with pytest.raises(AelabError, match="up to 54"):  # whitening: 27 directions of a 3x3 colour patch, two signs
