@@ -254,8 +254,8 @@ CRITICAL = ("data",)
 
 #: Options added after run folders existed, with the value that reproduces a run from before them: a run folder
 #: whose ``config.yaml`` lacks one resumes when the option has that value (the k-means features summed their codes
-#: over quadrants before these two existed).
-ADDED_OPTIONS = {"kmeans_features_pooling": "sum", "kmeans_features_grid": 2}
+#: over quadrants before these two existed; study 1's rows had the whitening first layer before ``stem_kind``).
+ADDED_OPTIONS = {"kmeans_features_pooling": "sum", "kmeans_features_grid": 2, "stem_kind": "whiten"}
 
 
 def _prepare(cfg: RunConfig) -> Path:

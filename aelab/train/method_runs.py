@@ -223,14 +223,15 @@ def run_course_noaug(cfg, data: Path, layout: RunLayout, pretrained: Path | None
 
 def run_supervised(cfg, data: Path, layout: RunLayout, pretrained: Path | None = None) -> MethodResult:
     return finetune_and_predict("supervised", cfg, data, layout, method="supervised", arch=cfg.arch,
-                                epochs=cfg.finetune_epochs, patience=cfg.finetune_epochs,
+                                stem_kind=cfg.stem_kind, epochs=cfg.finetune_epochs, patience=cfg.finetune_epochs,
                                 augment=cfg.supervised_augment)
 
 
 def run_fixmatch(cfg, data: Path, layout: RunLayout, pretrained: Path | None = None) -> MethodResult:
     require_unlabelled(data, "fixmatch")
     return finetune_and_predict("fixmatch", cfg, data, layout, method="fixmatch", arch=cfg.arch,
-                                epochs=cfg.fixmatch_epochs, class_thresholds=cfg.fixmatch_class_thresholds)
+                                stem_kind=cfg.stem_kind, epochs=cfg.fixmatch_epochs,
+                                class_thresholds=cfg.fixmatch_class_thresholds)
 
 
 def run_vicreg(cfg, data: Path, layout: RunLayout, pretrained: Path | None = None) -> MethodResult:

@@ -76,6 +76,9 @@ class ClassificationStudyConfig(RunOptions):
         arch: network of the supervised and fixmatch rows (trained from random weights): auto (a plain CNN without a
             decoder for fixmatch on colour photos, else the U-Net; see aelab.data.kind), unet or cnn (both rows).
             The course methods and VICReg always train the U-Net.
+        stem_kind: fixed first layer of the supervised and fixmatch rows on colour photos: whiten (PCA whitening of 3x3
+            patches) or kmeans (k-means triangle codes of whitened 3x3 patches, Coates et al. 2011; slower epochs,
+            see benchmarks/README.md); as `aelab finetune --stem_kind`.
         image_size: square size every image is resized to; none = the preset's.
         channels: 1 or 3 image channels.
         pretrain_epochs: epochs of the course report's denoising pretraining.
@@ -105,6 +108,7 @@ class ClassificationStudyConfig(RunOptions):
     methods: str = "supervised,course,course-noaug,fixmatch,vicreg,label-spreading,kmeans-features,ensemble"
     preset: str = _finetune_default("preset")
     arch: str = _finetune_default("arch")
+    stem_kind: str = _finetune_default("stem_kind")
     image_size: int | None = _finetune_default("image_size")
     channels: int = _finetune_default("channels")
     pretrain_epochs: int = 15

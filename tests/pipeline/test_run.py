@@ -157,8 +157,9 @@ def test_changed_settings_on_an_existing_run_folder_are_refused(run_dir, capsys)
 
 
 def test_a_run_folder_from_before_an_option_existed_resumes_with_its_old_value(run_dir, tmp_path):
-    """A config.yaml written before the k-means features' pooling options lacks them: the default settings are
-    refused with the flags that resume it, and those flags (the pooling the run used) resume it."""
+    """A config.yaml written before the k-means features' pooling options (and the first layer's option) lacks them:
+    the default settings are refused with the flags that resume it, and those flags (the pooling the run used)
+    resume it; a missing ``stem_kind`` reads as whiten, the first layer of every run before the option."""
     import yaml
 
     from aelab.errors import AelabError
@@ -166,7 +167,7 @@ def test_a_run_folder_from_before_an_option_existed_resumes_with_its_old_value(r
     copy = tmp_path / "old"
     shutil.copytree(run_dir, copy)
     saved = yaml.safe_load((copy / "config.yaml").read_text())
-    for key in ("kmeans_features_pooling", "kmeans_features_grid"):
+    for key in ("kmeans_features_pooling", "kmeans_features_grid", "stem_kind"):  # stem_kind: whiten, as before it
         del saved[key]
     (copy / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
     with pytest.raises(AelabError, match="--kmeans_features_pooling sum --kmeans_features_grid 2 resumes it"):

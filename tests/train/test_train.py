@@ -460,3 +460,25 @@ def test_a_photo_cnn_run_resumes_to_the_same_weights_and_freezes_its_blocks(tmp_
         if k.startswith(("encoders.", "stem.")):  # the blocks, BatchNorm statistics included, stay as they were
             torch.testing.assert_close(f["state_dict"][k], v, msg=k)
     assert not torch.equal(f["state_dict"]["head.weight"], a["state_dict"]["head.weight"])  # the head trained
+
+
+def test_study_1_passes_the_first_layer_to_the_rows_trained_from_random_weights(tmp_path):
+    """``aelab run --stem_kind kmeans`` reaches the supervised and fixmatch rows; the default stays whitening."""
+    from aelab.data.kind import PHOTO_KMEANS_STEM
+    from aelab.errors import AelabError
+    from aelab.layout import RunLayout
+    from aelab.train.study import ClassificationStudyConfig, run_method
+
+    rng = np.random.default_rng(2)
+    root = tmp_path / "stripes"
+    _stripes(root / "dev" / "labelled", 6, rng)
+    _stripes(root / "dev" / "unlabelled", 8, rng, labels_csv=tmp_path / "unused.csv")
+    assert ClassificationStudyConfig().stem_kind == FinetuneConfig().stem_kind == "whiten"
+    cfg = ClassificationStudyConfig(methods="supervised,fixmatch", preset="tiny", stem_kind="kmeans",
+                                    finetune_epochs=1, fixmatch_epochs=1, budget=None, device="cpu")
+    for method in cfg.method_list():
+        row = run_method(method, cfg, root, RunLayout(tmp_path / "run"))
+        config = torch.load(f"{row.run}/best.ckpt", weights_only=True)["model_config"]
+        assert (config["stem_kind"], config["stem"]) == ("kmeans", PHOTO_KMEANS_STEM), method
+    with pytest.raises(AelabError, match="stem_kind"):
+        ClassificationStudyConfig(stem_kind="pca")
