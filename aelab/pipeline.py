@@ -258,6 +258,25 @@ CRITICAL = ("data",)
 ADDED_OPTIONS = {"kmeans_features_pooling": "sum", "kmeans_features_grid": 2, "stem_kind": "whiten"}
 
 
+def _changed_settings(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, bool]]:
+    """``(dotted name, value the run folder was run with, whether its config.yaml lacked it)`` of each setting
+    that differs, nested settings (``anomaly.geometric.score``) by their command-line names."""
+    out: list[tuple[str, object, bool]] = []
+    for key, value in new.items():
+        name = prefix + key
+        before = old.get(key, ADDED_OPTIONS.get(name))
+        if isinstance(value, dict) and isinstance(before, dict):
+            out += _changed_settings(before, value, name + ".")
+        elif before != value:
+            out.append((name, before, key not in old))
+    return out
+
+
+def _flag_value(value: object) -> str:
+    """A setting as the command line reads it back (true/false, null)."""
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def _prepare(cfg: RunConfig) -> Path:
     """Check ``cfg.out`` (a new folder, or a run folder of the same settings) and save the settings."""
     run_dir = Path(cfg.out)
@@ -277,12 +296,14 @@ def _prepare(cfg: RunConfig) -> Path:
 
         old = load_config(run_dir)
         ignore = ("force", "out", "device", "devices", "num_nodes", "precision", "logger")  # the machine may change
-        changed = [k for k, v in asdict(cfg).items() if k not in ignore and old.get(k, ADDED_OPTIONS.get(k)) != v]
+        changed = _changed_settings(old, {k: v for k, v in asdict(cfg).items() if k not in ignore})
         if changed:
-            earlier = [k for k in changed if k in ADDED_OPTIONS and k not in old]
-            hint = ("; it is from an earlier aelab: " + " ".join(f"--{k} {ADDED_OPTIONS[k]}" for k in earlier)
-                    + " resumes it as it was run") if earlier else ""
-            raise AelabError(f"{run_dir} was run with other settings ({', '.join(changed)}); "
+            flags = " ".join(f"--{name} {_flag_value(value)}" for name, value, missing in changed
+                             if (not missing or name in ADDED_OPTIONS)
+                             and (value is None or isinstance(value, (str, int, float, bool))))
+            earlier = "it is from an earlier aelab: " if any(missing for *_, missing in changed) else ""
+            hint = f"; {earlier}{flags} resumes it as it was run" if flags else ""
+            raise AelabError(f"{run_dir} was run with other settings ({', '.join(n for n, *_ in changed)}); "
                              f"use another --out or --force to start over{hint}")
     save_config(run_dir, cfg)
     return run_dir

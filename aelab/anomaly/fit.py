@@ -67,8 +67,9 @@ class GeometricSettings:
         shift: also translate by this many pixels in x and y (3 x 3 grid: 9 times the transformations); 0 = none.
         heads: joint (one softmax over all transformations) or separate (one per rotation, flip, x and y shift).
         augment: random translation of up to this many pixels while training.
-        score: transform (minus the mean log-probability of the right transformation), knn (feature kNN
-            distance) or transform+knn (both, each divided by its spread over the held-out normal images).
+        score: dirichlet (minus the log-density of the network's outputs under Dirichlet distributions fitted to
+            the normal images'), transform (minus the mean log-probability of the right transformation), knn
+            (feature kNN distance) or transform+knn (both, each divided by its spread over the held-out normal images).
         knn: neighbours of the knn score.
         epochs: maximum number of epochs.
         batch_size: images per step.

@@ -98,14 +98,65 @@ def numpy_separate_reference(det: GeometricDetector, images: np.ndarray) -> np.n
 
 def test_score_matches_numpy_reference(fitted):
     imgs = np.concatenate([oriented(5, 7), unoriented(5, 8)])
-    np.testing.assert_allclose(fitted.decision_function(imgs), numpy_reference(fitted, imgs), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(fitted.all_scores(imgs)["transform"], numpy_reference(fitted, imgs), rtol=1e-4,
+                               atol=1e-5)
 
 
 def test_score_with_translations_matches_numpy_reference():
-    det = GeometricDetector(width=4, epochs=1, batch_size=16, shift=3).fit(oriented(24, 1), engine=Engine(device="cpu"))
+    det = GeometricDetector(width=4, epochs=1, batch_size=16, shift=3, score="transform").fit(
+        oriented(24, 1), engine=Engine(device="cpu"))
     assert det.num_transforms == 72
     imgs = oriented(4, 9)
     np.testing.assert_allclose(det.decision_function(imgs), numpy_reference(det, imgs), rtol=1e-4, atol=1e-5)
+
+
+def test_dirichlet_mle_matches_a_generic_optimiser_and_recovers_the_parameters():
+    """Minka's fixed point against L-BFGS on the mean Dirichlet log-likelihood (scipy), on samples of known α."""
+    from scipy.optimize import minimize
+    from scipy.special import gammaln
+
+    from aelab.anomaly.transforms import dirichlet_mle
+
+    rng = np.random.default_rng(0)
+    for truth in ([5.0, 0.3, 0.3, 1.2, 0.5], [40.0, 15.0, 1.0], [0.6, 0.2]):
+        truth = np.array(truth)
+        lp = np.log(rng.dirichlet(truth, 4000))
+        nll = lambda t: -np.mean(gammaln(np.exp(t).sum()) - gammaln(np.exp(t)).sum() + lp @ (np.exp(t) - 1))  # noqa: E731
+        reference = np.exp(minimize(nll, np.zeros(len(truth)), method="L-BFGS-B", options={"gtol": 1e-10}).x)
+        alpha = dirichlet_mle(lp)
+        np.testing.assert_allclose(alpha, reference, rtol=1e-4)
+        np.testing.assert_allclose(alpha, truth, rtol=0.1)
+
+
+def numpy_dirichlet_reference(det: GeometricDetector, train: np.ndarray, images: np.ndarray) -> np.ndarray:
+    """Golan & El-Yaniv's Eq. 2 in numpy: ``-(1/K) sum_k (α_k - 1) · log y(T_k x)``, each ``α_k`` the maximum of
+    the Dirichlet likelihood of the training images' softmax outputs under ``T_k`` (found by L-BFGS here)."""
+    from scipy.optimize import minimize
+    from scipy.special import gammaln
+
+    floor = np.log(1e-6)
+    K, total = num_transforms(det.flips, det.shift), np.zeros(len(images))
+    for k in range(K):
+        fit = np.maximum(numpy_log_softmax(numpy_logits(det, train, k)), floor)
+        nll = lambda t: -np.mean(gammaln(np.exp(t).sum()) - gammaln(np.exp(t)).sum() + fit @ (np.exp(t) - 1))  # noqa: E731,B023
+        alpha = np.exp(minimize(nll, np.zeros(K), method="L-BFGS-B", options={"gtol": 1e-10}).x)
+        total += np.maximum(numpy_log_softmax(numpy_logits(det, images, k)), floor) @ (alpha - 1)
+    return -total / K
+
+
+def test_dirichlet_score_is_equation_2_up_to_a_constant_and_is_the_default(fitted):
+    """The default score ranks as Eq. 2 does: the same values up to one constant of the fitted α, and >= 0."""
+    assert GeometricDetector().score == "dirichlet" and fitted.score == "dirichlet"
+    from aelab.anomaly.transforms import dirichlet_fit
+    from aelab.train.loaders import split_indices
+
+    train = oriented(96, 0)[split_indices(96, fitted.val_fraction, fitted.random_state)[0]]  # the fixture's
+    lp = fitted._passes(train)[0]
+    np.testing.assert_allclose(fitted.dirichlet_alpha_, dirichlet_fit(lp, "joint", True, 0))
+    imgs = np.concatenate([oriented(5, 7), unoriented(5, 8)])
+    got, expected = fitted.decision_function(imgs), numpy_dirichlet_reference(fitted, train, imgs)
+    assert np.all(got >= 0)
+    np.testing.assert_allclose(got - got.mean(), expected - expected.mean(), rtol=1e-3, atol=1e-3 * np.ptp(expected))
 
 
 def test_transformations_are_distinct_and_zero_is_identity():
@@ -140,6 +191,24 @@ def test_save_load_round_trip_gives_identical_scores(fitted, tmp_path):
         ReconstructionDetector.load(file)
 
 
+def test_a_detector_saved_before_the_dirichlet_score_loads_with_its_own_score(fitted, tmp_path):
+    """A checkpoint without Dirichlet parameters (saved with score="transform" before they existed) scores as it
+    did, and asking it for the Dirichlet score is a one-line error, not a crash."""
+    from aelab.errors import ParameterError
+    from aelab.train.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(fitted.save(tmp_path / "new.ckpt"))
+    del ckpt["dirichlet_alpha"], ckpt["format"]
+    ckpt["config"]["score"] = "transform"
+    save_checkpoint(tmp_path / "old.ckpt", **ckpt)
+    old = load_detector(tmp_path / "old.ckpt")
+    imgs = oriented(4, 3)
+    assert old.score == "transform" and set(old.all_scores(imgs)) == {"transform", "knn", "transform+knn"}
+    np.testing.assert_array_equal(old.decision_function(imgs), fitted.all_scores(imgs)["transform"])
+    with pytest.raises(ParameterError, match="before the Dirichlet score"):
+        old.set_params(score="dirichlet").decision_function(imgs)
+
+
 @pytest.fixture(scope="module")
 def fitted_separate():
     """Hendrycks et al.'s separate heads with translations by 2 pixels (K = 72: rotation, flip, x and y shift)."""
@@ -153,7 +222,8 @@ def test_separate_heads_score_matches_numpy_reference(fitted_separate):
     assert fitted_separate.model_.head.out_features == 4 + 2 + 3 + 3
     imgs = np.concatenate([oriented(4, 7), unoriented(4, 8)])
     expected = numpy_separate_reference(fitted_separate, imgs)
-    np.testing.assert_allclose(fitted_separate.decision_function(imgs), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(fitted_separate.all_scores(imgs)["transform"], expected, rtol=1e-4, atol=1e-5)
+    assert fitted_separate.dirichlet_alpha_.shape == (72, 4 + 2 + 3 + 3)  # one Dirichlet per head and transformation
 
 
 def test_separate_heads_rank_unoriented_images_above_held_out_normals(fitted_separate):
@@ -259,8 +329,7 @@ def test_combined_score_is_the_sum_of_the_two_scaled_by_held_out_spread(fitted):
     """``transform+knn`` = s_t/σ_t + s_knn/σ_knn, σ the standard deviation over the held-out normals."""
     imgs = np.concatenate([oriented(6, 3), unoriented(6, 4)])
     scores = fitted.all_scores(imgs)
-    assert set(scores) == {"transform", "knn", "transform+knn"}
-    assert fitted.score_scale_["transform"] == pytest.approx(np.std(fitted.val_scores_))  # score="transform" here
+    assert set(scores) == {"dirichlet", "transform", "knn", "transform+knn"}
     scale = fitted.score_scale_
     np.testing.assert_allclose(scores["transform+knn"],
                                scores["transform"] / scale["transform"] + scores["knn"] / scale["knn"])

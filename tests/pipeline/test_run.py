@@ -156,6 +156,30 @@ def test_changed_settings_on_an_existing_run_folder_are_refused(run_dir, capsys)
     assert "other settings" in capsys.readouterr().err
 
 
+def test_a_run_folder_from_before_a_default_changed_names_the_flag_that_resumes_it(run_dir, tmp_path):
+    """The geometric detector's score was ``transform`` before the Dirichlet score became the default: such a
+    run folder is refused with the nested flag that resumes it, and that flag resumes it without running again."""
+    import yaml
+
+    from aelab.errors import AelabError
+
+    copy = tmp_path / "before_dirichlet"
+    shutil.copytree(run_dir, copy)
+    saved = yaml.safe_load((copy / "config.yaml").read_text())
+    assert saved["anomaly"]["geometric"]["score"] == "dirichlet"
+    saved["anomaly"]["geometric"]["score"] = "transform"
+    (copy / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    expected = (r"other settings \(anomaly.geometric.score\); use another --out or --force to start over; "
+                r"--anomaly.geometric.score transform resumes it as it was run$")
+    with pytest.raises(AelabError, match=expected):
+        run_all(RunConfig(out=str(copy), **TINY))
+    before = (copy / "anomaly" / "summary.json").stat().st_mtime_ns
+    old = dict(TINY, anomaly=AnomalyStudySettings(epochs=2, geometric=GeometricSettings(epochs=1, width=4,
+                                                                                        score="transform")))
+    run_all(RunConfig(out=str(copy), **old))
+    assert (copy / "anomaly" / "summary.json").stat().st_mtime_ns == before  # nothing ran again
+
+
 def test_a_run_folder_from_before_an_option_existed_resumes_with_its_old_value(run_dir, tmp_path):
     """A config.yaml written before the k-means features' pooling options (and the first layer's option) lacks them:
     the default settings are refused with the flags that resume it, and those flags (the pooling the run used)
