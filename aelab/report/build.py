@@ -126,6 +126,16 @@ def _anomaly_rows(summary: AnomalySummary) -> tuple[list[str], list[list]]:
     return columns, rows
 
 
+#: The geometric detector's scores in words (its ``score`` setting; `aelab.anomaly.geometric`).
+_GEOMETRIC_SCORE_WORDS = {
+    "dirichlet": "the Dirichlet normality score of Golan & El-Yaniv 2018, how unlikely the network's answers are "
+                 "under those it gave for the normal training images",
+    "transform": "minus the mean log-probability of the right transformation",
+    "knn": "the mean feature distance to the nearest training images",
+    "transform+knn": "the transformation and feature-distance scores, each scaled by its spread on normal images",
+}
+
+
 def _anomaly_reading(summary: AnomalySummary) -> str:
     a, b, g = (summary.variants.get(v, {}) for v in ("noskip", "skip", "geometric"))
     reading = ""
@@ -174,6 +184,7 @@ def _section_3(layout: RunLayout, stages: RunStages) -> Section:
         return Section("3", "Anomaly detection", [], reason or "no anomaly/summary.json in the run folder")
     columns, rows = _anomaly_rows(summary)
     a, g = summary.variants.get("noskip", {}), summary.variants.get("geometric", {})
+    g_score = g.get("score", "transform")  # runs from before the Dirichlet score did not record it
     n_normal = "?" if summary.n_normal_test is None else summary.n_normal_test
     n_anomalous = "?" if summary.n_anomalous is None else summary.n_anomalous
     blocks = [Paragraph(f"Normal class: {summary.normal}; {n_normal} held-out normal and "
@@ -181,7 +192,7 @@ def _section_3(layout: RunLayout, stages: RunStages) -> Section:
               Table(columns, rows,
                     caption=(f"Losses: mean per-image reconstruction MSE. AUROC, AP and the threshold "
                              f"({a.get('threshold_rule', '?')} rule) use each detector's score (reconstruction: "
-                             f"{a.get('score', '?')}; geometric: {g.get('score', 'transform')})"),
+                             f"{a.get('score', '?')}; geometric: {_GEOMETRIC_SCORE_WORDS.get(g_score, g_score)})"),
                     reading=_anomaly_reading(summary)),
               *[_anomaly_figure(rel) for rel in summary.figures]]
     return Section("3", "Anomaly detection", blocks)

@@ -117,6 +117,8 @@ def test_report_numbers_equal_the_runs_files(run_dir):
     # reconstruction is the default.
     assert rows3[2][0].startswith("geometric") and rows3[2][1:4] == [None, None, summary["geometric"]["auroc"]]
     assert summary["default_method"] == "reconstruction"
+    assert summary["geometric"]["score"] == "dirichlet" and "the Dirichlet normality score" in (
+        run_dir / "report.md").read_text()  # the caption says in words what the geometric detector scored
     a, b = summary["noskip"]["auroc"], summary["geometric"]["auroc"]
     assert summary["better"] == ("tie" if a == b else "noskip" if a > b else "geometric")
     # The model table comes from the model.json a training stage wrote (older runs: not recorded).
