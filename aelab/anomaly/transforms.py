@@ -41,8 +41,7 @@ and each term measures how far ``log y`` lies from the end of ``[log floor, 0]``
     s(x) = (1/K) sum_k sum_j |α_kj - 1| · (-log y_kj       if α_kj >= 1
                                           log y_kj - log floor  otherwise),
 
-which is ``-n(x)/K`` plus a constant of the fitted ``α`` (the ranking is Eq. 2's), and 0 for an image
-whose outputs sit where every Dirichlet's density is highest.
+each term ``>= 0``; the sum is ``-n(x)/K`` plus a constant of the fitted ``α``, so the ranking is Eq. 2's.
 """
 
 from __future__ import annotations
@@ -54,6 +53,9 @@ import torch.nn.functional as F
 HEADS: tuple[str, ...] = ("joint", "separate")
 #: Probabilities below this are read as it in the Dirichlet score (its log-densities are then bounded).
 DIRICHLET_FLOOR = 1e-6
+#: Dirichlet parameters stop here: identical outputs (one training image, a network that answers the same
+#: for all) have no finite maximum-likelihood estimate; a precision of 10^6 is already a point mass.
+MAX_DIRICHLET_ALPHA = 1e6
 
 # Translation t of the 3 x 3 grid: offsets (dy, dx) in units of ``shift``; t = 0 is no translation.
 _OFFSETS = ((0, 0), (-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
@@ -189,24 +191,27 @@ def dirichlet_mle(log_p: np.ndarray, max_iter: int = 200, tol: float = 1e-10) ->
         return float(gammaln(a.sum()) - gammaln(a).sum() + ((a - 1.0) * mean_log).sum())
 
     value = f(alpha)
-    for _ in range(max_iter):
-        g = digamma(alpha.sum()) - digamma(alpha) + mean_log
-        q = -polygamma(1, alpha)  # the Hessian's diagonal part; z its constant part
-        z = float(polygamma(1, alpha.sum()))
-        b = (g / q).sum() / (1.0 / z + (1.0 / q).sum())
-        step = (g - b) / q  # H⁻¹ g (Minka 2000, Sec. 1)
-        t = 1.0
-        while t > 1e-12:
-            new = alpha - t * step
-            if np.all(new > 0) and f(new) >= value - 1e-15 * abs(value):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for _ in range(max_iter):
+            g = digamma(alpha.sum()) - digamma(alpha) + mean_log
+            q = -polygamma(1, alpha)  # the Hessian's diagonal part; z its constant part
+            z = float(polygamma(1, alpha.sum()))
+            b = (g / q).sum() / (1.0 / z + (1.0 / q).sum())
+            step = (g - b) / q  # H⁻¹ g (Minka 2000, Sec. 1)
+            t = 1.0
+            while t > 1e-12:
+                new = alpha - t * step
+                if np.all(new > 0) and f(new) >= value - 1e-15 * abs(value):
+                    break
+                t *= 0.5
+            else:
                 break
-            t *= 0.5
-        else:
-            break
-        done = np.max(np.abs(new - alpha) / new) < tol
-        alpha, value = new, f(new)
-        if done:
-            break
+            if new.max() >= MAX_DIRICHLET_ALPHA:  # outputs (nearly) all alike: the likelihood grows without end
+                return np.minimum(new, MAX_DIRICHLET_ALPHA)
+            done = np.max(np.abs(new - alpha) / new) < tol
+            alpha, value = new, f(new)
+            if done:
+                break
     return alpha
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -115,7 +116,7 @@ def test_dirichlet_mle_matches_a_generic_optimiser_and_recovers_the_parameters()
     from scipy.optimize import minimize
     from scipy.special import gammaln
 
-    from aelab.anomaly.transforms import dirichlet_mle
+    from aelab.anomaly.transforms import MAX_DIRICHLET_ALPHA, dirichlet_mle
 
     rng = np.random.default_rng(0)
     for truth in ([5.0, 0.3, 0.3, 1.2, 0.5], [40.0, 15.0, 1.0], [0.6, 0.2]):
@@ -126,6 +127,10 @@ def test_dirichlet_mle_matches_a_generic_optimiser_and_recovers_the_parameters()
         alpha = dirichlet_mle(lp)
         np.testing.assert_allclose(alpha, reference, rtol=1e-4)
         np.testing.assert_allclose(alpha, truth, rtol=0.1)
+    with warnings.catch_warnings():  # identical outputs: no finite estimate; capped, without numpy warnings
+        warnings.simplefilter("error")
+        alpha = dirichlet_mle(np.log([[0.7, 0.2, 0.1], [0.7, 0.2, 0.1]]))
+    assert np.all(np.isfinite(alpha)) and alpha.max() == MAX_DIRICHLET_ALPHA and alpha[0] > alpha[1] > alpha[2]
 
 
 def numpy_dirichlet_reference(det: GeometricDetector, train: np.ndarray, images: np.ndarray) -> np.ndarray:
