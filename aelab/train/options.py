@@ -141,9 +141,9 @@ def _check(rules: dict[str, Rule], name: str, value: Any, prefix: str) -> None:
         raise ParameterError(f"{prefix}{name} must be {rule.text}, got {value!r}")
 
 
-def validate_options(options: Any) -> None:
+def validate_options(options: Any, prefix: str = "--") -> None:
     """Check every field of a settings dataclass by `rules_for` its class; raise one `ParameterError`
-    naming the first bad one (as the flag, ``--NAME``).
+    naming the first bad one (as the flag: ``--NAME``, a nested one ``--geometric.NAME``).
 
     A field whose default is ``None`` may be ``None``. Called by `RunOptions.__post_init__` (and
     ``aelab run``'s settings), so every verb checks its settings when they are made, before any
@@ -153,11 +153,11 @@ def validate_options(options: Any) -> None:
     for f in fields(options):
         value = getattr(options, f.name)
         if is_dataclass(value):
-            validate_options(value)  # nested settings (aelab run's --cluster.*, --anomaly.*)
+            validate_options(value, f"{prefix}{f.name}.")  # nested settings (aelab run's --cluster.*, --anomaly.*)
             continue
         if value is None and f.default is None:
             continue
-        _check(rules, f.name, value, "--")
+        _check(rules, f.name, value, prefix)
 
 
 def validate_params(estimator: Any, params: dict[str, Any]) -> None:

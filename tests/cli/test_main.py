@@ -229,8 +229,10 @@ def test_run_nests_the_cluster_and_anomaly_settings(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         main(["run", "--cluster_classes", "3,4,5"])
     assert "unrecognized arguments: --cluster_classes" in capsys.readouterr().err
-    assert main(["run", "--anomaly.epochs", "0"]) == 2  # nested settings are checked like the others
-    assert "--epochs must be an integer >= 1" in capsys.readouterr().err
+    assert main(["run", "--anomaly.epochs", "0"]) == 2  # nested settings are checked like the others, by their flag
+    assert "--anomaly.epochs must be an integer >= 1" in capsys.readouterr().err
+    assert main(["run", "--anomaly.geometric.score", "mse"]) == 2
+    assert "--anomaly.geometric.score must be one of dirichlet, transform, knn" in capsys.readouterr().err
 
 
 def test_a_negative_seed_is_refused_before_any_folder_by_every_verb(tmp_path, capsys):
