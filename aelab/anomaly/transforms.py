@@ -201,7 +201,8 @@ def dirichlet_mle(log_p: np.ndarray, max_iter: int = 200, tol: float = 1e-10) ->
             t = 1.0
             while t > 1e-12:
                 new = alpha - t * step
-                if np.all(new > 0) and f(new) >= value - 1e-15 * abs(value):
+                new_value = f(new) if np.all(new > 0) else -np.inf
+                if new_value >= value - 1e-15 * abs(value):
                     break
                 t *= 0.5
             else:
@@ -209,7 +210,7 @@ def dirichlet_mle(log_p: np.ndarray, max_iter: int = 200, tol: float = 1e-10) ->
             if new.max() >= MAX_DIRICHLET_ALPHA:  # outputs (nearly) all alike: the likelihood grows without end
                 return np.minimum(new, MAX_DIRICHLET_ALPHA)
             done = np.max(np.abs(new - alpha) / new) < tol
-            alpha, value = new, f(new)
+            alpha, value = new, new_value
             if done:
                 break
     return alpha
