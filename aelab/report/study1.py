@@ -178,6 +178,15 @@ def _validation_sentence(methods: list[MethodRow], chosen: ChosenMethod) -> str:
     return text
 
 
+def _raised_caps(settings: dict) -> str:
+    """``, which a budget above the default raises ...: 5-fold here (fixmatch_epochs 150, ...)`` where it was above."""
+    scale, caps = settings.get("epoch_scale") or 1.0, settings.get("epoch_caps") or {}
+    if scale <= 1.0 or not caps:
+        return ""
+    listed = ", ".join(f"{name} {n}" for name, n in caps.items())
+    return f", which a budget above the default raises in proportion: {scale:.3g}-fold here ({listed})"
+
+
 def _settings_sentences(settings: dict) -> list[str]:
     """The kind of images and the augmentation it chose, and the time budget (``study1/chosen.json``'s settings)."""
     out = []
@@ -194,7 +203,7 @@ def _settings_sentences(settings: dict) -> list[str]:
         out.append(f"Study 1's training had a budget of {settings['budget_minutes']:g} minutes, shared among its "
                    f"stages ({parts} minutes); each stage ran the whole number of epochs nearest to what its "
                    "share allowed at its second epoch's speed (the first's, if only one fitted; at most its "
-                   "configured epochs). The seconds "
+                   f"configured epochs{_raised_caps(settings)}). The seconds "
                    "column is what each method spent, prediction included.")
         if settings.get("budget_note"):
             out.append(settings["budget_note"])

@@ -68,7 +68,7 @@ def pretrain_denoise(cfg, data: Path, out: Path) -> Path:
     from aelab.train.pretrain import PretrainConfig, pretrain
 
     return pretrain(PretrainConfig(data=str(data), preset=cfg.preset, channels=cfg.channels, image_size=cfg.image_size,
-                                   epochs=cfg.pretrain_epochs, out=str(out),
+                                   epochs=cfg.epochs("pretrain_epochs"), out=str(out),
                                    budget=stage_minutes(cfg, "pretrain", data), **engine(cfg)))
 
 
@@ -210,7 +210,7 @@ def _course(name: str, augment: str, cfg, data: Path, layout: RunLayout, pretrai
     if pretrained is None:
         pretrained = pretrain_denoise(cfg, data, layout.stage("pretrain"))
     return finetune_and_predict(name, cfg, data, layout, method="course",
-                                init_from=str(pretrained), augment=augment, epochs=cfg.finetune_epochs)
+                                init_from=str(pretrained), augment=augment, epochs=cfg.epochs("finetune_epochs"))
 
 
 def run_course(cfg, data: Path, layout: RunLayout, pretrained: Path | None = None) -> MethodResult:
@@ -223,14 +223,15 @@ def run_course_noaug(cfg, data: Path, layout: RunLayout, pretrained: Path | None
 
 def run_supervised(cfg, data: Path, layout: RunLayout, pretrained: Path | None = None) -> MethodResult:
     return finetune_and_predict("supervised", cfg, data, layout, method="supervised", arch=cfg.arch,
-                                stem_kind=cfg.stem_kind, epochs=cfg.finetune_epochs, patience=cfg.finetune_epochs,
+                                stem_kind=cfg.stem_kind, epochs=cfg.epochs("finetune_epochs"),
+                                patience=cfg.epochs("finetune_epochs"),
                                 augment=cfg.supervised_augment)
 
 
 def run_fixmatch(cfg, data: Path, layout: RunLayout, pretrained: Path | None = None) -> MethodResult:
     require_unlabelled(data, "fixmatch")
     return finetune_and_predict("fixmatch", cfg, data, layout, method="fixmatch", arch=cfg.arch,
-                                stem_kind=cfg.stem_kind, epochs=cfg.fixmatch_epochs,
+                                stem_kind=cfg.stem_kind, epochs=cfg.epochs("fixmatch_epochs"),
                                 class_thresholds=cfg.fixmatch_class_thresholds)
 
 
@@ -241,11 +242,12 @@ def run_vicreg(cfg, data: Path, layout: RunLayout, pretrained: Path | None = Non
     require_unlabelled(data, "vicreg")
     t0 = time.perf_counter()
     pre = pretrain(PretrainConfig(data=str(data), objective="vicreg", preset=cfg.preset, channels=cfg.channels,
-                                  image_size=cfg.image_size, epochs=cfg.vicreg_epochs, batch_size=128,
-                                  patience=cfg.vicreg_epochs, out=str(layout.stage("vicreg_pretrain")),
+                                  image_size=cfg.image_size, epochs=cfg.epochs("vicreg_epochs"), batch_size=128,
+                                  patience=cfg.epochs("vicreg_epochs"), out=str(layout.stage("vicreg_pretrain")),
                                   budget=stage_minutes(cfg, "vicreg_pretrain", data), **engine(cfg)))
     res = finetune_and_predict("vicreg", cfg, data, layout, method="supervised",
-                               init_from=str(pre), epochs=cfg.finetune_epochs, patience=cfg.finetune_epochs,
+                               init_from=str(pre), epochs=cfg.epochs("finetune_epochs"),
+                               patience=cfg.epochs("finetune_epochs"),
                                augment=cfg.supervised_augment)
     res.seconds = round(time.perf_counter() - t0, 2)
     return res

@@ -54,6 +54,10 @@ from aelab.train.options import RunOptions
 __all__ = ["METHODS", "ClassificationStudyConfig", "MethodResult", "StudyResult", "classification_study",
            "pretrain_denoise", "run_method", "submission", "summarize"]
 
+#: Study 1's default time budget in minutes. The epoch settings (``fixmatch_epochs`` and the others) are caps set for
+#: it; a larger budget raises them in proportion (`ClassificationStudyConfig.epochs`).
+DEFAULT_BUDGET = 12.0
+
 VALIDATION = "a stratified hold-out of the labelled images (the same for every method)"
 
 
@@ -62,6 +66,9 @@ def _finetune_default(name: str):
     from aelab.train.finetune import FinetuneConfig
 
     return FinetuneConfig.__dataclass_fields__[name].default
+
+
+_EPOCH_SETTINGS = ("pretrain_epochs", "finetune_epochs", "fixmatch_epochs", "vicreg_epochs")
 
 
 @dataclass
@@ -81,7 +88,9 @@ class ClassificationStudyConfig(RunOptions):
             see benchmarks/README.md); as `aelab finetune --stem_kind`.
         image_size: square size every image is resized to; none = the preset's.
         channels: 1 or 3 image channels.
-        pretrain_epochs: epochs of the course report's denoising pretraining.
+        pretrain_epochs: epochs of the course report's denoising pretraining. This, finetune_epochs, fixmatch_epochs
+            and vicreg_epochs are caps set for the default 12-minute budget; a larger --budget raises each in
+            proportion (`ClassificationStudyConfig.epochs`).
         finetune_epochs: maximum epochs of each supervised fine-tune (the course methods stop early after 10 without
             progress).
         supervised_augment: augmentation of the supervised-only and VICReg fine-tunes (auto-strong: shifts, small
@@ -95,7 +104,8 @@ class ClassificationStudyConfig(RunOptions):
         budget: minutes the training stages of study 1 may take together (each stage gets a fixed share, but the
             supervised-only one grows with more than 250 labelled images: aelab.train.methods.budget_shares; its
             epochs are planned at its second epoch's speed, the first's if only one fits, at most the epochs
-            above); null = always the epochs above (`--budget null`).
+            above, which a budget larger than 12 minutes raises in proportion: with --budget 60 FixMatch may run 150
+            epochs); null = always the epochs above (`--budget null`).
         kmeans_features_centroids: dictionary size K of the k-means features method (grid² · K features).
         kmeans_features_learner: its dictionary learner: kmeans (scikit-learn) or ekm (Equilibrium K-Means).
         kmeans_features_augment: copies of the labelled images its classifier also learns from: auto (flip-shift
@@ -119,7 +129,7 @@ class ClassificationStudyConfig(RunOptions):
     vicreg_epochs: int = 8
     course_augment: str = "course"
     val_fraction: float = _finetune_default("val_fraction")
-    budget: float | None = 12.0
+    budget: float | None = DEFAULT_BUDGET
     kmeans_features_centroids: int = 800
     kmeans_features_learner: str = "kmeans"
     kmeans_features_augment: str = "auto"
@@ -138,6 +148,25 @@ class ClassificationStudyConfig(RunOptions):
         chosen = budget_shares(self.method_list(), n_labelled)
         share = chosen[stage] if stage in chosen else budget_shares(None, n_labelled)[stage]
         return self.budget * share / sum(chosen.values())
+
+    def epochs(self, name: str) -> int:
+        """The epoch cap of one training stage, from the setting ``name`` (``fixmatch_epochs``, ``finetune_epochs``,
+        ``pretrain_epochs``, ``vicreg_epochs``): as set for the default budget of `DEFAULT_BUDGET` minutes, and raised
+        in proportion (rounded up) by a larger budget, so that ``--budget 60`` fills the stages' longer shares
+        instead of stopping at the caps of a 12-minute run. A smaller budget or ``budget=None`` keeps the setting.
+
+        Example:
+            >>> ClassificationStudyConfig(budget=60).epochs("fixmatch_epochs"), ClassificationStudyConfig().epochs(
+            ...     "fixmatch_epochs")
+            (150, 30)
+        """
+        if name not in _EPOCH_SETTINGS:
+            raise AelabError(f"{name!r} is not an epoch setting of study 1; one of {', '.join(_EPOCH_SETTINGS)}")
+        return math.ceil(getattr(self, name) * self.epoch_scale() - 1e-9)
+
+    def epoch_scale(self) -> float:
+        """How much the budget raises the epoch caps (`epochs`): ``budget / DEFAULT_BUDGET``, at least 1."""
+        return 1.0 if self.budget is None else max(1.0, self.budget / DEFAULT_BUDGET)
 
     def method_list(self) -> list[str]:
         names = [m.strip() for m in self.methods.split(",") if m.strip()]
@@ -220,6 +249,7 @@ def study_settings(cfg: ClassificationStudyConfig, data: Path) -> dict:
             "rule": f"colour channels differ by more than {COLOUR_THRESHOLD:g}/255 on average: photos (flipped "
                     "left-right); else grey images such as digits (never flipped)",
             "budget_minutes": cfg.budget, "budget_shares": budget_shares(cfg.method_list(), n_labelled),
+            "epoch_scale": cfg.epoch_scale(), "epoch_caps": {name: cfg.epochs(name) for name in _EPOCH_SETTINGS},
             "labelled_images": n_labelled, "budget_note": grown_shares_note(cfg.method_list(), n_labelled),
             "method_stages": {m: stages_of(m) for m in cfg.method_list()}}
 

@@ -301,6 +301,12 @@ def test_a_stage_the_budget_cut_short_is_named_in_1b_and_in_the_headline(tmp_pat
     texts = [b.text for b in _blocks(_section(make_report(run), "1b"), "paragraph")]
     assert any("study1/supervised 6.0, study1/fixmatch 6.0 minutes" in t for t in texts)
     assert any("With 4,000 labelled images the share of the supervised-only row grew." in t for t in texts)
+    assert not any("fold here" in t for t in texts)  # the default budget raises no cap
+    # a budget above the default raised the epoch caps (study_settings' epoch_scale): the sentence says by how much
+    chosen["settings"].update(budget_minutes=60.0, epoch_scale=5.0, epoch_caps={"fixmatch_epochs": 150})
+    (run / "study1" / "chosen.json").write_text(json.dumps(chosen))
+    texts = [b.text for b in _blocks(_section(make_report(run), "1b"), "paragraph")]
+    assert any("raises in proportion: 5-fold here (fixmatch_epochs 150)" in t for t in texts)
     # without a cut-short stage neither says so
     StagePlan(45.0, 0.4, 100, 100).write(run / "study1" / "supervised")
     report = make_report(run)

@@ -134,6 +134,9 @@ def test_the_study_records_the_network_rule_and_the_budget_shares_it_ran_with(tm
     forced = study_settings(ClassificationStudyConfig(device="cpu", arch="unet"), tmp_path / "photos")
     assert (forced["images"], forced["arch"]) == ("photo", "unet")
     assert forced["labelled_images"] == 6 and forced["budget_note"] is None
+    assert forced["epoch_scale"] == 1.0 and forced["epoch_caps"]["fixmatch_epochs"] == 30
+    doubled = study_settings(ClassificationStudyConfig(device="cpu", budget=24.0), tmp_path / "photos")
+    assert doubled["epoch_scale"] == 2.0 and doubled["epoch_caps"]["fixmatch_epochs"] == 60
     assert forced["budget_shares"]["supervised"] == 1
     import aelab.train.methods as methods  # shares set for 3 labelled images: 6 double the supervised share
 
@@ -181,3 +184,29 @@ def test_the_supervised_share_grows_with_the_labelled_images_up_to_the_largest_s
     two = ClassificationStudyConfig(device="cpu", budget=12.0, methods="supervised,course")
     assert two.minutes("supervised", 4000) == pytest.approx(12.0 * 2 / 5)
     assert two.minutes("pretrain", 4000) + two.minutes("course", 4000) == pytest.approx(12.0 * 3 / 5)
+
+
+def test_a_larger_budget_raises_every_epoch_cap_in_proportion(tmp_path, monkeypatch):
+    from aelab.errors import AelabError
+    from aelab.train import method_runs
+
+    long = ClassificationStudyConfig(device="cpu", budget=60.0)  # 5 times the default 12 minutes
+    assert [long.epochs(n) for n in ("fixmatch_epochs", "finetune_epochs", "pretrain_epochs", "vicreg_epochs")] == \
+        [150, 500, 75, 40]
+    assert ClassificationStudyConfig(device="cpu", budget=18.0, fixmatch_epochs=7).epochs("fixmatch_epochs") == 11
+    for cfg in (ClassificationStudyConfig(device="cpu"), ClassificationStudyConfig(device="cpu", budget=3.0),
+                ClassificationStudyConfig(device="cpu", budget=None)):  # the default, smaller and none: as set
+        assert cfg.epochs("fixmatch_epochs") == cfg.fixmatch_epochs == 30 and cfg.epochs("finetune_epochs") == 100
+    with pytest.raises(AelabError, match="not an epoch setting"):
+        long.epochs("budget")
+    # what aelab run's stages are given: the raised caps, and the supervised row no early stop before them
+    seen = {}
+    monkeypatch.setattr(method_runs, "finetune_and_predict", lambda name, cfg, data, layout, **kw: seen.update(
+        {name: kw}))
+    monkeypatch.setattr(method_runs, "require_unlabelled", lambda data, method: None)
+    method_runs.run_fixmatch(long, tmp_path, None)
+    method_runs.run_supervised(long, tmp_path, None)
+    assert seen["fixmatch"]["epochs"] == 150
+    assert seen["supervised"]["epochs"] == seen["supervised"]["patience"] == 500
+    method_runs.run_fixmatch(ClassificationStudyConfig(device="cpu", budget=60.0, fixmatch_epochs=90), tmp_path, None)
+    assert seen["fixmatch"]["epochs"] == 450  # an explicit setting is a cap for 12 minutes too
